@@ -1,0 +1,60 @@
+// IndexReader: the read-only view of an index that a mount serves from.
+//
+// Open() does the cheap checks (an SQLite file, format "ckptfs", a schema version this build
+// knows, the required tables and columns, a root directory, at least one node) and fails with
+// InvalidArgument and a one-line reason otherwise. Nothing is loaded whole: every call is an
+// indexed query, so a mount of a million-chunk index is ready at once. ValidateFile() does the
+// per-file checks the first time a file is opened.
+//
+// Thread safety: all methods may be called from many threads at once. Each calling thread gets
+// its own read-only SQLite connection from a small pool, with its statements prepared once.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "common/result.h"
+#include "index/types.h"
+
+namespace ckptfs::index {
+
+class IndexReader {
+ public:
+  static Result<std::unique_ptr<IndexReader>> Open(const std::string& path);
+  ~IndexReader();
+
+  std::uint64_t chunk_size() const;
+  const IndexStats& stats() const;
+  // All nodes, loaded at Open (an index has a handful).
+  const std::vector<Node>& nodes() const;
+
+  // NotFound when there is no such id.
+  Result<Entry> GetEntry(std::uint64_t id) const;
+  // NotFound when `parent` has no child called `name`.
+  Result<Entry> Lookup(std::uint64_t parent, std::string_view name) const;
+  // Children of `parent` with id > after_id, in id order, at most `limit` of them. Entries with
+  // an invalid name are left out (and logged).
+  Result<std::vector<Entry>> ListChildren(std::uint64_t parent, std::uint64_t after_id,
+                                          std::size_t limit) const;
+
+  // The extents of `file` that overlap [offset, offset + length), in offset order.
+  Result<std::vector<Extent>> ExtentsInRange(std::uint64_t file, std::uint64_t offset,
+                                             std::uint64_t length) const;
+  // Node ids holding a replica of `chunk` (only nodes that exist in the nodes table).
+  Result<std::vector<std::int64_t>> Replicas(std::int64_t chunk) const;
+
+  // Per-file checks: a regular file with a valid name; extents start at 0, are contiguous and
+  // add up to the size; every chunk has a 32-byte digest, a positive size and a replica on a
+  // known node. DataLoss with the reason otherwise.
+  Status ValidateFile(std::uint64_t file) const;
+
+ private:
+  struct Impl;
+  explicit IndexReader(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace ckptfs::index

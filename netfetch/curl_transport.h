@@ -1,0 +1,37 @@
+// CurlTransport: Transport over libcurl (the OpenSSL build), with connections kept alive.
+//
+// Keeps a pool of easy handles; a call borrows one for its duration, so a handle is never used by
+// two threads at once and each handle keeps its connections to the nodes it talked to.
+// REQUIRES: curl_global_init() was called once by main before any thread started.
+#pragma once
+
+#include <memory>
+
+#include "common/clock.h"
+#include "netfetch/transport.h"
+
+namespace ckptfs::netfetch {
+
+struct CurlOptions {
+  Duration connect_timeout = std::chrono::seconds(3);
+  // A transfer slower than low_speed_bytes per second for low_speed_time is abandoned, so a node
+  // that hangs mid-body is left for the next replica long before the read's deadline.
+  long low_speed_bytes = 64 * 1024;
+  std::chrono::seconds low_speed_time{3};
+};
+
+class CurlTransport final : public Transport {
+ public:
+  explicit CurlTransport(CurlOptions options = {});
+  ~CurlTransport() override;
+
+  Status Get(const std::string& url, std::span<std::uint8_t> dst, Duration timeout) override;
+  Status Put(const std::string& url, std::span<const std::uint8_t> body, Duration timeout) override;
+  Status GetToFile(const std::string& url, const std::string& path, Duration timeout) override;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace ckptfs::netfetch
