@@ -80,9 +80,12 @@ class RetryingFetcher final : public ChunkFetcher {
   struct NodeState;
   NodeState* FindNode(std::int64_t id);
   std::vector<NodeState*> OrderReplicas(const ChunkRef& chunk);
+  // One GET of `chunk` from `node` with its digest check; updates the node's health.
+  Status TryReplica(NodeState& node, const ChunkRef& chunk, std::span<std::uint8_t> dst,
+                    TimePoint deadline);
   void RecordSuccess(NodeState& node, std::uint64_t bytes, Duration took);
-  void RecordFailure(NodeState& node);
-  Duration Jitter(Duration d);
+  void RecordFailure(NodeState& node, const Status& error);
+  Duration Jitter(Duration d);  // REQUIRES: mu_ held (uses rng_).
 
   Transport* transport_;
   Clock* clock_;

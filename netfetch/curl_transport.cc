@@ -1,0 +1,390 @@
+#include "netfetch/curl_transport.h"
+
+#include <curl/curl.h>
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <mutex>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace ckptfs::netfetch {
+
+namespace {
+
+// Large reads mean fewer callbacks and fewer syscalls for megabyte chunks.
+constexpr long kReceiveBufferSize = 512 * 1024;
+constexpr long kMaxRedirects = 5;
+constexpr long kKeepAliveIdleSeconds = 30;
+constexpr long kKeepAliveIntervalSeconds = 10;
+// The body of an error response is read and dropped (so the connection can be reused) up to
+// this many bytes; past that the transfer is abandoned.
+constexpr std::size_t kMaxDiscardedBytes = 64 * 1024;
+
+struct EasyDeleter {
+  void operator()(CURL* handle) const { curl_easy_cleanup(handle); }
+};
+using EasyHandle = std::unique_ptr<CURL, EasyDeleter>;
+
+struct HeaderListDeleter {
+  void operator()(curl_slist* list) const { curl_slist_free_all(list); }
+};
+using HeaderList = std::unique_ptr<curl_slist, HeaderListDeleter>;
+
+// Closes a file descriptor on every exit path that did not close it explicitly.
+class ScopedFd {
+ public:
+  explicit ScopedFd(int fd) : fd_(fd) {}
+  ~ScopedFd() {
+    if (fd_ >= 0) ::close(fd_);
+  }
+  ScopedFd(const ScopedFd&) = delete;
+  ScopedFd& operator=(const ScopedFd&) = delete;
+  int get() const { return fd_; }
+  // Closes now so that a failing close(2) (e.g. a deferred write error) can be reported.
+  int Close() {
+    int rc = ::close(fd_);
+    fd_ = -1;
+    return rc;
+  }
+
+ private:
+  int fd_;
+};
+
+// curl takes whole milliseconds and reads 0 as "no limit": round up so a tiny positive timeout
+// stays a limit.
+long ToMillis(Duration d) {
+  auto ms = std::chrono::ceil<std::chrono::milliseconds>(d).count();
+  return static_cast<long>(std::max<std::int64_t>(ms, 1));
+}
+
+bool Is2xx(long code) { return code >= 200 && code < 300; }
+
+long ResponseCode(CURL* handle) {
+  long code = 0;
+  curl_easy_getinfo(handle, CURLINFO_RESPONSE_CODE, &code);
+  return code;
+}
+
+// Decides once, at the first body byte, whether the body is wanted. Headers of the final
+// response are complete by then, so the status code is known.
+struct BodyFilter {
+  CURL* handle = nullptr;
+  bool (*wanted_status)(long) = nullptr;
+  bool decided = false;
+  bool discarding = false;
+  std::size_t discarded = 0;
+
+  // Returns true when `n` bytes should be delivered; false when they are dropped (in which case
+  // `*result` is what the callback returns to curl).
+  bool Admit(std::size_t n, std::size_t* result) {
+    if (!decided) {
+      decided = true;
+      discarding = !wanted_status(ResponseCode(handle));
+    }
+    if (!discarding) return true;
+    discarded += n;
+    *result = discarded > kMaxDiscardedBytes ? 0 : n;
+    return false;
+  }
+};
+
+bool IsChunkStatus(long code) { return code == 200 || code == 206; }
+
+// Userdata of WriteToBuffer: a GET into a caller's fixed-size span.
+struct BufferSink {
+  BodyFilter filter;
+  std::span<std::uint8_t> dst;
+  std::size_t received = 0;
+  bool overflow = false;
+};
+
+std::size_t WriteToBuffer(char* data, std::size_t size, std::size_t nmemb, void* userdata) {
+  auto* sink = static_cast<BufferSink*>(userdata);
+  std::size_t n = size * nmemb;
+  std::size_t result = 0;
+  if (!sink->filter.Admit(n, &result)) return result;
+  if (n > sink->dst.size() - sink->received) {
+    sink->overflow = true;
+    return 0;  // Anything other than n aborts the transfer with CURLE_WRITE_ERROR.
+  }
+  std::memcpy(sink->dst.data() + sink->received, data, n);
+  sink->received += n;
+  return n;
+}
+
+// Userdata of WriteToFile.
+struct FileSink {
+  BodyFilter filter;
+  int fd = -1;
+  int write_errno = 0;
+};
+
+std::size_t WriteToFile(char* data, std::size_t size, std::size_t nmemb, void* userdata) {
+  auto* sink = static_cast<FileSink*>(userdata);
+  std::size_t n = size * nmemb;
+  std::size_t result = 0;
+  if (!sink->filter.Admit(n, &result)) return result;
+  std::size_t done = 0;
+  while (done < n) {
+    ssize_t w = ::write(sink->fd, data + done, n - done);
+    if (w < 0 && errno == EINTR) continue;
+    if (w < 0) {
+      sink->write_errno = errno;
+      return 0;
+    }
+    done += static_cast<std::size_t>(w);
+  }
+  return n;
+}
+
+std::size_t DiscardBody(char*, std::size_t size, std::size_t nmemb, void*) { return size * nmemb; }
+
+// Userdata of ReadFromSpan / SeekInSpan: the body of a PUT.
+struct SpanSource {
+  std::span<const std::uint8_t> body;
+  std::size_t offset = 0;
+};
+
+std::size_t ReadFromSpan(char* buffer, std::size_t size, std::size_t nitems, void* userdata) {
+  auto* source = static_cast<SpanSource*>(userdata);
+  std::size_t n = std::min(size * nitems, source->body.size() - source->offset);
+  std::memcpy(buffer, source->body.data() + source->offset, n);
+  source->offset += n;
+  return n;
+}
+
+// curl rewinds the body when it resends a request, e.g. after a kept-alive connection turned
+// out to be closed by the server.
+int SeekInSpan(void* userdata, curl_off_t offset, int origin) {
+  auto* source = static_cast<SpanSource*>(userdata);
+  if (origin != SEEK_SET || offset < 0 || static_cast<std::uint64_t>(offset) > source->body.size())
+    return CURL_SEEKFUNC_FAIL;
+  source->offset = static_cast<std::size_t>(offset);
+  return CURL_SEEKFUNC_OK;
+}
+
+// What one curl_easy_perform did.
+struct Outcome {
+  CURLcode rc = CURLE_OK;
+  long http_code = 0;
+  Duration elapsed{};
+  std::string error;  // curl's own words when rc != CURLE_OK.
+};
+
+Outcome Perform(CURL* handle, const char* error_buffer) {
+  Outcome out;
+  auto start = std::chrono::steady_clock::now();
+  out.rc = curl_easy_perform(handle);
+  out.elapsed = std::chrono::steady_clock::now() - start;
+  out.http_code = ResponseCode(handle);
+  if (out.rc != CURLE_OK) {
+    out.error = error_buffer[0] != '\0' ? error_buffer : curl_easy_strerror(out.rc);
+  }
+  return out;
+}
+
+// Maps a failed transfer (rc != CURLE_OK) to a Status. CURLE_OPERATION_TIMEDOUT also reports the
+// connect timeout and the low-speed limit; only the call's whole timeout is DeadlineExceeded.
+// curl keeps its own millisecond timer, which can fire a hair before our stopwatch reaches the
+// timeout, hence the slack; a low-speed abort that close to the timeout left no time anyway.
+Status TransferError(const std::string& url, const Outcome& out, Duration timeout) {
+  constexpr Duration kTimerSlack = std::chrono::milliseconds(50);
+  std::string message = url + ": " + out.error;
+  if (out.rc == CURLE_OPERATION_TIMEDOUT && out.elapsed + kTimerSlack >= timeout) {
+    return DeadlineExceededError(std::move(message));
+  }
+  return UnavailableError(std::move(message));
+}
+
+Status HttpError(const std::string& method, const std::string& url, long code) {
+  return UnavailableError("HTTP " + std::to_string(code) + " from " + method + " " + url);
+}
+
+}  // namespace
+
+struct CurlTransport::Impl {
+  explicit Impl(CurlOptions opts) : options(std::move(opts)) {}
+
+  // Hands out an idle handle, or a new one when every handle is busy; nullptr when curl cannot
+  // allocate one.
+  EasyHandle Borrow() {
+    {
+      std::lock_guard lock(mu);
+      if (!idle.empty()) {
+        EasyHandle handle = std::move(idle.back());
+        idle.pop_back();
+        return handle;
+      }
+    }
+    return EasyHandle(curl_easy_init());
+  }
+
+  void Return(EasyHandle handle) {
+    std::lock_guard lock(mu);
+    idle.push_back(std::move(handle));
+  }
+
+  // Resets `handle` and sets what every request shares. Returns false if curl refused an option.
+  bool SetCommonOptions(CURL* handle, const std::string& url, Duration timeout,
+                        char* error_buffer) const {
+    curl_easy_reset(handle);  // Keeps the handle's live connections.
+    error_buffer[0] = '\0';
+    const CURLcode results[] = {
+        curl_easy_setopt(handle, CURLOPT_URL, url.c_str()),
+        curl_easy_setopt(handle, CURLOPT_ERRORBUFFER, error_buffer),
+        curl_easy_setopt(handle, CURLOPT_PROTOCOLS_STR, "http,https"),
+        curl_easy_setopt(handle, CURLOPT_NOSIGNAL, 1L),
+        curl_easy_setopt(handle, CURLOPT_TCP_NODELAY, 1L),
+        curl_easy_setopt(handle, CURLOPT_TCP_KEEPALIVE, 1L),
+        curl_easy_setopt(handle, CURLOPT_TCP_KEEPIDLE, kKeepAliveIdleSeconds),
+        curl_easy_setopt(handle, CURLOPT_TCP_KEEPINTVL, kKeepAliveIntervalSeconds),
+        curl_easy_setopt(handle, CURLOPT_CONNECTTIMEOUT_MS, ToMillis(options.connect_timeout)),
+        curl_easy_setopt(handle, CURLOPT_LOW_SPEED_LIMIT, options.low_speed_bytes),
+        curl_easy_setopt(handle, CURLOPT_LOW_SPEED_TIME,
+                         static_cast<long>(options.low_speed_time.count())),
+        curl_easy_setopt(handle, CURLOPT_TIMEOUT_MS, ToMillis(timeout)),
+        curl_easy_setopt(handle, CURLOPT_BUFFERSIZE, kReceiveBufferSize),
+        curl_easy_setopt(handle, CURLOPT_HTTP_VERSION, static_cast<long>(CURL_HTTP_VERSION_1_1)),
+        // No compression: chunks of model weights do not shrink, and the body must be the bytes.
+        curl_easy_setopt(handle, CURLOPT_ACCEPT_ENCODING, nullptr),
+        curl_easy_setopt(handle, CURLOPT_FOLLOWLOCATION, 0L),
+    };
+    return std::all_of(std::begin(results), std::end(results),
+                       [](CURLcode rc) { return rc == CURLE_OK; });
+  }
+
+  // Borrows a handle from the pool for the length of one call.
+  class Lease {
+   public:
+    explicit Lease(Impl& impl) : impl_(impl), handle_(impl.Borrow()) {}
+    ~Lease() {
+      if (handle_) impl_.Return(std::move(handle_));
+    }
+    Lease(const Lease&) = delete;
+    Lease& operator=(const Lease&) = delete;
+    CURL* get() const { return handle_.get(); }
+
+   private:
+    Impl& impl_;
+    EasyHandle handle_;
+  };
+
+  CurlOptions options;
+  std::mutex mu;
+  std::vector<EasyHandle> idle;  // Guarded by mu.
+};
+
+namespace {
+
+Status NoHandle() { return InternalError("curl_easy_init failed"); }
+Status BadOption(const std::string& url) { return InternalError(url + ": curl refused an option"); }
+
+}  // namespace
+
+CurlTransport::CurlTransport(CurlOptions options)
+    : impl_(std::make_unique<Impl>(std::move(options))) {
+  // One handle up front: the common case needs it anyway, and it is made on the constructing
+  // thread rather than on whichever worker calls first.
+  EasyHandle first(curl_easy_init());
+  if (first) impl_->Return(std::move(first));
+}
+
+CurlTransport::~CurlTransport() = default;
+
+Status CurlTransport::Get(const std::string& url, std::span<std::uint8_t> dst, Duration timeout) {
+  if (timeout <= Duration::zero()) return DeadlineExceededError(url + ": no time left to try");
+  Impl::Lease lease(*impl_);
+  CURL* handle = lease.get();
+  if (handle == nullptr) return NoHandle();
+  char error_buffer[CURL_ERROR_SIZE];
+  if (!impl_->SetCommonOptions(handle, url, timeout, error_buffer)) return BadOption(url);
+  BufferSink sink;
+  sink.filter.handle = handle;
+  sink.filter.wanted_status = IsChunkStatus;
+  sink.dst = dst;
+  curl_easy_setopt(handle, CURLOPT_WRITEFUNCTION, WriteToBuffer);
+  curl_easy_setopt(handle, CURLOPT_WRITEDATA, &sink);
+
+  Outcome out = Perform(handle, error_buffer);
+  const std::string n = std::to_string(dst.size());
+  if (sink.overflow) return DataLossError("body longer than " + n + " bytes from " + url);
+  if (out.rc != CURLE_OK && !sink.filter.discarding) {
+    if (out.rc == CURLE_PARTIAL_FILE) {
+      return DataLossError("short body: got " + std::to_string(sink.received) + " of " + n +
+                           " bytes from " + url + " (" + out.error + ")");
+    }
+    return TransferError(url, out, timeout);
+  }
+  if (!IsChunkStatus(out.http_code)) return HttpError("GET", url, out.http_code);
+  if (sink.received < dst.size()) {
+    return DataLossError("short body: got " + std::to_string(sink.received) + " of " + n +
+                         " bytes from " + url);
+  }
+  return Status::Ok();
+}
+
+Status CurlTransport::Put(const std::string& url, std::span<const std::uint8_t> body,
+                          Duration timeout) {
+  if (timeout <= Duration::zero()) return DeadlineExceededError(url + ": no time left to try");
+  Impl::Lease lease(*impl_);
+  CURL* handle = lease.get();
+  if (handle == nullptr) return NoHandle();
+  char error_buffer[CURL_ERROR_SIZE];
+  if (!impl_->SetCommonOptions(handle, url, timeout, error_buffer)) return BadOption(url);
+  // Without this curl sends "Expect: 100-continue" for large bodies and waits a second for an
+  // answer that nginx does not need to give.
+  HeaderList headers(curl_slist_append(nullptr, "Expect:"));
+  if (!headers) return InternalError("curl_slist_append failed");
+  SpanSource source{body, 0};
+  curl_easy_setopt(handle, CURLOPT_UPLOAD, 1L);
+  curl_easy_setopt(handle, CURLOPT_HTTPHEADER, headers.get());
+  curl_easy_setopt(handle, CURLOPT_INFILESIZE_LARGE, static_cast<curl_off_t>(body.size()));
+  curl_easy_setopt(handle, CURLOPT_READFUNCTION, ReadFromSpan);
+  curl_easy_setopt(handle, CURLOPT_READDATA, &source);
+  curl_easy_setopt(handle, CURLOPT_SEEKFUNCTION, SeekInSpan);
+  curl_easy_setopt(handle, CURLOPT_SEEKDATA, &source);
+  curl_easy_setopt(handle, CURLOPT_WRITEFUNCTION, DiscardBody);
+
+  Outcome out = Perform(handle, error_buffer);
+  // The handle outlives `headers`; make sure it no longer points at the list.
+  curl_easy_setopt(handle, CURLOPT_HTTPHEADER, nullptr);
+  if (out.rc != CURLE_OK) return TransferError(url, out, timeout);
+  if (!Is2xx(out.http_code)) return HttpError("PUT", url, out.http_code);
+  return Status::Ok();
+}
+
+Status CurlTransport::GetToFile(const std::string& url, const std::string& path, Duration timeout) {
+  if (timeout <= Duration::zero()) return DeadlineExceededError(url + ": no time left to try");
+  ScopedFd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
+  if (fd.get() < 0) return ErrnoStatus(errno, "open " + path);
+  Impl::Lease lease(*impl_);
+  CURL* handle = lease.get();
+  if (handle == nullptr) return NoHandle();
+  char error_buffer[CURL_ERROR_SIZE];
+  if (!impl_->SetCommonOptions(handle, url, timeout, error_buffer)) return BadOption(url);
+  FileSink sink;
+  sink.filter.handle = handle;
+  sink.filter.wanted_status = Is2xx;
+  sink.fd = fd.get();
+  // An index may sit behind a redirect (a CDN, a "latest" link); chunk GETs never follow one.
+  curl_easy_setopt(handle, CURLOPT_FOLLOWLOCATION, 1L);
+  curl_easy_setopt(handle, CURLOPT_MAXREDIRS, kMaxRedirects);
+  curl_easy_setopt(handle, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
+  curl_easy_setopt(handle, CURLOPT_WRITEFUNCTION, WriteToFile);
+  curl_easy_setopt(handle, CURLOPT_WRITEDATA, &sink);
+
+  Outcome out = Perform(handle, error_buffer);
+  if (sink.write_errno != 0) return ErrnoStatus(sink.write_errno, "write " + path);
+  if (out.rc != CURLE_OK && !sink.filter.discarding) return TransferError(url, out, timeout);
+  if (!Is2xx(out.http_code)) return HttpError("GET", url, out.http_code);
+  if (fd.Close() != 0) return ErrnoStatus(errno, "close " + path);
+  return Status::Ok();
+}
+
+}  // namespace ckptfs::netfetch

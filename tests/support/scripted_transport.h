@@ -1,0 +1,201 @@
+// ScriptedTransport: a netfetch::Transport whose answers a test writes down in advance.
+//
+// Per URL a test queues one-shot responses (Enqueue, used first, in order) and/or sets a fixed
+// response for every later call (SetResponse). A response is either body bytes or an error
+// Status, and may carry a fake duration: the FakeClock given to the constructor is advanced by
+// it, and a duration longer than the call's timeout behaves like a real timeout (the clock moves
+// by the timeout and the call returns DeadlineExceeded). Bodies are checked against the size the
+// caller expects exactly as CurlTransport does (short or long → DataLoss), so the fetcher sees
+// the real contract. A URL with no script answers like a missing object: HTTP 404, Unavailable.
+// Every call is counted per URL, with the timeout it was given.
+// Thread safety: every method may be called from many threads at once.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+#include <deque>
+#include <fstream>
+#include <functional>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <span>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "common/clock.h"
+#include "common/status.h"
+#include "netfetch/transport.h"
+#include "tests/support/fake_clock.h"
+
+namespace ckptfs::testing {
+
+struct ScriptedResponse {
+  Status status;  // OK: the answer is `body`.
+  std::vector<std::uint8_t> body;
+  Duration delay{0};  // How long the fake request takes.
+
+  static ScriptedResponse Body(std::vector<std::uint8_t> bytes, Duration delay = Duration{0}) {
+    return {Status::Ok(), std::move(bytes), delay};
+  }
+  static ScriptedResponse Error(Status status, Duration delay = Duration{0}) {
+    return {std::move(status), {}, delay};
+  }
+};
+
+class ScriptedTransport final : public netfetch::Transport {
+ public:
+  // `clock` may be null when no response carries a delay.
+  explicit ScriptedTransport(FakeClock* clock = nullptr) : clock_(clock) {}
+
+  // Answers every call to `url` that finds its queue empty.
+  void SetResponse(const std::string& url, ScriptedResponse response) {
+    std::lock_guard lock(mu_);
+    scripts_[url].fixed = std::move(response);
+  }
+  // Answers the next call to `url` only (after those queued before it).
+  void Enqueue(const std::string& url, ScriptedResponse response) {
+    std::lock_guard lock(mu_);
+    scripts_[url].queue.push_back(std::move(response));
+  }
+  // Runs at the start of every call, with no lock held: lets a test block a call or look at
+  // the state of the code under test while a request is "in flight".
+  void SetOnCall(std::function<void(const std::string& url)> hook) {
+    std::lock_guard lock(mu_);
+    on_call_ = std::move(hook);
+  }
+
+  int Calls(const std::string& url) const {
+    std::lock_guard lock(mu_);
+    auto it = scripts_.find(url);
+    return it == scripts_.end() ? 0 : static_cast<int>(it->second.timeouts.size());
+  }
+  int TotalCalls() const {
+    std::lock_guard lock(mu_);
+    return static_cast<int>(call_order_.size());
+  }
+  // URLs in the order they were called.
+  std::vector<std::string> CallOrder() const {
+    std::lock_guard lock(mu_);
+    return call_order_;
+  }
+  // The timeout of every call to `url`, oldest first.
+  std::vector<Duration> Timeouts(const std::string& url) const {
+    std::lock_guard lock(mu_);
+    auto it = scripts_.find(url);
+    return it == scripts_.end() ? std::vector<Duration>{} : it->second.timeouts;
+  }
+
+  Status Get(const std::string& url, std::span<std::uint8_t> dst, Duration timeout) override {
+    ScriptedResponse response = Answer(url, timeout);
+    if (Status late = Elapse(url, response.delay, timeout); !late.ok()) return late;
+    if (!response.status.ok()) return response.status;
+    const std::size_t n = std::min(response.body.size(), dst.size());
+    if (n > 0) std::memcpy(dst.data(), response.body.data(), n);
+    const std::string expected = std::to_string(dst.size());
+    if (response.body.size() > dst.size()) {
+      return DataLossError("body longer than " + expected + " bytes from " + url);
+    }
+    if (response.body.size() < dst.size()) {
+      return DataLossError("short body: got " + std::to_string(n) + " of " + expected +
+                           " bytes from " + url);
+    }
+    return Status::Ok();
+  }
+
+  // A queued or fixed response decides the outcome (its body is ignored); with no script the
+  // PUT succeeds. A successful PUT makes `body` the fixed GET response of `url`.
+  Status Put(const std::string& url, std::span<const std::uint8_t> body,
+             Duration timeout) override {
+    std::optional<ScriptedResponse> scripted = AnswerPut(url, timeout);
+    Duration delay = scripted ? scripted->delay : Duration{0};
+    if (Status late = Elapse(url, delay, timeout); !late.ok()) return late;
+    if (scripted && !scripted->status.ok()) return scripted->status;
+    SetResponse(url, ScriptedResponse::Body({body.begin(), body.end()}));
+    return Status::Ok();
+  }
+
+  Status GetToFile(const std::string& url, const std::string& path, Duration timeout) override {
+    ScriptedResponse response = Answer(url, timeout);
+    if (Status late = Elapse(url, response.delay, timeout); !late.ok()) return late;
+    if (!response.status.ok()) return response.status;
+    std::ofstream out(path, std::ios::binary | std::ios::trunc);
+    out.write(reinterpret_cast<const char*>(response.body.data()),
+              static_cast<std::streamsize>(response.body.size()));
+    out.close();
+    if (!out) return InternalError("cannot write " + path);
+    return Status::Ok();
+  }
+
+ private:
+  struct Script {
+    std::deque<ScriptedResponse> queue;
+    std::optional<ScriptedResponse> fixed;
+    std::vector<Duration> timeouts;  // One per call.
+  };
+
+  // Records the call and takes its response; runs the hook.
+  ScriptedResponse Answer(const std::string& url, Duration timeout) {
+    std::function<void(const std::string&)> hook;
+    ScriptedResponse response;
+    {
+      std::lock_guard lock(mu_);
+      Script& script = Record(url, timeout);
+      hook = on_call_;
+      if (!script.queue.empty()) {
+        response = std::move(script.queue.front());
+        script.queue.pop_front();
+      } else if (script.fixed) {
+        response = *script.fixed;
+      } else {
+        response = ScriptedResponse::Error(UnavailableError("HTTP 404 from GET " + url));
+      }
+    }
+    if (hook) hook(url);
+    return response;
+  }
+
+  std::optional<ScriptedResponse> AnswerPut(const std::string& url, Duration timeout) {
+    std::function<void(const std::string&)> hook;
+    std::optional<ScriptedResponse> response;
+    {
+      std::lock_guard lock(mu_);
+      Script& script = Record(url, timeout);
+      hook = on_call_;
+      if (!script.queue.empty()) {
+        response = std::move(script.queue.front());
+        script.queue.pop_front();
+      } else if (script.fixed && !script.fixed->status.ok()) {
+        response = script.fixed;
+      }
+    }
+    if (hook) hook(url);
+    return response;
+  }
+
+  Script& Record(const std::string& url, Duration timeout) {  // REQUIRES: mu_ held.
+    Script& script = scripts_[url];
+    script.timeouts.push_back(timeout);
+    call_order_.push_back(url);
+    return script;
+  }
+
+  // Lets the fake request take `delay`, cut short at `timeout` as a real transport would.
+  Status Elapse(const std::string& url, Duration delay, Duration timeout) {
+    if (timeout <= Duration::zero() || delay > timeout) {
+      if (clock_ != nullptr) clock_->Advance(timeout);
+      return DeadlineExceededError(url + ": scripted response takes longer than the timeout");
+    }
+    if (clock_ != nullptr) clock_->Advance(delay);
+    return Status::Ok();
+  }
+
+  FakeClock* const clock_;
+  mutable std::mutex mu_;
+  std::map<std::string, Script> scripts_;                // Guarded by mu_.
+  std::vector<std::string> call_order_;                  // Guarded by mu_.
+  std::function<void(const std::string& url)> on_call_;  // Guarded by mu_.
+};
+
+}  // namespace ckptfs::testing

@@ -1,0 +1,333 @@
+// CurlTransport against a real nginx on 127.0.0.1 (and, for timeouts, a socket that never
+// answers). Time is measured only to bound how long a failure may take, generously.
+#include "netfetch/curl_transport.h"
+
+#include <arpa/inet.h>
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <set>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "netfetch/global_init.h"
+#include "tests/support/nginx_server.h"
+
+namespace ckptfs {
+namespace {
+
+using namespace std::chrono_literals;
+
+constexpr Duration kTimeout = 10s;
+
+// CurlTransport requires libcurl's global set-up before any thread starts, as main does it.
+class CurlEnvironment : public ::testing::Environment {
+ public:
+  void SetUp() override {
+    Status init = netfetch::GlobalInit();
+    ASSERT_TRUE(init.ok()) << init.ToString();
+  }
+  void TearDown() override { netfetch::GlobalCleanup(); }
+};
+[[maybe_unused]] ::testing::Environment* const kCurlEnvironment =
+    ::testing::AddGlobalTestEnvironment(new CurlEnvironment);
+
+std::vector<std::uint8_t> RandomBytes(std::size_t n, std::uint32_t seed) {
+  std::mt19937 gen(seed);
+  std::vector<std::uint8_t> bytes(n);
+  for (auto& b : bytes) b = static_cast<std::uint8_t>(gen());
+  return bytes;
+}
+
+std::vector<std::uint8_t> ReadFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
+
+// A TCP socket on 127.0.0.1 that listens but is never accepted or read: the kernel completes
+// the handshake, so a client connects, sends its request and then waits for an answer forever.
+class SilentServer {
+ public:
+  SilentServer() {
+    fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof(addr);
+    if (fd_ >= 0 && ::bind(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0 &&
+        ::listen(fd_, 16) == 0 &&
+        ::getsockname(fd_, reinterpret_cast<sockaddr*>(&addr), &len) == 0) {
+      port_ = ntohs(addr.sin_port);
+    }
+  }
+  ~SilentServer() {
+    if (fd_ >= 0) ::close(fd_);
+  }
+  bool ok() const { return port_ != 0; }
+  std::string url() const { return "http://127.0.0.1:" + std::to_string(port_); }
+
+ private:
+  int fd_ = -1;
+  int port_ = 0;
+};
+
+// One field of an access log line: "$request_method $uri $status $body_bytes_sent $connection
+// $connection_requests".
+struct AccessLine {
+  std::string method, uri;
+  int status = 0;
+  long bytes = 0, connection = 0, connection_requests = 0;
+};
+
+AccessLine ParseAccessLine(const std::string& line) {
+  AccessLine a;
+  std::istringstream in(line);
+  in >> a.method >> a.uri >> a.status >> a.bytes >> a.connection >> a.connection_requests;
+  return a;
+}
+
+class CurlTransport : public ::testing::Test {
+ protected:
+  void SetUp() override { ASSERT_TRUE(nginx_.Start()); }
+
+  // Stores `bytes` under the server's root; returns its URL.
+  std::string Serve(const std::string& path, const std::vector<std::uint8_t>& bytes) {
+    const std::filesystem::path file = nginx_.root() + "/" + path;
+    std::filesystem::create_directories(file.parent_path());
+    std::ofstream out(file, std::ios::binary);
+    out.write(reinterpret_cast<const char*>(bytes.data()),
+              static_cast<std::streamsize>(bytes.size()));
+    return nginx_.url() + "/" + path;
+  }
+
+  testing::NginxServer nginx_;
+  netfetch::CurlTransport transport_;
+};
+
+TEST_F(CurlTransport, GetReturnsTheExactBody) {
+  // Larger than curl's receive buffer, so the body arrives in many callbacks.
+  auto bytes = RandomBytes(3 * 1024 * 1024 + 17, 1);
+  std::string url = Serve("chunks/ab/big", bytes);
+  std::vector<std::uint8_t> dst(bytes.size());
+  Status status = transport_.Get(url, dst, kTimeout);
+  ASSERT_TRUE(status.ok()) << status.ToString();
+  EXPECT_EQ(dst, bytes);
+}
+
+TEST_F(CurlTransport, MissingObjectIsUnavailableAndLeavesTheBufferAlone) {
+  std::string url = nginx_.url() + "/chunks/00/missing";
+  std::vector<std::uint8_t> dst(64, 0xaa);
+  Status status = transport_.Get(url, dst, kTimeout);
+  EXPECT_EQ(status.code(), StatusCode::kUnavailable);
+  EXPECT_NE(status.message().find("HTTP 404"), std::string::npos) << status.ToString();
+  EXPECT_NE(status.message().find(url), std::string::npos) << status.ToString();
+  EXPECT_EQ(dst, std::vector<std::uint8_t>(64, 0xaa)) << "the error page must not land in dst";
+}
+
+TEST_F(CurlTransport, ShorterBodyIsDataLoss) {
+  std::string url = Serve("short", RandomBytes(100, 2));
+  std::vector<std::uint8_t> dst(200);
+  Status status = transport_.Get(url, dst, kTimeout);
+  EXPECT_EQ(status.code(), StatusCode::kDataLoss);
+  EXPECT_NE(status.message().find("short body: got 100 of 200 bytes"), std::string::npos)
+      << status.ToString();
+}
+
+TEST_F(CurlTransport, LongerBodyIsDataLossAndTheTransportStaysUsable) {
+  std::string url = Serve("long", RandomBytes(2 * 1024 * 1024, 3));
+  std::vector<std::uint8_t> dst(1024 * 1024);
+  Status status = transport_.Get(url, dst, kTimeout);
+  EXPECT_EQ(status.code(), StatusCode::kDataLoss);
+  EXPECT_NE(status.message().find("body longer than 1048576 bytes"), std::string::npos)
+      << status.ToString();
+
+  auto bytes = RandomBytes(1000, 4);
+  std::string good = Serve("good", bytes);
+  std::vector<std::uint8_t> small(bytes.size());
+  ASSERT_TRUE(transport_.Get(good, small, kTimeout).ok());
+  EXPECT_EQ(small, bytes);
+}
+
+TEST_F(CurlTransport, EmptyBodyIntoEmptyBufferIsFine) {
+  std::string url = Serve("empty", {});
+  std::vector<std::uint8_t> dst;
+  EXPECT_TRUE(transport_.Get(url, dst, kTimeout).ok());
+}
+
+TEST_F(CurlTransport, ChunkGetDoesNotFollowRedirects) {
+  Serve("target", RandomBytes(10, 5));
+  std::vector<std::uint8_t> dst(10);
+  Status status = transport_.Get(nginx_.url() + "/moved/target", dst, kTimeout);
+  EXPECT_EQ(status.code(), StatusCode::kUnavailable);
+  EXPECT_NE(status.message().find("HTTP 302"), std::string::npos) << status.ToString();
+}
+
+TEST_F(CurlTransport, RefusedConnectionIsUnavailableQuickly) {
+  std::string url = Serve("x", RandomBytes(10, 6));
+  nginx_.Stop();
+  std::vector<std::uint8_t> dst(10);
+  auto start = std::chrono::steady_clock::now();
+  Status status = transport_.Get(url, dst, kTimeout);
+  auto took = std::chrono::steady_clock::now() - start;
+  EXPECT_EQ(status.code(), StatusCode::kUnavailable) << status.ToString();
+  EXPECT_NE(status.message().find(url), std::string::npos) << status.ToString();
+  EXPECT_LT(took, 5s) << "a refused connection must not wait for the timeout";
+}
+
+TEST_F(CurlTransport, ServerThatStopsAndStartsAgainIsServedAgain) {
+  auto bytes = RandomBytes(10, 7);
+  std::string url = Serve("y", bytes);
+  std::vector<std::uint8_t> dst(bytes.size());
+  ASSERT_TRUE(transport_.Get(url, dst, kTimeout).ok());
+  nginx_.Stop();
+  EXPECT_FALSE(transport_.Get(url, dst, kTimeout).ok());
+  ASSERT_TRUE(nginx_.Start());
+  Status status = transport_.Get(url, dst, kTimeout);
+  ASSERT_TRUE(status.ok()) << status.ToString();
+  EXPECT_EQ(dst, bytes);
+}
+
+TEST_F(CurlTransport, ServerThatNeverAnswersHitsTheTimeout) {
+  SilentServer silent;
+  ASSERT_TRUE(silent.ok());
+  std::vector<std::uint8_t> dst(10);
+  auto start = std::chrono::steady_clock::now();
+  Status status = transport_.Get(silent.url() + "/chunks/00/x", dst, 1s);
+  auto took = std::chrono::steady_clock::now() - start;
+  EXPECT_EQ(status.code(), StatusCode::kDeadlineExceeded) << status.ToString();
+  EXPECT_LT(took, 10s);
+}
+
+TEST(CurlTransportLowSpeed, StalledTransferIsUnavailableBeforeTheTimeout) {
+  netfetch::CurlOptions options;
+  options.low_speed_bytes = 1024;
+  options.low_speed_time = 1s;
+  netfetch::CurlTransport transport(options);
+  SilentServer silent;
+  ASSERT_TRUE(silent.ok());
+  std::vector<std::uint8_t> dst(10);
+  auto start = std::chrono::steady_clock::now();
+  Status status = transport.Get(silent.url() + "/x", dst, 60s);
+  auto took = std::chrono::steady_clock::now() - start;
+  // Too slow is the node's fault, worth another replica; the caller's time has not run out.
+  EXPECT_EQ(status.code(), StatusCode::kUnavailable) << status.ToString();
+  EXPECT_LT(took, 20s);
+}
+
+TEST_F(CurlTransport, NonPositiveTimeoutSendsNoRequest) {
+  std::string url = Serve("z", RandomBytes(10, 8));
+  std::vector<std::uint8_t> dst(10);
+  EXPECT_EQ(transport_.Get(url, dst, Duration::zero()).code(), StatusCode::kDeadlineExceeded);
+  nginx_.Stop();  // Makes the access log complete.
+  EXPECT_TRUE(nginx_.AccessLogLines().empty());
+}
+
+TEST_F(CurlTransport, PutThenGetRoundTrips) {
+  auto bytes = RandomBytes(1024 * 1024 + 3, 9);
+  std::string url = nginx_.url() + "/chunks/cd/cdef";  // Directories created by nginx.
+  Status put = transport_.Put(url, bytes, kTimeout);
+  ASSERT_TRUE(put.ok()) << put.ToString() << "\n" << nginx_.ErrorLog();
+  EXPECT_EQ(ReadFile(nginx_.root() + "/chunks/cd/cdef"), bytes);
+  std::vector<std::uint8_t> dst(bytes.size());
+  ASSERT_TRUE(transport_.Get(url, dst, kTimeout).ok());
+  EXPECT_EQ(dst, bytes);
+
+  auto replacement = RandomBytes(5, 10);
+  ASSERT_TRUE(transport_.Put(url, replacement, kTimeout).ok()) << "overwrite (204) is success";
+  EXPECT_EQ(ReadFile(nginx_.root() + "/chunks/cd/cdef"), replacement);
+  ASSERT_TRUE(transport_.Put(nginx_.url() + "/empty-object", {}, kTimeout).ok());
+  EXPECT_TRUE(std::filesystem::exists(nginx_.root() + "/empty-object"));
+}
+
+TEST_F(CurlTransport, PutThatTheServerRefusesIsUnavailable) {
+  // nginx's WebDAV module does not PUT onto a collection ("/").
+  Status status = transport_.Put(nginx_.url() + "/", RandomBytes(10, 11), kTimeout);
+  EXPECT_EQ(status.code(), StatusCode::kUnavailable);
+  EXPECT_NE(status.message().find("HTTP "), std::string::npos) << status.ToString();
+}
+
+TEST_F(CurlTransport, GetToFileWritesTheBodyAndFollowsRedirects) {
+  auto bytes = RandomBytes(700 * 1024, 12);
+  Serve("index.db", bytes);
+  const std::string path = nginx_.dir() + "/downloaded.db";
+  {
+    std::ofstream old(path);
+    old << "old contents that are longer than nothing";
+  }
+  Status status = transport_.GetToFile(nginx_.url() + "/index.db", path, kTimeout);
+  ASSERT_TRUE(status.ok()) << status.ToString();
+  EXPECT_EQ(ReadFile(path), bytes);
+
+  const std::string moved = nginx_.dir() + "/moved.db";
+  status = transport_.GetToFile(nginx_.url() + "/moved/index.db", moved, kTimeout);
+  ASSERT_TRUE(status.ok()) << status.ToString();
+  EXPECT_EQ(ReadFile(moved), bytes);
+}
+
+TEST_F(CurlTransport, GetToFileFailsOnHttpErrorAndOnBadPath) {
+  const std::string path = nginx_.dir() + "/missing.db";
+  Status status = transport_.GetToFile(nginx_.url() + "/missing.db", path, kTimeout);
+  EXPECT_EQ(status.code(), StatusCode::kUnavailable);
+  EXPECT_NE(status.message().find("HTTP 404"), std::string::npos) << status.ToString();
+  EXPECT_EQ(std::filesystem::file_size(path), 0u) << "the error page is not the file";
+
+  Serve("index.db", RandomBytes(10, 13));
+  status =
+      transport_.GetToFile(nginx_.url() + "/index.db", nginx_.dir() + "/no/such/dir/x", kTimeout);
+  EXPECT_EQ(status.code(), StatusCode::kNotFound) << status.ToString();
+}
+
+TEST_F(CurlTransport, ConcurrentGetsFromManyThreadsReuseConnections) {
+  constexpr int kThreads = 8;
+  constexpr int kGetsPerThread = 25;
+  std::vector<std::vector<std::uint8_t>> objects;
+  std::vector<std::string> urls;
+  for (int i = 0; i < 4; ++i) {
+    objects.push_back(RandomBytes(64 * 1024, 100 + i));
+    urls.push_back(Serve("chunks/0" + std::to_string(i) + "/obj", objects.back()));
+  }
+  std::atomic<int> good{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      std::vector<std::uint8_t> dst(64 * 1024);
+      for (int i = 0; i < kGetsPerThread; ++i) {
+        const std::size_t k = (t + i) % objects.size();
+        if (transport_.Get(urls[k], dst, kTimeout).ok() && dst == objects[k]) ++good;
+      }
+    });
+  }
+  for (auto& thread : threads) thread.join();
+  EXPECT_EQ(good.load(), kThreads * kGetsPerThread);
+
+  nginx_.Stop();  // nginx logs a request just after answering it: stop it for the whole log.
+  std::set<long> connections;
+  long most_requests_on_one_connection = 0;
+  int gets = 0;
+  for (const std::string& line : nginx_.AccessLogLines()) {
+    AccessLine a = ParseAccessLine(line);
+    if (a.method != "GET") continue;
+    ++gets;
+    EXPECT_EQ(a.status, 200) << line;
+    connections.insert(a.connection);
+    most_requests_on_one_connection =
+        std::max(most_requests_on_one_connection, a.connection_requests);
+  }
+  EXPECT_EQ(gets, kThreads * kGetsPerThread);
+  // At most one handle per concurrent caller, each keeping its connection alive.
+  EXPECT_LE(connections.size(), static_cast<std::size_t>(kThreads));
+  EXPECT_GE(most_requests_on_one_connection, kGetsPerThread);
+}
+
+}  // namespace
+}  // namespace ckptfs

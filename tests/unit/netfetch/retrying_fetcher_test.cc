@@ -1,0 +1,351 @@
+// RetryingFetcher against a scripted transport and a fake clock: no sockets, no real sleeps.
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <future>
+#include <memory>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "common/digest.h"
+#include "netfetch/fetcher.h"
+#include "tests/support/fake_clock.h"
+#include "tests/support/scripted_transport.h"
+
+namespace ckptfs {
+namespace {
+
+using namespace std::chrono_literals;
+using netfetch::ChunkRef;
+using netfetch::ChunkUrl;
+using netfetch::NodeEndpoint;
+using netfetch::RetryOptions;
+using testing::FakeClock;
+using testing::ScriptedResponse;
+using testing::ScriptedTransport;
+
+std::vector<std::uint8_t> PatternBytes(std::size_t n, std::uint32_t seed) {
+  std::mt19937 gen(seed);
+  std::vector<std::uint8_t> bytes(n);
+  for (auto& b : bytes) b = static_cast<std::uint8_t>(gen());
+  return bytes;
+}
+
+struct TestChunk {
+  std::vector<std::uint8_t> bytes;
+  ChunkRef ref;
+};
+
+TestChunk MakeChunk(std::uint32_t seed, std::vector<std::int64_t> nodes, std::size_t size = 4096) {
+  TestChunk chunk;
+  chunk.bytes = PatternBytes(size, seed);
+  chunk.ref.digest = Sha256(chunk.bytes.data(), chunk.bytes.size());
+  chunk.ref.size = size;
+  chunk.ref.nodes = std::move(nodes);
+  return chunk;
+}
+
+std::vector<std::uint8_t> Corrupted(std::vector<std::uint8_t> bytes) {
+  bytes[bytes.size() / 2] ^= 0x01;
+  return bytes;
+}
+
+Status Http503(const std::string& url) { return UnavailableError("HTTP 503 from GET " + url); }
+
+class RetryingFetcher : public ::testing::Test {
+ protected:
+  std::unique_ptr<netfetch::RetryingFetcher> MakeFetcher() {
+    return std::make_unique<netfetch::RetryingFetcher>(nodes_, &transport_, &clock_, options_);
+  }
+  // The URL of `chunk` on node `id` (1 → "http://node1", ...).
+  static std::string Url(std::int64_t id, const TestChunk& chunk) {
+    return ChunkUrl("http://node" + std::to_string(id), chunk.ref.digest);
+  }
+  void Serve(std::int64_t id, const TestChunk& chunk, Duration delay = Duration{0}) {
+    transport_.SetResponse(Url(id, chunk), ScriptedResponse::Body(chunk.bytes, delay));
+  }
+  void Fail(std::int64_t id, const TestChunk& chunk) {
+    transport_.SetResponse(Url(id, chunk), ScriptedResponse::Error(Http503(Url(id, chunk))));
+  }
+  void FailOnce(std::int64_t id, const TestChunk& chunk) {
+    transport_.Enqueue(Url(id, chunk), ScriptedResponse::Error(Http503(Url(id, chunk))));
+  }
+  Status Fetch(netfetch::RetryingFetcher& fetcher, const TestChunk& chunk,
+               std::vector<std::uint8_t>* out, Duration budget = 1h) {
+    out->assign(chunk.ref.size, 0);
+    return fetcher.Fetch(chunk.ref, *out, clock_.Now() + budget);
+  }
+
+  FakeClock clock_;
+  ScriptedTransport transport_{&clock_};
+  std::vector<NodeEndpoint> nodes_ = {{1, "node1", "http://node1"},
+                                      {2, "node2", "http://node2"},
+                                      {3, "node3", "http://node3"},
+                                      {4, "node4", "http://node4"}};
+  RetryOptions options_;
+};
+
+TEST(ChunkUrl, FansOutByTheFirstTwoHexDigits) {
+  Digest d = Sha256("abc", 3);
+  EXPECT_EQ(ChunkUrl("http://h:1/base", d), "http://h:1/base/chunks/ba/" + d.Hex());
+}
+
+TEST_F(RetryingFetcher, FailsOverToNextReplicaOn503) {
+  TestChunk chunk = MakeChunk(1, {1, 2});
+  Fail(1, chunk);
+  Serve(2, chunk);
+  auto fetcher = MakeFetcher();
+  std::vector<std::uint8_t> out;
+  ASSERT_TRUE(Fetch(*fetcher, chunk, &out).ok());
+  EXPECT_EQ(out, chunk.bytes);
+  EXPECT_EQ(transport_.CallOrder(), (std::vector<std::string>{Url(1, chunk), Url(2, chunk)}));
+}
+
+TEST_F(RetryingFetcher, WrongDigestIsNeverReturnedAndNextReplicaIsTried) {
+  TestChunk chunk = MakeChunk(2, {1, 2});
+  transport_.SetResponse(Url(1, chunk), ScriptedResponse::Body(Corrupted(chunk.bytes)));
+  Serve(2, chunk);
+  auto fetcher = MakeFetcher();
+  std::vector<std::uint8_t> out;
+  ASSERT_TRUE(Fetch(*fetcher, chunk, &out).ok());
+  EXPECT_EQ(out, chunk.bytes);
+  EXPECT_EQ(transport_.Calls(Url(1, chunk)), 1);
+  EXPECT_EQ(transport_.Calls(Url(2, chunk)), 1);
+  EXPECT_EQ(fetcher->counters().digest_mismatches, 1u);
+}
+
+TEST_F(RetryingFetcher, WrongBytesFromEveryReplicaAreAnErrorNeverASuccess) {
+  TestChunk chunk = MakeChunk(3, {1, 2});
+  transport_.SetResponse(Url(1, chunk), ScriptedResponse::Body(Corrupted(chunk.bytes)));
+  transport_.SetResponse(Url(2, chunk), ScriptedResponse::Body(Corrupted(chunk.bytes)));
+  auto fetcher = MakeFetcher();
+  std::vector<std::uint8_t> out;
+  Status status = Fetch(*fetcher, chunk, &out, 2s);
+  EXPECT_EQ(status.code(), StatusCode::kDeadlineExceeded);
+  EXPECT_NE(status.message().find("SHA-256 mismatch"), std::string::npos) << status.ToString();
+  EXPECT_GE(fetcher->counters().digest_mismatches, 2u);
+}
+
+TEST_F(RetryingFetcher, ShortBodyFailsOver) {
+  TestChunk chunk = MakeChunk(4, {1, 2});
+  std::vector<std::uint8_t> truncated(chunk.bytes.begin(), chunk.bytes.end() - 10);
+  transport_.SetResponse(Url(1, chunk), ScriptedResponse::Body(truncated));
+  Serve(2, chunk);
+  auto fetcher = MakeFetcher();
+  std::vector<std::uint8_t> out;
+  ASSERT_TRUE(Fetch(*fetcher, chunk, &out).ok());
+  EXPECT_EQ(out, chunk.bytes);
+  EXPECT_EQ(transport_.Calls(Url(1, chunk)), 1);
+  EXPECT_EQ(fetcher->counters().failed_attempts, 1u);
+}
+
+TEST_F(RetryingFetcher, AllReplicasDownReturnsDeadlineExceededAtTheDeadline) {
+  TestChunk chunk = MakeChunk(5, {1, 2});
+  // Each failure takes some fake time too, as a refused connection or an error page would.
+  transport_.SetResponse(Url(1, chunk), ScriptedResponse::Error(Http503(Url(1, chunk)), 30ms));
+  transport_.SetResponse(Url(2, chunk), ScriptedResponse::Error(Http503(Url(2, chunk)), 30ms));
+  auto fetcher = MakeFetcher();
+  std::vector<std::uint8_t> out(chunk.ref.size);
+  const TimePoint deadline = clock_.Now() + 2s;
+  Status status = fetcher->Fetch(chunk.ref, out, deadline);
+  EXPECT_EQ(status.code(), StatusCode::kDeadlineExceeded);
+  EXPECT_NE(status.message().find("no replica of chunk " + chunk.ref.digest.Hex()),
+            std::string::npos)
+      << status.ToString();
+  EXPECT_NE(status.message().find("HTTP 503"), std::string::npos) << status.ToString();
+  EXPECT_GE(clock_.Now(), deadline);
+  EXPECT_LE(clock_.Now(), deadline + 1ms);
+  EXPECT_GT(transport_.TotalCalls(), 2);  // More than one round.
+  EXPECT_EQ(fetcher->counters().failed_fetches, 1u);
+}
+
+TEST_F(RetryingFetcher, FailedNodeIsTriedLastWhileBackingOff) {
+  TestChunk chunk = MakeChunk(6, {1, 2});
+  FailOnce(1, chunk);
+  Serve(1, chunk);
+  Serve(2, chunk);
+  auto fetcher = MakeFetcher();
+  std::vector<std::uint8_t> out;
+  ASSERT_TRUE(Fetch(*fetcher, chunk, &out).ok());  // node1 fails, node2 serves.
+  ASSERT_EQ(transport_.Calls(Url(1, chunk)), 1);
+
+  ASSERT_TRUE(Fetch(*fetcher, chunk, &out).ok());
+  EXPECT_EQ(transport_.Calls(Url(1, chunk)), 1) << "node1 is backing off, node2 comes first";
+  EXPECT_EQ(transport_.Calls(Url(2, chunk)), 2);
+
+  // Backing off is "last", not "never": when node2 fails too, node1 is asked at once.
+  FailOnce(2, chunk);
+  ASSERT_TRUE(Fetch(*fetcher, chunk, &out).ok());
+  EXPECT_EQ(out, chunk.bytes);
+  EXPECT_EQ(transport_.CallOrder().back(), Url(1, chunk));
+}
+
+TEST_F(RetryingFetcher, NodeIsUsedAgainAfterItRecovers) {
+  TestChunk chunk = MakeChunk(7, {1, 2});
+  FailOnce(1, chunk);
+  Serve(1, chunk);
+  Serve(2, chunk);
+  auto fetcher = MakeFetcher();
+  std::vector<std::uint8_t> out;
+  ASSERT_TRUE(Fetch(*fetcher, chunk, &out).ok());
+  ASSERT_TRUE(Fetch(*fetcher, chunk, &out).ok());
+  ASSERT_EQ(transport_.CallOrder().back(), Url(2, chunk));
+
+  // Past the longest first backoff (initial_backoff + 25% jitter).
+  clock_.Advance(options_.initial_backoff * 2);
+  ASSERT_TRUE(Fetch(*fetcher, chunk, &out).ok());
+  EXPECT_EQ(transport_.CallOrder().back(), Url(1, chunk));
+  ASSERT_TRUE(Fetch(*fetcher, chunk, &out).ok());
+  EXPECT_EQ(transport_.CallOrder().back(), Url(1, chunk)) << "node1 is healthy again";
+  EXPECT_EQ(transport_.Calls(Url(1, chunk)), 3);
+  EXPECT_EQ(transport_.Calls(Url(2, chunk)), 2);
+}
+
+TEST_F(RetryingFetcher, AttemptTimeoutIsBoundedByDeadline) {
+  options_.attempt_timeout = 10s;
+  TestChunk chunk = MakeChunk(8, {1, 2});
+  transport_.SetResponse(Url(1, chunk), ScriptedResponse::Error(Http503(Url(1, chunk)), 2s));
+  Serve(2, chunk);
+  auto fetcher = MakeFetcher();
+  std::vector<std::uint8_t> out;
+  ASSERT_TRUE(Fetch(*fetcher, chunk, &out, 3s).ok());
+  EXPECT_EQ(transport_.Timeouts(Url(1, chunk)), std::vector<Duration>{3s});
+  EXPECT_EQ(transport_.Timeouts(Url(2, chunk)), std::vector<Duration>{1s}) << "2 s were spent";
+
+  TestChunk far = MakeChunk(9, {3});
+  Serve(3, far);
+  ASSERT_TRUE(Fetch(*fetcher, far, &out, 1h).ok());
+  EXPECT_EQ(transport_.Timeouts(Url(3, far)), std::vector<Duration>{10s});
+}
+
+TEST_F(RetryingFetcher, SlowAttemptIsCutAtTheDeadline) {
+  TestChunk chunk = MakeChunk(10, {1});
+  Serve(1, chunk, 1h);  // Hangs for longer than any budget.
+  auto fetcher = MakeFetcher();
+  std::vector<std::uint8_t> out;
+  const TimePoint deadline = clock_.Now() + 5s;
+  out.assign(chunk.ref.size, 0);
+  Status status = fetcher->Fetch(chunk.ref, out, deadline);
+  EXPECT_EQ(status.code(), StatusCode::kDeadlineExceeded);
+  EXPECT_EQ(clock_.Now(), deadline);
+}
+
+TEST_F(RetryingFetcher, NoReplicaGivesNotFound) {
+  auto fetcher = MakeFetcher();
+  std::vector<std::uint8_t> out;
+  TestChunk orphan = MakeChunk(11, {});
+  EXPECT_EQ(Fetch(*fetcher, orphan, &out).code(), StatusCode::kNotFound);
+  TestChunk unknown_node = MakeChunk(12, {99});
+  EXPECT_EQ(Fetch(*fetcher, unknown_node, &out).code(), StatusCode::kNotFound);
+  EXPECT_EQ(transport_.TotalCalls(), 0);
+}
+
+TEST_F(RetryingFetcher, PrefersFasterReplicaOnceMeasured) {
+  TestChunk chunk = MakeChunk(13, {1, 2});
+  Serve(1, chunk, 100ms);
+  Serve(2, chunk, 10ms);
+  auto fetcher = MakeFetcher();
+  std::vector<std::uint8_t> out;
+  for (int i = 0; i < 4; ++i) ASSERT_TRUE(Fetch(*fetcher, chunk, &out).ok());
+  // node1 first (index order), node2 next (not measured yet), then node2 as the faster one.
+  EXPECT_EQ(transport_.Calls(Url(1, chunk)), 1);
+  EXPECT_EQ(transport_.Calls(Url(2, chunk)), 3);
+}
+
+TEST_F(RetryingFetcher, PrefersReplicaWithFewerRequestsInFlight) {
+  TestChunk chunk = MakeChunk(14, {1, 2});
+  Serve(1, chunk);
+  Serve(2, chunk);
+  std::promise<void> first_call_started;
+  std::promise<void> release_first_call;
+  std::shared_future<void> released = release_first_call.get_future().share();
+  std::atomic<bool> blocked_once{false};
+  transport_.SetOnCall([&](const std::string& url) {
+    // Only the first call to node1 (from `background`) blocks.
+    if (url != Url(1, chunk) || blocked_once.exchange(true)) return;
+    first_call_started.set_value();
+    released.wait();
+  });
+  auto fetcher = MakeFetcher();
+  std::vector<std::uint8_t> background_out(chunk.ref.size);
+  Status background_status;
+  std::thread background(
+      [&] { background_status = fetcher->Fetch(chunk.ref, background_out, clock_.Now() + 1h); });
+  first_call_started.get_future().wait();
+  std::vector<std::uint8_t> out;
+  Status status = Fetch(*fetcher, chunk, &out);
+  release_first_call.set_value();
+  background.join();
+  ASSERT_TRUE(status.ok());
+  ASSERT_TRUE(background_status.ok());
+  EXPECT_EQ(transport_.CallOrder(), (std::vector<std::string>{Url(1, chunk), Url(2, chunk)}));
+}
+
+TEST_F(RetryingFetcher, ConcurrentFetchesFromManyThreadsAllVerify) {
+  constexpr int kThreads = 8;
+  constexpr int kFetchesPerThread = 50;
+  std::vector<TestChunk> chunks;
+  for (std::uint32_t i = 0; i < 8; ++i) {
+    chunks.push_back(MakeChunk(100 + i, {1, i % 2 == 0 ? 2 : 3}));
+    TestChunk& c = chunks.back();
+    // node1 serves wrong bytes for everything; node3 fails a few times before it works.
+    transport_.SetResponse(Url(1, c), ScriptedResponse::Body(Corrupted(c.bytes)));
+    Serve(2, c);
+    for (int k = 0; k < 3; ++k) FailOnce(3, c);
+    Serve(3, c);
+  }
+  auto fetcher = MakeFetcher();
+  std::atomic<int> good{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      std::vector<std::uint8_t> out;
+      for (int i = 0; i < kFetchesPerThread; ++i) {
+        const TestChunk& c = chunks[(t * 7 + i) % chunks.size()];
+        if (Fetch(*fetcher, c, &out).ok() && out == c.bytes) ++good;
+      }
+    });
+  }
+  for (auto& thread : threads) thread.join();
+  EXPECT_EQ(good.load(), kThreads * kFetchesPerThread);
+  const auto& counters = fetcher->counters();
+  EXPECT_EQ(counters.fetches, static_cast<std::uint64_t>(kThreads * kFetchesPerThread));
+  EXPECT_EQ(counters.failed_fetches, 0u);
+  EXPECT_GE(counters.digest_mismatches, 1u);
+  EXPECT_EQ(counters.bytes_fetched, counters.fetches * 4096);
+  EXPECT_EQ(counters.attempts, counters.fetches + counters.failed_attempts);
+}
+
+TEST_F(RetryingFetcher, CountersCountAttemptsAndBytes) {
+  TestChunk first = MakeChunk(20, {1, 2}, 1000);
+  Fail(1, first);
+  Serve(2, first);
+  TestChunk second = MakeChunk(21, {3, 2}, 3000);
+  transport_.SetResponse(Url(3, second), ScriptedResponse::Body(Corrupted(second.bytes)));
+  Serve(2, second);
+  TestChunk lost = MakeChunk(22, {4}, 500);
+  Fail(4, lost);
+  auto fetcher = MakeFetcher();
+  std::vector<std::uint8_t> out;
+  ASSERT_TRUE(Fetch(*fetcher, first, &out).ok());
+  ASSERT_TRUE(Fetch(*fetcher, second, &out).ok());
+  const auto& counters = fetcher->counters();
+  EXPECT_EQ(counters.fetches, 2u);
+  EXPECT_EQ(counters.attempts, 4u);
+  EXPECT_EQ(counters.failed_attempts, 2u);
+  EXPECT_EQ(counters.digest_mismatches, 1u);
+  EXPECT_EQ(counters.bytes_fetched, 4000u);
+  EXPECT_EQ(counters.failed_fetches, 0u);
+
+  EXPECT_EQ(Fetch(*fetcher, lost, &out, 1s).code(), StatusCode::kDeadlineExceeded);
+  EXPECT_EQ(counters.fetches, 3u);
+  EXPECT_EQ(counters.failed_fetches, 1u);
+  EXPECT_EQ(counters.bytes_fetched, 4000u) << "no byte of the lost chunk counts";
+  EXPECT_EQ(counters.attempts, counters.failed_attempts + 2);
+  EXPECT_EQ(static_cast<int>(counters.attempts), transport_.TotalCalls());
+}
+
+}  // namespace
+}  // namespace ckptfs
