@@ -1,0 +1,119 @@
+// The ckptfs executable: wires the real objects together for each subcommand. Every error reaches
+// the user as one line "ckptfs: ..." and a non-zero exit status.
+#include <CLI/CLI.hpp>
+#include <iostream>
+#include <string>
+#include <vector>
+
+#include "cli/mount.h"
+#include "cli/mount_options.h"
+#include "cli/publish.h"
+#include "common/units.h"
+#include "netfetch/curl_transport.h"
+#include "netfetch/global_init.h"
+
+namespace ckptfs::cli {
+namespace {
+
+constexpr int kExitError = 1;
+constexpr int kExitUsage = 2;
+
+int Fail(const Status& status) {
+  std::cerr << "ckptfs: " << status.message() << std::endl;
+  return kExitError;
+}
+
+struct PublishArgs {
+  std::string source, output, chunk_size = "4M";
+  std::vector<std::string> nodes, stores;
+  int replicas = 0;
+};
+
+Result<PublishOptions> ToPublishOptions(const PublishArgs& args) {
+  PublishOptions options;
+  options.source_dir = args.source;
+  options.index_path = args.output;
+  options.replicas = args.replicas;
+  CKPTFS_ASSIGN_OR_RETURN(options.chunk_size, ParseSize(args.chunk_size));
+  for (const std::string& node : args.nodes) {
+    CKPTFS_ASSIGN_OR_RETURN(auto kv, SplitAssignment(node, "--node"));
+    options.nodes.push_back({kv.first, kv.second});
+  }
+  for (const std::string& store : args.stores) {
+    CKPTFS_ASSIGN_OR_RETURN(auto kv, SplitAssignment(store, "--store"));
+    options.stores[kv.first] = kv.second;
+  }
+  if (args.replicas < 0) return InvalidArgumentError("--replicas must be at least 1");
+  return options;
+}
+
+int RunPublish(const PublishArgs& args) {
+  Result<PublishOptions> options = ToPublishOptions(args);
+  if (!options.ok()) return Fail(options.status());
+  netfetch::CurlTransport transport;
+  Status status = Publish(*options, transport, std::cout);
+  return status.ok() ? 0 : Fail(status);
+}
+
+int RunMount(const std::string& index, const std::string& mountpoint, bool foreground,
+             const std::vector<std::string>& option_lists) {
+  MountOptions options;
+  options.index = index;
+  options.mountpoint = mountpoint;
+  options.foreground = foreground;
+  for (const std::string& list : option_lists) {
+    Status applied = ApplyMountOptionList(list, options);
+    if (!applied.ok()) return Fail(applied);
+  }
+  Status status = Mount(options);
+  return status.ok() ? 0 : Fail(status);
+}
+
+int Main(int argc, char** argv) {
+  CLI::App app{"ckptfs: publish a checkpoint directory to HTTP nodes and mount it lazily"};
+  app.require_subcommand(1);
+  app.set_version_flag("--version", CKPTFS_VERSION);
+
+  PublishArgs publish;
+  CLI::App* pub = app.add_subcommand("publish", "Chunk a directory onto nodes and write an index");
+  pub->add_option("source", publish.source, "Directory to publish")->required();
+  pub->add_option("-o,--output", publish.output, "Index file to write")->required();
+  pub->add_option("--node", publish.nodes, "Node as NAME=URL (repeat for more nodes)")->required();
+  pub->add_option("--store", publish.stores,
+                  "NAME=DIR: write NAME's objects into DIR (what the node serves) instead of PUT");
+  pub->add_option("--replicas", publish.replicas, "Copies of each chunk (default min(2, nodes))");
+  pub->add_option("--chunk-size", publish.chunk_size, "Chunk size, e.g. 4M (default 4M)");
+
+  std::string index, mountpoint;
+  bool foreground = false;
+  std::vector<std::string> mount_opts;
+  CLI::App* mnt = app.add_subcommand("mount", "Mount an index read-only");
+  mnt->add_option("index", index, "Index file or http(s) URL")->required();
+  mnt->add_option("mountpoint", mountpoint, "Directory to mount on")->required();
+  mnt->add_flag("-f,--foreground", foreground, "Stay in the foreground");
+  mnt->add_option("-o", mount_opts,
+                  "Options: cache_dir=DIR, cache_size=SIZE, node.NAME=URL, timeout=SECONDS, "
+                  "fetchers=N, readahead=SIZE, allow_other, debug");
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForVersion& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    std::cerr << "ckptfs: " << e.what() << " (see ckptfs --help)" << std::endl;
+    return kExitUsage;
+  }
+  Status init = netfetch::GlobalInit();
+  if (!init.ok()) return Fail(init);
+  int rc =
+      pub->parsed() ? RunPublish(publish) : RunMount(index, mountpoint, foreground, mount_opts);
+  netfetch::GlobalCleanup();
+  return rc;
+}
+
+}  // namespace
+}  // namespace ckptfs::cli
+
+int main(int argc, char** argv) { return ckptfs::cli::Main(argc, argv); }

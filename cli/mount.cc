@@ -1,0 +1,215 @@
+#define FUSE_USE_VERSION 312
+#include "cli/mount.h"
+
+#include <fuse_lowlevel.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <climits>
+#include <cstring>
+#include <fstream>
+#include <memory>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "common/clock.h"
+#include "common/digest.h"
+#include "common/log.h"
+#include "fs/chunk_store.h"
+#include "fs/disk_cache.h"
+#include "fs/file_system.h"
+#include "index/reader.h"
+#include "netfetch/curl_transport.h"
+#include "netfetch/fetcher.h"
+
+namespace ckptfs::cli {
+
+namespace {
+
+bool IsUrl(const std::string& s) {
+  return s.rfind("http://", 0) == 0 || s.rfind("https://", 0) == 0;
+}
+
+// Fetches an index served over HTTP into the cache directory (temporary name, then rename) and
+// returns its local path.
+Result<std::string> FetchIndex(const std::string& url, const std::string& cache_dir,
+                               netfetch::Transport& transport, Duration timeout) {
+  std::string dir = cache_dir + "/indexes";
+  if (::mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST) {
+    return ErrnoStatus(errno, "cannot create " + dir);
+  }
+  std::string path = dir + "/" + Sha256(url.data(), url.size()).Hex() + ".ckptfs";
+  std::string tmp = path + ".tmp." + std::to_string(::getpid());
+  Status got = transport.GetToFile(url, tmp, timeout);
+  if (!got.ok()) {
+    ::unlink(tmp.c_str());
+    return got.WithContext("cannot download index " + url);
+  }
+  if (::rename(tmp.c_str(), path.c_str()) != 0) return ErrnoStatus(errno, "cannot store index");
+  return path;
+}
+
+Result<std::vector<netfetch::NodeEndpoint>> Endpoints(const index::IndexReader& index,
+                                                      const MountOptions& options) {
+  std::vector<netfetch::NodeEndpoint> endpoints;
+  for (const index::Node& node : index.nodes()) {
+    endpoints.push_back({node.id, node.name, node.url});
+  }
+  for (const auto& [name, url] : options.node_urls) {
+    auto it = std::find_if(endpoints.begin(), endpoints.end(),
+                           [&](const netfetch::NodeEndpoint& e) { return e.name == name; });
+    if (it == endpoints.end()) {
+      return InvalidArgumentError("option node." + name + ": the index has no node '" + name + "'");
+    }
+    if (!IsUrl(url)) return InvalidArgumentError("option node." + name + ": not an http(s) URL");
+    it->url = url;
+    while (it->url.size() > 1 && it->url.back() == '/') it->url.pop_back();
+  }
+  return endpoints;
+}
+
+// Lets the kernel read ahead in larger steps than its 128 KiB default for FUSE. Best effort: the
+// knob lives in sysfs and only root may write it. The device number comes from mountinfo, since
+// a stat() of the mountpoint would wait for this very process to answer FUSE requests.
+void RaiseKernelReadahead(const char* resolved) {
+  std::ifstream mountinfo("/proc/self/mountinfo");
+  std::string line, device;
+  // Fields: id parent major:minor root mountpoint ...; the last match is the newest mount.
+  while (std::getline(mountinfo, line)) {
+    std::istringstream fields(line);
+    std::string id, parent, dev, root, point;
+    if (fields >> id >> parent >> dev >> root >> point && point == resolved) device = dev;
+  }
+  if (device.empty()) return;
+  std::ofstream knob("/sys/class/bdi/" + device + "/read_ahead_kb");
+  if (knob) knob << 4096 << std::endl;
+}
+
+struct FuseArgs {
+  std::vector<std::string> storage;
+  std::vector<char*> argv;
+  fuse_args args{};
+
+  explicit FuseArgs(const MountOptions& options, const std::string& fsname) {
+    std::string opts = "ro,default_permissions,subtype=ckptfs,fsname=" + fsname;
+    if (options.allow_other) opts += ",allow_other";
+    storage = {"ckptfs", "-o", opts};
+    if (options.debug) storage.push_back("-d");
+    for (std::string& s : storage) argv.push_back(s.data());
+    args = FUSE_ARGS_INIT(static_cast<int>(argv.size()), argv.data());
+  }
+};
+
+// Owns the objects of one mount; destroyed in reverse order of construction.
+struct MountedFs {
+  RealClock clock;
+  std::unique_ptr<index::IndexReader> index;
+  std::unique_ptr<fs::DiskCache> cache;
+  std::unique_ptr<netfetch::CurlTransport> transport;
+  std::unique_ptr<netfetch::RetryingFetcher> fetcher;
+  std::unique_ptr<fs::IndexReplicas> replicas;
+  std::unique_ptr<fs::ChunkStore> store;
+  std::unique_ptr<fs::FileSystem> file_system;
+};
+
+std::string FsName(const std::string& index) {
+  std::string name = "ckptfs:" + index;
+  for (char& c : name) {
+    if (c == ',' || c == ' ' || c == '\\') c = '_';
+  }
+  return name;
+}
+
+// Mounts, daemonizes unless in the foreground, and runs the FUSE loop until unmounted.
+Status Serve(MountedFs& m, const MountOptions& options) {
+  FuseArgs fuse_args(options, FsName(options.index));
+  const fuse_lowlevel_ops& ops = fs::FileSystem::Operations();
+  fuse_session* se = fuse_session_new(&fuse_args.args, &ops, sizeof(ops), m.file_system.get());
+  if (se == nullptr) return InternalError("cannot create the FUSE session");
+  std::unique_ptr<fuse_session, void (*)(fuse_session*)> session(se, fuse_session_destroy);
+  if (fuse_set_signal_handlers(se) != 0) return InternalError("cannot install signal handlers");
+  // Resolved before mounting: afterwards the path leads into this not-yet-serving file system.
+  char resolved[PATH_MAX];
+  if (::realpath(options.mountpoint.c_str(), resolved) == nullptr) {
+    return ErrnoStatus(errno, "mountpoint " + options.mountpoint);
+  }
+  if (fuse_session_mount(se, options.mountpoint.c_str()) != 0) {
+    fuse_remove_signal_handlers(se);
+    return FailedPreconditionError("cannot mount on " + options.mountpoint);
+  }
+  if (!options.foreground) SetLogToSyslog("ckptfs");
+  fuse_daemonize(options.foreground ? 1 : 0);
+  LogInfo("mounted " + options.index + " on " + options.mountpoint);
+
+  // The kernel sets the FUSE readahead from the INIT reply, so the knob is raised just after it.
+  std::thread tuner([&m, &resolved] {
+    for (int i = 0; i < 100 && !m.file_system->initialized(); ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    RaiseKernelReadahead(resolved);
+  });
+  fuse_loop_config* config = fuse_loop_cfg_create();
+  fuse_loop_cfg_set_max_threads(config, 32);
+  fuse_loop_cfg_set_idle_threads(config, 8);
+  int rc = fuse_session_loop_mt(se, config);
+  fuse_loop_cfg_destroy(config);
+  tuner.join();
+  fuse_session_unmount(se);
+  fuse_remove_signal_handlers(se);
+  LogInfo("unmounted " + options.mountpoint);
+  if (rc < 0) return InternalError("FUSE loop failed: " + std::string(std::strerror(-rc)));
+  return Status::Ok();
+}
+
+}  // namespace
+
+Status Mount(const MountOptions& options) {
+  struct stat st;
+  if (::stat(options.mountpoint.c_str(), &st) != 0) {
+    return ErrnoStatus(errno, "mountpoint " + options.mountpoint);
+  }
+  if (!S_ISDIR(st.st_mode)) {
+    return InvalidArgumentError("mountpoint " + options.mountpoint + " is not a directory");
+  }
+  if (options.debug) SetLogLevel(LogLevel::kDebug);
+  MountedFs m;
+  std::string cache_dir = options.cache_dir.empty() ? DefaultCacheDir() : options.cache_dir;
+  CKPTFS_ASSIGN_OR_RETURN(m.cache, fs::DiskCache::Open({cache_dir, options.cache_size, &m.clock}));
+  m.transport = std::make_unique<netfetch::CurlTransport>();
+  std::string index_path = options.index;
+  if (IsUrl(index_path)) {
+    CKPTFS_ASSIGN_OR_RETURN(index_path,
+                            FetchIndex(options.index, cache_dir, *m.transport, options.timeout));
+  }
+  CKPTFS_ASSIGN_OR_RETURN(m.index, index::IndexReader::Open(index_path));
+  CKPTFS_ASSIGN_OR_RETURN(std::vector<netfetch::NodeEndpoint> endpoints,
+                          Endpoints(*m.index, options));
+
+  netfetch::RetryOptions retry;
+  retry.attempt_timeout = std::min<Duration>(retry.attempt_timeout, options.timeout);
+  m.fetcher = std::make_unique<netfetch::RetryingFetcher>(std::move(endpoints), m.transport.get(),
+                                                          &m.clock, retry);
+  fs::FileSystemOptions fs_options;
+  fs_options.read_timeout = options.timeout;
+  fs_options.uid = ::getuid();
+  fs_options.gid = ::getgid();
+  fs_options.readahead.max_window = options.readahead;
+  fs::ChunkStoreOptions store_options;
+  store_options.prefetch_threads = options.fetch_threads;
+  store_options.max_inflight = options.fetch_threads + 4;
+  store_options.prefetch_timeout = options.timeout;
+  m.replicas = std::make_unique<fs::IndexReplicas>(m.index.get());
+  m.store = std::make_unique<fs::ChunkStore>(m.cache.get(), m.fetcher.get(), m.replicas.get(),
+                                             &m.clock, store_options);
+  m.file_system =
+      std::make_unique<fs::FileSystem>(m.index.get(), m.store.get(), &m.clock, fs_options);
+  return Serve(m, options);
+}
+
+}  // namespace ckptfs::cli

@@ -1,0 +1,93 @@
+#include "cli/mount_options.h"
+
+#include <unistd.h>
+
+#include <cmath>
+#include <cstdlib>
+#include <set>
+
+#include "common/units.h"
+
+namespace ckptfs::cli {
+
+namespace {
+
+const std::set<std::string>& FstabNoOps() {
+  static const std::set<std::string> kNoOps = {
+      "ro",      "defaults", "_netdev", "noauto", "auto", "user",   "nouser", "nofail",
+      "noatime", "relatime", "nodev",   "nosuid", "exec", "noexec", "rw"};
+  return kNoOps;
+}
+
+Status ApplyOne(const std::string& key, const std::string& value, bool has_value,
+                MountOptions& options) {
+  auto need_value = [&]() -> Status {
+    if (!has_value || value.empty())
+      return InvalidArgumentError("option " + key + " needs a value");
+    return Status::Ok();
+  };
+  if (key == "rw")
+    return InvalidArgumentError("ckptfs mounts are read-only: option rw is not allowed");
+  if (!has_value && FstabNoOps().contains(key)) return Status::Ok();
+  if (key == "allow_other" && !has_value) {
+    options.allow_other = true;
+  } else if (key == "debug" && !has_value) {
+    options.debug = true;
+  } else if (key == "cache_dir") {
+    CKPTFS_RETURN_IF_ERROR(need_value());
+    options.cache_dir = value;
+  } else if (key == "cache_size") {
+    CKPTFS_RETURN_IF_ERROR(need_value());
+    CKPTFS_ASSIGN_OR_RETURN(options.cache_size, ParseSize(value));
+  } else if (key == "timeout") {
+    CKPTFS_RETURN_IF_ERROR(need_value());
+    CKPTFS_ASSIGN_OR_RETURN(double seconds, ParseSeconds(value));
+    options.timeout = std::chrono::duration_cast<Duration>(std::chrono::duration<double>(seconds));
+  } else if (key == "fetchers") {
+    CKPTFS_RETURN_IF_ERROR(need_value());
+    CKPTFS_ASSIGN_OR_RETURN(std::uint64_t n, ParseSize(value));
+    if (n < 1 || n > 64) return InvalidArgumentError("fetchers must be between 1 and 64");
+    options.fetch_threads = static_cast<int>(n);
+  } else if (key == "readahead") {
+    CKPTFS_RETURN_IF_ERROR(need_value());
+    CKPTFS_ASSIGN_OR_RETURN(options.readahead, ParseSize(value));
+  } else if (key.rfind("node.", 0) == 0 && key.size() > 5) {
+    CKPTFS_RETURN_IF_ERROR(need_value());
+    options.node_urls[key.substr(5)] = value;
+  } else {
+    return InvalidArgumentError("unknown mount option '" + key + "'");
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
+Status ApplyMountOptionList(const std::string& list, MountOptions& options) {
+  std::size_t start = 0;
+  while (start <= list.size()) {
+    std::size_t comma = list.find(',', start);
+    std::string item =
+        list.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
+    if (!item.empty()) {
+      std::size_t eq = item.find('=');
+      bool has_value = eq != std::string::npos;
+      std::string key = item.substr(0, eq);
+      std::string value = has_value ? item.substr(eq + 1) : "";
+      CKPTFS_RETURN_IF_ERROR(ApplyOne(key, value, has_value, options));
+    }
+    if (comma == std::string::npos) break;
+    start = comma + 1;
+  }
+  return Status::Ok();
+}
+
+std::string DefaultCacheDir() {
+  if (::geteuid() == 0) return "/var/cache/ckptfs";
+  if (const char* xdg = std::getenv("XDG_CACHE_HOME"); xdg != nullptr && *xdg != '\0') {
+    return std::string(xdg) + "/ckptfs";
+  }
+  const char* home = std::getenv("HOME");
+  return std::string(home != nullptr ? home : "/tmp") + "/.cache/ckptfs";
+}
+
+}  // namespace ckptfs::cli

@@ -1,0 +1,36 @@
+// The options of `ckptfs mount` (and of mount.ckptfs from /etc/fstab), parsed from `-o` lists.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "common/clock.h"
+#include "common/result.h"
+
+namespace ckptfs::cli {
+
+struct MountOptions {
+  std::string index;  // Local path or http(s) URL.
+  std::string mountpoint;
+  bool foreground = false;
+  std::string cache_dir;  // Empty: DefaultCacheDir().
+  std::uint64_t cache_size = 10ull << 30;
+  std::map<std::string, std::string> node_urls;  // node.NAME=URL overrides.
+  Duration timeout = std::chrono::seconds(20);
+  bool allow_other = false;
+  bool debug = false;
+  int fetch_threads = 8;
+  std::uint64_t readahead = 64ull << 20;  // Largest readahead window per open file.
+};
+
+// Applies one comma-separated -o list (may be called once per -o). Unknown options and bad values
+// are InvalidArgument naming the option. Accepts fstab no-ops: ro, defaults, _netdev, noauto,
+// auto, user, nouser, nofail, noatime, relatime, nodev, nosuid, exec, noexec.
+Status ApplyMountOptionList(const std::string& list, MountOptions& options);
+
+// /var/cache/ckptfs for root, $XDG_CACHE_HOME/ckptfs or ~/.cache/ckptfs for other users.
+std::string DefaultCacheDir();
+
+}  // namespace ckptfs::cli

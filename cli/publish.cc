@@ -1,0 +1,382 @@
+#include "cli/publish.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <set>
+
+#include "common/buffer.h"
+#include "common/digest.h"
+#include "common/unique_fd.h"
+#include "common/units.h"
+#include "index/placement.h"
+#include "index/types.h"
+#include "index/writer.h"
+#include "netfetch/fetcher.h"
+
+namespace ckptfs::cli {
+
+namespace {
+
+constexpr std::uint64_t kMinChunkSize = 64 << 10;
+constexpr std::uint64_t kMaxChunkSize = 256 << 20;
+constexpr auto kPutTimeout = std::chrono::seconds(120);
+
+// One thing found under the source directory, in the order it will be published.
+struct SourceEntry {
+  std::string path;    // Absolute (or as given) path on disk.
+  std::size_t parent;  // Index into the walk of the parent directory; the root is its own.
+  std::string name;
+  struct stat st;
+};
+
+std::string Describe(const struct stat& st) {
+  if (S_ISFIFO(st.st_mode)) return "a fifo";
+  if (S_ISSOCK(st.st_mode)) return "a socket";
+  if (S_ISCHR(st.st_mode)) return "a character device";
+  if (S_ISBLK(st.st_mode)) return "a block device";
+  return "not a regular file, directory or symlink";
+}
+
+// Walks `root` breadth first with children in name order; fails on the first special or
+// unreadable entry so that nothing is written for a tree that cannot be published whole.
+Status Walk(const std::string& root, std::vector<SourceEntry>& out) {
+  struct stat st;
+  if (::stat(root.c_str(), &st) != 0) return ErrnoStatus(errno, "source " + root);
+  if (!S_ISDIR(st.st_mode)) return InvalidArgumentError("source " + root + " is not a directory");
+  out.push_back({root, 0, "", st});
+  for (std::size_t i = 0; i < out.size(); ++i) {
+    if (!S_ISDIR(out[i].st.st_mode)) continue;
+    DIR* dir = ::opendir(out[i].path.c_str());
+    if (dir == nullptr) return ErrnoStatus(errno, "cannot read directory " + out[i].path);
+    std::vector<std::string> names;
+    while (dirent* e = ::readdir(dir)) {
+      std::string name = e->d_name;
+      if (name != "." && name != "..") names.push_back(std::move(name));
+    }
+    ::closedir(dir);
+    std::sort(names.begin(), names.end());
+    // Appending gives breadth-first order, in which every parent precedes its children.
+    for (std::string& name : names) {
+      std::string path = out[i].path + "/" + name;
+      struct stat child;
+      if (::lstat(path.c_str(), &child) != 0) return ErrnoStatus(errno, "cannot stat " + path);
+      if (!S_ISREG(child.st_mode) && !S_ISDIR(child.st_mode) && !S_ISLNK(child.st_mode)) {
+        return InvalidArgumentError("cannot publish " + path + ": " + Describe(child));
+      }
+      if (S_ISREG(child.st_mode)) {
+        UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+        if (!fd.valid()) return ErrnoStatus(errno, "cannot read " + path);
+      }
+      out.push_back({path, i, std::move(name), child});
+    }
+  }
+  return Status::Ok();
+}
+
+Status MakeDirs(const std::string& path) {
+  std::size_t pos = 0;
+  while (pos != std::string::npos) {
+    pos = path.find('/', pos + 1);
+    std::string prefix = path.substr(0, pos);
+    if (prefix.empty()) continue;
+    if (::mkdir(prefix.c_str(), 0755) != 0 && errno != EEXIST) {
+      return ErrnoStatus(errno, "cannot create " + prefix);
+    }
+  }
+  return Status::Ok();
+}
+
+Status WriteFileAtomically(const std::string& path, std::span<const std::uint8_t> bytes) {
+  std::string tmp = path + ".tmp." + std::to_string(::getpid());
+  UniqueFd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
+  if (!fd.valid()) return ErrnoStatus(errno, "cannot create " + tmp);
+  while (!bytes.empty()) {
+    ssize_t n = ::write(fd.get(), bytes.data(), bytes.size());
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      Status err = ErrnoStatus(errno, "cannot write " + tmp);
+      ::unlink(tmp.c_str());
+      return err;
+    }
+    bytes = bytes.subspan(static_cast<std::size_t>(n));
+  }
+  fd.Reset();
+  if (::rename(tmp.c_str(), path.c_str()) != 0) {
+    Status err = ErrnoStatus(errno, "cannot rename " + tmp);
+    ::unlink(tmp.c_str());
+    return err;
+  }
+  return Status::Ok();
+}
+
+// Where and how chunk objects go: a store directory or an HTTP PUT.
+class ObjectSink {
+ public:
+  ObjectSink(const PublishOptions& options, netfetch::Transport& transport)
+      : options_(options), transport_(transport) {}
+
+  Status Store(std::size_t node, const Digest& digest, std::span<const std::uint8_t> bytes) {
+    const NodeSpec& spec = options_.nodes[node];
+    std::string object = index::ChunkObjectPath(digest);
+    auto store = options_.stores.find(spec.name);
+    if (store == options_.stores.end()) {
+      return transport_.Put(spec.url + "/" + object, bytes, kPutTimeout)
+          .WithContext("cannot upload to node " + spec.name);
+    }
+    std::string path = store->second + "/" + object;
+    struct stat st;
+    if (::stat(path.c_str(), &st) == 0 && static_cast<std::uint64_t>(st.st_size) == bytes.size()) {
+      return Status::Ok();  // Content-addressed: an object of the right size is this chunk.
+    }
+    CKPTFS_RETURN_IF_ERROR(MakeDirs(path.substr(0, path.rfind('/'))));
+    return WriteFileAtomically(path, bytes);
+  }
+
+ private:
+  const PublishOptions& options_;
+  netfetch::Transport& transport_;
+};
+
+Status CheckOptions(const PublishOptions& options) {
+  if (options.nodes.empty()) return InvalidArgumentError("at least one --node NAME=URL is needed");
+  std::set<std::string> names;
+  for (const NodeSpec& node : options.nodes) {
+    if (!index::IsValidName(node.name)) {
+      return InvalidArgumentError("invalid node name '" + node.name + "'");
+    }
+    if (!names.insert(node.name).second) {
+      return InvalidArgumentError("node '" + node.name + "' given twice");
+    }
+    if (node.url.rfind("http://", 0) != 0 && node.url.rfind("https://", 0) != 0) {
+      return InvalidArgumentError("node " + node.name +
+                                  ": URL must start with http:// or https://");
+    }
+  }
+  for (const auto& [name, dir] : options.stores) {
+    if (!names.contains(name))
+      return InvalidArgumentError("unknown node '" + name + "' in --store");
+  }
+  int n = static_cast<int>(options.nodes.size());
+  if (options.replicas < 0 || options.replicas > n) {
+    return InvalidArgumentError("--replicas " + std::to_string(options.replicas) +
+                                " is more than the " + std::to_string(n) + " node(s) given");
+  }
+  if (options.chunk_size < kMinChunkSize || options.chunk_size > kMaxChunkSize) {
+    return InvalidArgumentError("--chunk-size must be between 64K and 256M");
+  }
+  return Status::Ok();
+}
+
+Status CheckStores(const PublishOptions& options) {
+  for (const auto& [name, dir] : options.stores) {
+    CKPTFS_RETURN_IF_ERROR(MakeDirs(dir + "/chunks").WithContext("store of node " + name));
+    std::string probe = dir + "/chunks/.ckptfs-write-test";
+    UniqueFd fd(::open(probe.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
+    if (!fd.valid())
+      return ErrnoStatus(errno, "store of node " + name + " (" + dir + ") is not writable");
+    ::unlink(probe.c_str());
+  }
+  return Status::Ok();
+}
+
+// Flushes every store's file system, so that objects are on disk before the index names them.
+Status SyncStores(const PublishOptions& options) {
+  for (const auto& [name, dir] : options.stores) {
+    UniqueFd fd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+    if (!fd.valid() || ::syncfs(fd.get()) != 0)
+      return ErrnoStatus(errno, "cannot sync store " + dir);
+  }
+  return Status::Ok();
+}
+
+struct Totals {
+  index::IndexStats stats;
+  std::uint64_t symlinks = 0;
+  std::uint64_t chunk_refs = 0;
+  std::vector<std::uint64_t> chunks_per_node;
+};
+
+class Publisher {
+ public:
+  Publisher(const PublishOptions& options, netfetch::Transport& transport, int replicas)
+      : options_(options),
+        sink_(options, transport),
+        placement_(static_cast<int>(options.nodes.size()), replicas),
+        buffer_(options.chunk_size) {
+    totals_.chunks_per_node.resize(options.nodes.size());
+  }
+
+  Status Run(const std::vector<SourceEntry>& walk, index::IndexWriter& writer) {
+    for (const NodeSpec& node : options_.nodes) {
+      CKPTFS_ASSIGN_OR_RETURN(std::int64_t id, writer.AddNode(node.name, node.url));
+      node_ids_.push_back(id);
+    }
+    std::vector<std::uint64_t> ids(walk.size());
+    const struct stat& root = walk[0].st;
+    CKPTFS_RETURN_IF_ERROR(writer.SetRoot(root.st_mode & 07777, MtimeNs(root)));
+    ids[0] = index::kRootId;
+    totals_.stats.directories = 1;
+    for (std::size_t i = 1; i < walk.size(); ++i) {
+      CKPTFS_ASSIGN_OR_RETURN(ids[i], AddEntry(walk[i], ids[walk[i].parent], writer));
+    }
+    return Status::Ok();
+  }
+
+  const Totals& totals() const { return totals_; }
+  const std::vector<std::uint64_t>& bytes_per_node() const { return placement_.bytes_per_node(); }
+
+ private:
+  static std::int64_t MtimeNs(const struct stat& st) {
+    return st.st_mtim.tv_sec * 1'000'000'000LL + st.st_mtim.tv_nsec;
+  }
+
+  Result<std::uint64_t> AddEntry(const SourceEntry& src, std::uint64_t parent,
+                                 index::IndexWriter& writer) {
+    index::Entry entry;
+    entry.parent = parent;
+    entry.name = src.name;
+    entry.mode = src.st.st_mode & 07777;
+    entry.mtime_ns = MtimeNs(src.st);
+    if (S_ISDIR(src.st.st_mode)) {
+      entry.type = index::EntryType::kDirectory;
+      totals_.stats.directories++;
+      return writer.AddEntry(entry);
+    }
+    if (S_ISLNK(src.st.st_mode)) {
+      std::string target(static_cast<std::size_t>(src.st.st_size) + 1, '\0');
+      ssize_t n = ::readlink(src.path.c_str(), target.data(), target.size());
+      if (n < 0) return ErrnoStatus(errno, "cannot read link " + src.path);
+      target.resize(static_cast<std::size_t>(n));
+      entry.type = index::EntryType::kSymlink;
+      entry.size = target.size();
+      entry.target = std::move(target);
+      totals_.symlinks++;
+      return writer.AddEntry(entry);
+    }
+    entry.type = index::EntryType::kFile;
+    entry.size = static_cast<std::uint64_t>(src.st.st_size);
+    CKPTFS_ASSIGN_OR_RETURN(std::uint64_t id, writer.AddEntry(entry));
+    CKPTFS_RETURN_IF_ERROR(AddFileChunks(src, id, writer));
+    totals_.stats.files++;
+    totals_.stats.bytes += entry.size;
+    return id;
+  }
+
+  Status AddFileChunks(const SourceEntry& src, std::uint64_t file, index::IndexWriter& writer) {
+    UniqueFd fd(::open(src.path.c_str(), O_RDONLY | O_CLOEXEC));
+    if (!fd.valid()) return ErrnoStatus(errno, "cannot read " + src.path);
+    ::posix_fadvise(fd.get(), 0, 0, POSIX_FADV_SEQUENTIAL);
+    std::uint64_t size = static_cast<std::uint64_t>(src.st.st_size);
+    for (std::uint64_t offset = 0; offset < size; offset += options_.chunk_size) {
+      std::size_t want = static_cast<std::size_t>(std::min(options_.chunk_size, size - offset));
+      CKPTFS_RETURN_IF_ERROR(ReadExactly(fd.get(), offset, {buffer_.data(), want}, src.path));
+      std::span<const std::uint8_t> bytes(buffer_.data(), want);
+      Digest digest = Sha256(bytes.data(), bytes.size());
+      CKPTFS_ASSIGN_OR_RETURN(index::IndexWriter::AddedChunk chunk, writer.AddChunk(digest, want));
+      if (chunk.is_new) CKPTFS_RETURN_IF_ERROR(PlaceChunk(chunk.id, digest, bytes, writer));
+      CKPTFS_RETURN_IF_ERROR(writer.AddExtent(file, offset, chunk.id));
+      totals_.chunk_refs++;
+    }
+    return Status::Ok();
+  }
+
+  Status ReadExactly(int fd, std::uint64_t offset, std::span<std::uint8_t> dst,
+                     const std::string& path) {
+    std::size_t done = 0;
+    while (done < dst.size()) {
+      ssize_t n =
+          ::pread(fd, dst.data() + done, dst.size() - done, static_cast<off_t>(offset + done));
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0) return ErrnoStatus(errno, "cannot read " + path);
+      if (n == 0) return FailedPreconditionError(path + " shrank while it was being published");
+      done += static_cast<std::size_t>(n);
+    }
+    return Status::Ok();
+  }
+
+  Status PlaceChunk(std::int64_t chunk, const Digest& digest, std::span<const std::uint8_t> bytes,
+                    index::IndexWriter& writer) {
+    totals_.stats.chunks++;
+    totals_.stats.chunk_bytes += bytes.size();
+    for (int node : placement_.Place(bytes.size())) {
+      CKPTFS_RETURN_IF_ERROR(sink_.Store(static_cast<std::size_t>(node), digest, bytes));
+      CKPTFS_RETURN_IF_ERROR(writer.AddReplica(chunk, node_ids_[static_cast<std::size_t>(node)]));
+      totals_.chunks_per_node[static_cast<std::size_t>(node)]++;
+    }
+    return Status::Ok();
+  }
+
+  const PublishOptions& options_;
+  ObjectSink sink_;
+  index::Placement placement_;
+  Buffer buffer_;
+  std::vector<std::int64_t> node_ids_;
+  Totals totals_;
+};
+
+void PrintSummary(const PublishOptions& options, const Publisher& publisher, int replicas,
+                  std::ostream& out) {
+  const Totals& t = publisher.totals();
+  out << "published " << options.source_dir << " to " << options.index_path << "\n"
+      << "  files: " << t.stats.files << ", directories: " << t.stats.directories
+      << ", symlinks: " << t.symlinks << ", bytes: " << t.stats.bytes << " ("
+      << FormatSize(t.stats.bytes) << ")\n"
+      << "  chunks: " << t.chunk_refs << ", unique chunks: " << t.stats.chunks << " ("
+      << FormatSize(t.stats.chunk_bytes) << "), chunk size: " << FormatSize(options.chunk_size)
+      << ", replicas: " << replicas << "\n";
+  for (std::size_t i = 0; i < options.nodes.size(); ++i) {
+    std::uint64_t bytes = publisher.bytes_per_node()[i];
+    out << "  node " << options.nodes[i].name << ": " << bytes << " bytes (" << FormatSize(bytes)
+        << ") in " << t.chunks_per_node[i] << " chunks\n";
+  }
+}
+
+}  // namespace
+
+Result<std::pair<std::string, std::string>> SplitAssignment(const std::string& text,
+                                                            const std::string& what) {
+  std::size_t eq = text.find('=');
+  if (eq == std::string::npos || eq == 0 || eq + 1 == text.size()) {
+    return InvalidArgumentError(what + " must be NAME=VALUE, got '" + text + "'");
+  }
+  return std::make_pair(text.substr(0, eq), text.substr(eq + 1));
+}
+
+Status Publish(const PublishOptions& given, netfetch::Transport& transport, std::ostream& out) {
+  PublishOptions options = given;
+  for (NodeSpec& node : options.nodes) {
+    while (!node.url.empty() && node.url.back() == '/') node.url.pop_back();
+  }
+  CKPTFS_RETURN_IF_ERROR(CheckOptions(options));
+  int replicas =
+      options.replicas > 0 ? options.replicas : std::min(2, static_cast<int>(options.nodes.size()));
+  std::vector<SourceEntry> walk;
+  CKPTFS_RETURN_IF_ERROR(Walk(options.source_dir, walk));
+  CKPTFS_RETURN_IF_ERROR(CheckStores(options));
+
+  std::string tmp = options.index_path + ".tmp." + std::to_string(::getpid());
+  CKPTFS_ASSIGN_OR_RETURN(std::unique_ptr<index::IndexWriter> writer,
+                          index::IndexWriter::Create(tmp, options.chunk_size));
+  Publisher publisher(options, transport, replicas);
+  Status status = publisher.Run(walk, *writer);
+  if (status.ok()) status = SyncStores(options);
+  if (status.ok()) status = writer->Finish(publisher.totals().stats);
+  writer.reset();
+  if (status.ok() && ::rename(tmp.c_str(), options.index_path.c_str()) != 0) {
+    status = ErrnoStatus(errno, "cannot write index " + options.index_path);
+  }
+  if (!status.ok()) {
+    ::unlink(tmp.c_str());
+    ::unlink((tmp + "-journal").c_str());
+    return status;
+  }
+  PrintSummary(options, publisher, replicas, out);
+  return Status::Ok();
+}
+
+}  // namespace ckptfs::cli

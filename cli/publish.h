@@ -1,0 +1,43 @@
+// `ckptfs publish`: turns a directory into chunk objects on nodes plus one index file.
+//
+// Order of work, so that a failure never leaves an index that points at missing chunks: check
+// every argument and walk the whole tree first (special or unreadable files are errors before
+// anything is written); then chunk, hash and store each unique chunk on its nodes while writing
+// the index to a temporary file next to the output; make the stores durable; and only then
+// rename the index into place. On any error the temporary index is removed.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <ostream>
+#include <string>
+#include <vector>
+
+#include "common/result.h"
+#include "netfetch/transport.h"
+
+namespace ckptfs::cli {
+
+struct NodeSpec {
+  std::string name;
+  std::string url;
+};
+
+struct PublishOptions {
+  std::string source_dir;
+  std::string index_path;
+  std::vector<NodeSpec> nodes;
+  std::map<std::string, std::string> stores;  // Node name → directory that node serves.
+  int replicas = 0;                           // 0: min(2, number of nodes).
+  std::uint64_t chunk_size = 4ull << 20;
+};
+
+// "NAME=VALUE" → {NAME, VALUE}; InvalidArgument naming `what` otherwise.
+Result<std::pair<std::string, std::string>> SplitAssignment(const std::string& text,
+                                                            const std::string& what);
+
+// Publishes as described above and prints a summary to `out`. Chunks for nodes without a store
+// directory are sent with HTTP PUT through `transport`.
+Status Publish(const PublishOptions& options, netfetch::Transport& transport, std::ostream& out);
+
+}  // namespace ckptfs::cli

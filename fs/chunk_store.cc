@@ -1,0 +1,234 @@
+#include "fs/chunk_store.h"
+
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "common/log.h"
+
+namespace ckptfs::fs {
+
+struct ChunkStore::Flight {
+  std::mutex mu;
+  std::condition_variable cv;
+  bool done = false;                    // GUARDED_BY(mu)
+  Status status;                        // GUARDED_BY(mu)
+  std::shared_ptr<const Buffer> bytes;  // GUARDED_BY(mu); null with OK: it is in the cache now.
+};
+
+namespace {
+
+// Waits on `cv` until `ready()` or the deadline (measured on `clock`). Uses the clock's remaining
+// time rather than an absolute steady_clock point so a FakeClock deadline still means something.
+template <typename Pred>
+bool WaitUntil(std::unique_lock<std::mutex>& lock, std::condition_variable& cv, Clock* clock,
+               TimePoint deadline, Pred ready) {
+  while (!ready()) {
+    Duration left = deadline - clock->Now();
+    if (left <= Duration::zero()) return false;
+    cv.wait_for(lock, left);
+  }
+  return true;
+}
+
+}  // namespace
+
+ChunkStore::ChunkStore(DiskCache* cache, netfetch::ChunkFetcher* fetcher, ReplicaSource* replicas,
+                       Clock* clock, ChunkStoreOptions options)
+    : cache_(cache), fetcher_(fetcher), replicas_(replicas), clock_(clock), options_(options) {}
+
+void ChunkStore::Start() {
+  for (int i = 0; i < options_.prefetch_threads; ++i) {
+    workers_.emplace_back([this] { PrefetchLoop(); });
+  }
+}
+
+ChunkStore::~ChunkStore() {
+  {
+    std::lock_guard lock(queue_mu_);
+    stopping_ = true;
+  }
+  queue_cv_.notify_all();
+  { std::lock_guard lock(slots_mu_); }
+  slots_cv_.notify_all();
+  for (std::thread& t : workers_) t.join();
+}
+
+Status ChunkStore::Read(const ChunkKey& key, std::uint64_t offset, std::span<std::uint8_t> dst,
+                        TimePoint deadline) {
+  for (;;) {
+    if (ReadFromCache(key, offset, dst)) {
+      counters_.cache_hits++;
+      return Status::Ok();
+    }
+    std::shared_ptr<Flight> flight;
+    bool leader = false;
+    {
+      std::lock_guard lock(flights_mu_);
+      auto [it, inserted] = flights_.try_emplace(key.digest);
+      if (inserted) it->second = std::make_shared<Flight>();
+      flight = it->second;
+      leader = inserted;
+    }
+    if (leader) {
+      Lead(key, *flight, deadline, Priority::kForeground);
+    } else {
+      counters_.joined++;
+    }
+    std::unique_lock lock(flight->mu);
+    if (!WaitUntil(lock, flight->cv, clock_, deadline, [&] { return flight->done; })) {
+      return DeadlineExceededError("chunk " + key.digest.Hex() +
+                                   " still being fetched at the read's deadline");
+    }
+    if (!flight->status.ok()) {
+      // A background fetch may have given up on its own, shorter clock; try again ourselves.
+      bool retry = !leader && flight->status.code() == StatusCode::kDeadlineExceeded &&
+                   clock_->Now() < deadline;
+      if (!retry) return flight->status;
+      continue;
+    }
+    if (flight->bytes != nullptr) {
+      std::memcpy(dst.data(), flight->bytes->data() + offset, dst.size());
+      return Status::Ok();
+    }
+    // The leader found the chunk in the cache: read it from there on the next round.
+  }
+}
+
+bool ChunkStore::ReadFromCache(const ChunkKey& key, std::uint64_t offset,
+                               std::span<std::uint8_t> dst) {
+  Result<UniqueFd> fd = cache_->OpenChunk(key.digest, key.size);
+  if (!fd.ok()) return false;
+  std::size_t done = 0;
+  while (done < dst.size()) {
+    ssize_t n =
+        ::pread(fd->get(), dst.data() + done, dst.size() - done, static_cast<off_t>(offset + done));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      LogWarning("cannot read cached chunk " + key.digest.Hex() + ": " +
+                 (n < 0 ? std::strerror(errno) : "unexpected end of file"));
+      return false;
+    }
+    done += static_cast<std::size_t>(n);
+  }
+  return true;
+}
+
+void ChunkStore::Lead(const ChunkKey& key, Flight& flight, TimePoint deadline, Priority priority) {
+  Status status;
+  std::shared_ptr<Buffer> bytes;
+  if (cache_->Contains(key.digest)) {
+    // Someone else's fetch completed between our cache miss and our taking the lead.
+  } else if (!AcquireSlot(priority, deadline)) {
+    status = priority == Priority::kForeground
+                 ? DeadlineExceededError("no fetch slot free before the deadline")
+                 : UnavailableError("shutting down");
+  } else {
+    counters_.fetches++;
+    auto buffer = std::make_shared<Buffer>(key.size);
+    Result<std::vector<std::int64_t>> nodes = replicas_->Replicas(key.chunk_id);
+    if (!nodes.ok()) {
+      status = nodes.status();
+    } else {
+      netfetch::ChunkRef ref{key.digest, key.size, std::move(nodes).value()};
+      status = fetcher_->Fetch(ref, buffer->span(), deadline);
+    }
+    if (status.ok()) {
+      Status cached = cache_->Insert(key.digest, buffer->span());
+      if (!cached.ok()) {
+        counters_.cache_write_errors++;
+        LogWarning("cannot cache chunk " + key.digest.Hex() + ": " + cached.ToString());
+      }
+      bytes = std::move(buffer);
+    } else {
+      counters_.fetch_errors++;
+    }
+    ReleaseSlot();
+  }
+  {
+    std::lock_guard lock(flights_mu_);
+    flights_.erase(key.digest);
+  }
+  {
+    std::lock_guard lock(flight.mu);
+    flight.done = true;
+    flight.status = status;
+    flight.bytes = std::move(bytes);
+  }
+  flight.cv.notify_all();
+}
+
+bool ChunkStore::AcquireSlot(Priority priority, TimePoint deadline) {
+  std::unique_lock lock(slots_mu_);
+  if (priority == Priority::kForeground) {
+    if (!WaitUntil(lock, slots_cv_, clock_, deadline,
+                   [&] { return inflight_ < options_.max_inflight; })) {
+      return false;
+    }
+  } else {
+    int limit = std::max(1, options_.max_inflight - options_.foreground_reserve);
+    slots_cv_.wait(lock, [&] {
+      std::lock_guard queue_lock(queue_mu_);
+      return stopping_ || inflight_ < limit;
+    });
+    std::lock_guard queue_lock(queue_mu_);
+    if (stopping_) return false;
+  }
+  ++inflight_;
+  return true;
+}
+
+void ChunkStore::ReleaseSlot() {
+  {
+    std::lock_guard lock(slots_mu_);
+    --inflight_;
+  }
+  slots_cv_.notify_all();
+}
+
+void ChunkStore::Prefetch(const ChunkKey& key) {
+  if (cache_->Contains(key.digest)) return;
+  {
+    std::lock_guard lock(flights_mu_);
+    if (flights_.contains(key.digest)) return;
+  }
+  {
+    std::lock_guard lock(queue_mu_);
+    if (stopping_ || queued_.contains(key.digest)) return;
+    if (queue_.size() >= options_.max_queued_prefetches) {
+      counters_.prefetch_dropped++;
+      return;
+    }
+    queue_.push_back(key);
+    queued_.insert(key.digest);
+    counters_.prefetch_queued++;
+  }
+  queue_cv_.notify_one();
+}
+
+void ChunkStore::PrefetchLoop() {
+  for (;;) {
+    ChunkKey key;
+    {
+      std::unique_lock lock(queue_mu_);
+      queue_cv_.wait(lock, [&] { return stopping_ || !queue_.empty(); });
+      if (stopping_) return;
+      key = queue_.front();
+      queue_.pop_front();
+      queued_.erase(key.digest);
+    }
+    if (cache_->Contains(key.digest)) continue;
+    std::shared_ptr<Flight> flight;
+    {
+      std::lock_guard lock(flights_mu_);
+      auto [it, inserted] = flights_.try_emplace(key.digest);
+      if (!inserted) continue;
+      it->second = std::make_shared<Flight>();
+      flight = it->second;
+    }
+    Lead(key, *flight, clock_->Now() + options_.prefetch_timeout, Priority::kBackground);
+  }
+}
+
+}  // namespace ckptfs::fs

@@ -1,0 +1,210 @@
+#include "fs/disk_cache.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <cstring>
+#include <vector>
+
+#include "common/log.h"
+
+namespace ckptfs::fs {
+
+namespace {
+
+constexpr auto kTouchInterval = std::chrono::seconds(60);
+constexpr char kHex[] = "0123456789abcdef";
+
+Status MakeDir(const std::string& path) {
+  if (::mkdir(path.c_str(), 0700) == 0 || errno == EEXIST) return Status::Ok();
+  return ErrnoStatus(errno, "cannot create cache directory " + path);
+}
+
+Status WriteAll(int fd, std::span<const std::uint8_t> bytes) {
+  while (!bytes.empty()) {
+    ssize_t n = ::write(fd, bytes.data(), bytes.size());
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return ErrnoStatus(errno, "write to cache");
+    }
+    bytes = bytes.subspan(static_cast<std::size_t>(n));
+  }
+  return Status::Ok();
+}
+
+// Removes every file in `dir` (not recursive); used for temporaries left by a crash.
+void RemoveFilesIn(const std::string& dir) {
+  DIR* d = ::opendir(dir.c_str());
+  if (d == nullptr) return;
+  while (dirent* e = ::readdir(d)) {
+    if (e->d_name[0] == '.') continue;
+    ::unlinkat(::dirfd(d), e->d_name, 0);
+  }
+  ::closedir(d);
+}
+
+}  // namespace
+
+DiskCache::DiskCache(DiskCacheOptions options) : options_(std::move(options)) {}
+
+Result<std::unique_ptr<DiskCache>> DiskCache::Open(DiskCacheOptions options) {
+  if (options.dir.empty()) return InvalidArgumentError("cache directory is empty");
+  while (options.dir.size() > 1 && options.dir.back() == '/') options.dir.pop_back();
+  std::unique_ptr<DiskCache> cache(new DiskCache(std::move(options)));
+  const std::string& dir = cache->options_.dir;
+  CKPTFS_RETURN_IF_ERROR(MakeDir(dir));
+  CKPTFS_RETURN_IF_ERROR(MakeDir(dir + "/tmp"));
+  if (::access(dir.c_str(), W_OK | X_OK) != 0) {
+    return ErrnoStatus(errno, "cache directory " + dir + " is not writable");
+  }
+  for (char hi : std::string_view(kHex, 16)) {
+    for (char lo : std::string_view(kHex, 16)) {
+      CKPTFS_RETURN_IF_ERROR(MakeDir(dir + "/" + hi + lo));
+    }
+  }
+  RemoveFilesIn(dir + "/tmp");
+  CKPTFS_RETURN_IF_ERROR(cache->Scan());
+  return cache;
+}
+
+Status DiskCache::Scan() {
+  struct Found {
+    Digest digest;
+    std::uint64_t size;
+    std::int64_t mtime_ns;
+  };
+  std::vector<Found> found;
+  for (char hi : std::string_view(kHex, 16)) {
+    for (char lo : std::string_view(kHex, 16)) {
+      std::string sub = options_.dir + "/" + hi + lo;
+      DIR* d = ::opendir(sub.c_str());
+      if (d == nullptr) return ErrnoStatus(errno, "cannot read cache directory " + sub);
+      while (dirent* e = ::readdir(d)) {
+        auto digest = Digest::FromHex(e->d_name);
+        if (!digest.has_value()) continue;
+        struct stat st;
+        if (::fstatat(::dirfd(d), e->d_name, &st, 0) != 0 || !S_ISREG(st.st_mode)) continue;
+        found.push_back({*digest, static_cast<std::uint64_t>(st.st_size),
+                         st.st_mtim.tv_sec * 1'000'000'000LL + st.st_mtim.tv_nsec});
+      }
+      ::closedir(d);
+    }
+  }
+  // Newest first, so that the oldest end up at the back of the LRU list.
+  std::sort(found.begin(), found.end(),
+            [](const Found& a, const Found& b) { return a.mtime_ns > b.mtime_ns; });
+  std::lock_guard lock(mu_);
+  for (const Found& f : found) AddLocked(f.digest, f.size, TimePoint::min(), /*front=*/false);
+  EvictLocked(0);
+  return Status::Ok();
+}
+
+std::string DiskCache::PathOf(const Digest& digest) const {
+  std::string hex = digest.Hex();
+  return options_.dir + "/" + hex.substr(0, 2) + "/" + hex;
+}
+
+void DiskCache::AddLocked(const Digest& digest, std::uint64_t size, TimePoint touch, bool front) {
+  auto it = front ? lru_.insert(lru_.begin(), Entry{digest, size, touch})
+                  : lru_.insert(lru_.end(), Entry{digest, size, touch});
+  by_digest_[digest] = it;
+  used_ += size;
+}
+
+void DiskCache::EraseLocked(Lru::iterator it) {
+  used_ -= it->size;
+  by_digest_.erase(it->digest);
+  lru_.erase(it);
+}
+
+void DiskCache::EvictLocked(std::uint64_t incoming) {
+  while (!lru_.empty() && used_ + incoming > options_.capacity_bytes) {
+    auto victim = std::prev(lru_.end());
+    // Readers holding the file open keep their descriptor; unlink only drops the name.
+    if (::unlink(PathOf(victim->digest).c_str()) != 0 && errno != ENOENT) {
+      LogWarning("cannot evict " + PathOf(victim->digest) + ": " + std::strerror(errno));
+    }
+    EraseLocked(victim);
+  }
+}
+
+bool DiskCache::Contains(const Digest& digest) const {
+  std::lock_guard lock(mu_);
+  return by_digest_.contains(digest);
+}
+
+Result<UniqueFd> DiskCache::OpenChunk(const Digest& digest, std::uint64_t size) {
+  {
+    std::lock_guard lock(mu_);
+    if (!by_digest_.contains(digest)) return NotFoundError("not cached");
+  }
+  std::string path = PathOf(digest);
+  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  struct stat st;
+  bool good =
+      fd.valid() && ::fstat(fd.get(), &st) == 0 && static_cast<std::uint64_t>(st.st_size) == size;
+  TimePoint now = options_.clock->Now();
+  std::lock_guard lock(mu_);
+  auto it = by_digest_.find(digest);
+  if (!good) {
+    if (fd.valid()) {
+      LogWarning("dropping cache entry " + path + ": size " + std::to_string(st.st_size) +
+                 ", expected " + std::to_string(size));
+      ::unlink(path.c_str());
+    }
+    if (it != by_digest_.end()) EraseLocked(it->second);
+    return NotFoundError("not cached");
+  }
+  if (it == by_digest_.end()) {
+    AddLocked(digest, size, now, /*front=*/true);  // Another mount added it meanwhile.
+  } else {
+    lru_.splice(lru_.begin(), lru_, it->second);
+    if (now - it->second->last_touch > kTouchInterval) {
+      it->second->last_touch = now;
+      ::futimens(fd.get(), nullptr);  // Keeps the use order for the next Open() scan.
+    }
+  }
+  return fd;
+}
+
+Status DiskCache::Insert(const Digest& digest, std::span<const std::uint8_t> bytes) {
+  if (bytes.size() > options_.capacity_bytes) return Status::Ok();
+  {
+    std::lock_guard lock(mu_);
+    if (by_digest_.contains(digest)) return Status::Ok();
+  }
+  std::string tmp = options_.dir + "/tmp/" + digest.Hex() + "." + std::to_string(::getpid()) + "." +
+                    std::to_string(tmp_counter_.fetch_add(1));
+  UniqueFd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
+  if (!fd.valid()) return ErrnoStatus(errno, "cannot create " + tmp);
+  Status written = WriteAll(fd.get(), bytes);
+  fd.Reset();
+  std::lock_guard lock(mu_);
+  if (written.ok() && !by_digest_.contains(digest)) {
+    EvictLocked(bytes.size());
+    if (::rename(tmp.c_str(), PathOf(digest).c_str()) == 0) {
+      AddLocked(digest, bytes.size(), options_.clock->Now(), /*front=*/true);
+      return Status::Ok();
+    }
+    written = ErrnoStatus(errno, "cannot rename " + tmp);
+  }
+  ::unlink(tmp.c_str());
+  return written;
+}
+
+std::uint64_t DiskCache::used_bytes() const {
+  std::lock_guard lock(mu_);
+  return used_;
+}
+
+std::size_t DiskCache::entry_count() const {
+  std::lock_guard lock(mu_);
+  return lru_.size();
+}
+
+}  // namespace ckptfs::fs

@@ -1,0 +1,89 @@
+// DiskCache: verified chunks on local disk, named by digest, bounded in size, kept across mounts.
+//
+// Layout: <dir>/<hh>/<64 hex> holds exactly the chunk's bytes; <dir>/tmp/ holds files being
+// written. A chunk enters the cache only through Insert(), which the caller calls with bytes it
+// has already verified: they are written under a temporary name and renamed into place, so a
+// crash never leaves a partial file under a final name. Temporary files left by a crash are
+// removed at Open(). Entries whose size is not the chunk's size (a torn write that survived a
+// power loss) are dropped on lookup.
+//
+// The least recently used entries are evicted when the total passes `capacity_bytes`. Use order
+// survives restarts through file mtimes (refreshed at most once a minute per entry). Several
+// mounts may share one directory: each accounts for what it found at Open() plus what it
+// inserted, and an entry another process evicted is simply a miss.
+//
+// Memory: one small record per cached chunk (about 100 bytes), so capacity / chunk size records.
+// Thread safety: all methods may be called from many threads.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <list>
+#include <memory>
+#include <mutex>
+#include <span>
+#include <string>
+#include <unordered_map>
+
+#include "common/clock.h"
+#include "common/digest.h"
+#include "common/result.h"
+#include "common/unique_fd.h"
+
+namespace ckptfs::fs {
+
+struct DiskCacheOptions {
+  std::string dir;
+  std::uint64_t capacity_bytes = 10ull << 30;
+  Clock* clock = nullptr;  // REQUIRED.
+};
+
+class DiskCache {
+ public:
+  // Creates the directory tree if needed, removes leftover temporary files and indexes the
+  // entries already there (evicting down to capacity). Fails when the directory cannot be
+  // created or written.
+  static Result<std::unique_ptr<DiskCache>> Open(DiskCacheOptions options);
+
+  // Opens the cached chunk for reading and marks it used. NotFound when it is not cached (or
+  // its file has the wrong size, in which case it is removed).
+  Result<UniqueFd> OpenChunk(const Digest& digest, std::uint64_t size);
+
+  // True when the chunk is cached (no system call; does not mark it used).
+  bool Contains(const Digest& digest) const;
+
+  // Stores verified bytes under `digest` and evicts older entries beyond capacity. A chunk
+  // larger than the whole capacity is not stored (OK is returned: the cache is best effort).
+  Status Insert(const Digest& digest, std::span<const std::uint8_t> bytes);
+
+  std::uint64_t used_bytes() const;
+  std::uint64_t capacity_bytes() const { return options_.capacity_bytes; }
+  std::size_t entry_count() const;
+  const std::string& dir() const { return options_.dir; }
+
+  // "<dir>/<hh>/<hex>".
+  std::string PathOf(const Digest& digest) const;
+
+ private:
+  struct Entry {
+    Digest digest;
+    std::uint64_t size = 0;
+    TimePoint last_touch;
+  };
+  using Lru = std::list<Entry>;  // Front: most recently used.
+
+  explicit DiskCache(DiskCacheOptions options);
+  Status Scan();
+  void EraseLocked(Lru::iterator it);
+  void EvictLocked(std::uint64_t incoming);
+  void AddLocked(const Digest& digest, std::uint64_t size, TimePoint touch, bool front);
+
+  DiskCacheOptions options_;
+  mutable std::mutex mu_;
+  Lru lru_;                                                          // GUARDED_BY(mu_)
+  std::unordered_map<Digest, Lru::iterator, DigestHash> by_digest_;  // GUARDED_BY(mu_)
+  std::uint64_t used_ = 0;                                           // GUARDED_BY(mu_)
+  std::atomic<std::uint64_t> tmp_counter_{0};  // Makes temporary names unique.
+};
+
+}  // namespace ckptfs::fs

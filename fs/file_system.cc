@@ -1,0 +1,401 @@
+#define FUSE_USE_VERSION 312
+#include "fs/file_system.h"
+
+#include <fcntl.h>
+#include <fuse_lowlevel.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <exception>
+#include <new>
+#include <string>
+#include <vector>
+
+#include "common/buffer.h"
+#include "common/log.h"
+
+namespace ckptfs::fs {
+
+FileSystem::FileSystem(index::IndexReader* index, ChunkStore* store, Clock* clock,
+                       FileSystemOptions options)
+    : index_(index), store_(store), clock_(clock), options_(options) {}
+
+Status FileSystem::ValidateOnce(std::uint64_t file) {
+  {
+    std::lock_guard lock(validated_mu_);
+    if (validated_.contains(file)) return Status::Ok();
+  }
+  CKPTFS_RETURN_IF_ERROR(index_->ValidateFile(file));
+  std::lock_guard lock(validated_mu_);
+  validated_.insert(file);
+  return Status::Ok();
+}
+
+Status FileSystem::ReadRange(std::uint64_t file, std::uint64_t offset, std::span<std::uint8_t> dst,
+                             TimePoint deadline) {
+  if (dst.empty()) return Status::Ok();
+  CKPTFS_ASSIGN_OR_RETURN(std::vector<index::Extent> extents,
+                          index_->ExtentsInRange(file, offset, dst.size()));
+  // The extents must tile the range exactly; validation at open makes this hold for a sane index.
+  std::uint64_t end = offset + dst.size();
+  bool tiled = !extents.empty() && extents.front().offset <= offset;
+  std::uint64_t covered = tiled ? extents.front().offset : 0;
+  for (const index::Extent& e : extents) {
+    tiled = tiled && e.offset == covered;
+    covered = e.offset + e.size;
+  }
+  if (!tiled || covered < end) {
+    return DataLossError("extents of file " + std::to_string(file) + " do not cover bytes " +
+                         std::to_string(offset) + ".." + std::to_string(end));
+  }
+  // Later chunks go to the background fetchers first, so a read spanning several chunks waits
+  // for about one fetch, not the sum of them.
+  for (std::size_t i = 1; i < extents.size(); ++i) {
+    store_->Prefetch(ChunkKey{extents[i].digest, extents[i].size, extents[i].chunk_id});
+  }
+  for (const index::Extent& e : extents) {
+    std::uint64_t from = std::max(offset, e.offset);
+    std::uint64_t to = std::min(end, e.offset + e.size);
+    CKPTFS_RETURN_IF_ERROR(store_->Read(ChunkKey{e.digest, e.size, e.chunk_id}, from - e.offset,
+                                        dst.subspan(from - offset, to - from), deadline));
+  }
+  return Status::Ok();
+}
+
+void FileSystem::PrefetchRange(std::uint64_t file, ByteRange range) {
+  Result<std::vector<index::Extent>> extents =
+      index_->ExtentsInRange(file, range.begin, range.end - range.begin);
+  if (!extents.ok()) return;  // Readahead is best effort; the foreground read reports errors.
+  for (const index::Extent& e : *extents) {
+    store_->Prefetch(ChunkKey{e.digest, e.size, e.chunk_id});
+  }
+}
+
+namespace {
+
+// State of one open file handle (fuse_file_info::fh).
+struct OpenFile {
+  index::Entry entry;
+  std::mutex mu;
+  Readahead readahead;  // GUARDED_BY(mu)
+};
+
+FileSystem& Fs(fuse_req_t req) { return *static_cast<FileSystem*>(fuse_req_userdata(req)); }
+
+// The one place a Status becomes an errno. Counts and logs every EIO with its reason.
+void ReplyError(fuse_req_t req, const Status& status, std::string_view what) {
+  int err = EIO;
+  switch (status.code()) {
+    case StatusCode::kNotFound:
+      err = ENOENT;
+      break;
+    case StatusCode::kReadOnly:
+      err = EROFS;
+      break;
+    case StatusCode::kPermissionDenied:
+      err = EACCES;
+      break;
+    case StatusCode::kResourceExhausted:
+      err = ENOMEM;
+      break;
+    case StatusCode::kInvalidArgument:
+      err = EINVAL;
+      break;
+    default:
+      break;
+  }
+  if (err == EIO) LogWarning(std::string(what) + ": EIO: " + status.ToString());
+  fuse_reply_err(req, err);
+}
+
+// Runs a handler body so that no exception reaches libfuse.
+template <typename Body>
+void Guarded(fuse_req_t req, Body body) {
+  try {
+    body();
+  } catch (const std::bad_alloc&) {
+    fuse_reply_err(req, ENOMEM);
+  } catch (const std::exception& e) {
+    Fs(req).mutable_counters().eio_internal++;
+    LogError(std::string("internal error: ") + e.what());
+    fuse_reply_err(req, EIO);
+  }
+}
+
+struct stat ToStat(const FileSystem& fs, const index::Entry& e) {
+  struct stat st {};
+  st.st_ino = e.id;
+  switch (e.type) {
+    case index::EntryType::kDirectory:
+      st.st_mode = S_IFDIR;
+      st.st_nlink = 2;
+      break;
+    case index::EntryType::kSymlink:
+      st.st_mode = S_IFLNK;
+      st.st_nlink = 1;
+      break;
+    case index::EntryType::kFile:
+      st.st_mode = S_IFREG;
+      st.st_nlink = 1;
+      break;
+  }
+  st.st_mode |= e.mode & 07777;
+  st.st_uid = fs.options().uid;
+  st.st_gid = fs.options().gid;
+  st.st_size = static_cast<off_t>(e.size);
+  st.st_blocks = static_cast<blkcnt_t>((e.size + 511) / 512);
+  st.st_blksize = 1 << 20;  // Invites large reads from stdio and Python's io.
+  st.st_mtim.tv_sec = e.mtime_ns / 1'000'000'000;
+  st.st_mtim.tv_nsec = e.mtime_ns % 1'000'000'000;
+  if (st.st_mtim.tv_nsec < 0) {
+    st.st_mtim.tv_nsec += 1'000'000'000;
+    st.st_mtim.tv_sec -= 1;
+  }
+  st.st_atim = st.st_mtim;
+  st.st_ctim = st.st_mtim;
+  return st;
+}
+
+void OpInit(void* userdata, fuse_conn_info* conn) {
+  auto* fs = static_cast<FileSystem*>(userdata);
+  // Content never changes under a mount: keep pages, read ahead asynchronously, in big requests.
+  conn->want |= FUSE_CAP_ASYNC_READ;
+  if (conn->capable & FUSE_CAP_CACHE_SYMLINKS) conn->want |= FUSE_CAP_CACHE_SYMLINKS;
+  if (conn->capable & FUSE_CAP_PARALLEL_DIROPS) conn->want |= FUSE_CAP_PARALLEL_DIROPS;
+  conn->want &= ~FUSE_CAP_AUTO_INVAL_DATA;
+  fs->store().Start();
+  fs->set_initialized();
+}
+
+void OpLookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
+  Guarded(req, [&] {
+    FileSystem& fs = Fs(req);
+    fuse_entry_param param{};
+    param.entry_timeout = fs.options().cache_timeout_s;
+    param.attr_timeout = fs.options().cache_timeout_s;
+    Result<index::Entry> entry = fs.index().Lookup(parent, name);
+    if (!entry.ok()) {
+      if (entry.status().code() != StatusCode::kNotFound) {
+        fs.mutable_counters().eio_index++;
+        return ReplyError(req, entry.status(), "lookup");
+      }
+      param.ino = 0;  // A negative entry: the kernel caches the ENOENT.
+      fuse_reply_entry(req, &param);
+      return;
+    }
+    param.ino = entry->id;
+    param.generation = 1;
+    param.attr = ToStat(fs, *entry);
+    fuse_reply_entry(req, &param);
+  });
+}
+
+void OpGetattr(fuse_req_t req, fuse_ino_t ino, fuse_file_info*) {
+  Guarded(req, [&] {
+    FileSystem& fs = Fs(req);
+    Result<index::Entry> entry = fs.index().GetEntry(ino);
+    if (!entry.ok()) return ReplyError(req, entry.status(), "getattr");
+    struct stat st = ToStat(fs, *entry);
+    fuse_reply_attr(req, &st, fs.options().cache_timeout_s);
+  });
+}
+
+void OpReadlink(fuse_req_t req, fuse_ino_t ino) {
+  Guarded(req, [&] {
+    Result<index::Entry> entry = Fs(req).index().GetEntry(ino);
+    if (!entry.ok()) return ReplyError(req, entry.status(), "readlink");
+    if (entry->type != index::EntryType::kSymlink) return (void)fuse_reply_err(req, EINVAL);
+    fuse_reply_readlink(req, entry->target.c_str());
+  });
+}
+
+void OpOpendir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+  Guarded(req, [&] {
+    Result<index::Entry> entry = Fs(req).index().GetEntry(ino);
+    if (!entry.ok()) return ReplyError(req, entry.status(), "opendir");
+    if (entry->type != index::EntryType::kDirectory) return (void)fuse_reply_err(req, ENOTDIR);
+    if ((fi->flags & O_ACCMODE) != O_RDONLY) return (void)fuse_reply_err(req, EROFS);
+    fi->cache_readdir = 1;
+    fi->keep_cache = 1;
+    fuse_reply_open(req, fi);
+  });
+}
+
+// Directory offsets: 1 after ".", 2 after "..", and id + 2 after a child, so that a listing
+// resumes with the children whose id is larger than the last one returned.
+void OpReaddir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info*) {
+  Guarded(req, [&] {
+    FileSystem& fs = Fs(req);
+    std::vector<char> buf(size);
+    std::size_t used = 0;
+    auto add = [&](const char* name, std::uint64_t id, mode_t type, off_t next) {
+      struct stat st {};
+      st.st_ino = id;
+      st.st_mode = type;
+      std::size_t need = fuse_add_direntry(req, buf.data() + used, size - used, name, &st, next);
+      if (need > size - used) return false;
+      used += need;
+      return true;
+    };
+    if (off < 1 && !add(".", ino, S_IFDIR, 1)) return (void)fuse_reply_buf(req, buf.data(), used);
+    if (off < 2 && !add("..", ino, S_IFDIR, 2)) return (void)fuse_reply_buf(req, buf.data(), used);
+    std::uint64_t after = static_cast<std::uint64_t>(std::max<off_t>(off, 2) - 2);
+    for (;;) {
+      Result<std::vector<index::Entry>> children = fs.index().ListChildren(ino, after, 128);
+      if (!children.ok()) {
+        fs.mutable_counters().eio_index++;
+        return ReplyError(req, children.status(), "readdir");
+      }
+      if (children->empty()) break;
+      for (const index::Entry& child : *children) {
+        mode_t type = child.type == index::EntryType::kDirectory ? S_IFDIR
+                      : child.type == index::EntryType::kSymlink ? S_IFLNK
+                                                                 : S_IFREG;
+        if (!add(child.name.c_str(), child.id, type, static_cast<off_t>(child.id + 2))) {
+          return (void)fuse_reply_buf(req, buf.data(), used);
+        }
+        after = child.id;
+      }
+    }
+    fuse_reply_buf(req, buf.data(), used);
+  });
+}
+
+void OpOpen(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+  Guarded(req, [&] {
+    FileSystem& fs = Fs(req);
+    if ((fi->flags & O_ACCMODE) != O_RDONLY || (fi->flags & O_TRUNC)) {
+      return (void)fuse_reply_err(req, EROFS);
+    }
+    Result<index::Entry> entry = fs.index().GetEntry(ino);
+    if (!entry.ok()) return ReplyError(req, entry.status(), "open");
+    if (entry->type == index::EntryType::kDirectory) return (void)fuse_reply_err(req, EISDIR);
+    if (entry->type != index::EntryType::kFile) return (void)fuse_reply_err(req, EINVAL);
+    Status valid = fs.ValidateOnce(ino);
+    if (!valid.ok()) {
+      fs.mutable_counters().eio_invalid++;
+      return ReplyError(req, valid, "open of '" + entry->name + "' rejected");
+    }
+    auto file = std::make_unique<OpenFile>();
+    file->entry = std::move(entry).value();
+    file->readahead = Readahead(fs.options().readahead);
+    fi->fh = reinterpret_cast<std::uint64_t>(file.release());
+    fi->keep_cache = 1;  // Immutable content: pages cached by earlier opens stay valid.
+    fuse_reply_open(req, fi);
+  });
+}
+
+void OpRead(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* fi) {
+  Guarded(req, [&] {
+    FileSystem& fs = Fs(req);
+    auto* file = reinterpret_cast<OpenFile*>(fi->fh);
+    std::uint64_t file_size = file->entry.size;
+    std::uint64_t offset = static_cast<std::uint64_t>(off);
+    if (offset >= file_size || size == 0) return (void)fuse_reply_buf(req, nullptr, 0);
+    std::size_t length =
+        static_cast<std::size_t>(std::min<std::uint64_t>(size, file_size - offset));
+    ByteRange ahead;
+    {
+      std::lock_guard lock(file->mu);
+      ahead = file->readahead.OnRead(offset, length, file_size);
+    }
+    if (!ahead.empty()) fs.PrefetchRange(ino, ahead);
+    thread_local Buffer buffer;
+    if (buffer.size() < length) buffer = Buffer(std::max<std::size_t>(length, 1 << 20));
+    TimePoint deadline = fs.clock().Now() + fs.options().read_timeout;
+    Status status = fs.ReadRange(ino, offset, {buffer.data(), length}, deadline);
+    if (!status.ok()) {
+      fs.mutable_counters().eio_fetch++;
+      return ReplyError(req, status, "read of '" + file->entry.name + "'");
+    }
+    fs.mutable_counters().reads++;
+    fs.mutable_counters().bytes_read += length;
+    fuse_reply_buf(req, reinterpret_cast<const char*>(buffer.data()), length);
+  });
+}
+
+void OpRelease(fuse_req_t req, fuse_ino_t, fuse_file_info* fi) {
+  delete reinterpret_cast<OpenFile*>(fi->fh);
+  fuse_reply_err(req, 0);
+}
+
+void OpStatfs(fuse_req_t req, fuse_ino_t) {
+  Guarded(req, [&] {
+    const index::IndexStats& stats = Fs(req).index().stats();
+    struct statvfs st {};
+    st.f_bsize = 4096;
+    st.f_frsize = 4096;
+    st.f_blocks = (stats.bytes + 4095) / 4096;
+    st.f_files = stats.files + stats.directories;
+    st.f_namemax = 255;
+    st.f_flag = ST_RDONLY;
+    fuse_reply_statfs(req, &st);
+  });
+}
+
+void ReplyReadOnly(fuse_req_t req) { fuse_reply_err(req, EROFS); }
+
+void OpSetattr(fuse_req_t req, fuse_ino_t, struct stat*, int, fuse_file_info*) {
+  ReplyReadOnly(req);
+}
+void OpMknod(fuse_req_t req, fuse_ino_t, const char*, mode_t, dev_t) { ReplyReadOnly(req); }
+void OpMkdir(fuse_req_t req, fuse_ino_t, const char*, mode_t) { ReplyReadOnly(req); }
+void OpUnlink(fuse_req_t req, fuse_ino_t, const char*) { ReplyReadOnly(req); }
+void OpSymlink(fuse_req_t req, const char*, fuse_ino_t, const char*) { ReplyReadOnly(req); }
+void OpRename(fuse_req_t req, fuse_ino_t, const char*, fuse_ino_t, const char*, unsigned int) {
+  ReplyReadOnly(req);
+}
+void OpLink(fuse_req_t req, fuse_ino_t, fuse_ino_t, const char*) { ReplyReadOnly(req); }
+void OpWrite(fuse_req_t req, fuse_ino_t, const char*, size_t, off_t, fuse_file_info*) {
+  ReplyReadOnly(req);
+}
+void OpCreate(fuse_req_t req, fuse_ino_t, const char*, mode_t, fuse_file_info*) {
+  ReplyReadOnly(req);
+}
+void OpSetxattr(fuse_req_t req, fuse_ino_t, const char*, const char*, size_t, int) {
+  ReplyReadOnly(req);
+}
+void OpRemovexattr(fuse_req_t req, fuse_ino_t, const char*) { ReplyReadOnly(req); }
+void OpFallocate(fuse_req_t req, fuse_ino_t, int, off_t, off_t, fuse_file_info*) {
+  ReplyReadOnly(req);
+}
+
+fuse_lowlevel_ops MakeOperations() {
+  fuse_lowlevel_ops ops{};
+  ops.init = OpInit;
+  ops.lookup = OpLookup;
+  ops.getattr = OpGetattr;
+  ops.readlink = OpReadlink;
+  ops.opendir = OpOpendir;
+  ops.readdir = OpReaddir;
+  ops.open = OpOpen;
+  ops.read = OpRead;
+  ops.release = OpRelease;
+  ops.statfs = OpStatfs;
+  ops.setattr = OpSetattr;
+  ops.mknod = OpMknod;
+  ops.mkdir = OpMkdir;
+  ops.unlink = OpUnlink;
+  ops.rmdir = OpUnlink;
+  ops.symlink = OpSymlink;
+  ops.rename = OpRename;
+  ops.link = OpLink;
+  ops.write = OpWrite;
+  ops.create = OpCreate;
+  ops.setxattr = OpSetxattr;
+  ops.removexattr = OpRemovexattr;
+  ops.fallocate = OpFallocate;
+  return ops;
+}
+
+}  // namespace
+
+const fuse_lowlevel_ops& FileSystem::Operations() {
+  static const fuse_lowlevel_ops ops = MakeOperations();
+  return ops;
+}
+
+}  // namespace ckptfs::fs

@@ -1,0 +1,48 @@
+// Readahead: decides, per open file, which bytes to fetch ahead of a sequential reader.
+//
+// A read continues a sequential run when it starts within `slack` bytes of where the run got to
+// (the kernel sends readahead requests in parallel, so they arrive slightly out of order). The
+// window opens once a run has read `start_after` bytes, and is then twice the run's length,
+// capped at `max_window`: it grows while the reader stays sequential and closes on a seek. An
+// isolated read (a random reader, a loader looking at a header) therefore never triggers
+// readahead, and fetches only the chunks it touches.
+//
+// Thread safety: not thread-safe; the owner serialises calls (one per open file).
+#pragma once
+
+#include <cstdint>
+
+namespace ckptfs::fs {
+
+struct ReadaheadOptions {
+  std::uint64_t start_after = 2ull << 20;
+  std::uint64_t max_window = 64ull << 20;
+  std::uint64_t slack = 4ull << 20;
+};
+
+struct ByteRange {
+  std::uint64_t begin = 0;
+  std::uint64_t end = 0;  // Exclusive.
+  bool empty() const { return end <= begin; }
+};
+
+class Readahead {
+ public:
+  explicit Readahead(ReadaheadOptions options = {}) : options_(options) {}
+
+  // Records a read of [offset, offset + length) of a file of `file_size` bytes and returns the
+  // range to prefetch now: beyond what earlier calls already returned, within the file.
+  ByteRange OnRead(std::uint64_t offset, std::uint64_t length, std::uint64_t file_size);
+
+  std::uint64_t window() const { return window_; }
+
+ private:
+  ReadaheadOptions options_;
+  std::uint64_t run_begin_ = 0;      // Where the current sequential run started.
+  std::uint64_t run_end_ = 0;        // Furthest byte the run has read.
+  std::uint64_t prefetched_to_ = 0;  // End of what was already handed out for prefetching.
+  std::uint64_t window_ = 0;
+  bool started_ = false;
+};
+
+}  // namespace ckptfs::fs
