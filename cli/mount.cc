@@ -155,7 +155,7 @@ Status Serve(MountedFs& m, const MountOptions& options) {
     RaiseKernelReadahead(resolved);
   });
   fuse_loop_config* config = fuse_loop_cfg_create();
-  fuse_loop_cfg_set_max_threads(config, 32);
+  fuse_loop_cfg_set_max_threads(config, 16);
   fuse_loop_cfg_set_idle_threads(config, 8);
   int rc = fuse_session_loop_mt(se, config);
   fuse_loop_cfg_destroy(config);
