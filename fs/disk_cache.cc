@@ -8,6 +8,8 @@
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <climits>
+#include <cstdlib>
 #include <cstring>
 #include <vector>
 
@@ -56,8 +58,14 @@ Result<std::unique_ptr<DiskCache>> DiskCache::Open(DiskCacheOptions options) {
   if (options.dir.empty()) return InvalidArgumentError("cache directory is empty");
   while (options.dir.size() > 1 && options.dir.back() == '/') options.dir.pop_back();
   std::unique_ptr<DiskCache> cache(new DiskCache(std::move(options)));
+  CKPTFS_RETURN_IF_ERROR(MakeDir(cache->options_.dir));
+  // Absolute from here on: a daemonized mount runs with "/" as its working directory.
+  char resolved[PATH_MAX];
+  if (::realpath(cache->options_.dir.c_str(), resolved) == nullptr) {
+    return ErrnoStatus(errno, "cache directory " + cache->options_.dir);
+  }
+  cache->options_.dir = resolved;
   const std::string& dir = cache->options_.dir;
-  CKPTFS_RETURN_IF_ERROR(MakeDir(dir));
   CKPTFS_RETURN_IF_ERROR(MakeDir(dir + "/tmp"));
   if (::access(dir.c_str(), W_OK | X_OK) != 0) {
     return ErrnoStatus(errno, "cache directory " + dir + " is not writable");
@@ -164,7 +172,9 @@ Result<UniqueFd> DiskCache::OpenChunk(const Digest& digest, std::uint64_t size) 
     AddLocked(digest, size, now, /*front=*/true);  // Another mount added it meanwhile.
   } else {
     lru_.splice(lru_.begin(), lru_, it->second);
-    if (now - it->second->last_touch > kTouchInterval) {
+    // Not `now - last_touch`: entries found by Scan() have last_touch == TimePoint::min(), and
+    // that subtraction overflows (and came out negative, so they were never touched).
+    if (now - kTouchInterval > it->second->last_touch) {
       it->second->last_touch = now;
       ::futimens(fd.get(), nullptr);  // Keeps the use order for the next Open() scan.
     }

@@ -11,6 +11,7 @@
 #include <optional>
 
 #include "common/log.h"
+#include "common/unique_fd.h"
 #include "index/schema.h"
 #include "index/sqlite_util.h"
 
@@ -46,29 +47,19 @@ std::string ImmutableUri(const std::string& path) {
   return prefix + PercentEncode(path) + "?immutable=1";
 }
 
-struct FileIdentity {
-  dev_t dev = 0;
-  ino_t ino = 0;
-  friend bool operator==(const FileIdentity&, const FileIdentity&) = default;
-};
-
-Result<FileIdentity> StatIndex(const std::string& path) {
+// Opens the index file and keeps it open: every pooled connection then opens this very file
+// through /proc/self/fd, so the mount keeps reading the index it started with even when publish
+// renames a new one into place, and a relative path still works after daemonizing (chdir "/").
+// O_NONBLOCK: never hang on a FIFO put where the index should be.
+Result<UniqueFd> OpenIndexFile(const std::string& path) {
+  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK));
+  if (!fd.valid()) return ErrnoStatus(errno, "cannot open index " + path);
   struct stat st;
-  if (::stat(path.c_str(), &st) != 0) return ErrnoStatus(errno, "cannot open index " + path);
+  if (::fstat(fd.get(), &st) != 0) return ErrnoStatus(errno, "cannot open index " + path);
   if (!S_ISREG(st.st_mode)) {
     return InvalidArgumentError("cannot open index " + path + ": not a regular file");
   }
-  return FileIdentity{st.st_dev, st.st_ino};
-}
-
-// Fails like open(2) would (NotFound, PermissionDenied, ...) before SQLite gets to say the less
-// helpful "unable to open database file".
-Status CheckReadable(const std::string& path) {
-  // O_NONBLOCK: never hang on a FIFO swapped in after the regular-file check.
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
-  if (fd < 0) return ErrnoStatus(errno, "cannot open index " + path);
-  ::close(fd);
-  return Status::Ok();
+  return fd;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -388,7 +379,7 @@ Result<std::vector<Node>> ReadNodes(sqlite3* db) {
 struct IndexReader::Impl {
   std::string path;
   std::string uri;
-  FileIdentity identity;
+  UniqueFd index_file;  // Held open for the reader's lifetime; connections open it via /proc.
   std::uint64_t chunk_size = 0;
   IndexStats stats;
   std::vector<Node> nodes;
@@ -433,18 +424,8 @@ struct IndexReader::Impl {
     return Lease(this, std::move(conn));
   }
 
-  // Opens a connection to the file the reader was opened on. SQLite opens the file by name (when
-  // sqlite3_open_v2 returns), so a connection opened after the index was replaced (publish renames
-  // a new one into place) would see another index: that is refused rather than mixing two
-  // indexes in one mount. The path is checked after the open, so a replace in between is caught.
-  Result<std::unique_ptr<Connection>> OpenSameFile() {
-    CKPTFS_ASSIGN_OR_RETURN(std::unique_ptr<Connection> conn, OpenConnection(uri));
-    CKPTFS_ASSIGN_OR_RETURN(FileIdentity now, StatIndex(path));
-    if (!(now == identity)) {
-      return FailedPreconditionError("index " + path + " was replaced while in use");
-    }
-    return conn;
-  }
+  // Opens a connection to the file the reader was opened on (see OpenIndexFile).
+  Result<std::unique_ptr<Connection>> OpenSameFile() { return OpenConnection(uri); }
 
   // A pooled connection: OpenSameFile() with its statements prepared.
   Result<std::unique_ptr<Connection>> NewConnection() {
@@ -583,9 +564,8 @@ IndexReader::~IndexReader() = default;
 Result<std::unique_ptr<IndexReader>> IndexReader::Open(const std::string& path) {
   auto impl = std::make_unique<Impl>();
   impl->path = path;
-  impl->uri = ImmutableUri(path);
-  CKPTFS_ASSIGN_OR_RETURN(impl->identity, StatIndex(path));
-  CKPTFS_RETURN_IF_ERROR(CheckReadable(path));
+  CKPTFS_ASSIGN_OR_RETURN(impl->index_file, OpenIndexFile(path));
+  impl->uri = ImmutableUri("/proc/self/fd/" + std::to_string(impl->index_file.get()));
   // Statements are prepared only after the checks: they need the tables to be there.
   CKPTFS_ASSIGN_OR_RETURN(std::unique_ptr<Connection> conn, impl->OpenSameFile());
   CKPTFS_RETURN_IF_ERROR(impl->CheckAndLoad(conn->db.get()));
