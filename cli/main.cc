@@ -69,7 +69,41 @@ int RunMount(const std::string& index, const std::string& mountpoint, bool foreg
   return status.ok() ? 0 : Fail(status);
 }
 
+// mount(8) runs "mount.ckptfs SPEC DIR [-sfnv] [-N NS] [-o OPTIONS] [-t TYPE]" for fstab entries
+// of type ckptfs. -f there means "fake" (do nothing), not foreground.
+int MountHelperMain(int argc, char** argv) {
+  std::vector<std::string> positional, option_lists;
+  for (int i = 1; i < argc; ++i) {
+    std::string arg = argv[i];
+    if ((arg == "-o" || arg == "-t" || arg == "-N") && i + 1 < argc) {
+      std::string value = argv[++i];
+      if (arg == "-o") option_lists.push_back(value);
+      if (arg == "-N") return Fail(InvalidArgumentError("mount namespaces (-N) are not supported"));
+    } else if (arg == "-f") {
+      return 0;
+    } else if (arg == "-s" || arg == "-n" || arg == "-v") {
+      continue;  // sloppy, no mtab, verbose: nothing to do.
+    } else if (!arg.empty() && arg[0] == '-') {
+      return Fail(InvalidArgumentError("mount.ckptfs: unknown flag " + arg));
+    } else {
+      positional.push_back(arg);
+    }
+  }
+  if (positional.size() != 2) {
+    std::cerr << "usage: mount.ckptfs INDEX MOUNTPOINT [-o OPTIONS]" << std::endl;
+    return kExitUsage;
+  }
+  Status init = netfetch::GlobalInit();
+  if (!init.ok()) return Fail(init);
+  int rc = RunMount(positional[0], positional[1], /*foreground=*/false, option_lists);
+  netfetch::GlobalCleanup();
+  return rc;
+}
+
 int Main(int argc, char** argv) {
+  std::string self = argc > 0 ? argv[0] : "ckptfs";
+  if (self.substr(self.rfind('/') + 1) == "mount.ckptfs") return MountHelperMain(argc, argv);
+
   CLI::App app{"ckptfs: publish a checkpoint directory to HTTP nodes and mount it lazily"};
   app.require_subcommand(1);
   app.set_version_flag("--version", CKPTFS_VERSION);
