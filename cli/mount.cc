@@ -14,7 +14,6 @@
 #include <memory>
 #include <sstream>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "common/clock.h"
@@ -73,23 +72,6 @@ Result<std::vector<netfetch::NodeEndpoint>> Endpoints(const index::IndexReader& 
   return endpoints;
 }
 
-// Lets the kernel read ahead in larger steps than its 128 KiB default for FUSE. Best effort: the
-// knob lives in sysfs and only root may write it. The device number comes from mountinfo, since
-// a stat() of the mountpoint would wait for this very process to answer FUSE requests.
-void RaiseKernelReadahead(const char* resolved) {
-  std::ifstream mountinfo("/proc/self/mountinfo");
-  std::string line, device;
-  // Fields: id parent major:minor root mountpoint ...; the last match is the newest mount.
-  while (std::getline(mountinfo, line)) {
-    std::istringstream fields(line);
-    std::string id, parent, dev, root, point;
-    if (fields >> id >> parent >> dev >> root >> point && point == resolved) device = dev;
-  }
-  if (device.empty()) return;
-  std::ofstream knob("/sys/class/bdi/" + device + "/read_ahead_kb");
-  if (knob) knob << 4096 << std::endl;
-}
-
 struct FuseArgs {
   std::vector<std::string> storage;
   std::vector<char*> argv;
@@ -133,11 +115,6 @@ Status Serve(MountedFs& m, const MountOptions& options) {
   if (se == nullptr) return InternalError("cannot create the FUSE session");
   std::unique_ptr<fuse_session, void (*)(fuse_session*)> session(se, fuse_session_destroy);
   if (fuse_set_signal_handlers(se) != 0) return InternalError("cannot install signal handlers");
-  // Resolved before mounting: afterwards the path leads into this not-yet-serving file system.
-  char resolved[PATH_MAX];
-  if (::realpath(options.mountpoint.c_str(), resolved) == nullptr) {
-    return ErrnoStatus(errno, "mountpoint " + options.mountpoint);
-  }
   if (fuse_session_mount(se, options.mountpoint.c_str()) != 0) {
     fuse_remove_signal_handlers(se);
     return FailedPreconditionError("cannot mount on " + options.mountpoint);
@@ -146,20 +123,11 @@ Status Serve(MountedFs& m, const MountOptions& options) {
   fuse_daemonize(options.foreground ? 1 : 0);
   LogInfo("mounted " + options.index + " on " + options.mountpoint);
 
-  // The kernel sets the FUSE readahead from the INIT reply, so the knob is raised just after it.
-  std::thread tuner([&m, &resolved] {
-    for (int i = 0; i < 100 && !m.file_system->initialized(); ++i) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    RaiseKernelReadahead(resolved);
-  });
   fuse_loop_config* config = fuse_loop_cfg_create();
   fuse_loop_cfg_set_max_threads(config, 16);
   fuse_loop_cfg_set_idle_threads(config, 8);
   int rc = fuse_session_loop_mt(se, config);
   fuse_loop_cfg_destroy(config);
-  tuner.join();
   fuse_session_unmount(se);
   fuse_remove_signal_handlers(se);
   LogInfo("unmounted " + options.mountpoint);

@@ -167,7 +167,6 @@ void OpInit(void* userdata, fuse_conn_info* conn) {
   if (conn->capable & FUSE_CAP_PARALLEL_DIROPS) conn->want |= FUSE_CAP_PARALLEL_DIROPS;
   conn->want &= ~FUSE_CAP_AUTO_INVAL_DATA;
   fs->store().Start();
-  fs->set_initialized();
 }
 
 void OpLookup(fuse_req_t req, fuse_ino_t parent, const char* name) {

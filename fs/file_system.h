@@ -80,10 +80,6 @@ class FileSystem {
   FileSystemCounters& mutable_counters() { return counters_; }
   Clock& clock() { return *clock_; }
 
-  // Set while the kernel's INIT request is answered.
-  bool initialized() const { return initialized_.load(); }
-  void set_initialized() { initialized_ = true; }
-
   // Runs ValidateFile once per file id; remembers successes only.
   Status ValidateOnce(std::uint64_t file);
 
@@ -93,7 +89,6 @@ class FileSystem {
   Clock* clock_;
   FileSystemOptions options_;
   FileSystemCounters counters_;
-  std::atomic<bool> initialized_{false};
   std::mutex validated_mu_;
   std::unordered_set<std::uint64_t> validated_;  // GUARDED_BY(validated_mu_)
 };
