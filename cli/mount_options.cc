@@ -14,8 +14,8 @@ namespace {
 
 const std::set<std::string>& FstabNoOps() {
   static const std::set<std::string> kNoOps = {
-      "ro",      "defaults", "_netdev", "noauto", "auto", "user",   "nouser", "nofail",
-      "noatime", "relatime", "nodev",   "nosuid", "exec", "noexec", "rw"};
+      "ro",     "defaults", "_netdev",  "noauto", "auto",   "user", "nouser",
+      "nofail", "noatime",  "relatime", "nodev",  "nosuid", "exec", "noexec"};
   return kNoOps;
 }
 

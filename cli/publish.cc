@@ -162,7 +162,8 @@ Status CheckOptions(const PublishOptions& options) {
       return InvalidArgumentError("unknown node '" + name + "' in --store");
   }
   int n = static_cast<int>(options.nodes.size());
-  if (options.replicas < 0 || options.replicas > n) {
+  if (options.replicas < 0) return InvalidArgumentError("--replicas must be at least 1");
+  if (options.replicas > n) {
     return InvalidArgumentError("--replicas " + std::to_string(options.replicas) +
                                 " is more than the " + std::to_string(n) + " node(s) given");
   }

@@ -1,0 +1,177 @@
+// FakeFetcher: a netfetch::ChunkFetcher whose answers a test sets per digest; FakeReplicaSource:
+// a fs::ReplicaSource that answers the same node list for every chunk.
+//
+// A digest answers with the bytes given to Serve() or the error given to Fail(); an unscripted
+// digest answers Unavailable. Every call is counted per digest. A test can hold calls at a gate
+// (Hold() for all digests, Hold(digest) for one) to look at the code under test while fetches are
+// "in flight": held calls wait until Release() or until a permit from Allow() lets one through.
+// Like RetryingFetcher, the fake returns only the exact scripted bytes, so a reader sees the real
+// contract (a size mismatch is DataLoss and leaves dst alone).
+// Thread safety: every method may be called from many threads at once.
+#pragma once
+
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <cstring>
+#include <map>
+#include <mutex>
+#include <set>
+#include <span>
+#include <vector>
+
+#include "common/digest.h"
+#include "common/result.h"
+#include "fs/chunk_store.h"
+#include "netfetch/fetcher.h"
+
+namespace ckptfs::testing {
+
+class FakeFetcher final : public netfetch::ChunkFetcher {
+ public:
+  // Serves `bytes` under their SHA-256, which is returned.
+  Digest Serve(std::vector<std::uint8_t> bytes) {
+    Digest digest = Sha256(bytes.data(), bytes.size());
+    std::lock_guard lock(mu_);
+    scripts_[digest] = Script{Status::Ok(), std::move(bytes)};
+    return digest;
+  }
+  void Fail(const Digest& digest, Status error) {
+    std::lock_guard lock(mu_);
+    scripts_[digest] = Script{std::move(error), {}};
+  }
+
+  // Makes later (and current) calls for every digest, or for `digest`, wait at the gate.
+  void Hold() {
+    std::lock_guard lock(mu_);
+    hold_all_ = true;
+  }
+  void Hold(const Digest& digest) {
+    std::lock_guard lock(mu_);
+    held_.insert(digest);
+  }
+  // Opens the gate for good.
+  void Release() {
+    {
+      std::lock_guard lock(mu_);
+      hold_all_ = false;
+      held_.clear();
+    }
+    cv_.notify_all();
+  }
+  // Lets `n` held calls (present or future) through, the gate staying closed for the rest.
+  void Allow(int n) {
+    {
+      std::lock_guard lock(mu_);
+      permits_ += n;
+    }
+    cv_.notify_all();
+  }
+
+  // Waits until at least `n` calls wait at the gate; false after `limit`.
+  bool WaitForHeld(int n, std::chrono::milliseconds limit = std::chrono::seconds(60)) {
+    std::unique_lock lock(mu_);
+    return cv_.wait_for(lock, limit, [&] { return waiting_ >= n; });
+  }
+  // Waits until every permit given by Allow() has let a call through; false after `limit`.
+  bool WaitForPermitsUsed(std::chrono::milliseconds limit = std::chrono::seconds(60)) {
+    std::unique_lock lock(mu_);
+    return cv_.wait_for(lock, limit, [&] { return permits_ == 0; });
+  }
+  int Held() const {
+    std::lock_guard lock(mu_);
+    return waiting_;
+  }
+
+  int Calls(const Digest& digest) const {
+    std::lock_guard lock(mu_);
+    auto it = calls_.find(digest);
+    return it == calls_.end() ? 0 : it->second;
+  }
+  int TotalCalls() const {
+    std::lock_guard lock(mu_);
+    return total_calls_;
+  }
+  // The replica list of the most recent call.
+  std::vector<std::int64_t> LastNodes() const {
+    std::lock_guard lock(mu_);
+    return last_nodes_;
+  }
+
+  Status Fetch(const netfetch::ChunkRef& chunk, std::span<std::uint8_t> dst,
+               TimePoint /*deadline*/) override {
+    std::unique_lock lock(mu_);
+    ++calls_[chunk.digest];
+    ++total_calls_;
+    last_nodes_ = chunk.nodes;
+    WaitAtGate(lock, chunk.digest);
+    auto it = scripts_.find(chunk.digest);
+    if (it == scripts_.end()) return UnavailableError("no script for " + chunk.digest.Hex());
+    const Script& script = it->second;
+    if (!script.status.ok()) return script.status;
+    if (script.bytes.size() != dst.size() || dst.size() != chunk.size) {
+      return DataLossError("scripted chunk has " + std::to_string(script.bytes.size()) +
+                           " bytes, asked for " + std::to_string(dst.size()));
+    }
+    std::memcpy(dst.data(), script.bytes.data(), dst.size());
+    return Status::Ok();
+  }
+
+ private:
+  struct Script {
+    Status status;
+    std::vector<std::uint8_t> bytes;
+  };
+
+  void WaitAtGate(std::unique_lock<std::mutex>& lock, const Digest& digest) {
+    auto held = [&] { return hold_all_ || held_.contains(digest); };
+    if (!held()) return;
+    ++waiting_;
+    cv_.notify_all();
+    cv_.wait(lock, [&] { return !held() || permits_ > 0; });
+    if (held()) --permits_;
+    --waiting_;
+    cv_.notify_all();
+  }
+
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  std::map<Digest, Script> scripts_;      // Guarded by mu_.
+  std::map<Digest, int> calls_;           // Guarded by mu_.
+  int total_calls_ = 0;                   // Guarded by mu_.
+  std::vector<std::int64_t> last_nodes_;  // Guarded by mu_.
+  bool hold_all_ = false;                 // Guarded by mu_.
+  std::set<Digest> held_;                 // Guarded by mu_.
+  int permits_ = 0;                       // Guarded by mu_.
+  int waiting_ = 0;                       // Guarded by mu_.
+};
+
+// Every chunk lives on `nodes`; Fail() makes every lookup answer an error instead.
+class FakeReplicaSource final : public fs::ReplicaSource {
+ public:
+  explicit FakeReplicaSource(std::vector<std::int64_t> nodes = {1}) : nodes_(std::move(nodes)) {}
+
+  void Fail(Status error) {
+    std::lock_guard lock(mu_);
+    error_ = std::move(error);
+  }
+  int Calls() const {
+    std::lock_guard lock(mu_);
+    return calls_;
+  }
+
+  Result<std::vector<std::int64_t>> Replicas(std::int64_t /*chunk_id*/) override {
+    std::lock_guard lock(mu_);
+    ++calls_;
+    if (!error_.ok()) return error_;
+    return nodes_;
+  }
+
+ private:
+  mutable std::mutex mu_;
+  std::vector<std::int64_t> nodes_;
+  Status error_;   // Guarded by mu_.
+  int calls_ = 0;  // Guarded by mu_.
+};
+
+}  // namespace ckptfs::testing

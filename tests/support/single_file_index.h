@@ -1,0 +1,101 @@
+// WriteSingleFileIndex: an index holding one file, "model.bin" under the root, cut into
+// fixed-size chunks the way `ckptfs publish` cuts files, with every chunk on every given node.
+//
+// Returns what it wrote (the file's id and each chunk's offset, bytes and digest) so that tests
+// can serve the chunks from a fake fetcher or from real nginx roots and compare what they read.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <random>
+#include <span>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "common/digest.h"
+#include "common/result.h"
+#include "index/types.h"
+#include "index/writer.h"
+
+namespace ckptfs::testing {
+
+struct WrittenChunk {
+  std::uint64_t offset = 0;
+  std::vector<std::uint8_t> bytes;
+  Digest digest;
+};
+
+struct WrittenFile {
+  std::uint64_t id = 0;
+  std::vector<std::uint8_t> content;
+  std::vector<WrittenChunk> chunks;  // In offset order.
+};
+
+// Deterministic pseudo-random bytes.
+inline std::vector<std::uint8_t> PatternBytes(std::size_t n, std::uint64_t seed) {
+  std::mt19937_64 gen(seed);
+  std::vector<std::uint8_t> bytes(n);
+  for (auto& b : bytes) b = static_cast<std::uint8_t>(gen());
+  return bytes;
+}
+
+inline Result<WrittenFile> WriteSingleFileIndex(
+    const std::string& path, std::vector<std::uint8_t> content, std::uint64_t chunk_size,
+    const std::vector<std::pair<std::string, std::string>>& nodes) {
+  CKPTFS_ASSIGN_OR_RETURN(std::unique_ptr<index::IndexWriter> writer,
+                          index::IndexWriter::Create(path, chunk_size));
+  std::vector<std::int64_t> node_ids;
+  for (const auto& [name, url] : nodes) {
+    CKPTFS_ASSIGN_OR_RETURN(std::int64_t id, writer->AddNode(name, url));
+    node_ids.push_back(id);
+  }
+  index::Entry entry;
+  entry.parent = index::kRootId;
+  entry.name = "model.bin";
+  entry.type = index::EntryType::kFile;
+  entry.mode = 0644;
+  entry.size = content.size();
+  WrittenFile file;
+  CKPTFS_ASSIGN_OR_RETURN(file.id, writer->AddEntry(entry));
+  index::IndexStats stats{.files = 1, .directories = 1, .bytes = content.size()};
+  for (std::uint64_t offset = 0; offset < content.size(); offset += chunk_size) {
+    std::uint64_t end = std::min<std::uint64_t>(content.size(), offset + chunk_size);
+    WrittenChunk chunk{offset, {content.begin() + offset, content.begin() + end}, {}};
+    chunk.digest = Sha256(chunk.bytes.data(), chunk.bytes.size());
+    CKPTFS_ASSIGN_OR_RETURN(index::IndexWriter::AddedChunk added,
+                            writer->AddChunk(chunk.digest, chunk.bytes.size()));
+    if (added.is_new) {
+      stats.chunks++;
+      stats.chunk_bytes += chunk.bytes.size();
+      for (std::int64_t node : node_ids) CKPTFS_RETURN_IF_ERROR(writer->AddReplica(added.id, node));
+    }
+    CKPTFS_RETURN_IF_ERROR(writer->AddExtent(file.id, offset, added.id));
+    file.chunks.push_back(std::move(chunk));
+  }
+  CKPTFS_RETURN_IF_ERROR(writer->Finish(stats));
+  file.content = std::move(content);
+  return file;
+}
+
+// Writes `bytes` as the object of `digest` under a node's document root:
+// <root>/chunks/<hh>/<64 hex>.
+inline Status WriteChunkObject(const std::string& root, const Digest& digest,
+                               std::span<const std::uint8_t> bytes) {
+  std::filesystem::path object = std::filesystem::path(root) / index::ChunkObjectPath(digest);
+  std::error_code error;
+  std::filesystem::create_directories(object.parent_path(), error);
+  if (error)
+    return InternalError("mkdir " + object.parent_path().string() + ": " + error.message());
+  std::ofstream out(object, std::ios::binary | std::ios::trunc);
+  out.write(reinterpret_cast<const char*>(bytes.data()),
+            static_cast<std::streamsize>(bytes.size()));
+  out.close();
+  if (!out) return InternalError("cannot write " + object.string());
+  return Status::Ok();
+}
+
+}  // namespace ckptfs::testing

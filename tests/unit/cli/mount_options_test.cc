@@ -1,0 +1,138 @@
+// ApplyMountOptionList: the -o lists of `ckptfs mount` and of fstab lines.
+#include "cli/mount_options.h"
+
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <string>
+
+#include "tests/support/status_testing.h"
+
+namespace ckptfs {
+namespace {
+
+using namespace std::chrono_literals;
+using cli::ApplyMountOptionList;
+using cli::MountOptions;
+
+TEST(MountOptions, AcceptsEveryOptionAndSetsItsField) {
+  MountOptions options;
+  CKPTFS_ASSERT_OK(ApplyMountOptionList(
+      "cache_dir=/var/tmp/c,cache_size=2G,node.n1=http://127.0.0.1:8080,timeout=2.5,"
+      "allow_other,debug,fetchers=4,readahead=8M",
+      options));
+  EXPECT_EQ(options.cache_dir, "/var/tmp/c");
+  EXPECT_EQ(options.cache_size, 2ull << 30);
+  EXPECT_EQ(options.node_urls.at("n1"), "http://127.0.0.1:8080");
+  EXPECT_EQ(options.node_urls.size(), 1u);
+  EXPECT_EQ(options.timeout, 2500ms);
+  EXPECT_TRUE(options.allow_other);
+  EXPECT_TRUE(options.debug);
+  EXPECT_EQ(options.fetch_threads, 4);
+  EXPECT_EQ(options.readahead, 8ull << 20);
+}
+
+TEST(MountOptions, DefaultsAreKeptForOptionsNotGiven) {
+  MountOptions options;
+  CKPTFS_ASSERT_OK(ApplyMountOptionList("debug", options));
+  MountOptions defaults;
+  EXPECT_EQ(options.cache_dir, defaults.cache_dir);
+  EXPECT_EQ(options.cache_size, defaults.cache_size);
+  EXPECT_EQ(options.timeout, defaults.timeout);
+  EXPECT_FALSE(options.allow_other);
+  EXPECT_EQ(options.fetch_threads, defaults.fetch_threads);
+  EXPECT_EQ(options.readahead, defaults.readahead);
+}
+
+TEST(MountOptions, SeveralListsAccumulateAndLaterValuesWin) {
+  MountOptions options;
+  CKPTFS_ASSERT_OK(ApplyMountOptionList("node.a=http://127.0.0.1:1,cache_size=1G", options));
+  CKPTFS_ASSERT_OK(ApplyMountOptionList("node.b=http://127.0.0.1:2,cache_size=3G", options));
+  EXPECT_EQ(options.node_urls.size(), 2u);
+  EXPECT_EQ(options.node_urls.at("a"), "http://127.0.0.1:1");
+  EXPECT_EQ(options.node_urls.at("b"), "http://127.0.0.1:2");
+  EXPECT_EQ(options.cache_size, 3ull << 30);
+}
+
+TEST(MountOptions, NodeUrlMayContainEqualsAndCommaFreeQuery) {
+  MountOptions options;
+  CKPTFS_ASSERT_OK(ApplyMountOptionList("node.n1=http://127.0.0.1:1/x?a=b", options));
+  EXPECT_EQ(options.node_urls.at("n1"), "http://127.0.0.1:1/x?a=b");
+}
+
+TEST(MountOptions, FstabNoOpsAreAcceptedAndChangeNothing) {
+  MountOptions options;
+  CKPTFS_ASSERT_OK(ApplyMountOptionList(
+      "ro,defaults,_netdev,noauto,auto,user,nouser,nofail,noatime,relatime,nodev,nosuid,exec,"
+      "noexec",
+      options));
+  MountOptions defaults;
+  EXPECT_EQ(options.cache_size, defaults.cache_size);
+  EXPECT_FALSE(options.allow_other);
+  EXPECT_FALSE(options.debug);
+  EXPECT_TRUE(options.node_urls.empty());
+}
+
+TEST(MountOptions, EmptyItemsAreIgnored) {
+  MountOptions options;
+  CKPTFS_ASSERT_OK(ApplyMountOptionList("", options));
+  CKPTFS_ASSERT_OK(ApplyMountOptionList(",,debug,", options));
+  EXPECT_TRUE(options.debug);
+}
+
+// Applies `list` to fresh options and expects InvalidArgument whose message names `mention`.
+void ExpectRejected(const std::string& list, const std::string& mention) {
+  MountOptions options;
+  Status status = ApplyMountOptionList(list, options);
+  EXPECT_EQ(status.code(), StatusCode::kInvalidArgument) << list << ": " << status.ToString();
+  EXPECT_NE(status.message().find(mention), std::string::npos)
+      << list << ": message should name '" << mention << "': " << status.ToString();
+}
+
+TEST(MountOptions, RejectsUnknownOptions) {
+  ExpectRejected("bogus", "bogus");
+  ExpectRejected("debug,colour=blue", "colour");
+  ExpectRejected("node.", "node.");
+  ExpectRejected("allow_other=yes", "allow_other");
+  ExpectRejected("ro=1", "ro");
+}
+
+TEST(MountOptions, RejectsReadWrite) { ExpectRejected("ro,rw", "rw"); }
+
+TEST(MountOptions, RejectsBadSizes) {
+  MountOptions options;
+  EXPECT_FALSE(ApplyMountOptionList("cache_size=lots", options).ok());
+  EXPECT_FALSE(ApplyMountOptionList("cache_size=12Q", options).ok());
+  EXPECT_FALSE(ApplyMountOptionList("cache_size=-1", options).ok());
+  EXPECT_FALSE(ApplyMountOptionList("readahead=big", options).ok());
+  EXPECT_EQ(options.cache_size, MountOptions{}.cache_size) << "a rejected value is not applied";
+}
+
+TEST(MountOptions, RejectsBadTimeoutsAndFetcherCounts) {
+  MountOptions options;
+  EXPECT_FALSE(ApplyMountOptionList("timeout=0", options).ok());
+  EXPECT_FALSE(ApplyMountOptionList("timeout=-3", options).ok());
+  EXPECT_FALSE(ApplyMountOptionList("timeout=soon", options).ok());
+  ExpectRejected("fetchers=0", "fetchers");
+  ExpectRejected("fetchers=65", "fetchers");
+  EXPECT_FALSE(ApplyMountOptionList("fetchers=many", options).ok());
+}
+
+TEST(MountOptions, RejectsMissingValues) {
+  for (const char* key :
+       {"cache_dir", "cache_size", "timeout", "fetchers", "readahead", "node.n1"}) {
+    ExpectRejected(key, key);
+    ExpectRejected(std::string(key) + "=", key);
+  }
+}
+
+TEST(MountOptions, DefaultCacheDirForRootIsUnderVarCache) {
+  if (::geteuid() == 0) {
+    EXPECT_EQ(cli::DefaultCacheDir(), "/var/cache/ckptfs");
+  } else {
+    EXPECT_NE(cli::DefaultCacheDir().find("ckptfs"), std::string::npos);
+  }
+}
+
+}  // namespace
+}  // namespace ckptfs

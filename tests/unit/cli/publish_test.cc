@@ -1,0 +1,486 @@
+// cli::Publish into store directories and through HTTP PUT (a ScriptedTransport), checked by
+// reading the index back with IndexReader and the objects back from disk or from the transport.
+#include "cli/publish.h"
+
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <set>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "common/digest.h"
+#include "index/reader.h"
+#include "index/types.h"
+#include "tests/support/scripted_transport.h"
+#include "tests/support/single_file_index.h"
+#include "tests/support/status_testing.h"
+#include "tests/support/temp_dir.h"
+
+namespace ckptfs {
+namespace {
+
+namespace stdfs = std::filesystem;
+using cli::NodeSpec;
+using cli::PublishOptions;
+using testing::PatternBytes;
+using testing::ScriptedTransport;
+using testing::TempDir;
+
+constexpr std::uint64_t kChunk = 64 << 10;
+
+void WriteBytes(const std::string& path, const std::vector<std::uint8_t>& bytes) {
+  stdfs::create_directories(stdfs::path(path).parent_path());
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out.write(reinterpret_cast<const char*>(bytes.data()),
+            static_cast<std::streamsize>(bytes.size()));
+}
+
+std::vector<std::uint8_t> ReadBytes(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
+
+// SHA-256 of a file, read in 1 MiB blocks (objects may be 256 MiB).
+Digest FileSha256(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::vector<char> block(1 << 20);
+  Sha256Hasher hasher;
+  while (in.read(block.data(), static_cast<std::streamsize>(block.size())) || in.gcount() > 0) {
+    hasher.Update(block.data(), static_cast<std::size_t>(in.gcount()));
+  }
+  return hasher.Finish();
+}
+
+bool Exists(const std::string& path) {
+  struct stat st;
+  return ::lstat(path.c_str(), &st) == 0;
+}
+
+// Resolves "a/b/c" below the root of `index`.
+Result<index::Entry> LookupPath(const index::IndexReader& index, const std::string& relative) {
+  std::uint64_t id = index::kRootId;
+  Result<index::Entry> entry = index.GetEntry(id);
+  std::stringstream parts(relative);
+  for (std::string name; std::getline(parts, name, '/');) {
+    entry = index.Lookup(id, name);
+    if (!entry.ok()) return entry.status().WithContext(relative);
+    id = entry->id;
+  }
+  return entry;
+}
+
+TEST(SplitAssignment, SplitsAtTheFirstEquals) {
+  CKPTFS_ASSERT_OK_AND_ASSIGN(auto pair, cli::SplitAssignment("n1=store", "--store"));
+  EXPECT_EQ(pair.first, "n1");
+  EXPECT_EQ(pair.second, "store");
+  CKPTFS_ASSERT_OK_AND_ASSIGN(pair, cli::SplitAssignment("n1=http://127.0.0.1:1/?a=b", "--node"));
+  EXPECT_EQ(pair.first, "n1");
+  EXPECT_EQ(pair.second, "http://127.0.0.1:1/?a=b");
+}
+
+TEST(SplitAssignment, RejectsAMissingNameValueOrEquals) {
+  for (const char* text : {"", "n1", "=http://127.0.0.1:1", "n1=", "="}) {
+    auto pair = cli::SplitAssignment(text, "--node");
+    EXPECT_EQ(pair.status().code(), StatusCode::kInvalidArgument) << "'" << text << "'";
+    EXPECT_NE(pair.status().message().find("--node"), std::string::npos)
+        << pair.status().ToString();
+    EXPECT_NE(pair.status().message().find("'" + std::string(text) + "'"), std::string::npos)
+        << pair.status().ToString();
+  }
+}
+
+class Publish : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    transport_.SetOnCall([](const std::string& url) {
+      ADD_FAILURE() << "publish into --store directories made a request: " << url;
+    });
+    source_ = temp_.Path("src");
+    index_path_ = temp_.Path("out/index.db");
+    stdfs::create_directories(temp_.Path("out"));
+  }
+
+  // A small tree: files of several chunks, a short tail, a chunk shared by two files, an empty
+  // file in a nested directory, and a symlink.
+  void MakeSourceTree() {
+    a_ = PatternBytes(3 * kChunk + 5000, 1);
+    std::vector<std::uint8_t> b(a_.begin(), a_.begin() + kChunk);  // Same first chunk as a.bin.
+    auto rest = PatternBytes(kChunk + 10, 2);
+    b.insert(b.end(), rest.begin(), rest.end());
+    WriteBytes(source_ + "/a.bin", a_);
+    WriteBytes(source_ + "/sub/b.bin", b);
+    WriteBytes(source_ + "/sub/deeper/empty", {});
+    ASSERT_EQ(::symlink("a.bin", (source_ + "/link").c_str()), 0);
+  }
+
+  // Three nodes, each with a store directory; two replicas.
+  PublishOptions StoreOptions() {
+    PublishOptions options;
+    options.source_dir = source_;
+    options.index_path = index_path_;
+    options.chunk_size = kChunk;
+    options.replicas = 2;
+    for (int i = 1; i <= 3; ++i) {
+      std::string name = "n" + std::to_string(i);
+      options.nodes.push_back({name, "http://127.0.0.1:" + std::to_string(i)});
+      options.stores[name] = temp_.Path("store" + std::to_string(i));
+    }
+    return options;
+  }
+
+  Status Run(const PublishOptions& options) {
+    output_.str("");
+    return cli::Publish(options, transport_, output_);
+  }
+
+  // Expects `options` to fail, leaving neither the index nor a temporary index behind.
+  Status ExpectFailsCleanly(const PublishOptions& options) {
+    Status status = Run(options);
+    EXPECT_FALSE(status.ok()) << "publish should have failed";
+    EXPECT_FALSE(Exists(options.index_path)) << "an index was written by a failed publish";
+    ExpectNoTemporaryIndex(options.index_path);
+    return status;
+  }
+
+  static void ExpectNoTemporaryIndex(const std::string& index_path) {
+    const stdfs::path index(index_path);
+    const std::string prefix = index.filename().string() + ".tmp.";
+    for (const auto& e : stdfs::directory_iterator(index.parent_path())) {
+      EXPECT_NE(e.path().filename().string().rfind(prefix, 0), 0u)
+          << "left behind: " << e.path().string();
+    }
+  }
+
+  // Checks every file under the source against the index, and every chunk of it against the
+  // stores: on exactly `replicas` distinct nodes, with the right bytes, and on no other node.
+  // `exclusive`: no copy on other nodes either (false when an earlier publish used the stores).
+  void VerifyPublished(const PublishOptions& options, int replicas, bool exclusive = true) {
+    CKPTFS_ASSERT_OK_AND_ASSIGN(auto index, index::IndexReader::Open(options.index_path));
+    std::map<std::int64_t, std::string> store_of;  // Node id → store directory.
+    for (const index::Node& node : index->nodes()) store_of[node.id] = options.stores.at(node.name);
+    ASSERT_EQ(store_of.size(), options.nodes.size());
+    for (const auto& e : stdfs::recursive_directory_iterator(options.source_dir)) {
+      // Lexically: stdfs::relative would resolve the symlink to its target.
+      std::string relative = e.path().lexically_relative(options.source_dir).string();
+      CKPTFS_ASSERT_OK_AND_ASSIGN(index::Entry entry, LookupPath(*index, relative));
+      if (e.is_symlink()) {
+        EXPECT_EQ(entry.type, index::EntryType::kSymlink) << relative;
+        EXPECT_EQ(entry.target, stdfs::read_symlink(e.path()).string()) << relative;
+      } else if (e.is_directory()) {
+        EXPECT_EQ(entry.type, index::EntryType::kDirectory) << relative;
+      } else {
+        ASSERT_EQ(entry.type, index::EntryType::kFile) << relative;
+        CKPTFS_EXPECT_OK(index->ValidateFile(entry.id));
+        VerifyFileChunks(*index, entry, ReadBytes(e.path()), store_of, replicas, exclusive);
+      }
+    }
+  }
+
+  void VerifyFileChunks(const index::IndexReader& index, const index::Entry& entry,
+                        const std::vector<std::uint8_t>& content,
+                        const std::map<std::int64_t, std::string>& store_of, int replicas,
+                        bool exclusive) {
+    ASSERT_EQ(entry.size, content.size()) << entry.name;
+    if (content.empty()) return;
+    CKPTFS_ASSERT_OK_AND_ASSIGN(auto extents, index.ExtentsInRange(entry.id, 0, content.size()));
+    std::uint64_t offset = 0;
+    for (const index::Extent& x : extents) {
+      ASSERT_EQ(x.offset, offset) << entry.name;
+      ASSERT_EQ(x.size, std::min<std::uint64_t>(kChunk, content.size() - offset)) << entry.name;
+      EXPECT_EQ(x.digest, Sha256(content.data() + offset, x.size)) << entry.name << "@" << offset;
+      offset += x.size;
+      CKPTFS_ASSERT_OK_AND_ASSIGN(auto nodes, index.Replicas(x.chunk_id));
+      std::set<std::int64_t> distinct(nodes.begin(), nodes.end());
+      EXPECT_EQ(distinct.size(), static_cast<std::size_t>(replicas)) << entry.name << "@" << offset;
+      for (const auto& [node, store] : store_of) {
+        std::string object = store + "/" + index::ChunkObjectPath(x.digest);
+        if (distinct.contains(node)) {
+          ASSERT_TRUE(Exists(object)) << object;
+          EXPECT_EQ(FileSha256(object), x.digest) << object;
+        } else if (exclusive) {
+          EXPECT_FALSE(Exists(object)) << "a copy beyond the replica count: " << object;
+        }
+      }
+    }
+    EXPECT_EQ(offset, content.size()) << entry.name;
+  }
+
+  TempDir temp_;
+  std::string source_;
+  std::string index_path_;
+  std::vector<std::uint8_t> a_;
+  ScriptedTransport transport_;
+  std::ostringstream output_;
+};
+
+TEST_F(Publish, WritesTheIndexAndEveryChunkOnReplicasDistinctStores) {
+  ASSERT_NO_FATAL_FAILURE(MakeSourceTree());
+  PublishOptions options = StoreOptions();
+  CKPTFS_ASSERT_OK(Run(options));
+  EXPECT_TRUE(Exists(options.index_path));
+  ExpectNoTemporaryIndex(options.index_path);
+  VerifyPublished(options, 2);
+  EXPECT_EQ(transport_.TotalCalls(), 0);
+  EXPECT_NE(output_.str().find("published"), std::string::npos) << output_.str();
+
+  CKPTFS_ASSERT_OK_AND_ASSIGN(auto index, index::IndexReader::Open(options.index_path));
+  EXPECT_EQ(index->chunk_size(), kChunk);
+  EXPECT_EQ(index->stats().files, 3u);
+  // a.bin has 4 chunks, b.bin 3 of which the first is a.bin's: 6 unique.
+  EXPECT_EQ(index->stats().chunks, 6u);
+}
+
+TEST_F(Publish, EveryChunkGoesToAllNodesWhenReplicasEqualsNodes) {
+  ASSERT_NO_FATAL_FAILURE(MakeSourceTree());
+  PublishOptions options = StoreOptions();
+  options.replicas = 3;
+  CKPTFS_ASSERT_OK(Run(options));
+  VerifyPublished(options, 3);
+}
+
+TEST_F(Publish, RepublishingIntoTheSameStoresSucceedsAndReplacesTheIndex) {
+  ASSERT_NO_FATAL_FAILURE(MakeSourceTree());
+  PublishOptions options = StoreOptions();
+  CKPTFS_ASSERT_OK(Run(options));
+  WriteBytes(source_ + "/new.bin", PatternBytes(100, 9));
+  CKPTFS_ASSERT_OK(Run(options));
+  VerifyPublished(options, 2, /*exclusive=*/false);
+  ExpectNoTemporaryIndex(options.index_path);
+}
+
+TEST_F(Publish, MissingSourceFailsCleanly) {
+  PublishOptions options = StoreOptions();
+  options.source_dir = temp_.Path("no-such-dir");
+  ExpectFailsCleanly(options).IgnoreError();
+}
+
+TEST_F(Publish, SourceThatIsAFileFailsCleanly) {
+  WriteBytes(temp_.Path("plain"), {1, 2, 3});
+  PublishOptions options = StoreOptions();
+  options.source_dir = temp_.Path("plain");
+  ExpectFailsCleanly(options).IgnoreError();
+}
+
+TEST_F(Publish, FifoInTheTreeFailsCleanlyBeforeAnyObjectIsStored) {
+  ASSERT_NO_FATAL_FAILURE(MakeSourceTree());
+  ASSERT_EQ(::mkfifo((source_ + "/sub/pipe").c_str(), 0644), 0);
+  PublishOptions options = StoreOptions();
+  Status status = ExpectFailsCleanly(options);
+  EXPECT_NE(status.message().find("fifo"), std::string::npos) << status.ToString();
+  EXPECT_NE(status.message().find("sub/pipe"), std::string::npos) << status.ToString();
+  for (const auto& [name, store] : options.stores) {
+    EXPECT_FALSE(Exists(store + "/" + index::ChunkObjectPath(Sha256(a_.data(), kChunk))))
+        << "an object was stored for a tree that cannot be published";
+  }
+}
+
+TEST_F(Publish, UnknownNodeInStoresFailsCleanly) {
+  ASSERT_NO_FATAL_FAILURE(MakeSourceTree());
+  PublishOptions options = StoreOptions();
+  options.stores["n9"] = temp_.Path("store9");
+  Status status = ExpectFailsCleanly(options);
+  EXPECT_EQ(status.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(status.message().find("n9"), std::string::npos) << status.ToString();
+}
+
+TEST_F(Publish, MoreReplicasThanNodesFailsCleanly) {
+  ASSERT_NO_FATAL_FAILURE(MakeSourceTree());
+  PublishOptions options = StoreOptions();
+  options.replicas = 4;
+  EXPECT_EQ(ExpectFailsCleanly(options).code(), StatusCode::kInvalidArgument);
+}
+
+TEST_F(Publish, UnwritableStoreFailsCleanly) {
+  ASSERT_NO_FATAL_FAILURE(MakeSourceTree());
+  // Tests run as root, which ignores permission bits: a path under a regular file fails for all.
+  WriteBytes(temp_.Path("file"), {1});
+  PublishOptions options = StoreOptions();
+  options.stores["n2"] = temp_.Path("file/store");
+  Status status = ExpectFailsCleanly(options);
+  EXPECT_NE(status.message().find("n2"), std::string::npos) << status.ToString();
+}
+
+TEST_F(Publish, StoreWriteFailureMidwayFailsCleanly) {
+  ASSERT_NO_FATAL_FAILURE(MakeSourceTree());
+  PublishOptions options = StoreOptions();
+  // The directory of a.bin's second chunk is a regular file on every store, so storing that
+  // chunk fails after the temporary index was created and the first chunk stored.
+  std::string hex = Sha256(a_.data() + kChunk, kChunk).Hex();
+  for (const auto& [name, store] : options.stores) {
+    WriteBytes(store + "/chunks/" + hex.substr(0, 2), {0});
+  }
+  if (Sha256(a_.data(), kChunk).Hex().substr(0, 2) == hex.substr(0, 2)) {
+    GTEST_FAIL() << "test data: the first two chunks share a directory";
+  }
+  ExpectFailsCleanly(options).IgnoreError();
+  int stored = 0;
+  for (const auto& [name, store] : options.stores) {
+    stored += Exists(store + "/" + index::ChunkObjectPath(Sha256(a_.data(), kChunk)));
+  }
+  EXPECT_EQ(stored, 2) << "the failure should come after the first chunk was stored";
+}
+
+TEST_F(Publish, ChunkSizeOutOfRangeFailsCleanly) {
+  ASSERT_NO_FATAL_FAILURE(MakeSourceTree());
+  for (std::uint64_t size : {std::uint64_t{0}, std::uint64_t{kChunk - 1},
+                             std::uint64_t{(256 << 20) + 1}, std::uint64_t{1} << 40}) {
+    PublishOptions options = StoreOptions();
+    options.chunk_size = size;
+    EXPECT_EQ(ExpectFailsCleanly(options).code(), StatusCode::kInvalidArgument) << size;
+  }
+}
+
+TEST_F(Publish, SmallestAndLargestChunkSizesAreAccepted) {
+  ASSERT_NO_FATAL_FAILURE(MakeSourceTree());
+  PublishOptions options = StoreOptions();
+  options.chunk_size = 64 << 10;
+  CKPTFS_EXPECT_OK(Run(options));
+  options.chunk_size = 256 << 20;
+  CKPTFS_EXPECT_OK(Run(options));
+}
+
+TEST_F(Publish, NodeErrorsFailCleanly) {
+  ASSERT_NO_FATAL_FAILURE(MakeSourceTree());
+  PublishOptions options = StoreOptions();
+  options.nodes.push_back({"n1", "http://127.0.0.1:7"});
+  EXPECT_EQ(ExpectFailsCleanly(options).code(), StatusCode::kInvalidArgument) << "duplicate";
+  options = StoreOptions();
+  options.nodes[0].url = "ftp://127.0.0.1/";
+  EXPECT_EQ(ExpectFailsCleanly(options).code(), StatusCode::kInvalidArgument) << "scheme";
+  options = StoreOptions();
+  options.nodes.clear();
+  options.stores.clear();
+  EXPECT_EQ(ExpectFailsCleanly(options).code(), StatusCode::kInvalidArgument) << "no nodes";
+}
+
+TEST_F(Publish, SparseFileOfFourGibibytesAndOneBytePublishesWithRightExtents) {
+  constexpr std::uint64_t kBigChunk = 256ull << 20;
+  constexpr std::uint64_t kSize = (4ull << 30) + 1;
+  stdfs::create_directories(source_);
+  {
+    // All zero pages but the last byte: cheap on disk, and dedup stores one zero chunk.
+    int fd = ::open((source_ + "/big.bin").c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    ASSERT_GE(fd, 0);
+    ASSERT_EQ(::ftruncate(fd, static_cast<off_t>(kSize)), 0);
+    ASSERT_EQ(::pwrite(fd, "x", 1, static_cast<off_t>(kSize - 1)), 1);
+    ::close(fd);
+  }
+  PublishOptions options;
+  options.source_dir = source_;
+  options.index_path = index_path_;
+  options.chunk_size = kBigChunk;
+  options.nodes = {{"n1", "http://127.0.0.1:1"}};
+  options.stores["n1"] = temp_.Path("store1");
+  CKPTFS_ASSERT_OK(Run(options));
+
+  CKPTFS_ASSERT_OK_AND_ASSIGN(auto index, index::IndexReader::Open(index_path_));
+  CKPTFS_ASSERT_OK_AND_ASSIGN(index::Entry entry, LookupPath(*index, "big.bin"));
+  EXPECT_EQ(entry.size, kSize);
+  CKPTFS_EXPECT_OK(index->ValidateFile(entry.id));
+  CKPTFS_ASSERT_OK_AND_ASSIGN(auto extents, index->ExtentsInRange(entry.id, 0, kSize));
+  ASSERT_EQ(extents.size(), 17u);
+  Sha256Hasher zeros;
+  std::vector<std::uint8_t> block(1 << 20, 0);
+  for (std::uint64_t done = 0; done < kBigChunk; done += block.size()) {
+    zeros.Update(block.data(), block.size());
+  }
+  const Digest zero_chunk = zeros.Finish();
+  for (std::size_t i = 0; i < 16; ++i) {
+    EXPECT_EQ(extents[i].offset, i * kBigChunk);
+    EXPECT_EQ(extents[i].size, kBigChunk);
+    EXPECT_EQ(extents[i].digest, zero_chunk) << i;
+  }
+  EXPECT_EQ(extents[16].offset, 4ull << 30);
+  EXPECT_EQ(extents[16].size, 1u);
+  EXPECT_EQ(extents[16].digest, Sha256("x", 1));
+  EXPECT_EQ(index->stats().bytes, kSize);
+  EXPECT_EQ(index->stats().chunks, 2u);
+  std::string zero_object = options.stores["n1"] + "/" + index::ChunkObjectPath(zero_chunk);
+  EXPECT_EQ(stdfs::file_size(zero_object), kBigChunk);
+  EXPECT_EQ(ReadBytes(options.stores["n1"] + "/" + index::ChunkObjectPath(Sha256("x", 1))),
+            std::vector<std::uint8_t>{'x'});
+}
+
+class PublishByPut : public Publish {
+ protected:
+  void SetUp() override {
+    Publish::SetUp();
+    transport_.SetOnCall(nullptr);  // Requests are the point here.
+  }
+  PublishOptions PutOptions() {
+    PublishOptions options;
+    options.source_dir = source_;
+    options.index_path = index_path_;
+    options.chunk_size = kChunk;
+    options.nodes = {{"n1", "http://127.0.0.1:1/"}, {"n2", "http://127.0.0.1:2"}};
+    return options;  // replicas 0: the default, min(2, nodes).
+  }
+};
+
+TEST_F(PublishByPut, WithoutStoresEveryObjectIsPutToItsNodesUrl) {
+  ASSERT_NO_FATAL_FAILURE(MakeSourceTree());
+  CKPTFS_ASSERT_OK(Run(PutOptions()));
+  std::vector<std::string> put = transport_.CallOrder();
+
+  CKPTFS_ASSERT_OK_AND_ASSIGN(auto index, index::IndexReader::Open(index_path_));
+  ASSERT_EQ(index->nodes().size(), 2u);
+  EXPECT_EQ(index->nodes()[0].url, "http://127.0.0.1:1") << "trailing slash kept";
+  std::set<Digest> chunks;
+  for (const char* path : {"a.bin", "sub/b.bin"}) {
+    CKPTFS_ASSERT_OK_AND_ASSIGN(index::Entry entry, LookupPath(*index, path));
+    CKPTFS_ASSERT_OK_AND_ASSIGN(auto extents, index->ExtentsInRange(entry.id, 0, entry.size));
+    for (const index::Extent& x : extents) chunks.insert(x.digest);
+  }
+  ASSERT_EQ(chunks.size(), 6u);
+  std::vector<std::string> expected;
+  for (const Digest& d : chunks) {
+    for (const char* base : {"http://127.0.0.1:1/", "http://127.0.0.1:2/"}) {
+      expected.push_back(base + index::ChunkObjectPath(d));
+    }
+  }
+  std::sort(put.begin(), put.end());
+  std::sort(expected.begin(), expected.end());
+  EXPECT_EQ(put, expected) << "each chunk PUT once to each of its 2 nodes";
+}
+
+TEST_F(PublishByPut, PutBodiesHaveTheChunksDigest) {
+  // One file of exactly two chunks, so each object's size is known.
+  auto content = PatternBytes(2 * kChunk, 3);
+  WriteBytes(source_ + "/m.bin", content);
+  CKPTFS_ASSERT_OK(Run(PutOptions()));
+  for (int i = 0; i < 2; ++i) {
+    Digest d = Sha256(content.data() + i * kChunk, kChunk);
+    for (const char* base : {"http://127.0.0.1:1/", "http://127.0.0.1:2/"}) {
+      std::vector<std::uint8_t> body(kChunk);
+      std::string url = base + index::ChunkObjectPath(d);
+      CKPTFS_ASSERT_OK(transport_.Get(url, body, std::chrono::seconds(1)));
+      EXPECT_EQ(Sha256(body.data(), body.size()), d) << url;
+    }
+  }
+}
+
+TEST_F(PublishByPut, FailedPutFailsCleanlyAndKeepsTheOldIndex) {
+  ASSERT_NO_FATAL_FAILURE(MakeSourceTree());
+  WriteBytes(index_path_, {'o', 'l', 'd'});
+  std::string url =
+      "http://127.0.0.1:2/" + index::ChunkObjectPath(Sha256(a_.data() + kChunk, kChunk));
+  transport_.SetResponse(url, testing::ScriptedResponse::Error(UnavailableError("HTTP 507")));
+  Status status = Run(PutOptions());
+  EXPECT_FALSE(status.ok());
+  EXPECT_NE(status.message().find("n2"), std::string::npos) << status.ToString();
+  EXPECT_GE(transport_.TotalCalls(), 3) << "the failure should come after earlier PUTs";
+  EXPECT_EQ(ReadBytes(index_path_), (std::vector<std::uint8_t>{'o', 'l', 'd'}))
+      << "a failed publish replaced the existing index";
+  ExpectNoTemporaryIndex(index_path_);
+}
+
+}  // namespace
+}  // namespace ckptfs
