@@ -62,6 +62,7 @@ Status ChunkStore::Read(const ChunkKey& key, std::uint64_t offset, std::span<std
       counters_.cache_hits++;
       return Status::Ok();
     }
+    if (Status failed = RecentFailure(key.digest); !failed.ok()) return failed;
     std::shared_ptr<Flight> flight;
     bool leader = false;
     {
@@ -133,6 +134,7 @@ void ChunkStore::Lead(const ChunkKey& key, Flight& flight, TimePoint deadline, P
     } else {
       netfetch::ChunkRef ref{key.digest, key.size, std::move(nodes).value()};
       status = fetcher_->Fetch(ref, buffer->span(), deadline);
+      RememberOutcome(key.digest, status);
     }
     if (status.ok()) {
       Status cached = cache_->Insert(key.digest, buffer->span());
@@ -185,6 +187,31 @@ void ChunkStore::ReleaseSlot() {
     --inflight_;
   }
   slots_cv_.notify_all();
+}
+
+Status ChunkStore::RecentFailure(const Digest& digest) {
+  std::lock_guard lock(failures_mu_);
+  auto it = failures_.find(digest);
+  if (it == failures_.end()) return Status::Ok();
+  if (clock_->Now() >= it->second.until) {
+    failures_.erase(it);
+    return Status::Ok();
+  }
+  return it->second.status;
+}
+
+void ChunkStore::RememberOutcome(const Digest& digest, const Status& status) {
+  std::lock_guard lock(failures_mu_);
+  if (status.ok()) {
+    failures_.erase(digest);
+    return;
+  }
+  TimePoint now = clock_->Now();
+  if (failures_.size() >= 1024) {
+    std::erase_if(failures_, [&](const auto& entry) { return now >= entry.second.until; });
+    if (failures_.size() >= 1024) failures_.clear();  // Bounded memory beats a perfect record.
+  }
+  failures_[digest] = Failure{now + options_.failure_memory, status};
 }
 
 void ChunkStore::Prefetch(const ChunkKey& key) {

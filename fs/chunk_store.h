@@ -56,6 +56,10 @@ struct ChunkStoreOptions {
   int foreground_reserve = 2;  // Slots background fetches leave free.
   std::size_t max_queued_prefetches = 512;
   Duration prefetch_timeout = std::chrono::seconds(30);
+  // A chunk whose fetch just failed fails again at once for this long. The kernel retries a
+  // failed readahead page with a read of its own; without this, an unavailable chunk would hold
+  // the reader for twice the deadline.
+  Duration failure_memory = std::chrono::seconds(2);
 };
 
 struct ChunkStoreCounters {
@@ -103,6 +107,9 @@ class ChunkStore {
   bool AcquireSlot(Priority priority, TimePoint deadline);
   void ReleaseSlot();
   void PrefetchLoop();
+  // The error of a fetch of `digest` that failed within failure_memory, or OK.
+  Status RecentFailure(const Digest& digest);
+  void RememberOutcome(const Digest& digest, const Status& status);
 
   DiskCache* cache_;
   netfetch::ChunkFetcher* fetcher_;
@@ -115,6 +122,13 @@ class ChunkStore {
   std::unordered_map<Digest, std::shared_ptr<Flight>, DigestHash> flights_;  // GUARDED_BY
 
   // Lock order: slots_mu_ before queue_mu_ (AcquireSlot reads stopping_).
+  std::mutex failures_mu_;
+  struct Failure {
+    TimePoint until;
+    Status status;
+  };
+  std::unordered_map<Digest, Failure, DigestHash> failures_;  // GUARDED_BY(failures_mu_)
+
   std::mutex slots_mu_;
   std::condition_variable slots_cv_;
   int inflight_ = 0;  // GUARDED_BY(slots_mu_)

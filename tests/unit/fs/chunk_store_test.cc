@@ -177,13 +177,25 @@ TEST_F(ChunkStore, FetchErrorReachesTheReaderAndNothingIsCached) {
   EXPECT_EQ(store_->counters().fetch_errors.load(), 1u);
 }
 
-TEST_F(ChunkStore, ReadAfterAFailedFetchFetchesAgain) {
+TEST_F(ChunkStore, ReadRightAfterAFailedFetchFailsAtOnceWithoutFetching) {
+  MakeStore();
+  TestChunk chunk{PatternBytes(1000, 1), {}};
+  chunk.key = {Sha256(chunk.bytes.data(), chunk.bytes.size()), 1000, 1};
+  fetcher_.Fail(chunk.key.digest, UnavailableError("node down"));
+  EXPECT_EQ(ReadAll(chunk).status().code(), StatusCode::kUnavailable);
+  fetcher_.Serve(chunk.bytes);
+  EXPECT_EQ(ReadAll(chunk).status().code(), StatusCode::kUnavailable);
+  EXPECT_EQ(fetcher_.Calls(chunk.key.digest), 1);
+}
+
+TEST_F(ChunkStore, ReadAfterAFailedFetchFetchesAgainOnceTheFailureIsOld) {
   MakeStore();
   TestChunk chunk{PatternBytes(1000, 1), {}};
   chunk.key = {Sha256(chunk.bytes.data(), chunk.bytes.size()), 1000, 1};
   fetcher_.Fail(chunk.key.digest, DataLossError("digest mismatch"));
   EXPECT_EQ(ReadAll(chunk).status().code(), StatusCode::kDataLoss);
   fetcher_.Serve(chunk.bytes);
+  clock_.Advance(fs::ChunkStoreOptions{}.failure_memory);
   CKPTFS_ASSERT_OK_AND_ASSIGN(auto read, ReadAll(chunk));
   EXPECT_EQ(read, chunk.bytes);
   EXPECT_EQ(fetcher_.Calls(chunk.key.digest), 2);
