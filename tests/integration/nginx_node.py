@@ -1,0 +1,261 @@
+"""A real nginx process serving one ckptfs node on 127.0.0.1, for integration tests.
+
+Each node owns a prefix directory:
+    <dir>/nginx.conf   generated configuration
+    <dir>/www/         document root; chunk objects live at www/chunks/<hh>/<hex> (the --store dir)
+    <dir>/tmp/         nginx's temporary files (client bodies of PUTs and friends)
+    <dir>/access.log   one line per request: "$request_method $uri $status $body_bytes_sent"
+    <dir>/error.log    nginx's own diagnostics, shown when the node fails to start
+
+nginx runs in the foreground with a single process (`daemon off; master_process off;`), so the
+Popen handle is the server itself: SIGTERM stops it, SIGKILL is the fallback. The port is chosen
+once and kept across stop()/start(), because the index records the node's URL.
+"""
+
+import ctypes
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import time
+
+NGINX = "/usr/sbin/nginx"
+
+_LOG_LINE = re.compile(r"^(\S+) (\S+) (\d{3}) (\d+)$")
+_CHUNK_URI = re.compile(r"^/chunks/([0-9a-f]{2})/([0-9a-f]{64})$")
+
+_CONFIG = """\
+daemon off;
+master_process off;
+worker_processes 1;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log info;
+
+events {{
+    worker_connections 1024;
+}}
+
+http {{
+    log_format ckptfs_it '$request_method $uri $status $body_bytes_sent';
+    access_log {dir}/access.log ckptfs_it;
+    default_type application/octet-stream;
+    sendfile on;
+    keepalive_requests 100000;
+    keepalive_timeout 60s;
+
+    client_body_temp_path {dir}/tmp/client_body;
+    proxy_temp_path {dir}/tmp/proxy;
+    fastcgi_temp_path {dir}/tmp/fastcgi;
+    uwsgi_temp_path {dir}/tmp/uwsgi;
+    scgi_temp_path {dir}/tmp/scgi;
+
+    server {{
+        listen 127.0.0.1:{port};
+        server_name localhost;
+        root {dir}/www;
+        client_max_body_size 0;
+
+        location / {{
+            dav_methods PUT;
+            create_full_put_path on;
+            dav_access user:rw group:r all:r;
+        }}
+    }}
+}}
+"""
+
+
+def _die_with_parent():
+    # Runs in the child before exec: if the test process is killed outright, nginx goes too.
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def free_port():
+    """Returns a TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def port_accepts(port, timeout=0.5):
+    """True when a TCP connection to 127.0.0.1:port succeeds."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def require_nginx():
+    """Raises a clear error when the nginx binary the tests need is missing."""
+    if not os.access(NGINX, os.X_OK):
+        raise RuntimeError(
+            f"{NGINX} not found: the integration tests need a real nginx "
+            "(apt-get install nginx-light, or run scripts/install-deps.sh)")
+
+
+class NginxNode:
+    """One nginx node. Not thread safe: drive it from the test's thread."""
+
+    def __init__(self, name, directory, port=None):
+        require_nginx()
+        self.name = name
+        self.dir = os.path.abspath(directory)
+        self.port = port or free_port()
+        self.proc = None
+        for sub in ("www", "tmp"):
+            os.makedirs(os.path.join(self.dir, sub), exist_ok=True)
+        with open(self.conf_path, "w") as f:
+            f.write(_CONFIG.format(dir=self.dir, port=self.port))
+        open(self.access_log, "a").close()
+
+    @property
+    def url(self):
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def store_dir(self):
+        """The directory nginx serves at `url`; what `ckptfs publish --store` writes into."""
+        return os.path.join(self.dir, "www")
+
+    @property
+    def conf_path(self):
+        return os.path.join(self.dir, "nginx.conf")
+
+    @property
+    def access_log(self):
+        return os.path.join(self.dir, "access.log")
+
+    @property
+    def error_log(self):
+        return os.path.join(self.dir, "error.log")
+
+    @property
+    def running(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def start(self, timeout=10.0):
+        """Starts nginx and returns once the port accepts connections."""
+        if self.running:
+            return
+        with open(os.path.join(self.dir, "nginx.stderr"), "ab") as err:
+            self.proc = subprocess.Popen(
+                [NGINX, "-p", self.dir + "/", "-c", self.conf_path, "-e", self.error_log],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+                preexec_fn=_die_with_parent,
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"nginx node {self.name} exited with {self.proc.returncode}:\n"
+                    f"{self._diagnostics()}")
+            if port_accepts(self.port):
+                return
+            time.sleep(0.02)
+        self.stop()
+        raise RuntimeError(
+            f"nginx node {self.name} did not listen on {self.port} within {timeout}s:\n"
+            f"{self._diagnostics()}")
+
+    def stop(self, timeout=10.0):
+        """Stops nginx (SIGTERM, then SIGKILL); afterwards the port refuses connections."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=timeout)
+        self.proc = None
+        deadline = time.monotonic() + timeout
+        while port_accepts(self.port):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"port {self.port} of node {self.name} still accepts after stop")
+            time.sleep(0.02)
+
+    def log_lines(self):
+        """The access log as (method, uri, status, body_bytes_sent) tuples."""
+        entries = []
+        with open(self.access_log) as f:
+            for line in f:
+                m = _LOG_LINE.match(line.strip())
+                if m:
+                    entries.append((m.group(1), m.group(2), int(m.group(3)), int(m.group(4))))
+        return entries
+
+    def chunk_gets(self):
+        """Successful GETs of chunk objects: a list of (hex digest, body bytes sent)."""
+        gets = []
+        for method, uri, status, sent in self.log_lines():
+            m = _CHUNK_URI.match(uri)
+            if method == "GET" and status == 200 and m:
+                gets.append((m.group(2), sent))
+        return gets
+
+    def clear_log(self):
+        """Empties the access log. nginx appends (O_APPEND), so truncating in place is safe."""
+        with open(self.access_log, "w"):
+            pass
+
+    def objects(self):
+        """The chunk objects in the store: {hex digest: path}."""
+        found = {}
+        root = os.path.join(self.store_dir, "chunks")
+        if not os.path.isdir(root):
+            return found
+        for hh in os.listdir(root):
+            sub = os.path.join(root, hh)
+            for name in os.listdir(sub):
+                found[name] = os.path.join(sub, name)
+        return found
+
+    def object_path(self, hex_digest):
+        return os.path.join(self.store_dir, "chunks", hex_digest[:2], hex_digest)
+
+    def wipe_store(self):
+        """Removes everything the node serves."""
+        shutil.rmtree(self.store_dir, ignore_errors=True)
+        os.makedirs(self.store_dir, exist_ok=True)
+
+    def _diagnostics(self):
+        parts = []
+        for path in (self.error_log, os.path.join(self.dir, "nginx.stderr")):
+            try:
+                with open(path, errors="replace") as f:
+                    parts.append(f"--- {path}\n" + f.read()[-4000:])
+            except OSError:
+                pass
+        return "\n".join(parts)
+
+    def __repr__(self):
+        return f"NginxNode({self.name}, {self.url}, running={self.running})"
+
+
+def settle_chunk_gets(nodes, quiet=0.7, limit=10.0):
+    """Chunk GETs per node once the access logs stopped growing for `quiet` seconds.
+
+    nginx logs a request when it completes, and background readahead may still be running when a
+    read returns; waiting for a quiet period catches both.
+    """
+    def snapshot():
+        return {node.name: node.chunk_gets() for node in nodes}
+
+    last = snapshot()
+    stable_since = time.monotonic()
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        time.sleep(0.1)
+        now = snapshot()
+        if now != last:
+            last, stable_since = now, time.monotonic()
+        elif time.monotonic() - stable_since >= quiet:
+            break
+    return last

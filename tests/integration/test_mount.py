@@ -1,0 +1,312 @@
+"""`ckptfs mount`: the tree as published, lazy reads, caching, options, unmounting, read-only."""
+
+import collections
+import concurrent.futures
+import errno
+import os
+import shutil
+import signal
+import sqlite3
+import stat
+
+import pytest
+
+import ckptfs_cli
+import source_tree
+from nginx_node import settle_chunk_gets
+from source_tree import BIG, MiB
+
+PAGE = 4096
+
+
+def pread_file(path, offset, length):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return os.pread(fd, length, offset)
+    finally:
+        os.close(fd)
+
+
+def total(gets):
+    return sum(len(v) for v in gets.values())
+
+
+def digests(gets):
+    return collections.Counter(d for v in gets.values() for d, _ in v)
+
+
+def test_diff_of_mount_against_source_is_clean(published, mount):
+    mnt = mount(published.index)
+    diff = ckptfs_cli.run(["diff", "-r", published.tree.root, mnt.mountpoint], timeout=240)
+    assert diff.returncode == 0, diff.describe()
+
+
+def _lstat_view(path):
+    st = os.lstat(path)
+    view = {"mode": stat.filemode(st.st_mode) + f" ({st.st_mode:o})", "mtime_ns": st.st_mtime_ns}
+    if not stat.S_ISDIR(st.st_mode):
+        view["size"] = st.st_size
+    if stat.S_ISLNK(st.st_mode):
+        view["target"] = os.readlink(path)
+    return view
+
+
+def test_metadata_of_every_entry_matches_source(published, mount):
+    mnt = mount(published.index)
+    src = published.tree.root
+    mismatches = []
+    for dirpath, dirnames, filenames in os.walk(src):
+        rel = os.path.relpath(dirpath, src)
+        rel = "" if rel == "." else rel
+        mirror = os.path.join(mnt.mountpoint, rel)
+        if sorted(os.listdir(dirpath)) != sorted(os.listdir(mirror)):
+            mismatches.append(f"{rel or '/'}: {sorted(os.listdir(mirror))}")
+        for name in [""] + dirnames + filenames:
+            a, b = os.path.join(dirpath, name), os.path.join(mirror, name)
+            if name == "" and rel != "":
+                continue  # Each directory is checked once, from its parent.
+            want, got = _lstat_view(a), _lstat_view(b)
+            if want != got:
+                mismatches.append(f"{os.path.join(rel, name) or '/'}: source {want}, mount {got}")
+    assert not mismatches, "\n".join(mismatches)
+
+
+def _mid_chunk(published, index):
+    with published.db() as db:
+        extent = db.extents(BIG)[index]
+    offset = extent.offset + (extent.size // 2) // PAGE * PAGE
+    return extent, offset
+
+
+def test_isolated_read_in_the_middle_of_a_chunk_fetches_exactly_one_chunk(published, mount):
+    extent, offset = _mid_chunk(published, 37)
+    mnt = mount(published.index)
+
+    data = pread_file(mnt.path(BIG), offset, PAGE)
+
+    assert data == published.tree.read(BIG, offset, PAGE)
+    gets = settle_chunk_gets(published.nodes)
+    assert total(gets) <= 2, f"{total(gets)} chunk GETs for one 4 KiB read: {gets}"
+    assert total(gets) == 1, f"{total(gets)} chunk GETs for one mid-chunk 4 KiB read: {gets}"
+    assert list(digests(gets)) == [extent.digest]
+
+
+def test_isolated_read_at_a_chunk_end_fetches_at_most_two_chunks(published, mount):
+    with published.db() as db:
+        extent = db.extents(BIG)[20]
+    offset = extent.offset + extent.size - PAGE
+    mnt = mount(published.index)
+
+    data = pread_file(mnt.path(BIG), offset, PAGE)
+
+    assert data == published.tree.read(BIG, offset, PAGE)
+    gets = settle_chunk_gets(published.nodes)
+    assert 1 <= total(gets) <= 2, f"{total(gets)} chunk GETs for one 4 KiB read: {gets}"
+    assert extent.digest in digests(gets)
+
+
+def test_reread_after_dropping_the_page_cache_makes_no_request(published, mount):
+    extent, offset = _mid_chunk(published, 41)
+    mnt = mount(published.index)
+    first = pread_file(mnt.path(BIG), offset, PAGE)
+    settle_chunk_gets(published.nodes)
+    published.clear_logs()
+
+    ckptfs_cli.drop_page_cache()
+    again = pread_file(mnt.path(BIG), offset, PAGE)
+    elsewhere = pread_file(mnt.path(BIG), extent.offset + PAGE * 3, PAGE)
+
+    assert again == first == published.tree.read(BIG, offset, PAGE)
+    assert elsewhere == published.tree.read(BIG, extent.offset + PAGE * 3, PAGE)
+    gets = settle_chunk_gets(published.nodes)
+    assert total(gets) == 0, f"cached chunk fetched again: {gets}"
+
+
+@pytest.mark.slow
+def test_sequential_read_fetches_each_chunk_of_the_file_once(published, mount):
+    with published.db() as db:
+        wanted = [e.digest for e in db.extents(BIG)]
+    mnt = mount(published.index, cache_size="1G")
+
+    assert source_tree.sha256_file(mnt.path(BIG), block=MiB) == published.tree.sha256[BIG]
+
+    got = digests(settle_chunk_gets(published.nodes))
+    assert set(got) == set(wanted), (
+        f"fetched {len(set(got))} distinct chunks, the file has {len(set(wanted))}; "
+        f"extra: {sorted(set(got) - set(wanted))[:3]}")
+    twice = {d: n for d, n in got.items() if n > 1}
+    assert not twice, f"chunks fetched more than once: {twice}"
+
+
+def test_concurrent_readers_get_correct_bytes_and_share_fetches(published, mount):
+    mnt = mount(published.index, cache_size="1G")
+    ranges = [(i * (5 * MiB // 2) + 12345 + i * 1000, 8 * MiB) for i in range(8)]
+
+    def read_range(offset, length):
+        fd = os.open(mnt.path(BIG), os.O_RDONLY)
+        try:
+            parts, pos = [], offset
+            while pos < offset + length:
+                n = min(256 * 1024, offset + length - pos)
+                parts.append(os.pread(fd, n, pos))
+                pos += n
+            return b"".join(parts)
+        finally:
+            os.close(fd)
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(lambda r: read_range(*r), ranges))
+
+    for (offset, length), data in zip(ranges, results):
+        assert data == published.tree.read(BIG, offset, length), f"wrong bytes at {offset}"
+    twice = {d: n for d, n in digests(settle_chunk_gets(published.nodes)).items() if n > 1}
+    assert not twice, f"concurrent readers fetched a chunk more than once: {twice}"
+
+
+def test_mount_of_an_index_served_over_http(published, mount):
+    node = published.nodes[0]
+    served = os.path.join(node.store_dir, "indexes", "ckpt.index")
+    os.makedirs(os.path.dirname(served), exist_ok=True)
+    shutil.copyfile(published.index, served)
+    try:
+        mnt = mount(f"{node.url}/indexes/ckpt.index")
+        assert sorted(os.listdir(mnt.mountpoint)) == sorted(os.listdir(published.tree.root))
+        for rel in ("model.ckpt.index", source_tree.ODD, "latest"):
+            assert source_tree.sha256_file(mnt.path(rel)) == source_tree.sha256_file(
+                published.tree.path(rel))
+    finally:
+        os.remove(served)
+
+
+def test_node_urls_can_be_overridden_at_mount(published, nginx_node, mount):
+    moved = {}
+    for old in published.nodes:
+        new = nginx_node(old.name + "-moved", start=False)
+        os.rmdir(new.store_dir)
+        os.symlink(old.store_dir, new.store_dir)
+        new.start()
+        moved[old.name] = new
+        old.stop()
+    options = {f"node.{name}": node.url for name, node in moved.items()}
+    mnt = mount(published.index, timeout=5, **options)
+
+    for rel in (source_tree.ODD, source_tree.DUP_A):
+        assert source_tree.sha256_file(mnt.path(rel)) == published.tree.sha256[rel]
+    assert total({n: node.chunk_gets() for n, node in moved.items()}) > 0
+
+
+WRITE_OPERATIONS = {
+    "open_for_write": lambda m: os.close(os.open(m.path("run.sh"), os.O_WRONLY)),
+    "open_read_write": lambda m: os.close(os.open(m.path("run.sh"), os.O_RDWR)),
+    "open_truncate": lambda m: os.close(os.open(m.path("run.sh"), os.O_WRONLY | os.O_TRUNC)),
+    "create": lambda m: os.close(os.open(m.path("new.txt"), os.O_WRONLY | os.O_CREAT, 0o644)),
+    "mkdir": lambda m: os.mkdir(m.path("newdir")),
+    "rmdir": lambda m: os.rmdir(m.path("empty_dir")),
+    "unlink": lambda m: os.unlink(m.path("run.sh")),
+    "rename": lambda m: os.rename(m.path("run.sh"), m.path("run2.sh")),
+    "chmod": lambda m: os.chmod(m.path("run.sh"), 0o600),
+    "truncate": lambda m: os.truncate(m.path("run.sh"), 0),
+    "symlink": lambda m: os.symlink("run.sh", m.path("link2")),
+    "hard_link": lambda m: os.link(m.path("run.sh"), m.path("run.hard")),
+    "utime": lambda m: os.utime(m.path("run.sh"), (1, 1)),
+}
+
+
+@pytest.mark.parametrize("operation", sorted(WRITE_OPERATIONS))
+def test_write_operations_fail_with_erofs(published, mount, operation):
+    mnt = mount(published.index)
+
+    with pytest.raises(OSError) as info:
+        WRITE_OPERATIONS[operation](mnt)
+
+    assert info.value.errno == errno.EROFS, f"{operation}: {info.value!r}"
+    assert source_tree.sha256_file(mnt.path("run.sh")) == published.tree.sha256["run.sh"]
+    assert sorted(os.listdir(mnt.mountpoint)) == sorted(os.listdir(published.tree.root))
+
+
+def _bad_index(kind, good, path):
+    if kind == "garbage_bytes":
+        source_tree.write_file(path, source_tree.random_bytes(31, 65536))
+    elif kind == "zero_byte_file":
+        source_tree.write_file(path, b"")
+    elif kind == "missing_file":
+        pass
+    else:
+        if kind == "empty_sqlite_db":
+            db = sqlite3.connect(path)
+            db.execute("CREATE TABLE t(x)")
+            db.execute("DROP TABLE t")
+        else:
+            shutil.copyfile(good, path)
+            db = sqlite3.connect(path)
+            if kind == "schema_version_99":
+                changed = db.execute(
+                    "UPDATE meta SET value = '99' WHERE key = 'schema_version'").rowcount
+                assert changed == 1, "meta has no schema_version row"
+            elif kind == "extents_table_dropped":
+                db.execute("DROP TABLE extents")
+        db.commit()
+        db.close()
+
+
+def _assert_mount_refused(mnt):
+    args = ckptfs_cli.mount_args(mnt.index, mnt.mountpoint, mnt.options)
+    result = ckptfs_cli.run(args, timeout=60)
+    assert result.returncode != 0, result.describe()
+    lines = result.stderr_lines()
+    assert len(lines) == 1 and lines[0].startswith("ckptfs: "), result.describe()
+    assert not ckptfs_cli.is_mounted(mnt.mountpoint), "mounted despite the error"
+    assert ckptfs_cli.wait_until(lambda: not mnt.pids(), 5), f"daemon still up: {mnt.pids()}"
+
+
+@pytest.mark.parametrize("kind", [
+    "garbage_bytes", "zero_byte_file", "empty_sqlite_db", "schema_version_99",
+    "extents_table_dropped", "missing_file"
+])
+def test_bad_index_is_refused_with_one_line(published, mount, test_dir, kind):
+    path = os.path.join(test_dir, f"{kind}.index")
+    _bad_index(kind, published.index, path)
+    _assert_mount_refused(mount(path, start=False))
+
+
+@pytest.mark.parametrize("option", [{"frobnicate": "1"}, {"frobnicate": True},
+                                    {"timeout": "soon"}])
+def test_unknown_or_invalid_mount_option_is_refused(published, mount, option):
+    _assert_mount_refused(mount(published.index, start=False, **option))
+
+
+def test_fstab_style_options_are_accepted(published, mount):
+    mnt = mount(published.index, ro=True, defaults=True, _netdev=True, noauto=True, user=True,
+                nofail=True, allow_other=True, timeout=20, cache_size="64M")
+    assert source_tree.sha256_file(mnt.path("private.key")) == published.tree.sha256["private.key"]
+
+
+def _stop_by(how, mnt):
+    if how in ("fusermount3", "umount"):
+        args = ["fusermount3", "-u", mnt.mountpoint] if how == "fusermount3" else [
+            "umount", mnt.mountpoint]
+        result = ckptfs_cli.run(args, timeout=30)
+        assert result.returncode == 0, result.describe()
+    else:
+        pids = mnt.pids()
+        assert len(pids) == 1, f"expected one daemon for {mnt.mountpoint}, found {pids}"
+        os.kill(pids[0], signal.SIGINT if how == "sigint" else signal.SIGTERM)
+
+
+@pytest.mark.parametrize("how,foreground", [("fusermount3", False), ("umount", False),
+                                            ("sigterm", False), ("sigint", False),
+                                            ("sigterm", True), ("umount", True)])
+def test_unmount_leaves_no_mount_and_the_daemon_exits(published, mount, how, foreground):
+    mnt = mount(published.index, foreground=foreground)
+    assert pread_file(mnt.path("model.ckpt.index"), 0, 100) == published.tree.read(
+        "model.ckpt.index", 0, 100)
+    assert mnt.pids(), "no ckptfs daemon found for the mountpoint"
+
+    _stop_by(how, mnt)
+
+    assert ckptfs_cli.wait_until(lambda: not ckptfs_cli.is_mounted(mnt.mountpoint), 15), (
+        f"still mounted after {how}")
+    assert ckptfs_cli.wait_until(lambda: not mnt.pids(), 15), f"daemon still up: {mnt.pids()}"
+    if mnt.proc is not None:
+        code = mnt.proc.wait(timeout=5)
+        assert code == 0, f"foreground ckptfs exited with {code} after {how}"
