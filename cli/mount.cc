@@ -2,6 +2,7 @@
 #include "cli/mount.h"
 
 #include <fuse_lowlevel.h>
+#include <malloc.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 #include <unistd.h>
@@ -138,6 +139,10 @@ Status Serve(MountedFs& m, const MountOptions& options) {
 }  // namespace
 
 Status Mount(const MountOptions& options) {
+  // Chunk buffers are megabytes, allocated and freed by many threads. With glibc's adaptive
+  // threshold they would soon come from per-thread arenas that keep freed memory; a fixed
+  // threshold keeps them mmap()ed, so the memory goes back to the system when a fetch ends.
+  mallopt(M_MMAP_THRESHOLD, 256 * 1024);
   struct stat st;
   if (::stat(options.mountpoint.c_str(), &st) != 0) {
     return ErrnoStatus(errno, "mountpoint " + options.mountpoint);
@@ -170,7 +175,7 @@ Status Mount(const MountOptions& options) {
   fs_options.readahead.max_window = options.readahead;
   fs::ChunkStoreOptions store_options;
   store_options.prefetch_threads = options.fetch_threads;
-  store_options.max_inflight = options.fetch_threads + 4;
+  store_options.max_inflight = options.fetch_threads + 2;
   store_options.prefetch_timeout = options.timeout;
   m.replicas = std::make_unique<fs::IndexReplicas>(m.index.get());
   m.store = std::make_unique<fs::ChunkStore>(m.cache.get(), m.fetcher.get(), m.replicas.get(),

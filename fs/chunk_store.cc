@@ -34,6 +34,19 @@ bool WaitUntil(std::unique_lock<std::mutex>& lock, std::condition_variable& cv, 
 
 }  // namespace
 
+Status PreadExactly(int fd, std::uint64_t offset, std::span<std::uint8_t> dst) {
+  std::size_t done = 0;
+  while (done < dst.size()) {
+    ssize_t n =
+        ::pread(fd, dst.data() + done, dst.size() - done, static_cast<off_t>(offset + done));
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return ErrnoStatus(errno, "pread");
+    if (n == 0) return DataLossError("unexpected end of file");
+    done += static_cast<std::size_t>(n);
+  }
+  return Status::Ok();
+}
+
 ChunkStore::ChunkStore(DiskCache* cache, netfetch::ChunkFetcher* fetcher, ReplicaSource* replicas,
                        Clock* clock, ChunkStoreOptions options)
     : cache_(cache), fetcher_(fetcher), replicas_(replicas), clock_(clock), options_(options) {}
@@ -55,12 +68,11 @@ ChunkStore::~ChunkStore() {
   for (std::thread& t : workers_) t.join();
 }
 
-Status ChunkStore::Read(const ChunkKey& key, std::uint64_t offset, std::span<std::uint8_t> dst,
-                        TimePoint deadline) {
+Result<ChunkData> ChunkStore::Get(const ChunkKey& key, TimePoint deadline) {
   for (;;) {
-    if (ReadFromCache(key, offset, dst)) {
+    if (Result<UniqueFd> fd = cache_->OpenChunk(key.digest, key.size); fd.ok()) {
       counters_.cache_hits++;
-      return Status::Ok();
+      return ChunkData{std::move(fd).value(), nullptr};
     }
     if (Status failed = RecentFailure(key.digest); !failed.ok()) return failed;
     std::shared_ptr<Flight> flight;
@@ -89,31 +101,20 @@ Status ChunkStore::Read(const ChunkKey& key, std::uint64_t offset, std::span<std
       if (!retry) return flight->status;
       continue;
     }
-    if (flight->bytes != nullptr) {
-      std::memcpy(dst.data(), flight->bytes->data() + offset, dst.size());
-      return Status::Ok();
-    }
-    // The leader found the chunk in the cache: read it from there on the next round.
+    if (flight->bytes != nullptr) return ChunkData{UniqueFd(), flight->bytes};
+    // The leader found the chunk in the cache: open it from there on the next round.
   }
 }
 
-bool ChunkStore::ReadFromCache(const ChunkKey& key, std::uint64_t offset,
-                               std::span<std::uint8_t> dst) {
-  Result<UniqueFd> fd = cache_->OpenChunk(key.digest, key.size);
-  if (!fd.ok()) return false;
-  std::size_t done = 0;
-  while (done < dst.size()) {
-    ssize_t n =
-        ::pread(fd->get(), dst.data() + done, dst.size() - done, static_cast<off_t>(offset + done));
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) {
-      LogWarning("cannot read cached chunk " + key.digest.Hex() + ": " +
-                 (n < 0 ? std::strerror(errno) : "unexpected end of file"));
-      return false;
-    }
-    done += static_cast<std::size_t>(n);
+Status ChunkStore::Read(const ChunkKey& key, std::uint64_t offset, std::span<std::uint8_t> dst,
+                        TimePoint deadline) {
+  CKPTFS_ASSIGN_OR_RETURN(ChunkData data, Get(key, deadline));
+  if (data.bytes != nullptr) {
+    std::memcpy(dst.data(), data.bytes->data() + offset, dst.size());
+    return Status::Ok();
   }
-  return true;
+  return PreadExactly(data.fd.get(), offset, dst)
+      .WithContext("cannot read cached chunk " + key.digest.Hex());
 }
 
 void ChunkStore::Lead(const ChunkKey& key, Flight& flight, TimePoint deadline, Priority priority) {

@@ -31,6 +31,7 @@
 #include "common/clock.h"
 #include "common/digest.h"
 #include "common/result.h"
+#include "common/unique_fd.h"
 #include "fs/disk_cache.h"
 #include "netfetch/fetcher.h"
 
@@ -43,12 +44,23 @@ struct ChunkKey {
   std::int64_t chunk_id = 0;
 };
 
+// Verified bytes of one whole chunk: an open descriptor of its cache file (so a reply can be
+// spliced from the page cache without copying) or, when it could not be cached, the bytes.
+// Exactly one of the two is set.
+struct ChunkData {
+  UniqueFd fd;
+  std::shared_ptr<const Buffer> bytes;
+};
+
 // Where a chunk's replicas live; asked only when the chunk must come from the network.
 class ReplicaSource {
  public:
   virtual ~ReplicaSource() = default;
   virtual Result<std::vector<std::int64_t>> Replicas(std::int64_t chunk_id) = 0;
 };
+
+// Reads exactly dst.size() bytes at `offset` of `fd`; DataLoss when the file is shorter.
+Status PreadExactly(int fd, std::uint64_t offset, std::span<std::uint8_t> dst);
 
 struct ChunkStoreOptions {
   int prefetch_threads = 8;
@@ -84,6 +96,12 @@ class ChunkStore {
   void Start();
   ChunkStore& operator=(const ChunkStore&) = delete;
 
+  // The verified chunk, from the cache or fetched (single-flight).
+  // Errors: whatever the fetch gave (Unavailable, DeadlineExceeded, DataLoss, NotFound) when the
+  // chunk could not be had by `deadline`; DeadlineExceeded when waiting on another's fetch ran out;
+  // the same error again, at once, for a chunk whose fetch failed within failure_memory.
+  Result<ChunkData> Get(const ChunkKey& key, TimePoint deadline);
+
   // Copies bytes [offset, offset + dst.size()) of the chunk into dst.
   // REQUIRES: offset + dst.size() <= key.size.
   // Errors: whatever the fetch gave (Unavailable, DeadlineExceeded, DataLoss, NotFound) when the
@@ -101,7 +119,6 @@ class ChunkStore {
   struct Flight;
   enum class Priority { kForeground, kBackground };
 
-  bool ReadFromCache(const ChunkKey& key, std::uint64_t offset, std::span<std::uint8_t> dst);
   // Fetches the chunk as the leader of `flight` and completes it.
   void Lead(const ChunkKey& key, Flight& flight, TimePoint deadline, Priority priority);
   bool AcquireSlot(Priority priority, TimePoint deadline);

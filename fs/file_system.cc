@@ -14,7 +14,6 @@
 #include <string>
 #include <vector>
 
-#include "common/buffer.h"
 #include "common/log.h"
 
 namespace ckptfs::fs {
@@ -34,13 +33,16 @@ Status FileSystem::ValidateOnce(std::uint64_t file) {
   return Status::Ok();
 }
 
-Status FileSystem::ReadRange(std::uint64_t file, std::uint64_t offset, std::span<std::uint8_t> dst,
-                             TimePoint deadline) {
-  if (dst.empty()) return Status::Ok();
+Result<std::vector<FileSystem::Part>> FileSystem::GatherRange(std::uint64_t file,
+                                                              std::uint64_t offset,
+                                                              std::size_t length,
+                                                              TimePoint deadline) {
+  std::vector<Part> parts;
+  if (length == 0) return parts;
   CKPTFS_ASSIGN_OR_RETURN(std::vector<index::Extent> extents,
-                          index_->ExtentsInRange(file, offset, dst.size()));
+                          index_->ExtentsInRange(file, offset, length));
   // The extents must tile the range exactly; validation at open makes this hold for a sane index.
-  std::uint64_t end = offset + dst.size();
+  std::uint64_t end = offset + length;
   bool tiled = !extents.empty() && extents.front().offset <= offset;
   std::uint64_t covered = tiled ? extents.front().offset : 0;
   for (const index::Extent& e : extents) {
@@ -59,8 +61,24 @@ Status FileSystem::ReadRange(std::uint64_t file, std::uint64_t offset, std::span
   for (const index::Extent& e : extents) {
     std::uint64_t from = std::max(offset, e.offset);
     std::uint64_t to = std::min(end, e.offset + e.size);
-    CKPTFS_RETURN_IF_ERROR(store_->Read(ChunkKey{e.digest, e.size, e.chunk_id}, from - e.offset,
-                                        dst.subspan(from - offset, to - from), deadline));
+    CKPTFS_ASSIGN_OR_RETURN(ChunkData data,
+                            store_->Get(ChunkKey{e.digest, e.size, e.chunk_id}, deadline));
+    parts.push_back(Part{std::move(data), from - e.offset, static_cast<std::size_t>(to - from)});
+  }
+  return parts;
+}
+
+Status FileSystem::ReadRange(std::uint64_t file, std::uint64_t offset, std::span<std::uint8_t> dst,
+                             TimePoint deadline) {
+  CKPTFS_ASSIGN_OR_RETURN(std::vector<Part> parts, GatherRange(file, offset, dst.size(), deadline));
+  for (const Part& part : parts) {
+    std::span<std::uint8_t> piece = dst.first(part.length);
+    if (part.data.bytes != nullptr) {
+      std::memcpy(piece.data(), part.data.bytes->data() + part.offset, part.length);
+    } else {
+      CKPTFS_RETURN_IF_ERROR(PreadExactly(part.data.fd.get(), part.offset, piece));
+    }
+    dst = dst.subspan(part.length);
   }
   return Status::Ok();
 }
@@ -159,10 +177,36 @@ struct stat ToStat(const FileSystem& fs, const index::Entry& e) {
   return st;
 }
 
+// Replies with the pieces as they are: cached chunks as file descriptors, which libfuse splices
+// from the page cache into the reply without a copy through this process (it falls back to a
+// copy when splicing is not possible), and fetched chunks from their buffers.
+void ReplyParts(fuse_req_t req, const std::vector<FileSystem::Part>& parts) {
+  std::size_t bytes = sizeof(fuse_bufvec) + parts.size() * sizeof(fuse_buf);
+  std::unique_ptr<std::byte[]> storage(new std::byte[bytes]());
+  auto* vec = new (storage.get()) fuse_bufvec{};
+  vec->count = parts.size();
+  for (std::size_t i = 0; i < parts.size(); ++i) {
+    const FileSystem::Part& part = parts[i];
+    fuse_buf& buf = vec->buf[i];
+    buf = fuse_buf{};
+    buf.size = part.length;
+    if (part.data.bytes != nullptr) {
+      // libfuse takes a non-const pointer but only reads from it.
+      buf.mem = const_cast<std::uint8_t*>(part.data.bytes->data() + part.offset);
+    } else {
+      buf.flags = static_cast<fuse_buf_flags>(FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK);
+      buf.fd = part.data.fd.get();
+      buf.pos = static_cast<off_t>(part.offset);
+    }
+  }
+  fuse_reply_data(req, vec, FUSE_BUF_SPLICE_MOVE);
+}
+
 void OpInit(void* userdata, fuse_conn_info* conn) {
   auto* fs = static_cast<FileSystem*>(userdata);
   // Content never changes under a mount: keep pages, read ahead asynchronously, in big requests.
   conn->want |= FUSE_CAP_ASYNC_READ;
+  if (conn->capable & FUSE_CAP_SPLICE_WRITE) conn->want |= FUSE_CAP_SPLICE_WRITE;
   if (conn->capable & FUSE_CAP_CACHE_SYMLINKS) conn->want |= FUSE_CAP_CACHE_SYMLINKS;
   if (conn->capable & FUSE_CAP_PARALLEL_DIROPS) conn->want |= FUSE_CAP_PARALLEL_DIROPS;
   conn->want &= ~FUSE_CAP_AUTO_INVAL_DATA;
@@ -302,17 +346,15 @@ void OpRead(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_in
       ahead = file->readahead.OnRead(offset, length, file_size);
     }
     if (!ahead.empty()) fs.PrefetchRange(ino, ahead);
-    thread_local Buffer buffer;
-    if (buffer.size() < length) buffer = Buffer(std::max<std::size_t>(length, 1 << 20));
     TimePoint deadline = fs.clock().Now() + fs.options().read_timeout;
-    Status status = fs.ReadRange(ino, offset, {buffer.data(), length}, deadline);
-    if (!status.ok()) {
+    Result<std::vector<FileSystem::Part>> parts = fs.GatherRange(ino, offset, length, deadline);
+    if (!parts.ok()) {
       fs.mutable_counters().eio_fetch++;
-      return ReplyError(req, status, "read of '" + file->entry.name + "'");
+      return ReplyError(req, parts.status(), "read of '" + file->entry.name + "'");
     }
     fs.mutable_counters().reads++;
     fs.mutable_counters().bytes_read += length;
-    fuse_reply_buf(req, reinterpret_cast<const char*>(buffer.data()), length);
+    ReplyParts(req, *parts);
   });
 }
 

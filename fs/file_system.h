@@ -66,8 +66,18 @@ class FileSystem {
   // The operations table; fuse_session_new's userdata must be this FileSystem.
   static const fuse_lowlevel_ops& Operations();
 
-  // Reads bytes [offset, offset + dst.size()) of `file` through the chunk store, fetching the
-  // chunks it spans in parallel. REQUIRES: the range lies within the file.
+  // One piece of a read: bytes [offset, offset + length) of a chunk.
+  struct Part {
+    ChunkData data;
+    std::uint64_t offset = 0;
+    std::size_t length = 0;
+  };
+  // The verified chunk pieces that make up bytes [offset, offset + length) of `file`, in order,
+  // fetching the chunks it spans in parallel. REQUIRES: the range lies within the file.
+  Result<std::vector<Part>> GatherRange(std::uint64_t file, std::uint64_t offset,
+                                        std::size_t length, TimePoint deadline);
+
+  // GatherRange, copied into dst.
   Status ReadRange(std::uint64_t file, std::uint64_t offset, std::span<std::uint8_t> dst,
                    TimePoint deadline);
   // Queues background fetches for the chunks overlapping `range` of `file`.
