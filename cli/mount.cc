@@ -1,6 +1,7 @@
 #define FUSE_USE_VERSION 312
 #include "cli/mount.h"
 
+#include <fcntl.h>
 #include <fuse_lowlevel.h>
 #include <malloc.h>
 #include <sys/stat.h>
@@ -10,11 +11,15 @@
 #include <algorithm>
 #include <cerrno>
 #include <climits>
+#include <condition_variable>
+#include <cstdio>
 #include <cstring>
 #include <fstream>
 #include <memory>
+#include <mutex>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "common/clock.h"
@@ -98,6 +103,9 @@ struct MountedFs {
   std::unique_ptr<fs::IndexReplicas> replicas;
   std::unique_ptr<fs::ChunkStore> store;
   std::unique_ptr<fs::FileSystem> file_system;
+  std::mutex init_mu;
+  std::condition_variable init_cv;
+  bool initialized = false;  // GUARDED_BY(init_mu)
 };
 
 std::string FsName(const std::string& index) {
@@ -108,6 +116,91 @@ std::string FsName(const std::string& index) {
   return name;
 }
 
+// Goes to the background like fuse_daemonize(), except that the parent exits only when the
+// child calls Ready() (or dies first), so that `ckptfs mount` returns a mount that already serves
+// with its final settings. The child keeps stderr until Ready(), so start-up errors still reach
+// the terminal.
+class Daemon {
+ public:
+  // In the parent this never returns. In the child it returns OK.
+  Status Detach() {
+    int fds[2];
+    if (::pipe2(fds, O_CLOEXEC) != 0) return ErrnoStatus(errno, "pipe");
+    pid_t pid = ::fork();
+    if (pid < 0) return ErrnoStatus(errno, "fork");
+    if (pid > 0) {
+      ::close(fds[1]);
+      char ready = 0;
+      ssize_t n;
+      do {
+        n = ::read(fds[0], &ready, 1);
+      } while (n < 0 && errno == EINTR);
+      if (n != 1) std::fputs("ckptfs: the mount daemon exited during start-up\n", stderr);
+      ::_exit(n == 1 ? 0 : 1);
+    }
+    ::close(fds[0]);
+    ready_fd_ = fds[1];
+    ::setsid();
+    if (::chdir("/") != 0) return ErrnoStatus(errno, "chdir /");
+    int null_fd = ::open("/dev/null", O_RDWR | O_CLOEXEC);
+    if (null_fd >= 0) {
+      ::dup2(null_fd, STDIN_FILENO);
+      ::dup2(null_fd, STDOUT_FILENO);
+      ::close(null_fd);
+    }
+    return Status::Ok();
+  }
+
+  // Lets the parent exit with success; from now on stderr goes to /dev/null too.
+  void Ready() {
+    if (ready_fd_ < 0) return;
+    char ready = 1;
+    ssize_t ignored = ::write(ready_fd_, &ready, 1);
+    (void)ignored;
+    ::close(ready_fd_);
+    ready_fd_ = -1;
+    int null_fd = ::open("/dev/null", O_RDWR | O_CLOEXEC);
+    if (null_fd >= 0) {
+      ::dup2(null_fd, STDERR_FILENO);
+      ::close(null_fd);
+    }
+  }
+
+ private:
+  int ready_fd_ = -1;
+};
+
+// "major:minor" of the file system mounted at `resolved` (an absolute path), from mountinfo: a
+// stat() of the mountpoint would wait on this very process.
+std::string MountDevice(const char* resolved) {
+  std::ifstream mountinfo("/proc/self/mountinfo");
+  std::string line, device;
+  // Fields: id parent major:minor root mountpoint ...; the last match is the newest mount.
+  while (std::getline(mountinfo, line)) {
+    std::istringstream fields(line);
+    std::string id, parent, dev, root, point;
+    if (fields >> id >> parent >> dev >> root >> point && point == resolved) device = dev;
+  }
+  return device;
+}
+
+// Sets the kernel readahead of the mount. The kernel takes the smaller of this and what the INIT
+// reply offered when it processes that reply, so it is set after INIT and checked once more.
+// Best effort: only root may write the knob.
+void SetKernelReadahead(const char* resolved, std::uint64_t bytes) {
+  std::string device = MountDevice(resolved);
+  if (device.empty() || bytes == 0) return;
+  std::string knob = "/sys/class/bdi/" + device + "/read_ahead_kb";
+  std::string want = std::to_string(bytes / 1024);
+  for (int attempt = 0; attempt < 5; ++attempt) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    std::string now;
+    if (std::ifstream in(knob); !(in >> now)) return;
+    if (now == want) return;
+    std::ofstream(knob) << want << std::endl;
+  }
+}
+
 // Mounts, daemonizes unless in the foreground, and runs the FUSE loop until unmounted.
 Status Serve(MountedFs& m, const MountOptions& options) {
   FuseArgs fuse_args(options, FsName(options.index));
@@ -116,19 +209,51 @@ Status Serve(MountedFs& m, const MountOptions& options) {
   if (se == nullptr) return InternalError("cannot create the FUSE session");
   std::unique_ptr<fuse_session, void (*)(fuse_session*)> session(se, fuse_session_destroy);
   if (fuse_set_signal_handlers(se) != 0) return InternalError("cannot install signal handlers");
-  if (fuse_session_mount(se, options.mountpoint.c_str()) != 0) {
+  // Resolved before mounting: afterwards the path leads into this not-yet-serving file system.
+  char resolved[PATH_MAX];
+  if (::realpath(options.mountpoint.c_str(), resolved) == nullptr) {
+    fuse_remove_signal_handlers(se);
+    return ErrnoStatus(errno, "mountpoint " + options.mountpoint);
+  }
+  // libfuse keeps this path for the unmount, which runs after the chdir("/") below.
+  if (fuse_session_mount(se, resolved) != 0) {
     fuse_remove_signal_handlers(se);
     return FailedPreconditionError("cannot mount on " + options.mountpoint);
   }
-  if (!options.foreground) SetLogToSyslog("ckptfs");
-  fuse_daemonize(options.foreground ? 1 : 0);
+  Daemon daemon;
+  if (!options.foreground) {
+    if (Status detached = daemon.Detach(); !detached.ok()) {
+      fuse_session_unmount(se);
+      fuse_remove_signal_handlers(se);
+      return detached;
+    }
+    SetLogToSyslog("ckptfs");
+  } else if (::chdir("/") != 0) {
+    LogWarning("cannot chdir to /");
+  }
   LogInfo("mounted " + options.index + " on " + options.mountpoint);
+  // Settles the mount once INIT is through, then releases the waiting parent. A mount that never
+  // gets INIT (unmounted at once) releases it after a bound.
+  std::thread settle([&] {
+    {
+      std::unique_lock lock(m.init_mu);
+      m.init_cv.wait_for(lock, std::chrono::seconds(10), [&] { return m.initialized; });
+    }
+    SetKernelReadahead(resolved, options.kernel_readahead);
+    daemon.Ready();
+  });
 
   fuse_loop_config* config = fuse_loop_cfg_create();
   fuse_loop_cfg_set_max_threads(config, 16);
   fuse_loop_cfg_set_idle_threads(config, 8);
   int rc = fuse_session_loop_mt(se, config);
   fuse_loop_cfg_destroy(config);
+  {
+    std::lock_guard lock(m.init_mu);
+    m.initialized = true;  // Unblocks `settle` if the loop ended before INIT.
+  }
+  m.init_cv.notify_all();
+  settle.join();
   fuse_session_unmount(se);
   fuse_remove_signal_handlers(se);
   LogInfo("unmounted " + options.mountpoint);
@@ -173,6 +298,13 @@ Status Mount(const MountOptions& options) {
   fs_options.uid = ::getuid();
   fs_options.gid = ::getgid();
   fs_options.readahead.max_window = options.readahead;
+  fs_options.on_init = [&m] {
+    {
+      std::lock_guard lock(m.init_mu);
+      m.initialized = true;
+    }
+    m.init_cv.notify_all();
+  };
   fs::ChunkStoreOptions store_options;
   store_options.prefetch_threads = options.fetch_threads;
   store_options.max_inflight = options.fetch_threads + 2;

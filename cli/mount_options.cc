@@ -48,6 +48,9 @@ Status ApplyOne(const std::string& key, const std::string& value, bool has_value
     CKPTFS_ASSIGN_OR_RETURN(std::uint64_t n, ParseSize(value));
     if (n < 1 || n > 64) return InvalidArgumentError("fetchers must be between 1 and 64");
     options.fetch_threads = static_cast<int>(n);
+  } else if (key == "kernel_readahead") {
+    CKPTFS_RETURN_IF_ERROR(need_value());
+    CKPTFS_ASSIGN_OR_RETURN(options.kernel_readahead, ParseSize(value));
   } else if (key == "readahead") {
     CKPTFS_RETURN_IF_ERROR(need_value());
     CKPTFS_ASSIGN_OR_RETURN(options.readahead, ParseSize(value));

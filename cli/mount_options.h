@@ -22,7 +22,8 @@ struct MountOptions {
   bool allow_other = false;
   bool debug = false;
   int fetch_threads = 8;
-  std::uint64_t readahead = 64ull << 20;  // Largest readahead window per open file.
+  std::uint64_t readahead = 64ull << 20;        // Largest readahead window per open file.
+  std::uint64_t kernel_readahead = 1ull << 20;  // The mount's read_ahead_kb; 0: kernel default.
 };
 
 // Applies one comma-separated -o list (may be called once per -o). Unknown options and bad values

@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
@@ -128,17 +129,18 @@ void ChunkStore::Lead(const ChunkKey& key, Flight& flight, TimePoint deadline, P
                  : UnavailableError("shutting down");
   } else {
     counters_.fetches++;
-    auto buffer = std::make_shared<Buffer>(key.size);
+    std::shared_ptr<Buffer> buffer = TakeBuffer(key.size);
+    std::span<std::uint8_t> chunk_bytes = buffer->span().first(key.size);
     Result<std::vector<std::int64_t>> nodes = replicas_->Replicas(key.chunk_id);
     if (!nodes.ok()) {
       status = nodes.status();
     } else {
       netfetch::ChunkRef ref{key.digest, key.size, std::move(nodes).value()};
-      status = fetcher_->Fetch(ref, buffer->span(), deadline);
+      status = fetcher_->Fetch(ref, chunk_bytes, deadline);
       RememberOutcome(key.digest, status);
     }
     if (status.ok()) {
-      Status cached = cache_->Insert(key.digest, buffer->span());
+      Status cached = cache_->Insert(key.digest, chunk_bytes);
       if (!cached.ok()) {
         counters_.cache_write_errors++;
         LogWarning("cannot cache chunk " + key.digest.Hex() + ": " + cached.ToString());
@@ -160,6 +162,37 @@ void ChunkStore::Lead(const ChunkKey& key, Flight& flight, TimePoint deadline, P
     flight.bytes = std::move(bytes);
   }
   flight.cv.notify_all();
+}
+
+std::shared_ptr<Buffer> ChunkStore::TakeBuffer(std::size_t size) {
+  std::unique_ptr<Buffer> buffer;
+  {
+    std::lock_guard lock(spare_mu_);
+    auto fits = std::find_if(spare_.begin(), spare_.end(),
+                             [&](const std::unique_ptr<Buffer>& b) { return b->size() >= size; });
+    if (fits != spare_.end()) {
+      buffer = std::move(*fits);
+      spare_.erase(fits);
+    }
+  }
+  if (buffer == nullptr) buffer = std::make_unique<Buffer>(size);
+  return std::shared_ptr<Buffer>(buffer.release(),
+                                 [this](Buffer* b) { GiveBack(std::unique_ptr<Buffer>(b)); });
+}
+
+void ChunkStore::GiveBack(std::unique_ptr<Buffer> buffer) {
+  std::lock_guard lock(spare_mu_);
+  if (spare_.size() < static_cast<std::size_t>(options_.max_inflight)) {
+    spare_.push_back(std::move(buffer));
+    return;
+  }
+  // Full: keep the larger buffers, which fit every chunk.
+  auto smallest =
+      std::min_element(spare_.begin(), spare_.end(),
+                       [](const std::unique_ptr<Buffer>& a, const std::unique_ptr<Buffer>& b) {
+                         return a->size() < b->size();
+                       });
+  if ((*smallest)->size() < buffer->size()) *smallest = std::move(buffer);
 }
 
 bool ChunkStore::AcquireSlot(Priority priority, TimePoint deadline) {

@@ -4,6 +4,7 @@
 // already in flight for the same chunk (single-flight: concurrent readers of one chunk cause one
 // network fetch), then a new fetch through the ChunkFetcher, whose verified bytes go into the disk
 // cache and to every waiting reader. Unverified bytes are never returned or cached.
+// The store must outlive every ChunkData it handed out (their buffers return to its spare list).
 //
 // Prefetch() queues background fetches (readahead). Background fetches never take the last
 // `foreground_reserve` fetch slots, so foreground reads are not starved by readahead. Memory is
@@ -121,6 +122,10 @@ class ChunkStore {
 
   // Fetches the chunk as the leader of `flight` and completes it.
   void Lead(const ChunkKey& key, Flight& flight, TimePoint deadline, Priority priority);
+  // A buffer of at least `size` bytes that goes back to the spare list when the last user drops
+  // it: chunk-sized buffers are reused instead of being mapped, zeroed and unmapped per fetch.
+  std::shared_ptr<Buffer> TakeBuffer(std::size_t size);
+  void GiveBack(std::unique_ptr<Buffer> buffer);
   bool AcquireSlot(Priority priority, TimePoint deadline);
   void ReleaseSlot();
   void PrefetchLoop();
@@ -139,6 +144,9 @@ class ChunkStore {
   std::unordered_map<Digest, std::shared_ptr<Flight>, DigestHash> flights_;  // GUARDED_BY
 
   // Lock order: slots_mu_ before queue_mu_ (AcquireSlot reads stopping_).
+  std::mutex spare_mu_;
+  std::vector<std::unique_ptr<Buffer>> spare_;  // GUARDED_BY(spare_mu_); at most max_inflight.
+
   std::mutex failures_mu_;
   struct Failure {
     TimePoint until;

@@ -211,6 +211,7 @@ void OpInit(void* userdata, fuse_conn_info* conn) {
   if (conn->capable & FUSE_CAP_PARALLEL_DIROPS) conn->want |= FUSE_CAP_PARALLEL_DIROPS;
   conn->want &= ~FUSE_CAP_AUTO_INVAL_DATA;
   fs->store().Start();
+  if (fs->options().on_init) fs->options().on_init();
 }
 
 void OpLookup(fuse_req_t req, fuse_ino_t parent, const char* name) {

@@ -16,6 +16,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <mutex>
 #include <span>
 #include <unordered_set>
@@ -36,6 +37,8 @@ struct FileSystemOptions {
   uid_t uid = 0;                                     // Owner shown for every entry.
   gid_t gid = 0;
   ReadaheadOptions readahead;
+  // Called once the kernel's INIT request has been handled (on a FUSE worker thread).
+  std::function<void()> on_init;
 };
 
 struct FileSystemCounters {

@@ -8,6 +8,7 @@ import shutil
 import signal
 import sqlite3
 import stat
+import subprocess
 
 import pytest
 
@@ -310,3 +311,41 @@ def test_unmount_leaves_no_mount_and_the_daemon_exits(published, mount, how, for
     if mnt.proc is not None:
         code = mnt.proc.wait(timeout=5)
         assert code == 0, f"foreground ckptfs exited with {code} after {how}"
+
+
+def test_relative_paths_work_and_sigterm_still_unmounts(published, test_dir, request):
+    # The daemon runs with "/" as its working directory: the index, the cache directory and the
+    # mountpoint given relative to the caller's directory must still be found, and the unmount
+    # at SIGTERM must still find the mountpoint.
+    work = os.path.join(test_dir, "rel")
+    os.makedirs(os.path.join(work, "mnt"))
+    shutil.copy(published.index, os.path.join(work, "ckpt.index"))
+    mountpoint = os.path.join(work, "mnt")
+    request.addfinalizer(lambda: ckptfs_cli.run(["fusermount3", "-uz", mountpoint], timeout=30))
+    started = subprocess.run(
+        [ckptfs_cli.ckptfs_bin(), "mount", "ckpt.index", "mnt", "-o", "cache_dir=cache"],
+        cwd=work, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
+    assert started.returncode == 0, started.stderr
+    assert ckptfs_cli.is_mounted(mountpoint)
+    name = "model.ckpt.index"
+    assert pread_file(os.path.join(mountpoint, name), 0, 100) == published.tree.read(name, 0, 100)
+    assert os.listdir(os.path.join(work, "cache", "tmp")) == []
+
+    def daemons():  # This daemon's command line names only relative paths.
+        found = []
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    argv = f.read().split(b"\0")
+            except OSError:
+                continue
+            if b"ckpt.index" in argv and b"cache_dir=cache" in argv:
+                found.append(int(pid))
+        return found
+
+    pids = daemons()
+    assert len(pids) == 1, f"expected one daemon for {mountpoint}, found {pids}"
+    os.kill(pids[0], signal.SIGTERM)
+    assert ckptfs_cli.wait_until(lambda: not ckptfs_cli.is_mounted(mountpoint), 15), (
+        "still mounted after SIGTERM")
+    assert ckptfs_cli.wait_until(lambda: not daemons(), 15), "daemon still up"
