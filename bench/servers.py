@@ -1,0 +1,184 @@
+"""nginx nodes on 127.0.0.1 for the bench: the three ckptfs chunk nodes and the plain-tree node.
+
+Each node owns a directory with its generated nginx.conf, access.log and error.log. nginx runs in
+the foreground (`daemon off`) with a master and `worker_processes auto`, so the Popen handle is
+the master; SIGTERM stops it and its workers, whose pids are remembered so that none outlives the
+bench even if the master is killed. Access logs record `$body_bytes_sent`, which is how the bench
+counts the bytes each system pulled from the network.
+"""
+
+import os
+import re
+import socket
+import subprocess
+import time
+
+from common import MeasureFailed, children_of, terminate_pid, wait_pid_gone
+
+NGINX = "/usr/sbin/nginx"
+
+_CONFIG = """\
+daemon off;
+worker_processes auto;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+
+events {{
+    worker_connections 1024;
+}}
+
+http {{
+    log_format bench '$request_method $uri $status $body_bytes_sent "$http_range"';
+    access_log {dir}/access.log bench;
+    default_type application/octet-stream;
+    sendfile on;
+    tcp_nopush on;
+    keepalive_timeout 75s;
+    keepalive_requests 100000;
+
+    client_body_temp_path {dir}/tmp/client_body;
+    proxy_temp_path {dir}/tmp/proxy;
+    fastcgi_temp_path {dir}/tmp/fastcgi;
+    uwsgi_temp_path {dir}/tmp/uwsgi;
+    scgi_temp_path {dir}/tmp/scgi;
+
+    server {{
+        listen 127.0.0.1:{port};
+        server_name localhost;
+        root {root};
+        location / {{
+            autoindex on;
+        }}
+    }}
+}}
+"""
+
+_LOG_LINE = re.compile(r'^(\S+) (\S+) (\d{3}) (\d+) "(.*)"$')
+
+
+def free_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _accepts(port):
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+class NginxNode:
+    """One nginx serving `root` on 127.0.0.1:port. Drive it from the main thread only."""
+
+    def __init__(self, name, directory, root):
+        self.name = name
+        self.dir = os.path.abspath(directory)
+        self.root = os.path.abspath(root)
+        self.port = free_port()
+        self.proc = None
+        self.worker_pids = []
+        os.makedirs(os.path.join(self.dir, "tmp"), exist_ok=True)
+        os.makedirs(self.root, exist_ok=True)
+        with open(self.conf_path, "w") as f:
+            f.write(_CONFIG.format(dir=self.dir, port=self.port, root=self.root))
+        open(self.access_log, "w").close()
+
+    @property
+    def url(self):
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def conf_path(self):
+        return os.path.join(self.dir, "nginx.conf")
+
+    @property
+    def access_log(self):
+        return os.path.join(self.dir, "access.log")
+
+    def start(self, timeout=15.0):
+        stderr = open(os.path.join(self.dir, "nginx.stderr"), "ab")
+        self.proc = subprocess.Popen(
+            [NGINX, "-p", self.dir + "/", "-c", self.conf_path, "-e",
+             os.path.join(self.dir, "error.log")],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr,
+            start_new_session=True)
+        stderr.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise MeasureFailed(f"nginx {self.name} exited {self.proc.returncode}; see "
+                                    f"{self.dir}/error.log and nginx.stderr")
+            if _accepts(self.port):
+                self.worker_pids = children_of(self.proc.pid)
+                return
+            time.sleep(0.05)
+        self.stop()
+        raise MeasureFailed(f"nginx {self.name} did not listen on port {self.port}")
+
+    def stop(self):
+        if self.proc is None:
+            return
+        self.worker_pids = sorted(set(self.worker_pids + children_of(self.proc.pid)))
+        terminate_pid(self.proc.pid, timeout=10)
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+        for pid in self.worker_pids:  # Normally gone with the master; never left behind.
+            if not wait_pid_gone(pid, 2):
+                terminate_pid(pid, timeout=2)
+        self.proc = None
+
+    def clear_log(self):
+        """Empties the access log; nginx appends with O_APPEND, so truncating in place is safe."""
+        open(self.access_log, "w").close()
+
+    def log_entries(self):
+        """(method, uri, status, body_bytes_sent, range) per logged request."""
+        out = []
+        with open(self.access_log, errors="replace") as f:
+            for line in f:
+                m = _LOG_LINE.match(line.rstrip("\n"))
+                if m:
+                    out.append((m.group(1), m.group(2), int(m.group(3)), int(m.group(4)),
+                                m.group(5)))
+        return out
+
+
+def clear_logs(nodes):
+    for node in nodes:
+        node.clear_log()
+
+
+def settle_logs(nodes, quiet=0.6, limit=20.0):
+    """Waits until no node's access log has grown for `quiet` seconds (at most `limit`).
+
+    nginx logs a request when it completes and readers may still be fetching in the background
+    when a read returns, so bytes are counted only once the logs are quiet.
+    """
+    def sizes():
+        return tuple(os.path.getsize(n.access_log) for n in nodes)
+
+    last, since = sizes(), time.monotonic()
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        time.sleep(0.1)
+        now = sizes()
+        if now != last:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since >= quiet:
+            return
+
+
+def traffic(nodes):
+    """(GET requests, body bytes sent) summed over the nodes' access logs."""
+    gets = sent = 0
+    for node in nodes:
+        for method, _uri, _status, nbytes, _range in node.log_entries():
+            if method == "GET":
+                gets += 1
+                sent += nbytes
+    return gets, sent
