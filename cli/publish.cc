@@ -11,6 +11,7 @@
 
 #include "common/buffer.h"
 #include "common/digest.h"
+#include "common/file_io.h"
 #include "common/unique_fd.h"
 #include "common/units.h"
 #include "index/placement.h"
@@ -95,15 +96,9 @@ Status WriteFileAtomically(const std::string& path, std::span<const std::uint8_t
   std::string tmp = path + ".tmp." + std::to_string(::getpid());
   UniqueFd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
   if (!fd.valid()) return ErrnoStatus(errno, "cannot create " + tmp);
-  while (!bytes.empty()) {
-    ssize_t n = ::write(fd.get(), bytes.data(), bytes.size());
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) {
-      Status err = ErrnoStatus(errno, "cannot write " + tmp);
-      ::unlink(tmp.c_str());
-      return err;
-    }
-    bytes = bytes.subspan(static_cast<std::size_t>(n));
+  if (Status written = WriteAll(fd.get(), bytes); !written.ok()) {
+    ::unlink(tmp.c_str());
+    return written.WithContext("cannot write " + tmp);
   }
   fd.Reset();
   if (::rename(tmp.c_str(), path.c_str()) != 0) {
@@ -286,18 +281,13 @@ class Publisher {
     return Status::Ok();
   }
 
-  Status ReadExactly(int fd, std::uint64_t offset, std::span<std::uint8_t> dst,
-                     const std::string& path) {
-    std::size_t done = 0;
-    while (done < dst.size()) {
-      ssize_t n =
-          ::pread(fd, dst.data() + done, dst.size() - done, static_cast<off_t>(offset + done));
-      if (n < 0 && errno == EINTR) continue;
-      if (n < 0) return ErrnoStatus(errno, "cannot read " + path);
-      if (n == 0) return FailedPreconditionError(path + " shrank while it was being published");
-      done += static_cast<std::size_t>(n);
+  static Status ReadExactly(int fd, std::uint64_t offset, std::span<std::uint8_t> dst,
+                            const std::string& path) {
+    Status read = PreadExactly(fd, offset, dst);
+    if (read.code() == StatusCode::kDataLoss) {
+      return FailedPreconditionError(path + " shrank while it was being published");
     }
-    return Status::Ok();
+    return read.WithContext("cannot read " + path);
   }
 
   Status PlaceChunk(std::int64_t chunk, const Digest& digest, std::span<const std::uint8_t> bytes,

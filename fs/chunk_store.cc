@@ -6,6 +6,7 @@
 #include <cerrno>
 #include <cstring>
 
+#include "common/file_io.h"
 #include "common/log.h"
 
 namespace ckptfs::fs {
@@ -34,19 +35,6 @@ bool WaitUntil(std::unique_lock<std::mutex>& lock, std::condition_variable& cv, 
 }
 
 }  // namespace
-
-Status PreadExactly(int fd, std::uint64_t offset, std::span<std::uint8_t> dst) {
-  std::size_t done = 0;
-  while (done < dst.size()) {
-    ssize_t n =
-        ::pread(fd, dst.data() + done, dst.size() - done, static_cast<off_t>(offset + done));
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) return ErrnoStatus(errno, "pread");
-    if (n == 0) return DataLossError("unexpected end of file");
-    done += static_cast<std::size_t>(n);
-  }
-  return Status::Ok();
-}
 
 ChunkStore::ChunkStore(DiskCache* cache, netfetch::ChunkFetcher* fetcher, ReplicaSource* replicas,
                        Clock* clock, ChunkStoreOptions options)

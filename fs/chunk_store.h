@@ -60,9 +60,6 @@ class ReplicaSource {
   virtual Result<std::vector<std::int64_t>> Replicas(std::int64_t chunk_id) = 0;
 };
 
-// Reads exactly dst.size() bytes at `offset` of `fd`; DataLoss when the file is shorter.
-Status PreadExactly(int fd, std::uint64_t offset, std::span<std::uint8_t> dst);
-
 struct ChunkStoreOptions {
   int prefetch_threads = 8;
   int max_inflight = 12;       // Chunk buffers in memory at once, foreground and background.

@@ -13,6 +13,7 @@
 #include <cstring>
 #include <vector>
 
+#include "common/file_io.h"
 #include "common/log.h"
 
 namespace ckptfs::fs {
@@ -25,18 +26,6 @@ constexpr char kHex[] = "0123456789abcdef";
 Status MakeDir(const std::string& path) {
   if (::mkdir(path.c_str(), 0700) == 0 || errno == EEXIST) return Status::Ok();
   return ErrnoStatus(errno, "cannot create cache directory " + path);
-}
-
-Status WriteAll(int fd, std::span<const std::uint8_t> bytes) {
-  while (!bytes.empty()) {
-    ssize_t n = ::write(fd, bytes.data(), bytes.size());
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return ErrnoStatus(errno, "write to cache");
-    }
-    bytes = bytes.subspan(static_cast<std::size_t>(n));
-  }
-  return Status::Ok();
 }
 
 // Removes every file in `dir` (not recursive); used for temporaries left by a crash.
@@ -192,7 +181,7 @@ Status DiskCache::Insert(const Digest& digest, std::span<const std::uint8_t> byt
                     std::to_string(tmp_counter_.fetch_add(1));
   UniqueFd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
   if (!fd.valid()) return ErrnoStatus(errno, "cannot create " + tmp);
-  Status written = WriteAll(fd.get(), bytes);
+  Status written = WriteAll(fd.get(), bytes).WithContext("write to cache");
   fd.Reset();
   std::lock_guard lock(mu_);
   if (written.ok() && !by_digest_.contains(digest)) {

@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "common/file_io.h"
 #include "common/log.h"
 
 namespace ckptfs::fs {

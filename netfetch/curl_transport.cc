@@ -12,6 +12,8 @@
 #include <utility>
 #include <vector>
 
+#include "common/unique_fd.h"
+
 namespace ckptfs::netfetch {
 
 namespace {
@@ -34,27 +36,6 @@ struct HeaderListDeleter {
   void operator()(curl_slist* list) const { curl_slist_free_all(list); }
 };
 using HeaderList = std::unique_ptr<curl_slist, HeaderListDeleter>;
-
-// Closes a file descriptor on every exit path that did not close it explicitly.
-class ScopedFd {
- public:
-  explicit ScopedFd(int fd) : fd_(fd) {}
-  ~ScopedFd() {
-    if (fd_ >= 0) ::close(fd_);
-  }
-  ScopedFd(const ScopedFd&) = delete;
-  ScopedFd& operator=(const ScopedFd&) = delete;
-  int get() const { return fd_; }
-  // Closes now so that a failing close(2) (e.g. a deferred write error) can be reported.
-  int Close() {
-    int rc = ::close(fd_);
-    fd_ = -1;
-    return rc;
-  }
-
- private:
-  int fd_;
-};
 
 // curl takes whole milliseconds and reads 0 as "no limit": round up so a tiny positive timeout
 // stays a limit.
@@ -361,7 +342,7 @@ Status CurlTransport::Put(const std::string& url, std::span<const std::uint8_t> 
 
 Status CurlTransport::GetToFile(const std::string& url, const std::string& path, Duration timeout) {
   if (timeout <= Duration::zero()) return DeadlineExceededError(url + ": no time left to try");
-  ScopedFd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
+  UniqueFd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
   if (fd.get() < 0) return ErrnoStatus(errno, "open " + path);
   Impl::Lease lease(*impl_);
   CURL* handle = lease.get();
@@ -383,7 +364,8 @@ Status CurlTransport::GetToFile(const std::string& url, const std::string& path,
   if (sink.write_errno != 0) return ErrnoStatus(sink.write_errno, "write " + path);
   if (out.rc != CURLE_OK && !sink.filter.discarding) return TransferError(url, out, timeout);
   if (!Is2xx(out.http_code)) return HttpError("GET", url, out.http_code);
-  if (fd.Close() != 0) return ErrnoStatus(errno, "close " + path);
+  // Closed here, not by the destructor, so that a deferred write error is reported.
+  if (::close(fd.Release()) != 0) return ErrnoStatus(errno, "close " + path);
   return Status::Ok();
 }
 

@@ -27,33 +27,32 @@ if ! ctest --test-dir "$BUILD" --output-on-failure --no-tests=error -j2; then
   status=1
 fi
 
-echo "=== integration tests (pytest)"
+# run_pytest NAME VENV DIR [ARGS...]: runs one pytest suite; a failure, or a suite that collected
+# no test (pytest exit 5), marks the whole run failed.
+run_pytest() {
+  local name="$1" venv="$2" dir="$3" rc
+  shift 3
+  set +e
+  "$venv/bin/pytest" "$dir" -v -p no:cacheprovider "$@"
+  rc=$?
+  set -e
+  if [[ $rc -eq 5 ]]; then
+    echo "test.sh: $name tests collected no tests" >&2
+    status=1
+  elif [[ $rc -ne 0 ]]; then
+    echo "test.sh: $name tests failed (pytest exit $rc)" >&2
+    status=1
+  fi
+}
+
 export CKPTFS_BIN="${CKPTFS_BIN:-$BUILD/cli/ckptfs}"
 cd "$REPO"
-set +e
+
+echo "=== integration tests (pytest)"
 # shellcheck disable=SC2086 # PYTEST_ARGS is a list of words on purpose.
-"$VENV/bin/pytest" tests/integration -v -p no:cacheprovider ${PYTEST_ARGS:-}
-pytest_status=$?
-set -e
-if [[ $pytest_status -eq 5 ]]; then
-  echo "test.sh: pytest collected no tests" >&2
-  status=1
-elif [[ $pytest_status -ne 0 ]]; then
-  echo "test.sh: integration tests failed (pytest exit $pytest_status)" >&2
-  status=1
-fi
+run_pytest integration "$VENV" tests/integration ${PYTEST_ARGS:-}
+
 echo "=== loader tests (pytest: TensorFlow, Keras, PyTorch, safetensors, numpy)"
-LOADERS_VENV="${CKPTFS_LOADERS_VENV:-$REPO/.venv-loaders}"
-set +e
 # shellcheck disable=SC2086 # LOADERS_PYTEST_ARGS is a list of words on purpose.
-"$LOADERS_VENV/bin/pytest" tests/loaders -v -p no:cacheprovider ${LOADERS_PYTEST_ARGS:-}
-loaders_status=$?
-set -e
-if [[ $loaders_status -eq 5 ]]; then
-  echo "test.sh: loader tests collected no tests" >&2
-  status=1
-elif [[ $loaders_status -ne 0 ]]; then
-  echo "test.sh: loader tests failed (pytest exit $loaders_status)" >&2
-  status=1
-fi
+run_pytest loader "${CKPTFS_LOADERS_VENV:-$REPO/.venv-loaders}" tests/loaders ${LOADERS_PYTEST_ARGS:-}
 exit $status

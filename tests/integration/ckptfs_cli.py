@@ -4,7 +4,10 @@ Output of every ckptfs command goes to files, not pipes: a daemon that kept the 
 would otherwise hang the test instead of failing it.
 """
 
+import contextlib
 import os
+import re
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -89,6 +92,44 @@ def unescape_mount_field(field):
             out.append(field[i])
             i += 1
     return "".join(out)
+
+
+def unmount_everything_under(base):
+    """Last resort for mounts a fixture lost track of: lazy-unmount whatever is below base."""
+    with open("/proc/self/mountinfo") as f:
+        points = [unescape_mount_field(line.split()[4]) for line in f]
+    for point in sorted(points, reverse=True):
+        if point.startswith(base + os.sep):
+            run(["fusermount3", "-uz", point], timeout=30)
+
+
+@contextlib.contextmanager
+def test_directory(parent, test_name):
+    """A fresh directory for one test under `parent`, removed after it (after its mounts)."""
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", test_name)[:60]
+    path = tempfile.mkdtemp(prefix=name + "-", dir=parent)
+    try:
+        yield path
+    finally:
+        unmount_everything_under(path)
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def machine_problems(suite):
+    """What a FUSE test needs from the machine and lacks here, one reason each."""
+    from nginx_node import require_nginx
+    problems = []
+    if os.geteuid() != 0:
+        problems.append(f"the {suite} tests run as root (FUSE mounts, drop_caches)")
+    if not os.path.exists("/dev/fuse"):
+        problems.append("/dev/fuse is missing")
+    if shutil.which("fusermount3") is None:
+        problems.append("fusermount3 is missing (apt-get install fuse3)")
+    try:
+        require_nginx()
+    except RuntimeError as e:
+        problems.append(str(e))
+    return problems
 
 
 def resolve_mountpoint(path):

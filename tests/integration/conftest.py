@@ -6,7 +6,6 @@ stopped (SIGTERM, then SIGKILL) and temporary directories are removed. See docs/
 """
 
 import os
-import re
 import shutil
 import tempfile
 import threading
@@ -16,7 +15,7 @@ import pytest
 import ckptfs_cli
 import source_tree
 from index_db import IndexDb
-from nginx_node import NginxNode, require_nginx
+from nginx_node import NginxNode
 
 NODE_NAMES = ("n1", "n2", "n3")
 
@@ -37,27 +36,9 @@ def ckptfs_bin():
 @pytest.fixture(scope="session")
 def environment_ok():
     """The things every test needs from the machine; anything missing fails with the reason."""
-    problems = []
-    if os.geteuid() != 0:
-        problems.append("the integration tests run as root (FUSE mounts, drop_caches)")
-    if not os.path.exists("/dev/fuse"):
-        problems.append("/dev/fuse is missing")
-    if shutil.which("fusermount3") is None:
-        problems.append("fusermount3 is missing (apt-get install fuse3)")
-    try:
-        require_nginx()
-    except RuntimeError as e:
-        problems.append(str(e))
+    problems = ckptfs_cli.machine_problems("integration")
     if problems:
         _fail_setup("; ".join(problems))
-
-
-def _unmount_everything_under(base):
-    with open("/proc/self/mountinfo") as f:
-        points = [ckptfs_cli.unescape_mount_field(line.split()[4]) for line in f]
-    for point in sorted(points, reverse=True):
-        if point.startswith(base + os.sep):
-            ckptfs_cli.run(["fusermount3", "-uz", point], timeout=30)
 
 
 @pytest.fixture(scope="session")
@@ -65,18 +46,15 @@ def work_root(environment_ok, ckptfs_bin):
     """One directory for the whole run ($CKPTFS_IT_TMP or /tmp), removed at the end."""
     base = tempfile.mkdtemp(prefix="ckptfs-it-", dir=os.environ.get("CKPTFS_IT_TMP", "/tmp"))
     yield base
-    _unmount_everything_under(base)
+    ckptfs_cli.unmount_everything_under(base)
     shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture
 def test_dir(work_root, request):
     """A fresh directory for one test, removed after it (after its mounts are gone)."""
-    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", request.node.name)[:60]
-    path = tempfile.mkdtemp(prefix=name + "-", dir=work_root)
-    yield path
-    _unmount_everything_under(path)
-    shutil.rmtree(path, ignore_errors=True)
+    with ckptfs_cli.test_directory(work_root, request.node.name) as path:
+        yield path
 
 
 class NodeFactory:

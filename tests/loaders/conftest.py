@@ -11,7 +11,6 @@ See docs/LOADERS.md.
 """
 
 import os
-import re
 import shutil
 import sys
 import tempfile
@@ -79,33 +78,9 @@ def ckptfs_bin():
 @pytest.fixture(scope="session")
 def machine_ok(ckptfs_bin):
     """What every test needs from the machine; anything missing fails with the reason."""
-    problems = []
-    if os.geteuid() != 0:
-        problems.append("the loader tests run as root (FUSE mounts)")
-    if not os.path.exists("/dev/fuse"):
-        problems.append("/dev/fuse is missing")
-    if shutil.which("fusermount3") is None:
-        problems.append("fusermount3 is missing (apt-get install fuse3)")
-    try:
-        nginx_node.require_nginx()
-    except RuntimeError as e:
-        problems.append(str(e))
+    problems = ckptfs_cli.machine_problems("loader")
     if problems:
         _fail("; ".join(problems))
-
-
-def _unescape(field):
-    # /proc/self/mountinfo writes space, tab, newline and backslash as \ooo.
-    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
-
-
-def _unmount_everything_under(base):
-    """Last resort for mounts a fixture lost track of: lazy-unmount whatever is below base."""
-    with open("/proc/self/mountinfo") as f:
-        points = [_unescape(line.split()[4]) for line in f]
-    for point in sorted(points, reverse=True):
-        if point.startswith(base + os.sep):
-            ckptfs_cli.run(["fusermount3", "-uz", point], timeout=30)
 
 
 @pytest.fixture(scope="session")
@@ -114,7 +89,7 @@ def work_root(machine_ok):
     base = tempfile.mkdtemp(prefix="ckptfs-loaders-",
                             dir=os.environ.get("CKPTFS_LOADERS_TMP", "/tmp"))
     yield base
-    _unmount_everything_under(base)
+    ckptfs_cli.unmount_everything_under(base)
     shutil.rmtree(base, ignore_errors=True)
 
 
@@ -198,11 +173,8 @@ def big_published(work_root, nodes):
 @pytest.fixture
 def test_dir(work_root, request):
     """A fresh directory for one test, removed after it (after its mounts are gone)."""
-    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", request.node.name)[:80]
-    path = tempfile.mkdtemp(prefix=name + "-", dir=work_root)
-    yield path
-    _unmount_everything_under(path)
-    shutil.rmtree(path, ignore_errors=True)
+    with ckptfs_cli.test_directory(work_root, request.node.name) as path:
+        yield path
 
 
 class MountFactory:

@@ -38,7 +38,7 @@ std::vector<Extent> Overlapping(const ExpectedFile& f, std::uint64_t offset, std
 
 TEST(IndexReaderConcurrency, EightThreadsGetCorrectAnswers) {
   TempDir dir;
-  const std::string path = dir.File("index.db");
+  const std::string path = dir.Path("index.db");
   constexpr std::uint64_t kChunk = 64;
   std::vector<ExpectedFile> files;
   {

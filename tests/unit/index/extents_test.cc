@@ -56,7 +56,7 @@ class IndexExtentsInRange : public ::testing::Test {
 
   using V = std::vector<std::uint64_t>;
   TempDir dir_;
-  std::string path_ = dir_.File("index.db");
+  std::string path_ = dir_.Path("index.db");
   std::uint64_t file_ = 0;
   std::vector<Extent> all_;
   std::unique_ptr<IndexReader> reader_;

@@ -19,6 +19,7 @@
 #include "index/placement.h"
 #include "index/types.h"
 #include "index/writer.h"
+#include "tests/support/temp_dir.h"
 
 namespace ckptfs::index::testing {
 
@@ -33,29 +34,8 @@ inline void Must(const Status& status) {
   if (!status.ok()) throw std::runtime_error(status.ToString());
 }
 
-// A fresh directory under the test temp dir, removed with everything in it on destruction.
-class TempDir {
- public:
-  TempDir() {
-    std::string base = ::testing::TempDir();
-    if (base.empty() || base.back() != '/') base += '/';
-    std::string tmpl = base + "ckptfs_index_XXXXXX";
-    if (mkdtemp(tmpl.data()) == nullptr) throw std::runtime_error("mkdtemp failed");
-    path_ = tmpl;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path_, ec);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-
-  const std::string& path() const { return path_; }
-  std::string File(const std::string& name) const { return path_ + "/" + name; }
-
- private:
-  std::string path_;
-};
+// The shared test-support directory, under the name these tests use.
+using TempDir = ::ckptfs::testing::TempDir;
 
 // Deterministic pseudo-random bytes.
 inline std::string RandomBytes(std::size_t size, std::uint64_t seed) {

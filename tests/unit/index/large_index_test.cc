@@ -23,7 +23,7 @@ Digest DigestOf(std::int64_t i) { return Sha256(&i, sizeof(i)); }
 
 TEST(IndexLarge, MillionChunkIndexAnswersFromTheMiddle) {
   TempDir dir;
-  const std::string path = dir.File("index.db");
+  const std::string path = dir.Path("index.db");
   std::uint64_t file = 0;
   {
     auto writer = Must(IndexWriter::Create(path, kChunk));

@@ -41,7 +41,7 @@ class IndexOpen : public ::testing::Test {
   }
 
   TempDir dir_;
-  std::string path_ = dir_.File("index.db");
+  std::string path_ = dir_.Path("index.db");
 };
 
 TEST_F(IndexOpen, AcceptsAValidIndex) {

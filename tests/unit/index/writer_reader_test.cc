@@ -60,7 +60,7 @@ class IndexRoundTrip : public ::testing::Test {
   }
 
   TempDir dir_;
-  std::string path_ = dir_.File("index.db");
+  std::string path_ = dir_.Path("index.db");
   std::uint64_t readme_ = 0, models_ = 0, weights_ = 0, copy_ = 0, empty_ = 0, sub_ = 0,
                 latest_ = 0;
   std::vector<Extent> weights_extents_;
@@ -189,7 +189,7 @@ TEST_F(IndexRoundTrip, ExtentsOfANonFileAreRefused) {
 
 TEST(IndexListChildren, PaginatesByIdAndSkipsBadEntriesWithoutShorteningAPage) {
   TempDir dir;
-  const std::string path = dir.File("index.db");
+  const std::string path = dir.Path("index.db");
   std::vector<std::string> expected;
   {
     TestIndexBuilder b(path, 8, 1, 1);
@@ -238,7 +238,7 @@ TEST(IndexListChildren, PaginatesByIdAndSkipsBadEntriesWithoutShorteningAPage) {
 
 TEST(IndexWriter, RejectsInvalidAndDuplicateNames) {
   TempDir dir;
-  auto writer = Must(IndexWriter::Create(dir.File("index.db"), 8));
+  auto writer = Must(IndexWriter::Create(dir.Path("index.db"), 8));
   Entry e;
   e.parent = kRootId;
   e.type = EntryType::kFile;
@@ -265,9 +265,9 @@ TEST(IndexWriter, RejectsInvalidAndDuplicateNames) {
 
 TEST(IndexWriter, RejectsChunksOutsideTheChunkSize) {
   TempDir dir;
-  EXPECT_EQ(IndexWriter::Create(dir.File("zero.db"), 0).status().code(),
+  EXPECT_EQ(IndexWriter::Create(dir.Path("zero.db"), 0).status().code(),
             StatusCode::kInvalidArgument);
-  auto writer = Must(IndexWriter::Create(dir.File("index.db"), 8));
+  auto writer = Must(IndexWriter::Create(dir.Path("index.db"), 8));
   const Digest d = Sha256("x", 1);
   EXPECT_EQ(writer->AddChunk(d, 0).status().code(), StatusCode::kInvalidArgument);
   EXPECT_EQ(writer->AddChunk(d, 9).status().code(), StatusCode::kInvalidArgument);
@@ -286,7 +286,7 @@ TEST(IndexWriter, RejectsChunksOutsideTheChunkSize) {
 
 TEST(IndexWriter, ReplacesAnExistingFile) {
   TempDir dir;
-  const std::string path = dir.File("index.db");
+  const std::string path = dir.Path("index.db");
   std::ofstream(path) << "not a database at all";
   TestIndexBuilder b(path, 8, 1, 1);
   b.File(kRootId, "f", "hello");
@@ -297,7 +297,7 @@ TEST(IndexWriter, ReplacesAnExistingFile) {
 
 TEST(IndexWriter, FinishLeavesOneFileAndRefusesLaterCalls) {
   TempDir dir;
-  const std::string path = dir.File("index.db");
+  const std::string path = dir.Path("index.db");
   auto writer = Must(IndexWriter::Create(path, 8));
   Must(writer->AddNode("a", "http://127.0.0.1:1"));
   Must(writer->Finish(IndexStats{}));
@@ -315,7 +315,7 @@ TEST(IndexWriter, FinishLeavesOneFileAndRefusesLaterCalls) {
 
 TEST(IndexWriter, AbandonedBuildLeavesNoFile) {
   TempDir dir;
-  const std::string path = dir.File("index.db");
+  const std::string path = dir.Path("index.db");
   {
     TestIndexBuilder b(path, 8, 1, 1);
     b.File(kRootId, "f", "hello");
@@ -327,7 +327,7 @@ TEST(IndexWriter, AbandonedBuildLeavesNoFile) {
 
 TEST(IndexWriter, StoresNodeUrlsWithoutTrailingSlashes) {
   TempDir dir;
-  const std::string path = dir.File("index.db");
+  const std::string path = dir.Path("index.db");
   auto writer = Must(IndexWriter::Create(path, 8));
   Must(writer->AddNode("a", "http://127.0.0.1:1/base//"));
   Must(writer->Finish(IndexStats{}));
@@ -341,7 +341,7 @@ TEST(IndexWriter, StoresNodeUrlsWithoutTrailingSlashes) {
 
 TEST(IndexReader, OpensPathsThatNeedEscapingInAUri) {
   TempDir dir;
-  const std::string path = dir.File("we?rd #name%20&x=1.db");
+  const std::string path = dir.Path("we?rd #name%20&x=1.db");
   {
     TestIndexBuilder b(path, 8, 1, 1);
     b.File(kRootId, "f", "hello");
@@ -353,13 +353,13 @@ TEST(IndexReader, OpensPathsThatNeedEscapingInAUri) {
 
 TEST(IndexReader, OpensThroughASymlink) {
   TempDir dir;
-  const std::string path = dir.File("v1.db");
+  const std::string path = dir.Path("v1.db");
   {
     TestIndexBuilder b(path, 8, 1, 1);
     b.File(kRootId, "f", "hello");
     b.Finish();
   }
-  const std::string link = dir.File("current.db");
+  const std::string link = dir.Path("current.db");
   ASSERT_EQ(::symlink("v1.db", link.c_str()), 0);
   auto reader = Must(IndexReader::Open(link));
   EXPECT_EQ(Must(reader->Lookup(kRootId, "f")).size, 5u);
@@ -367,8 +367,8 @@ TEST(IndexReader, OpensThroughASymlink) {
 
 TEST(IndexReader, KeepsReadingTheFileItOpenedWhenTheIndexIsReplaced) {
   TempDir dir;
-  const std::string path = dir.File("index.db");
-  const std::string next = dir.File("index.db.tmp");
+  const std::string path = dir.Path("index.db");
+  const std::string next = dir.Path("index.db.tmp");
   {
     TestIndexBuilder b(path, 8, 1, 1);
     b.File(kRootId, "old", "hello");
