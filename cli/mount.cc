@@ -309,6 +309,7 @@ Status Mount(const MountOptions& options) {
   store_options.prefetch_threads = options.fetch_threads;
   store_options.max_inflight = options.fetch_threads + 2;
   store_options.prefetch_timeout = options.timeout;
+  store_options.memory_bytes = options.memory_cache;
   m.replicas = std::make_unique<fs::IndexReplicas>(m.index.get());
   m.store = std::make_unique<fs::ChunkStore>(m.cache.get(), m.fetcher.get(), m.replicas.get(),
                                              &m.clock, store_options);

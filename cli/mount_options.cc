@@ -51,6 +51,12 @@ Status ApplyOne(const std::string& key, const std::string& value, bool has_value
   } else if (key == "kernel_readahead") {
     CKPTFS_RETURN_IF_ERROR(need_value());
     CKPTFS_ASSIGN_OR_RETURN(options.kernel_readahead, ParseSize(value));
+  } else if (key == "memory_cache") {
+    CKPTFS_RETURN_IF_ERROR(need_value());
+    CKPTFS_ASSIGN_OR_RETURN(options.memory_cache, ParseSize(value));
+    if (options.memory_cache < (1ull << 20)) {
+      return InvalidArgumentError("memory_cache must be at least 1M");
+    }
   } else if (key == "readahead") {
     CKPTFS_RETURN_IF_ERROR(need_value());
     CKPTFS_ASSIGN_OR_RETURN(options.readahead, ParseSize(value));

@@ -20,6 +20,33 @@ Status PreadExactly(int fd, std::uint64_t offset, std::span<std::uint8_t> dst) {
   return Status::Ok();
 }
 
+std::size_t AlignedReadSize(std::uint64_t offset, std::size_t length) {
+  std::uint64_t begin = offset / kDirectIoBlock * kDirectIoBlock;
+  std::uint64_t end = (offset + length + kDirectIoBlock - 1) / kDirectIoBlock * kDirectIoBlock;
+  return static_cast<std::size_t>(end - begin);
+}
+
+Result<std::span<const std::uint8_t>> PreadAligned(int fd, std::uint64_t offset, std::size_t length,
+                                                   std::span<std::uint8_t> scratch) {
+  const std::uint64_t begin = offset / kDirectIoBlock * kDirectIoBlock;
+  const std::size_t skip = static_cast<std::size_t>(offset - begin);
+  const std::size_t span = AlignedReadSize(offset, length);
+  const std::size_t needed = skip + length;
+  std::size_t done = 0;
+  while (done < needed) {
+    // Whole blocks only: past the wanted bytes the read simply stops at the end of the file.
+    ssize_t n = ::pread(fd, scratch.data() + done, span - done, static_cast<off_t>(begin + done));
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return ErrnoStatus(errno, "pread");
+    if (n == 0) return DataLossError("unexpected end of file");
+    done += static_cast<std::size_t>(n);
+    if (done < needed && done % kDirectIoBlock != 0) {
+      return DataLossError("unexpected end of file");  // A partial block is the file's end.
+    }
+  }
+  return std::span<const std::uint8_t>(scratch.data() + skip, length);
+}
+
 Status WriteAll(int fd, std::span<const std::uint8_t> bytes) {
   while (!bytes.empty()) {
     ssize_t n = ::write(fd, bytes.data(), bytes.size());

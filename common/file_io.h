@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <span>
 
+#include "common/result.h"
 #include "common/status.h"
 
 namespace ckptfs {
@@ -11,6 +12,18 @@ namespace ckptfs {
 // Reads exactly dst.size() bytes at `offset` of `fd`. DataLoss when the file ends first; the
 // errno as a Status when pread fails.
 Status PreadExactly(int fd, std::uint64_t offset, std::span<std::uint8_t> dst);
+
+// Bytes of scratch space PreadAligned needs for [offset, offset + length): the range widened to
+// whole kDirectIoBlock blocks.
+inline constexpr std::uint64_t kDirectIoBlock = 4096;
+std::size_t AlignedReadSize(std::uint64_t offset, std::size_t length);
+
+// Reads bytes [offset, offset + length) of a file that may be open with O_DIRECT, which only
+// takes whole blocks into aligned memory: reads the widened range into `scratch` (REQUIRES:
+// aligned to kDirectIoBlock, at least AlignedReadSize bytes) and returns the wanted bytes as a
+// view into it. Works on files without O_DIRECT too. DataLoss when the file ends first.
+Result<std::span<const std::uint8_t>> PreadAligned(int fd, std::uint64_t offset, std::size_t length,
+                                                   std::span<std::uint8_t> scratch);
 
 // Writes all of `bytes` at the current position of `fd`.
 Status WriteAll(int fd, std::span<const std::uint8_t> bytes);

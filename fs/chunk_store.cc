@@ -55,10 +55,18 @@ ChunkStore::~ChunkStore() {
   { std::lock_guard lock(slots_mu_); }
   slots_cv_.notify_all();
   for (std::thread& t : workers_) t.join();
+  // Ready buffers go back to spare_ when dropped, so drop them while spare_ still exists.
+  std::lock_guard lock(ready_mu_);
+  ready_index_.clear();
+  ready_.clear();
 }
 
 Result<ChunkData> ChunkStore::Get(const ChunkKey& key, TimePoint deadline) {
   for (;;) {
+    if (std::shared_ptr<const Buffer> bytes = FindReady(key.digest)) {
+      counters_.memory_hits++;
+      return ChunkData{UniqueFd(), std::move(bytes)};
+    }
     if (Result<UniqueFd> fd = cache_->OpenChunk(key.digest, key.size); fd.ok()) {
       counters_.cache_hits++;
       return ChunkData{std::move(fd).value(), nullptr};
@@ -100,15 +108,22 @@ Status ChunkStore::Read(const ChunkKey& key, std::uint64_t offset, std::span<std
   CKPTFS_ASSIGN_OR_RETURN(ChunkData data, Get(key, deadline));
   if (data.bytes != nullptr) {
     std::memcpy(dst.data(), data.bytes->data() + offset, dst.size());
+    Served(key.digest, dst.size());
     return Status::Ok();
   }
-  return PreadExactly(data.fd.get(), offset, dst)
-      .WithContext("cannot read cached chunk " + key.digest.Hex());
+  Buffer scratch(AlignedReadSize(offset, dst.size()));
+  Result<std::span<const std::uint8_t>> bytes =
+      PreadAligned(data.fd.get(), offset, dst.size(), scratch.span());
+  if (!bytes.ok()) {
+    return bytes.status().WithContext("cannot read cached chunk " + key.digest.Hex());
+  }
+  std::memcpy(dst.data(), bytes->data(), dst.size());
+  return Status::Ok();
 }
 
 void ChunkStore::Lead(const ChunkKey& key, Flight& flight, TimePoint deadline, Priority priority) {
   Status status;
-  std::shared_ptr<Buffer> bytes;
+  bool completed = false;
   if (cache_->Contains(key.digest)) {
     // Someone else's fetch completed between our cache miss and our taking the lead.
   } else if (!AcquireSlot(priority, deadline)) {
@@ -119,23 +134,21 @@ void ChunkStore::Lead(const ChunkKey& key, Flight& flight, TimePoint deadline, P
     counters_.fetches++;
     std::shared_ptr<Buffer> buffer = TakeBuffer(key.size);
     std::span<std::uint8_t> chunk_bytes = buffer->span().first(key.size);
-    Result<std::vector<std::int64_t>> nodes = replicas_->Replicas(key.chunk_id);
-    if (!nodes.ok()) {
-      status = nodes.status();
-    } else {
-      netfetch::ChunkRef ref{key.digest, key.size, std::move(nodes).value()};
-      status = fetcher_->Fetch(ref, chunk_bytes, deadline);
-      RememberOutcome(key.digest, status);
-    }
+    status = FetchInto(key, chunk_bytes, deadline);
     if (status.ok()) {
+      // Waiting readers get the bytes now; the cache write follows while the flight stays
+      // registered, so nobody starts a second fetch of a chunk that is between the two.
+      Complete(flight, status, buffer);
+      completed = true;
+      AddReady(key.digest, key.size, buffer);
       Status cached = cache_->Insert(key.digest, chunk_bytes);
       if (!cached.ok()) {
         counters_.cache_write_errors++;
         LogWarning("cannot cache chunk " + key.digest.Hex() + ": " + cached.ToString());
       }
-      bytes = std::move(buffer);
     } else {
       counters_.fetch_errors++;
+      ReleaseBufferBytes(buffer->size());
     }
     ReleaseSlot();
   }
@@ -143,6 +156,20 @@ void ChunkStore::Lead(const ChunkKey& key, Flight& flight, TimePoint deadline, P
     std::lock_guard lock(flights_mu_);
     flights_.erase(key.digest);
   }
+  if (!completed) Complete(flight, status, nullptr);
+}
+
+Status ChunkStore::FetchInto(const ChunkKey& key, std::span<std::uint8_t> dst, TimePoint deadline) {
+  Result<std::vector<std::int64_t>> nodes = replicas_->Replicas(key.chunk_id);
+  if (!nodes.ok()) return nodes.status();
+  netfetch::ChunkRef ref{key.digest, key.size, std::move(nodes).value()};
+  Status status = fetcher_->Fetch(ref, dst, deadline);
+  RememberOutcome(key.digest, status);
+  return status;
+}
+
+void ChunkStore::Complete(Flight& flight, const Status& status,
+                          std::shared_ptr<const Buffer> bytes) {
   {
     std::lock_guard lock(flight.mu);
     flight.done = true;
@@ -153,11 +180,18 @@ void ChunkStore::Lead(const ChunkKey& key, Flight& flight, TimePoint deadline, P
 }
 
 std::shared_ptr<Buffer> ChunkStore::TakeBuffer(std::size_t size) {
+  // Whole blocks, so that a disk load can read the chunk's file with O_DIRECT.
+  size = AlignedReadSize(0, size);
+  {
+    std::lock_guard lock(ready_mu_);
+    inflight_bytes_ += size;
+    TrimReadyLocked();
+  }
   std::unique_ptr<Buffer> buffer;
   {
     std::lock_guard lock(spare_mu_);
     auto fits = std::find_if(spare_.begin(), spare_.end(),
-                             [&](const std::unique_ptr<Buffer>& b) { return b->size() >= size; });
+                             [&](const std::unique_ptr<Buffer>& b) { return b->size() == size; });
     if (fits != spare_.end()) {
       buffer = std::move(*fits);
       spare_.erase(fits);
@@ -170,17 +204,65 @@ std::shared_ptr<Buffer> ChunkStore::TakeBuffer(std::size_t size) {
 
 void ChunkStore::GiveBack(std::unique_ptr<Buffer> buffer) {
   std::lock_guard lock(spare_mu_);
-  if (spare_.size() < static_cast<std::size_t>(options_.max_inflight)) {
+  if (spare_.size() < static_cast<std::size_t>(options_.max_spare)) {
     spare_.push_back(std::move(buffer));
     return;
   }
-  // Full: keep the larger buffers, which fit every chunk.
+  // Full: keep the larger buffers, which fit the common (whole) chunks.
   auto smallest =
       std::min_element(spare_.begin(), spare_.end(),
                        [](const std::unique_ptr<Buffer>& a, const std::unique_ptr<Buffer>& b) {
                          return a->size() < b->size();
                        });
   if ((*smallest)->size() < buffer->size()) *smallest = std::move(buffer);
+}
+
+void ChunkStore::ReleaseBufferBytes(std::uint64_t bytes) {
+  std::lock_guard lock(ready_mu_);
+  inflight_bytes_ -= bytes;
+}
+
+std::shared_ptr<const Buffer> ChunkStore::FindReady(const Digest& digest) {
+  std::lock_guard lock(ready_mu_);
+  auto it = ready_index_.find(digest);
+  if (it == ready_index_.end()) return nullptr;
+  return it->second->bytes;
+}
+
+bool ChunkStore::IsReady(const Digest& digest) {
+  std::lock_guard lock(ready_mu_);
+  return ready_index_.contains(digest);
+}
+
+void ChunkStore::AddReady(const Digest& digest, std::uint64_t size,
+                          std::shared_ptr<const Buffer> bytes) {
+  std::lock_guard lock(ready_mu_);
+  inflight_bytes_ -= bytes->size();
+  if (ready_index_.contains(digest)) return;
+  ready_bytes_ += bytes->size();
+  ready_.push_front(Ready{digest, std::move(bytes), size, 0});
+  ready_index_[digest] = ready_.begin();
+  TrimReadyLocked();
+}
+
+void ChunkStore::TrimReadyLocked() {
+  while (!ready_.empty() && ready_bytes_ + inflight_bytes_ > options_.memory_bytes) {
+    ready_bytes_ -= ready_.back().bytes->size();
+    ready_index_.erase(ready_.back().digest);
+    ready_.pop_back();
+  }
+}
+
+void ChunkStore::Served(const Digest& digest, std::uint64_t bytes) {
+  std::lock_guard lock(ready_mu_);
+  auto it = ready_index_.find(digest);
+  if (it == ready_index_.end()) return;
+  Ready& ready = *it->second;
+  ready.served += bytes;
+  if (ready.served < ready.size) return;
+  ready_bytes_ -= ready.bytes->size();
+  ready_.erase(it->second);
+  ready_index_.erase(it);
 }
 
 bool ChunkStore::AcquireSlot(Priority priority, TimePoint deadline) {
@@ -237,7 +319,7 @@ void ChunkStore::RememberOutcome(const Digest& digest, const Status& status) {
 }
 
 void ChunkStore::Prefetch(const ChunkKey& key) {
-  if (cache_->Contains(key.digest)) return;
+  if (IsReady(key.digest)) return;
   {
     std::lock_guard lock(flights_mu_);
     if (flights_.contains(key.digest)) return;
@@ -267,7 +349,11 @@ void ChunkStore::PrefetchLoop() {
       queue_.pop_front();
       queued_.erase(key.digest);
     }
-    if (cache_->Contains(key.digest)) continue;
+    if (IsReady(key.digest)) continue;
+    if (cache_->Contains(key.digest)) {
+      LoadFromDisk(key);
+      continue;
+    }
     std::shared_ptr<Flight> flight;
     {
       std::lock_guard lock(flights_mu_);
@@ -278,6 +364,25 @@ void ChunkStore::PrefetchLoop() {
     }
     Lead(key, *flight, clock_->Now() + options_.prefetch_timeout, Priority::kBackground);
   }
+}
+
+void ChunkStore::LoadFromDisk(const ChunkKey& key) {
+  if (!AcquireSlot(Priority::kBackground, clock_->Now() + options_.prefetch_timeout)) return;
+  std::shared_ptr<Buffer> buffer = TakeBuffer(key.size);
+  Status status;
+  if (Result<UniqueFd> fd = cache_->OpenChunk(key.digest, key.size); !fd.ok()) {
+    status = fd.status();
+  } else {
+    status = PreadAligned(fd->get(), 0, key.size, buffer->span()).status();
+  }
+  if (status.ok()) {
+    counters_.disk_loads++;
+    AddReady(key.digest, key.size, std::move(buffer));
+  } else {
+    // Evicted meanwhile, or unreadable: the foreground read will find out and fetch.
+    ReleaseBufferBytes(buffer->size());
+  }
+  ReleaseSlot();
 }
 
 }  // namespace ckptfs::fs

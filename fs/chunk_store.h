@@ -1,14 +1,21 @@
 // ChunkStore: the one place the read path gets chunk bytes from.
 //
-// Order of sources: the disk cache (a pread of just the bytes asked for), then a fetch that is
-// already in flight for the same chunk (single-flight: concurrent readers of one chunk cause one
-// network fetch), then a new fetch through the ChunkFetcher, whose verified bytes go into the disk
-// cache and to every waiting reader. Unverified bytes are never returned or cached.
+// Order of sources: recently fetched chunks still in memory (the ready list), the disk cache
+// (a descriptor of the chunk's file), a fetch already in flight for the same chunk (single-flight:
+// concurrent readers of one chunk cause one network fetch), then a new fetch through the
+// ChunkFetcher, whose verified bytes go to every waiting reader, into the ready list and into the
+// disk cache. Unverified bytes are never returned or cached.
 // The store must outlive every ChunkData it handed out (their buffers return to its spare list).
 //
-// Prefetch() queues background fetches (readahead). Background fetches never take the last
-// `foreground_reserve` fetch slots, so foreground reads are not starved by readahead. Memory is
-// bounded: at most `max_inflight` chunk buffers exist at once, plus the prefetch queue's keys.
+// Prefetch() queues background work (readahead): a fetch for a chunk that is not cached, a load
+// from disk into memory for one that is, so that a sequential reader finds its next chunks in
+// memory either way. Background fetches never take the last `foreground_reserve` fetch slots, so
+// foreground reads are not starved by readahead.
+//
+// Memory: chunk buffers being fetched or loaded plus the ready list stay within `memory_bytes`
+// (the ready list gives way, oldest first; fetches in flight are bounded by `max_inflight`), plus
+// at most `max_spare` idle buffers and whatever readers hold while they reply. A ready chunk
+// leaves the list once its bytes have all been served (the kernel's page cache has them then).
 //
 // Start() spawns the prefetch threads; it is separate from construction so that a mount can build
 // the store before it daemonizes (fork) and start threads only afterwards.
@@ -20,6 +27,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
+#include <list>
 #include <memory>
 #include <mutex>
 #include <span>
@@ -62,8 +70,11 @@ class ReplicaSource {
 
 struct ChunkStoreOptions {
   int prefetch_threads = 8;
-  int max_inflight = 12;       // Chunk buffers in memory at once, foreground and background.
+  int max_inflight = 12;       // Fetches and disk loads at once, foreground and background.
   int foreground_reserve = 2;  // Slots background fetches leave free.
+  // Chunk buffers in flight plus the ready list of fetched chunks not yet served.
+  std::uint64_t memory_bytes = 64ull << 20;
+  int max_spare = 4;  // Idle buffers kept for reuse instead of being freed and mapped again.
   std::size_t max_queued_prefetches = 512;
   Duration prefetch_timeout = std::chrono::seconds(30);
   // A chunk whose fetch just failed fails again at once for this long. The kernel retries a
@@ -73,9 +84,11 @@ struct ChunkStoreOptions {
 };
 
 struct ChunkStoreCounters {
+  std::atomic<std::uint64_t> memory_hits{0};  // Served from the ready list.
   std::atomic<std::uint64_t> cache_hits{0};
-  std::atomic<std::uint64_t> fetches{0};  // Network fetches started (foreground + prefetch).
-  std::atomic<std::uint64_t> joined{0};   // Reads that waited on another reader's fetch.
+  std::atomic<std::uint64_t> disk_loads{0};  // Prefetches that loaded a cached chunk into memory.
+  std::atomic<std::uint64_t> fetches{0};     // Network fetches started (foreground + prefetch).
+  std::atomic<std::uint64_t> joined{0};      // Reads that waited on another reader's fetch.
   std::atomic<std::uint64_t> fetch_errors{0};
   std::atomic<std::uint64_t> cache_write_errors{0};
   std::atomic<std::uint64_t> prefetch_queued{0};
@@ -107,9 +120,13 @@ class ChunkStore {
   Status Read(const ChunkKey& key, std::uint64_t offset, std::span<std::uint8_t> dst,
               TimePoint deadline);
 
-  // Queues a background fetch unless the chunk is cached, in flight or already queued. Never
-  // blocks on the network. A full queue drops the request.
+  // Queues background work unless the chunk is in memory, in flight or already queued: a fetch,
+  // or a load from the disk cache when it is cached. Never blocks. A full queue drops the request.
   void Prefetch(const ChunkKey& key);
+
+  // Tells the store that `bytes` of a chunk it handed out from memory have reached a reader; once
+  // a whole chunk has, it leaves the ready list.
+  void Served(const Digest& digest, std::uint64_t bytes);
 
   const ChunkStoreCounters& counters() const { return counters_; }
 
@@ -118,11 +135,32 @@ class ChunkStore {
   enum class Priority { kForeground, kBackground };
 
   // Fetches the chunk as the leader of `flight` and completes it.
+  struct Ready {
+    Digest digest;
+    std::shared_ptr<const Buffer> bytes;
+    std::uint64_t size = 0;
+    std::uint64_t served = 0;
+  };
+
   void Lead(const ChunkKey& key, Flight& flight, TimePoint deadline, Priority priority);
+  // Reads a cached chunk whole into memory (the ready list). Runs on a prefetch thread.
+  void LoadFromDisk(const ChunkKey& key);
+  std::shared_ptr<const Buffer> FindReady(const Digest& digest);
+  void AddReady(const Digest& digest, std::uint64_t size, std::shared_ptr<const Buffer> bytes);
+  bool IsReady(const Digest& digest);
+  // Drops the oldest ready chunks while memory in use exceeds the budget.
+  void TrimReadyLocked();  // REQUIRES: ready_mu_ held.
+  // One fetch of the chunk from its replicas; remembers a failure for failure_memory.
+  Status FetchInto(const ChunkKey& key, std::span<std::uint8_t> dst, TimePoint deadline);
+  // Marks `flight` done and wakes its readers. `bytes` is null when the chunk is in the cache or
+  // the fetch failed.
+  static void Complete(Flight& flight, const Status& status, std::shared_ptr<const Buffer> bytes);
   // A buffer of at least `size` bytes that goes back to the spare list when the last user drops
   // it: chunk-sized buffers are reused instead of being mapped, zeroed and unmapped per fetch.
+  // Counts toward memory_bytes until handed to the ready list or dropped (ReleaseBufferBytes).
   std::shared_ptr<Buffer> TakeBuffer(std::size_t size);
   void GiveBack(std::unique_ptr<Buffer> buffer);
+  void ReleaseBufferBytes(std::uint64_t bytes);
   bool AcquireSlot(Priority priority, TimePoint deadline);
   void ReleaseSlot();
   void PrefetchLoop();
@@ -137,12 +175,19 @@ class ChunkStore {
   ChunkStoreOptions options_;
   ChunkStoreCounters counters_;
 
+  // The ready list, most recently added first. Lock order: ready_mu_ before spare_mu_.
+  std::mutex ready_mu_;
+  std::list<Ready> ready_;                                                          // GUARDED_BY
+  std::unordered_map<Digest, std::list<Ready>::iterator, DigestHash> ready_index_;  // GUARDED_BY
+  std::uint64_t ready_bytes_ = 0;     // GUARDED_BY(ready_mu_)
+  std::uint64_t inflight_bytes_ = 0;  // GUARDED_BY(ready_mu_): buffers being filled.
+
   std::mutex flights_mu_;
   std::unordered_map<Digest, std::shared_ptr<Flight>, DigestHash> flights_;  // GUARDED_BY
 
   // Lock order: slots_mu_ before queue_mu_ (AcquireSlot reads stopping_).
   std::mutex spare_mu_;
-  std::vector<std::unique_ptr<Buffer>> spare_;  // GUARDED_BY(spare_mu_); at most max_inflight.
+  std::vector<std::unique_ptr<Buffer>> spare_;  // GUARDED_BY(spare_mu_); at most max_spare.
 
   std::mutex failures_mu_;
   struct Failure {

@@ -45,7 +45,8 @@ class DiskCache {
   // created or written.
   static Result<std::unique_ptr<DiskCache>> Open(DiskCacheOptions options);
 
-  // Opens the cached chunk for reading and marks it used. NotFound when it is not cached (or
+  // Opens the cached chunk for reading and marks it used. The descriptor may be open with
+  // O_DIRECT: read it with PreadAligned (common/file_io.h). NotFound when it is not cached (or
   // its file has the wrong size, in which case it is removed).
   Result<UniqueFd> OpenChunk(const Digest& digest, std::uint64_t size);
 

@@ -62,24 +62,58 @@ Result<std::vector<FileSystem::Part>> FileSystem::GatherRange(std::uint64_t file
   for (const index::Extent& e : extents) {
     std::uint64_t from = std::max(offset, e.offset);
     std::uint64_t to = std::min(end, e.offset + e.size);
-    CKPTFS_ASSIGN_OR_RETURN(ChunkData data,
-                            store_->Get(ChunkKey{e.digest, e.size, e.chunk_id}, deadline));
-    parts.push_back(Part{std::move(data), from - e.offset, static_cast<std::size_t>(to - from)});
+    ChunkKey key{e.digest, e.size, e.chunk_id};
+    CKPTFS_ASSIGN_OR_RETURN(ChunkData data, store_->Get(key, deadline));
+    CKPTFS_ASSIGN_OR_RETURN(Part part, Resolve(key, std::move(data), from - e.offset,
+                                               static_cast<std::size_t>(to - from)));
+    parts.push_back(std::move(part));
   }
   return parts;
+}
+
+Result<FileSystem::Part> FileSystem::Resolve(const ChunkKey& key, ChunkData data,
+                                             std::uint64_t offset, std::size_t length) {
+  if (data.bytes != nullptr) {
+    store_->Served(key.digest, length);
+    std::span<const std::uint8_t> bytes(data.bytes->data() + offset, length);
+    return Part{std::move(data.bytes), bytes};
+  }
+  std::shared_ptr<Buffer> scratch = TakeScratch(AlignedReadSize(offset, length));
+  Result<std::span<const std::uint8_t>> bytes =
+      PreadAligned(data.fd.get(), offset, length, scratch->span());
+  if (!bytes.ok()) {
+    return bytes.status().WithContext("cannot read cached chunk " + key.digest.Hex());
+  }
+  return Part{std::move(scratch), *bytes};
+}
+
+std::shared_ptr<Buffer> FileSystem::TakeScratch(std::size_t length) {
+  // One size for every pooled buffer: a whole maximal FUSE read plus the blocks around it.
+  constexpr std::size_t kPooledSize = (1u << 20) + 2 * kDirectIoBlock;
+  constexpr std::size_t kMaxPooled = 16;
+  if (length > kPooledSize) return std::make_shared<Buffer>(length);
+  std::unique_ptr<Buffer> buffer;
+  {
+    std::lock_guard lock(scratch_mu_);
+    if (!scratch_.empty()) {
+      buffer = std::move(scratch_.back());
+      scratch_.pop_back();
+    }
+  }
+  if (buffer == nullptr) buffer = std::make_unique<Buffer>(kPooledSize);
+  return std::shared_ptr<Buffer>(buffer.release(), [this](Buffer* b) {
+    std::unique_ptr<Buffer> owned(b);
+    std::lock_guard lock(scratch_mu_);
+    if (scratch_.size() < kMaxPooled) scratch_.push_back(std::move(owned));
+  });
 }
 
 Status FileSystem::ReadRange(std::uint64_t file, std::uint64_t offset, std::span<std::uint8_t> dst,
                              TimePoint deadline) {
   CKPTFS_ASSIGN_OR_RETURN(std::vector<Part> parts, GatherRange(file, offset, dst.size(), deadline));
   for (const Part& part : parts) {
-    std::span<std::uint8_t> piece = dst.first(part.length);
-    if (part.data.bytes != nullptr) {
-      std::memcpy(piece.data(), part.data.bytes->data() + part.offset, part.length);
-    } else {
-      CKPTFS_RETURN_IF_ERROR(PreadExactly(part.data.fd.get(), part.offset, piece));
-    }
-    dst = dst.subspan(part.length);
+    std::memcpy(dst.data(), part.bytes.data(), part.bytes.size());
+    dst = dst.subspan(part.bytes.size());
   }
   return Status::Ok();
 }
@@ -178,36 +212,23 @@ struct stat ToStat(const FileSystem& fs, const index::Entry& e) {
   return st;
 }
 
-// Replies with the pieces as they are: cached chunks as file descriptors, which libfuse splices
-// from the page cache into the reply without a copy through this process (it falls back to a
-// copy when splicing is not possible), and fetched chunks from their buffers.
+// Replies from memory: every piece is verified bytes the daemon holds (a chunk buffer, or what was
+// read from the disk cache). Splicing cache files was tried; libfuse cannot grow its pipe past
+// pipe-max-size (1 MiB) for a 1 MiB reply and falls back to a copy through a fresh allocation.
 void ReplyParts(fuse_req_t req, const std::vector<FileSystem::Part>& parts) {
-  std::size_t bytes = sizeof(fuse_bufvec) + parts.size() * sizeof(fuse_buf);
-  std::unique_ptr<std::byte[]> storage(new std::byte[bytes]());
-  auto* vec = new (storage.get()) fuse_bufvec{};
-  vec->count = parts.size();
+  std::vector<iovec> iov(parts.size());
   for (std::size_t i = 0; i < parts.size(); ++i) {
-    const FileSystem::Part& part = parts[i];
-    fuse_buf& buf = vec->buf[i];
-    buf = fuse_buf{};
-    buf.size = part.length;
-    if (part.data.bytes != nullptr) {
-      // libfuse takes a non-const pointer but only reads from it.
-      buf.mem = const_cast<std::uint8_t*>(part.data.bytes->data() + part.offset);
-    } else {
-      buf.flags = static_cast<fuse_buf_flags>(FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK);
-      buf.fd = part.data.fd.get();
-      buf.pos = static_cast<off_t>(part.offset);
-    }
+    // fuse_reply_iov only reads from the pieces.
+    iov[i].iov_base = const_cast<std::uint8_t*>(parts[i].bytes.data());
+    iov[i].iov_len = parts[i].bytes.size();
   }
-  fuse_reply_data(req, vec, FUSE_BUF_SPLICE_MOVE);
+  fuse_reply_iov(req, iov.data(), static_cast<int>(iov.size()));
 }
 
 void OpInit(void* userdata, fuse_conn_info* conn) {
   auto* fs = static_cast<FileSystem*>(userdata);
   // Content never changes under a mount: keep pages, read ahead asynchronously, in big requests.
   conn->want |= FUSE_CAP_ASYNC_READ;
-  if (conn->capable & FUSE_CAP_SPLICE_WRITE) conn->want |= FUSE_CAP_SPLICE_WRITE;
   if (conn->capable & FUSE_CAP_CACHE_SYMLINKS) conn->want |= FUSE_CAP_CACHE_SYMLINKS;
   if (conn->capable & FUSE_CAP_PARALLEL_DIROPS) conn->want |= FUSE_CAP_PARALLEL_DIROPS;
   conn->want &= ~FUSE_CAP_AUTO_INVAL_DATA;

@@ -17,10 +17,12 @@
 #include <atomic>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <mutex>
 #include <span>
 #include <unordered_set>
 
+#include "common/buffer.h"
 #include "common/clock.h"
 #include "common/result.h"
 #include "fs/chunk_store.h"
@@ -69,11 +71,11 @@ class FileSystem {
   // The operations table; fuse_session_new's userdata must be this FileSystem.
   static const fuse_lowlevel_ops& Operations();
 
-  // One piece of a read: bytes [offset, offset + length) of a chunk.
+  // One piece of a read: verified bytes of one chunk, in memory, kept alive by `owner` (a chunk
+  // buffer of the store, or scratch space the piece was read into from the disk cache).
   struct Part {
-    ChunkData data;
-    std::uint64_t offset = 0;
-    std::size_t length = 0;
+    std::shared_ptr<const Buffer> owner;
+    std::span<const std::uint8_t> bytes;
   };
   // The verified chunk pieces that make up bytes [offset, offset + length) of `file`, in order,
   // fetching the chunks it spans in parallel. REQUIRES: the range lies within the file.
@@ -97,6 +99,13 @@ class FileSystem {
   Status ValidateOnce(std::uint64_t file);
 
  private:
+  // Aligned space to read `length` bytes from a disk cache file; returned to a small pool when
+  // the last user drops it, so replies do not map and fault in fresh memory every time.
+  std::shared_ptr<Buffer> TakeScratch(std::size_t length);
+  // The part of `data` at [offset, offset + length), read from disk if it is not in memory.
+  Result<Part> Resolve(const ChunkKey& key, ChunkData data, std::uint64_t offset,
+                       std::size_t length);
+
   index::IndexReader* index_;
   ChunkStore* store_;
   Clock* clock_;
@@ -104,6 +113,8 @@ class FileSystem {
   FileSystemCounters counters_;
   std::mutex validated_mu_;
   std::unordered_set<std::uint64_t> validated_;  // GUARDED_BY(validated_mu_)
+  std::mutex scratch_mu_;
+  std::vector<std::unique_ptr<Buffer>> scratch_;  // GUARDED_BY(scratch_mu_)
 };
 
 }  // namespace ckptfs::fs

@@ -18,8 +18,11 @@ namespace ckptfs::netfetch {
 
 namespace {
 
-// Large reads mean fewer callbacks and fewer syscalls for megabyte chunks.
-constexpr long kReceiveBufferSize = 512 * 1024;
+// Large reads mean fewer callbacks and fewer syscalls for megabyte chunks. curl frees and
+// allocates this buffer per transfer (curl_easy_reset), so it stays below the daemon's malloc
+// mmap threshold (256 KiB): from the heap it is reused warm instead of mapped, faulted in and
+// unmapped for every chunk.
+constexpr long kReceiveBufferSize = 128 * 1024;
 constexpr long kMaxRedirects = 5;
 constexpr long kKeepAliveIdleSeconds = 30;
 constexpr long kKeepAliveIntervalSeconds = 10;

@@ -19,7 +19,7 @@ TEST(MountOptions, AcceptsEveryOptionAndSetsItsField) {
   MountOptions options;
   CKPTFS_ASSERT_OK(ApplyMountOptionList(
       "cache_dir=/var/tmp/c,cache_size=2G,node.n1=http://127.0.0.1:8080,timeout=2.5,"
-      "allow_other,debug,fetchers=4,readahead=8M",
+      "allow_other,debug,fetchers=4,readahead=8M,memory_cache=32M",
       options));
   EXPECT_EQ(options.cache_dir, "/var/tmp/c");
   EXPECT_EQ(options.cache_size, 2ull << 30);
@@ -30,6 +30,7 @@ TEST(MountOptions, AcceptsEveryOptionAndSetsItsField) {
   EXPECT_TRUE(options.debug);
   EXPECT_EQ(options.fetch_threads, 4);
   EXPECT_EQ(options.readahead, 8ull << 20);
+  EXPECT_EQ(options.memory_cache, 32ull << 20);
 }
 
 TEST(MountOptions, DefaultsAreKeptForOptionsNotGiven) {
@@ -105,6 +106,7 @@ TEST(MountOptions, RejectsBadSizes) {
   EXPECT_FALSE(ApplyMountOptionList("cache_size=12Q", options).ok());
   EXPECT_FALSE(ApplyMountOptionList("cache_size=-1", options).ok());
   EXPECT_FALSE(ApplyMountOptionList("readahead=big", options).ok());
+  EXPECT_FALSE(ApplyMountOptionList("memory_cache=4K", options).ok());
   EXPECT_EQ(options.cache_size, MountOptions{}.cache_size) << "a rejected value is not applied";
 }
 

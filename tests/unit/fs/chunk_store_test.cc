@@ -253,9 +253,48 @@ TEST_F(ChunkStore, ChunkTooLargeForTheCacheIsStillReturned) {
   CKPTFS_ASSERT_OK_AND_ASSIGN(auto first, Read(chunk, 10, 4000));
   EXPECT_EQ(first, Slice(chunk, 10, 4000));
   EXPECT_FALSE(cache_->Contains(chunk.key.digest));
+  // Still in memory: part of it has not been served yet.
   CKPTFS_ASSERT_OK_AND_ASSIGN(auto second, ReadAll(chunk));
   EXPECT_EQ(second, chunk.bytes);
+  EXPECT_EQ(fetcher_.Calls(chunk.key.digest), 1);
+  EXPECT_EQ(store_->counters().memory_hits.load(), 1u);
+  // Served whole, it left memory; with no cache entry it is fetched again.
+  CKPTFS_ASSERT_OK_AND_ASSIGN(auto third, ReadAll(chunk));
+  EXPECT_EQ(third, chunk.bytes);
   EXPECT_EQ(fetcher_.Calls(chunk.key.digest), 2);
+}
+
+TEST_F(ChunkStore, ChunkServedWholeLeavesMemoryAndIsReadFromTheCache) {
+  MakeStore();
+  TestChunk chunk = ServedChunk(10000, 1);
+  CKPTFS_ASSERT_OK(Read(chunk, 0, 6000));
+  CKPTFS_ASSERT_OK(Read(chunk, 6000, 4000));
+  EXPECT_EQ(store_->counters().memory_hits.load(), 1u);
+  ASSERT_TRUE(PollUntil([&] { return cache_->Contains(chunk.key.digest); }));
+  CKPTFS_ASSERT_OK_AND_ASSIGN(auto again, Read(chunk, 1, 9999));
+  EXPECT_EQ(again, Slice(chunk, 1, 9999));
+  EXPECT_EQ(store_->counters().cache_hits.load(), 1u);
+  EXPECT_EQ(fetcher_.Calls(chunk.key.digest), 1);
+}
+
+TEST_F(ChunkStore, ReadyChunksStayWithinTheMemoryBudgetOldestLeavingFirst) {
+  ChunkStoreOptions options;
+  options.memory_bytes = 3 * 8192;
+  MakeStore(options).Start();
+  std::vector<TestChunk> chunks;
+  for (std::uint64_t i = 0; i < 5; ++i) chunks.push_back(ServedChunk(8192, i + 1));
+  for (const TestChunk& c : chunks) {
+    store_->Prefetch(c.key);
+    ASSERT_TRUE(PollUntil([&] { return cache_->Contains(c.key.digest); }));
+  }
+  // The first two were pushed out of memory by the last three; all five are on disk.
+  for (std::size_t i = 0; i < chunks.size(); ++i) {
+    CKPTFS_ASSERT_OK_AND_ASSIGN(auto read, Read(chunks[i], 0, 100));
+    EXPECT_EQ(read, Slice(chunks[i], 0, 100));
+  }
+  EXPECT_EQ(store_->counters().cache_hits.load(), 2u);
+  EXPECT_EQ(store_->counters().memory_hits.load(), 3u);
+  for (const TestChunk& c : chunks) EXPECT_EQ(fetcher_.Calls(c.key.digest), 1);
 }
 
 TEST_F(ChunkStore, ReadJoinsAPrefetchInFlightForOneFetchTotal) {
@@ -286,21 +325,37 @@ TEST_F(ChunkStore, PrefetchThenReadCausesOneFetch) {
   EXPECT_EQ(fetcher_.Calls(chunk.key.digest), 1);
 }
 
-TEST_F(ChunkStore, PrefetchedChunkIsReadFromTheCache) {
+TEST_F(ChunkStore, PrefetchedChunkIsReadFromMemory) {
   MakeStore().Start();
   TestChunk chunk = ServedChunk(4096, 1);
   store_->Prefetch(chunk.key);
   ASSERT_TRUE(PollUntil([&] { return cache_->Contains(chunk.key.digest); }));
   CKPTFS_ASSERT_OK_AND_ASSIGN(auto read, ReadAll(chunk));
   EXPECT_EQ(read, chunk.bytes);
-  EXPECT_EQ(store_->counters().cache_hits.load(), 1u);
+  EXPECT_EQ(store_->counters().memory_hits.load(), 1u);
+  EXPECT_EQ(store_->counters().cache_hits.load(), 0u);
   EXPECT_EQ(fetcher_.Calls(chunk.key.digest), 1);
 }
 
-TEST_F(ChunkStore, PrefetchOfACachedChunkDoesNothing) {
+TEST_F(ChunkStore, PrefetchOfACachedChunkLoadsItFromDiskWithoutAFetch) {
+  MakeStore();
+  TestChunk chunk = ServedChunk(5000, 1);
+  CKPTFS_ASSERT_OK(ReadAll(chunk));  // Served whole: on disk, no longer in memory.
+  ASSERT_TRUE(PollUntil([&] { return cache_->Contains(chunk.key.digest); }));
+  store_->Prefetch(chunk.key);
+  EXPECT_EQ(store_->counters().prefetch_queued.load(), 1u);
+  store_->Start();
+  ASSERT_TRUE(PollUntil([&] { return store_->counters().disk_loads.load() == 1u; }));
+  CKPTFS_ASSERT_OK_AND_ASSIGN(auto read, ReadAll(chunk));
+  EXPECT_EQ(read, chunk.bytes);
+  EXPECT_EQ(store_->counters().memory_hits.load(), 1u);
+  EXPECT_EQ(fetcher_.Calls(chunk.key.digest), 1);
+}
+
+TEST_F(ChunkStore, PrefetchOfAChunkInMemoryDoesNothing) {
   MakeStore();
   TestChunk chunk = ServedChunk(4096, 1);
-  CKPTFS_ASSERT_OK(ReadAll(chunk));
+  CKPTFS_ASSERT_OK(Read(chunk, 0, 10));  // Partly served: stays in memory.
   store_->Prefetch(chunk.key);
   EXPECT_EQ(store_->counters().prefetch_queued.load(), 0u);
   store_->Start();

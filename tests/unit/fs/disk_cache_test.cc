@@ -14,6 +14,8 @@
 #include <thread>
 #include <vector>
 
+#include "common/buffer.h"
+#include "common/file_io.h"
 #include "tests/support/fake_clock.h"
 #include "tests/support/single_file_index.h"
 #include "tests/support/status_testing.h"
@@ -87,11 +89,12 @@ class DiskCache : public ::testing::Test {
   // The whole content of `chunk` read through OpenChunk, or the error.
   Result<std::vector<std::uint8_t>> ReadBack(fs::DiskCache& cache, const TestChunk& chunk) {
     CKPTFS_ASSIGN_OR_RETURN(UniqueFd fd, cache.OpenChunk(chunk.digest, chunk.bytes.size()));
-    std::vector<std::uint8_t> out(chunk.bytes.size() + 1);  // One more: a longer file shows.
-    ssize_t n = ::pread(fd.get(), out.data(), out.size(), 0);
+    // The descriptor may be open with O_DIRECT: read whole blocks into aligned memory, one
+    // block more than the chunk needs, so that a longer file shows.
+    Buffer block_aligned(AlignedReadSize(0, chunk.bytes.size()) + kDirectIoBlock);
+    ssize_t n = ::pread(fd.get(), block_aligned.data(), block_aligned.size(), 0);
     if (n < 0) return ErrnoStatus(errno, "pread");
-    out.resize(static_cast<std::size_t>(n));
-    return out;
+    return std::vector<std::uint8_t>(block_aligned.data(), block_aligned.data() + n);
   }
 
   TempDir temp_;
