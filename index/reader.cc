@@ -83,8 +83,8 @@ struct Connection {
 
   ~Connection() {
     // Statements first: closing a database with live statements would be deferred.
-    for (sql::Stmt* s : {&get_entry, &lookup, &list_children, &extent_at, &extents_after,
-                         &replicas, &validate, &blocks}) {
+    for (sql::Stmt* s : {&get_entry, &lookup, &list_children, &extent_at, &extents_after, &replicas,
+                         &validate, &blocks}) {
       s->reset();
     }
     db.reset();

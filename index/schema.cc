@@ -32,7 +32,6 @@ CREATE TABLE replicas(
   PRIMARY KEY(chunk, node)) WITHOUT ROWID;
 )sql";
 
-
 const char* const kCreateSqlV1 = R"sql(
 CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT);
 CREATE TABLE nodes(id INTEGER PRIMARY KEY, name TEXT UNIQUE NOT NULL, url TEXT NOT NULL);

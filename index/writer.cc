@@ -108,9 +108,9 @@ struct IndexWriter::Impl {
     CKPTFS_ASSIGN_OR_RETURN(find_chunk,
                             sql::Prepare(d, "SELECT id, size FROM chunks WHERE digest = ?"));
     CKPTFS_ASSIGN_OR_RETURN(
-        add_chunk, sql::Prepare(d, block_size != 0
-                                       ? "INSERT INTO chunks(digest, size, blocks) VALUES(?, ?, ?)"
-                                       : "INSERT INTO chunks(digest, size) VALUES(?, ?)"));
+        add_chunk,
+        sql::Prepare(d, block_size != 0 ? "INSERT INTO chunks(digest, size, blocks) VALUES(?, ?, ?)"
+                                        : "INSERT INTO chunks(digest, size) VALUES(?, ?)"));
     CKPTFS_ASSIGN_OR_RETURN(
         add_extent, sql::Prepare(d, "INSERT INTO extents(file, offset, chunk) VALUES(?, ?, ?)"));
     CKPTFS_ASSIGN_OR_RETURN(add_replica,

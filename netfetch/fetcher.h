@@ -90,9 +90,8 @@ class ChunkFetcher {
   // and deadline as for Fetch, a failover resuming after the blocks already verified.
   // FailedPrecondition when the chunk has no block digests (v1 index); InvalidArgument for an
   // empty or out-of-range block range or a dst of the wrong size; other errors as for Fetch.
-  virtual Status FetchBlocks(const ChunkRef& chunk, std::size_t first_block,
-                             std::size_t end_block, std::span<std::uint8_t> dst,
-                             TimePoint deadline) = 0;
+  virtual Status FetchBlocks(const ChunkRef& chunk, std::size_t first_block, std::size_t end_block,
+                             std::span<std::uint8_t> dst, TimePoint deadline) = 0;
 };
 
 struct NodeEndpoint {
@@ -153,8 +152,7 @@ class RetryingFetcher final : public ChunkFetcher {
                    const std::string& what);
   // One GET (or Range GET, resuming after the verified prefix) from `node`, verifying as the
   // body arrives; updates the node's health.
-  Status TryReplica(NodeState& node, const ChunkRef& chunk, Verifier& verifier,
-                    TimePoint deadline);
+  Status TryReplica(NodeState& node, const ChunkRef& chunk, Verifier& verifier, TimePoint deadline);
   void RecordSuccess(NodeState& node, std::uint64_t bytes, Duration took);
   void RecordFailure(NodeState& node, const Status& error);
   Duration Jitter(Duration d);  // REQUIRES: mu_ held (uses rng_).

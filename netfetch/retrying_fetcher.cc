@@ -138,8 +138,8 @@ Status CheckBlockList(const ChunkRef& chunk) {
   if (bs == 0 || chunk.blocks.size() != expected) {
     return InvalidArgumentError("chunk " + chunk.digest.Hex() + " of " +
                                 std::to_string(chunk.size) + " bytes has " +
-                                std::to_string(chunk.blocks.size()) + " block digests for blocks of " +
-                                std::to_string(bs) + " bytes");
+                                std::to_string(chunk.blocks.size()) +
+                                " block digests for blocks of " + std::to_string(bs) + " bytes");
   }
   return Status::Ok();
 }
@@ -303,10 +303,10 @@ Status RetryingFetcher::TryReplica(NodeState& node, const ChunkRef& chunk, Verif
   if (status.ok()) verifier.Advance(verifier.dst().size());
   if (const std::optional<std::size_t> block = verifier.mismatch()) {
     ++counters_.digest_mismatches;
-    status = verifier.has_blocks()
-                 ? DataLossError("SHA-256 mismatch in block " + std::to_string(*block) + " of " +
-                                 url)
-                 : DataLossError("SHA-256 mismatch for " + url);
+    status =
+        verifier.has_blocks()
+            ? DataLossError("SHA-256 mismatch in block " + std::to_string(*block) + " of " + url)
+            : DataLossError("SHA-256 mismatch for " + url);
   } else if (verifier.complete()) {
     // Every byte matched the index's digests; a transport complaint after that (say, a body
     // longer than asked for) does not make the verified bytes wrong.

@@ -44,9 +44,8 @@ class Transport {
   // exactly dst.size() body bytes. A 200 means the server ignored the Range header: Unavailable
   // (saying so), and nothing of that body lands in dst. Other errors and `progress` as for Get.
   // InvalidArgument for an empty dst.
-  virtual Status GetRange(const std::string& url, std::uint64_t offset,
-                          std::span<std::uint8_t> dst, Duration timeout,
-                          const ProgressCallback& progress) = 0;
+  virtual Status GetRange(const std::string& url, std::uint64_t offset, std::span<std::uint8_t> dst,
+                          Duration timeout, const ProgressCallback& progress) = 0;
   Status GetRange(const std::string& url, std::uint64_t offset, std::span<std::uint8_t> dst,
                   Duration timeout) {
     return GetRange(url, offset, dst, timeout, ProgressCallback());

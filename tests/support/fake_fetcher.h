@@ -22,8 +22,8 @@
 #include <map>
 #include <mutex>
 #include <set>
-#include <utility>
 #include <span>
+#include <utility>
 #include <vector>
 
 #include "common/digest.h"
@@ -120,8 +120,8 @@ class FakeFetcher final : public netfetch::ChunkFetcher {
   }
 
   using netfetch::ChunkFetcher::Fetch;
-  Status Fetch(const netfetch::ChunkRef& chunk, std::span<std::uint8_t> dst,
-               TimePoint /*deadline*/, const netfetch::VerifiedCallback& on_verified) override {
+  Status Fetch(const netfetch::ChunkRef& chunk, std::span<std::uint8_t> dst, TimePoint /*deadline*/,
+               const netfetch::VerifiedCallback& on_verified) override {
     std::unique_lock lock(mu_);
     ++calls_[chunk.digest];
     ++total_calls_;
@@ -220,16 +220,16 @@ class FakeFetcher final : public netfetch::ChunkFetcher {
 
   mutable std::mutex mu_;
   std::condition_variable cv_;
-  std::map<Digest, Script> scripts_;      // Guarded by mu_.
-  std::map<Digest, int> calls_;           // Guarded by mu_.
-  std::map<Digest, int> block_calls_;     // Guarded by mu_.
+  std::map<Digest, Script> scripts_;                      // Guarded by mu_.
+  std::map<Digest, int> calls_;                           // Guarded by mu_.
+  std::map<Digest, int> block_calls_;                     // Guarded by mu_.
   std::pair<std::size_t, std::size_t> last_block_range_;  // Guarded by mu_.
-  int total_calls_ = 0;                   // Guarded by mu_.
-  std::vector<std::int64_t> last_nodes_;  // Guarded by mu_.
-  bool hold_all_ = false;                 // Guarded by mu_.
-  std::set<Digest> held_;                 // Guarded by mu_.
-  int permits_ = 0;                       // Guarded by mu_.
-  int waiting_ = 0;                       // Guarded by mu_.
+  int total_calls_ = 0;                                   // Guarded by mu_.
+  std::vector<std::int64_t> last_nodes_;                  // Guarded by mu_.
+  bool hold_all_ = false;                                 // Guarded by mu_.
+  std::set<Digest> held_;                                 // Guarded by mu_.
+  int permits_ = 0;                                       // Guarded by mu_.
+  int waiting_ = 0;                                       // Guarded by mu_.
 };
 
 // Every chunk lives on `nodes`; Fail() makes every lookup answer an error instead.

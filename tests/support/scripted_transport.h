@@ -42,7 +42,7 @@ namespace ckptfs::testing {
 struct ScriptedResponse {
   Status status;  // OK: the answer is `body`.
   std::vector<std::uint8_t> body;
-  Duration delay{0};          // How long the fake request takes.
+  Duration delay{0};           // How long the fake request takes.
   bool ignores_range = false;  // GetRange gets a 200: Unavailable.
   // With an OK status: after this many body bytes of the call landed in dst, the connection
   // "breaks" (Unavailable). Lets a test cut a transfer in the middle of a block.

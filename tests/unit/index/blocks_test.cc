@@ -105,10 +105,10 @@ TEST_F(IndexBlocks, BlobOfTheWrongLengthIsDataLoss) {
 
 TEST_F(IndexBlocks, EmptyOrTextBlocksAreDataLoss) {
   WriteV2();
-  Must(ExecSqlForTesting(path_, "UPDATE chunks SET blocks = x'' WHERE id = " +
-                                    std::to_string(extents_[0].chunk_id) +
-                                    "; UPDATE chunks SET blocks = 'abc' WHERE id = " +
-                                    std::to_string(extents_[2].chunk_id)));
+  Must(ExecSqlForTesting(
+      path_,
+      "UPDATE chunks SET blocks = x'' WHERE id = " + std::to_string(extents_[0].chunk_id) +
+          "; UPDATE chunks SET blocks = 'abc' WHERE id = " + std::to_string(extents_[2].chunk_id)));
   auto reader = Must(IndexReader::Open(path_));
   const auto empty = reader->Blocks(extents_[0].chunk_id);
   EXPECT_EQ(empty.status().code(), StatusCode::kDataLoss);
@@ -152,8 +152,8 @@ TEST_F(IndexBlocks, OpenRefusesAMissingOrBadBlockSize) {
 
 TEST(IndexWriterBlocks, RefusesABadBlockSize) {
   TempDir dir;
-  for (std::uint64_t bad : {std::uint64_t{0}, std::uint64_t{2048}, std::uint64_t{5000},
-                            std::uint64_t{32 << 10}}) {
+  for (std::uint64_t bad :
+       {std::uint64_t{0}, std::uint64_t{2048}, std::uint64_t{5000}, std::uint64_t{32 << 10}}) {
     const auto writer = IndexWriter::Create(dir.Path("index.db"), kChunk, bad);
     EXPECT_EQ(writer.status().code(), StatusCode::kInvalidArgument) << bad;
   }
@@ -166,8 +166,7 @@ TEST(IndexWriterBlocks, ChunkNeedsOneDigestPerBlockOfItsVersion) {
   auto v2 = Must(IndexWriter::Create(dir.Path("v2.db"), kChunk, kBlock));
   const Digest d = Sha256("x", 1);
   const std::vector<Digest> three(3, d);
-  EXPECT_EQ(v2->AddChunk(d, 3 * kBlock + 1, three).status().code(),
-            StatusCode::kInvalidArgument);
+  EXPECT_EQ(v2->AddChunk(d, 3 * kBlock + 1, three).status().code(), StatusCode::kInvalidArgument);
   EXPECT_EQ(v2->AddChunk(d, 100).status().code(), StatusCode::kFailedPrecondition);
   EXPECT_TRUE(v2->AddChunk(d, 3 * kBlock, three).ok());
 

@@ -99,12 +99,11 @@ class TestIndexBuilder {
       const Digest digest = Sha256(piece.data(), piece.size());
       const IndexWriter::AddedChunk chunk =
           block_size_ != 0
-              ? Must(writer_->AddChunk(digest, piece.size(),
-                                       HashChunk({reinterpret_cast<const std::uint8_t*>(
-                                                      piece.data()),
-                                                  piece.size()},
-                                                 block_size_)
-                                           .blocks))
+              ? Must(writer_->AddChunk(
+                    digest, piece.size(),
+                    HashChunk({reinterpret_cast<const std::uint8_t*>(piece.data()), piece.size()},
+                              block_size_)
+                        .blocks))
               : Must(writer_->AddChunk(digest, piece.size()));
       if (chunk.is_new) {
         ++stats_.chunks;

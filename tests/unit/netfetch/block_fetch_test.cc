@@ -97,8 +97,8 @@ TEST_F(BlockFetch, EachBlockIsReportedVerifiedAsSoonAsItHasArrived) {
   ASSERT_TRUE(Fetch(*fetcher, chunk).ok());
   EXPECT_EQ(out_, chunk.bytes);
   EXPECT_EQ(verified_, (std::vector<std::size_t>{4096, 8192, 10000}));
-  EXPECT_EQ(transport_.Ranges(Url(1, chunk)), (std::vector<std::optional<ScriptedRange>>{
-                                                  std::nullopt}))
+  EXPECT_EQ(transport_.Ranges(Url(1, chunk)),
+            (std::vector<std::optional<ScriptedRange>>{std::nullopt}))
       << "a whole chunk from its start is a plain GET";
   EXPECT_EQ(fetcher->counters().bytes_fetched, kSize);
 }

@@ -436,9 +436,10 @@ TEST(CurlTransportRange, ServerIgnoringRangeIsUnavailableAndDoesNotTouchDst) {
 }
 
 TEST(CurlTransportRange, RangeHeaderNamesFirstAndLastByte) {
-  OneShotServer server("HTTP/1.1 206 Partial Content\r\nContent-Length: 10\r\n"
-                       "Content-Range: bytes 4096-4105/10000\r\nConnection: close\r\n\r\n"
-                       "0123456789");
+  OneShotServer server(
+      "HTTP/1.1 206 Partial Content\r\nContent-Length: 10\r\n"
+      "Content-Range: bytes 4096-4105/10000\r\nConnection: close\r\n\r\n"
+      "0123456789");
   ASSERT_TRUE(server.ok());
   netfetch::CurlTransport transport;
   std::vector<std::uint8_t> dst(10);
