@@ -24,7 +24,7 @@ int Fail(const Status& status) {
 }
 
 struct PublishArgs {
-  std::string source, output, chunk_size = "4M";
+  std::string source, output, chunk_size = "4M", block_size = "64K";
   std::vector<std::string> nodes, stores;
   int replicas = 0;
 };
@@ -35,6 +35,9 @@ Result<PublishOptions> ToPublishOptions(const PublishArgs& args) {
   options.index_path = args.output;
   options.replicas = args.replicas;
   CKPTFS_ASSIGN_OR_RETURN(options.chunk_size, ParseSize(args.chunk_size));
+  Result<std::uint64_t> block_size = ParseSize(args.block_size);
+  if (!block_size.ok()) return block_size.status().WithContext("--block-size");
+  options.block_size = *block_size;
   for (const std::string& node : args.nodes) {
     CKPTFS_ASSIGN_OR_RETURN(auto kv, SplitAssignment(node, "--node"));
     options.nodes.push_back({kv.first, kv.second});
@@ -117,6 +120,9 @@ int Main(int argc, char** argv) {
                   "NAME=DIR: write NAME's objects into DIR (what the node serves) instead of PUT");
   pub->add_option("--replicas", publish.replicas, "Copies of each chunk (default min(2, nodes))");
   pub->add_option("--chunk-size", publish.chunk_size, "Chunk size, e.g. 4M (default 4M)");
+  pub->add_option("--block-size", publish.block_size,
+                  "Size of the verified blocks within a chunk: a power of two from 4K to the "
+                  "chunk size (default 64K)");
 
   std::string index, mountpoint;
   bool foreground = false;

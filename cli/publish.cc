@@ -165,6 +165,11 @@ Status CheckOptions(const PublishOptions& options) {
   if (options.chunk_size < kMinChunkSize || options.chunk_size > kMaxChunkSize) {
     return InvalidArgumentError("--chunk-size must be between 64K and 256M");
   }
+  if (!index::IsValidBlockSize(options.block_size, options.chunk_size)) {
+    return InvalidArgumentError("--block-size must be a power of two from 4K to the chunk size (" +
+                                std::to_string(options.chunk_size) + " bytes), got " +
+                                std::to_string(options.block_size));
+  }
   return Status::Ok();
 }
 
@@ -272,9 +277,10 @@ class Publisher {
       std::size_t want = static_cast<std::size_t>(std::min(options_.chunk_size, size - offset));
       CKPTFS_RETURN_IF_ERROR(ReadExactly(fd.get(), offset, {buffer_.data(), want}, src.path));
       std::span<const std::uint8_t> bytes(buffer_.data(), want);
-      Digest digest = Sha256(bytes.data(), bytes.size());
-      CKPTFS_ASSIGN_OR_RETURN(index::IndexWriter::AddedChunk chunk, writer.AddChunk(digest, want));
-      if (chunk.is_new) CKPTFS_RETURN_IF_ERROR(PlaceChunk(chunk.id, digest, bytes, writer));
+      const index::ChunkDigests digests = index::HashChunk(bytes, options_.block_size);
+      CKPTFS_ASSIGN_OR_RETURN(index::IndexWriter::AddedChunk chunk,
+                              writer.AddChunk(digests.chunk, want, digests.blocks));
+      if (chunk.is_new) CKPTFS_RETURN_IF_ERROR(PlaceChunk(chunk.id, digests.chunk, bytes, writer));
       CKPTFS_RETURN_IF_ERROR(writer.AddExtent(file, offset, chunk.id));
       totals_.chunk_refs++;
     }
@@ -319,7 +325,7 @@ void PrintSummary(const PublishOptions& options, const Publisher& publisher, int
       << FormatSize(t.stats.bytes) << ")\n"
       << "  chunks: " << t.chunk_refs << ", unique chunks: " << t.stats.chunks << " ("
       << FormatSize(t.stats.chunk_bytes) << "), chunk size: " << FormatSize(options.chunk_size)
-      << ", replicas: " << replicas << "\n";
+      << ", block size: " << FormatSize(options.block_size) << ", replicas: " << replicas << "\n";
   for (std::size_t i = 0; i < options.nodes.size(); ++i) {
     std::uint64_t bytes = publisher.bytes_per_node()[i];
     out << "  node " << options.nodes[i].name << ": " << bytes << " bytes (" << FormatSize(bytes)
@@ -352,7 +358,7 @@ Status Publish(const PublishOptions& given, netfetch::Transport& transport, std:
 
   std::string tmp = options.index_path + ".tmp." + std::to_string(::getpid());
   CKPTFS_ASSIGN_OR_RETURN(std::unique_ptr<index::IndexWriter> writer,
-                          index::IndexWriter::Create(tmp, options.chunk_size));
+                          index::IndexWriter::Create(tmp, options.chunk_size, options.block_size));
   Publisher publisher(options, transport, replicas);
   Status status = publisher.Run(walk, *writer);
   if (status.ok()) status = SyncStores(options);

@@ -2,7 +2,8 @@
 //
 // Order of work, so that a failure never leaves an index that points at missing chunks: check
 // every argument and walk the whole tree first (special or unreadable files are errors before
-// anything is written); then chunk, hash and store each unique chunk on its nodes while writing
+// anything is written); then chunk, hash (each chunk and each of its blocks, in one pass over
+// the bytes) and store each unique chunk on its nodes while writing
 // the index to a temporary file next to the output; make the stores durable; and only then
 // rename the index into place. On any error the temporary index is removed.
 #pragma once
@@ -30,6 +31,9 @@ struct PublishOptions {
   std::map<std::string, std::string> stores;  // Node name → directory that node serves.
   int replicas = 0;                           // 0: min(2, number of nodes).
   std::uint64_t chunk_size = 4ull << 20;
+  // Size of the blocks each chunk's digests are listed for in the index (meta block_size): a
+  // power of two from 4 KiB to chunk_size. A mount reads and verifies single blocks with them.
+  std::uint64_t block_size = 64ull << 10;
 };
 
 // "NAME=VALUE" → {NAME, VALUE}; InvalidArgument naming `what` otherwise.

@@ -79,17 +79,19 @@ struct Connection {
   sql::Stmt extents_after;
   sql::Stmt replicas;
   sql::Stmt validate;
+  sql::Stmt blocks;  // v2 only.
 
   ~Connection() {
     // Statements first: closing a database with live statements would be deferred.
-    for (sql::Stmt* s :
-         {&get_entry, &lookup, &list_children, &extent_at, &extents_after, &replicas, &validate}) {
+    for (sql::Stmt* s : {&get_entry, &lookup, &list_children, &extent_at, &extents_after, &replicas,
+                         &validate, &blocks}) {
       s->reset();
     }
     db.reset();
   }
 
-  Status PrepareStatements() {
+  // `with_blocks`: the index is v2, with chunks.blocks.
+  Status PrepareStatements(bool with_blocks) {
     sqlite3* d = db.get();
     const std::string entry_select = std::string("SELECT ") + kEntryColumns + " FROM entries ";
     const std::string extent_select = std::string("SELECT ") + kExtentColumns +
@@ -115,13 +117,23 @@ struct Connection {
         replicas, sql::Prepare(d,
                                "SELECT r.node FROM replicas r JOIN nodes n ON n.id = r.node "
                                "WHERE r.chunk = ?1 ORDER BY r.node"));
+    // Column 6: the byte length of chunks.blocks, -1 when it is not a blob, NULL for v1. length()
+    // of a blob reads only its header, not the digests.
+    const std::string blocks_length =
+        with_blocks ? "CASE WHEN typeof(c.blocks) = 'blob' THEN length(c.blocks) ELSE -1 END"
+                    : "NULL";
     CKPTFS_ASSIGN_OR_RETURN(
         validate,
         sql::Prepare(d, std::string("SELECT ") + kExtentColumns +
                             ", c.id IS NOT NULL, EXISTS(SELECT 1 FROM replicas r JOIN nodes n "
-                            "ON n.id = r.node WHERE r.chunk = e.chunk) "
-                            "FROM extents e LEFT JOIN chunks c ON c.id = e.chunk "
+                            "ON n.id = r.node WHERE r.chunk = e.chunk), " +
+                            blocks_length +
+                            " FROM extents e LEFT JOIN chunks c ON c.id = e.chunk "
                             "WHERE e.file = ?1 ORDER BY e.offset"));
+    if (with_blocks) {
+      CKPTFS_ASSIGN_OR_RETURN(blocks,
+                              sql::Prepare(d, "SELECT size, blocks FROM chunks WHERE id = ?1"));
+    }
     return Status::Ok();
   }
 };
@@ -277,7 +289,8 @@ std::optional<std::int64_t> ParseInt(const std::string& text) {
   return value;
 }
 
-Status CheckFormat(sqlite3* db) {
+// Checks format, schema version and hash; returns the schema version.
+Result<int> CheckFormat(sqlite3* db) {
   CKPTFS_ASSIGN_OR_RETURN(auto format, MetaValue(db, schema::kFormatKey));
   if (!format) return InvalidArgumentError("not a ckptfs index: meta has no format");
   if (*format != schema::kFormat) {
@@ -299,7 +312,7 @@ Status CheckFormat(sqlite3* db) {
   if (*hash != schema::kHash) {
     return InvalidArgumentError("index hash is '" + *hash + "', expected 'sha256'");
   }
-  return Status::Ok();
+  return static_cast<int>(*version);
 }
 
 Result<std::uint64_t> ReadChunkSize(sqlite3* db) {
@@ -310,6 +323,19 @@ Result<std::uint64_t> ReadChunkSize(sqlite3* db) {
     return InvalidArgumentError("index chunk_size '" + *text +
                                 "' is not a whole number from 1 to " +
                                 std::to_string(schema::kMaxChunkSize));
+  }
+  return static_cast<std::uint64_t>(*value);
+}
+
+// block_size of a v2 index: a power of two from 4 KiB to chunk_size.
+Result<std::uint64_t> ReadBlockSize(sqlite3* db, std::uint64_t chunk_size) {
+  CKPTFS_ASSIGN_OR_RETURN(auto text, MetaValue(db, schema::kBlockSizeKey));
+  if (!text) return InvalidArgumentError("index has no block_size");
+  const std::optional<std::int64_t> value = ParseInt(*text);
+  if (!value || *value < 1 || !IsValidBlockSize(static_cast<std::uint64_t>(*value), chunk_size)) {
+    return InvalidArgumentError("index block_size '" + *text + "' is not a power of two from " +
+                                std::to_string(schema::kMinBlockSize) + " to the chunk_size " +
+                                std::to_string(chunk_size));
   }
   return static_cast<std::uint64_t>(*value);
 }
@@ -384,7 +410,9 @@ struct IndexReader::Impl {
   std::string path;
   std::string uri;
   UniqueFd index_file;  // Held open for the reader's lifetime; connections open it via /proc.
+  int schema_version = 0;
   std::uint64_t chunk_size = 0;
+  std::uint64_t block_size = 0;  // 0 for a v1 index.
   IndexStats stats;
   std::vector<Node> nodes;
 
@@ -434,22 +462,72 @@ struct IndexReader::Impl {
   // A pooled connection: OpenSameFile() with its statements prepared.
   Result<std::unique_ptr<Connection>> NewConnection() {
     CKPTFS_ASSIGN_OR_RETURN(std::unique_ptr<Connection> conn, OpenSameFile());
-    CKPTFS_RETURN_IF_ERROR(conn->PrepareStatements());
+    CKPTFS_RETURN_IF_ERROR(conn->PrepareStatements(has_blocks()));
     return conn;
   }
 
   // Runs every Open() check on `db` and loads what the reader keeps in memory.
   Status CheckAndLoad(sqlite3* db) {
     CKPTFS_RETURN_IF_ERROR(CheckTable(db, schema::kRequiredTables[0]));  // meta
-    CKPTFS_RETURN_IF_ERROR(CheckFormat(db));
+    CKPTFS_ASSIGN_OR_RETURN(schema_version, CheckFormat(db));
     for (const schema::Table& table : schema::kRequiredTables) {
       CKPTFS_RETURN_IF_ERROR(CheckTable(db, table));
     }
+    if (has_blocks()) {
+      for (const schema::Table& table : schema::kColumnsSinceV2) {
+        CKPTFS_RETURN_IF_ERROR(CheckTable(db, table));
+      }
+    }
     CKPTFS_ASSIGN_OR_RETURN(chunk_size, ReadChunkSize(db));
+    if (has_blocks()) {
+      CKPTFS_ASSIGN_OR_RETURN(block_size, ReadBlockSize(db, chunk_size));
+    }
     CKPTFS_ASSIGN_OR_RETURN(stats, ReadStats(db));
     CKPTFS_RETURN_IF_ERROR(CheckRoot(db));
     CKPTFS_ASSIGN_OR_RETURN(nodes, ReadNodes(db));
     return Status::Ok();
+  }
+
+  bool has_blocks() const { return schema_version >= schema::kFirstVersionWithBlocks; }
+
+  // DataLoss unless a blocks blob of `length` bytes (-1: not a blob) fits a chunk of `size`.
+  Status CheckBlocksLength(std::int64_t chunk, std::int64_t size, std::int64_t length) const {
+    const std::string of_chunk = "chunk " + std::to_string(chunk);
+    if (length < 0) return DataLossError(of_chunk + " block digests are not a blob");
+    const std::uint64_t count = BlockCount(static_cast<std::uint64_t>(size), block_size);
+    if (static_cast<std::uint64_t>(length) != count * kDigestSize) {
+      return DataLossError(of_chunk + " block digests are " + std::to_string(length) +
+                           " bytes, expected " + std::to_string(count * kDigestSize) + " (" +
+                           std::to_string(count) + " blocks of " + std::to_string(block_size) +
+                           " bytes, 32 bytes each)");
+    }
+    return Status::Ok();
+  }
+
+  Result<BlockList> Blocks(Connection& c, std::int64_t chunk) const {
+    BlockList list;
+    if (!has_blocks()) return list;
+    sqlite3_stmt* s = c.blocks.get();
+    sql::StmtScope scope(s);
+    sqlite3_bind_int64(s, 1, chunk);
+    const int rc = sqlite3_step(s);
+    if (rc == SQLITE_DONE) return NotFoundError("no chunk " + std::to_string(chunk));
+    if (rc != SQLITE_ROW) return sql::Error(c.db.get(), "index query failed");
+    const std::int64_t size = sqlite3_column_int64(s, 0);
+    if (size <= 0 || static_cast<std::uint64_t>(size) > chunk_size) {
+      return DataLossError("chunk " + std::to_string(chunk) + " has size " + std::to_string(size) +
+                           ", outside 1.." + std::to_string(chunk_size));
+    }
+    const bool is_blob = sqlite3_column_type(s, 1) == SQLITE_BLOB;
+    const std::int64_t length = is_blob ? sqlite3_column_bytes(s, 1) : -1;
+    CKPTFS_RETURN_IF_ERROR(CheckBlocksLength(chunk, size, length));
+    const auto* blob = static_cast<const std::uint8_t*>(sqlite3_column_blob(s, 1));
+    list.block_size = block_size;
+    list.digests.resize(static_cast<std::size_t>(length) / kDigestSize);
+    for (std::size_t i = 0; i < list.digests.size(); ++i) {
+      std::copy_n(blob + i * kDigestSize, kDigestSize, list.digests[i].bytes.begin());
+    }
+    return list;
   }
 
   Result<Entry> GetEntry(Connection& c, std::uint64_t id) {
@@ -532,6 +610,9 @@ struct IndexReader::Impl {
     if (sqlite3_column_int(s, 5) == 0) {
       return DataLossError(of_chunk + " has no replica on a known node");
     }
+    if (has_blocks()) {
+      CKPTFS_RETURN_IF_ERROR(CheckBlocksLength(chunk, size, sqlite3_column_int64(s, 6)));
+    }
     expected = offset + size;
     return Status::Ok();
   }
@@ -573,12 +654,14 @@ Result<std::unique_ptr<IndexReader>> IndexReader::Open(const std::string& path) 
   // Statements are prepared only after the checks: they need the tables to be there.
   CKPTFS_ASSIGN_OR_RETURN(std::unique_ptr<Connection> conn, impl->OpenSameFile());
   CKPTFS_RETURN_IF_ERROR(impl->CheckAndLoad(conn->db.get()));
-  CKPTFS_RETURN_IF_ERROR(conn->PrepareStatements());
+  CKPTFS_RETURN_IF_ERROR(conn->PrepareStatements(impl->has_blocks()));
   impl->idle.push_back(std::move(conn));
   return std::unique_ptr<IndexReader>(new IndexReader(std::move(impl)));
 }
 
 std::uint64_t IndexReader::chunk_size() const { return impl_->chunk_size; }
+std::uint64_t IndexReader::block_size() const { return impl_->block_size; }
+int IndexReader::schema_version() const { return impl_->schema_version; }
 const IndexStats& IndexReader::stats() const { return impl_->stats; }
 const std::vector<Node>& IndexReader::nodes() const { return impl_->nodes; }
 
@@ -649,6 +732,12 @@ Result<std::vector<std::int64_t>> IndexReader::Replicas(std::int64_t chunk) cons
   while ((rc = sqlite3_step(s)) == SQLITE_ROW) nodes.push_back(sqlite3_column_int64(s, 0));
   if (rc != SQLITE_DONE) return sql::Error(c->db.get(), "index query failed");
   return nodes;
+}
+
+Result<BlockList> IndexReader::Blocks(std::int64_t chunk) const {
+  if (!impl_->has_blocks()) return BlockList{};
+  CKPTFS_ASSIGN_OR_RETURN(Impl::Lease c, impl_->Borrow());
+  return impl_->Blocks(*c, chunk);
 }
 
 Status IndexReader::ValidateFile(std::uint64_t file) const {

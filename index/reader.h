@@ -27,6 +27,10 @@ class IndexReader {
   ~IndexReader();
 
   std::uint64_t chunk_size() const;
+  // meta.block_size of a v2 index; 0 for a v1 index, which has no block digests.
+  std::uint64_t block_size() const;
+  // meta.schema_version: 1 or 2.
+  int schema_version() const;
   const IndexStats& stats() const;
   // All nodes, loaded at Open (an index has a handful).
   const std::vector<Node>& nodes() const;
@@ -46,9 +50,16 @@ class IndexReader {
   // Node ids holding a replica of `chunk` (only nodes that exist in the nodes table).
   Result<std::vector<std::int64_t>> Replicas(std::int64_t chunk) const;
 
+  // The block digests of `chunk` (one indexed query reading its blob; ExtentsInRange never
+  // loads them). An empty list, with block_size 0, for a v1 index. NotFound when there is no
+  // such chunk; DataLoss when its blob is not ceil(size / block_size) * 32 bytes or its size is
+  // outside 1..chunk_size (the index is untrusted input).
+  Result<BlockList> Blocks(std::int64_t chunk) const;
+
   // Per-file checks: a regular file with a valid name; extents start at 0, are contiguous and
-  // add up to the size; every chunk has a 32-byte digest, a positive size and a replica on a
-  // known node. DataLoss with the reason otherwise.
+  // add up to the size; every chunk has a 32-byte digest, a positive size, a replica on a known
+  // node and, in a v2 index, a blocks blob of ceil(size / block_size) * 32 bytes. DataLoss with
+  // the reason otherwise.
   Status ValidateFile(std::uint64_t file) const;
 
  private:

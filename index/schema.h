@@ -1,5 +1,6 @@
-// Schema v1 of the index: the DDL the writer runs and the tables and columns the reader requires.
-// docs/INDEX.md describes every table and meta key; keep the two in step.
+// Schema v2 of the index (and v1, which readers still open): the DDL the writer runs and the
+// tables and columns the reader requires. docs/INDEX.md describes every table and meta key; keep
+// the two in step.
 // Internal to index/. Thread safety: constants only.
 #pragma once
 
@@ -9,14 +10,17 @@
 
 namespace ckptfs::index::schema {
 
-// The whole schema, run by the writer inside its transaction.
+// The whole schema, run by the writer inside its transaction: v2 (chunks.blocks), and v1 for
+// writers made without a block size (indexes as older ckptfs wrote them).
 extern const char* const kCreateSql;
+extern const char* const kCreateSqlV1;
 
 // meta keys.
 inline constexpr std::string_view kFormatKey = "format";
 inline constexpr std::string_view kSchemaVersionKey = "schema_version";
 inline constexpr std::string_view kHashKey = "hash";
 inline constexpr std::string_view kChunkSizeKey = "chunk_size";
+inline constexpr std::string_view kBlockSizeKey = "block_size";  // v2.
 inline constexpr std::string_view kCreatedByKey = "created_by";
 inline constexpr std::string_view kFilesKey = "files";
 inline constexpr std::string_view kDirectoriesKey = "directories";
@@ -32,13 +36,20 @@ inline constexpr std::string_view kHash = "sha256";
 // index must not be able to ask for absurd ones; 1 GiB is far above any sensible chunk.
 inline constexpr std::uint64_t kMaxChunkSize = std::uint64_t{1} << 30;
 
+// block_size (v2) is a power of two from kMinBlockSize to the index's chunk_size.
+inline constexpr std::uint64_t kMinBlockSize = 4096;
+
+// The first schema version with block digests (meta block_size, chunks.blocks).
+inline constexpr int kFirstVersionWithBlocks = 2;
+
 struct Table {
   std::string_view name;
   std::array<std::string_view, 8> columns;  // Unused slots are empty.
 };
 
-// Every table the reader queries, with the columns it uses. meta comes first: it is checked
-// before the schema version, the others after it.
+// Every table the reader queries, with the columns it uses in every version. meta comes first: it
+// is checked before the schema version, the others after it. Columns added by a later version
+// are in kColumnsSinceV2.
 inline constexpr Table kRequiredTables[] = {
     {"meta", {"key", "value"}},
     {"nodes", {"id", "name", "url"}},
@@ -46,6 +57,11 @@ inline constexpr Table kRequiredTables[] = {
     {"chunks", {"id", "digest", "size"}},
     {"extents", {"file", "offset", "chunk"}},
     {"replicas", {"chunk", "node"}},
+};
+
+// Required from schema version 2 on.
+inline constexpr Table kColumnsSinceV2[] = {
+    {"chunks", {"blocks"}},
 };
 
 }  // namespace ckptfs::index::schema

@@ -37,7 +37,9 @@ std::string WithoutTrailingSlashes(std::string url) {
 struct IndexWriter::Impl {
   std::string path;
   std::uint64_t chunk_size = 0;
+  std::uint64_t block_size = 0;  // 0: a v1 index, without block digests.
   sql::Db db;
+  std::string blocks_blob;  // Reused by AddChunk.
   bool finished = false;
 
   // Prepared once, reused for every row: a publish adds millions of rows.
@@ -105,8 +107,10 @@ struct IndexWriter::Impl {
                                 "target) VALUES(?, ?, ?, ?, ?, ?, ?)"));
     CKPTFS_ASSIGN_OR_RETURN(find_chunk,
                             sql::Prepare(d, "SELECT id, size FROM chunks WHERE digest = ?"));
-    CKPTFS_ASSIGN_OR_RETURN(add_chunk,
-                            sql::Prepare(d, "INSERT INTO chunks(digest, size) VALUES(?, ?)"));
+    CKPTFS_ASSIGN_OR_RETURN(
+        add_chunk,
+        sql::Prepare(d, block_size != 0 ? "INSERT INTO chunks(digest, size, blocks) VALUES(?, ?, ?)"
+                                        : "INSERT INTO chunks(digest, size) VALUES(?, ?)"));
     CKPTFS_ASSIGN_OR_RETURN(
         add_extent, sql::Prepare(d, "INSERT INTO extents(file, offset, chunk) VALUES(?, ?, ?)"));
     CKPTFS_ASSIGN_OR_RETURN(add_replica,
@@ -125,9 +129,13 @@ struct IndexWriter::Impl {
 
   Status WriteInitialRows() {
     CKPTFS_RETURN_IF_ERROR(PutMeta(schema::kFormatKey, std::string(schema::kFormat)));
-    CKPTFS_RETURN_IF_ERROR(PutMeta(schema::kSchemaVersionKey, std::to_string(kSchemaVersion)));
+    const int version = block_size != 0 ? kSchemaVersion : 1;
+    CKPTFS_RETURN_IF_ERROR(PutMeta(schema::kSchemaVersionKey, std::to_string(version)));
     CKPTFS_RETURN_IF_ERROR(PutMeta(schema::kHashKey, std::string(schema::kHash)));
     CKPTFS_RETURN_IF_ERROR(PutMeta(schema::kChunkSizeKey, std::to_string(chunk_size)));
+    if (block_size != 0) {
+      CKPTFS_RETURN_IF_ERROR(PutMeta(schema::kBlockSizeKey, std::to_string(block_size)));
+    }
     CKPTFS_RETURN_IF_ERROR(PutMeta(schema::kCreatedByKey, "ckptfs " CKPTFS_VERSION));
     // The root is its own parent, so that ".." of the root is the root, as in any filesystem.
     return sql::Exec(db.get(),
@@ -165,6 +173,23 @@ IndexWriter::~IndexWriter() = default;
 
 Result<std::unique_ptr<IndexWriter>> IndexWriter::Create(const std::string& path,
                                                          std::uint64_t chunk_size) {
+  return CreateVersion(path, chunk_size, 0);
+}
+
+Result<std::unique_ptr<IndexWriter>> IndexWriter::Create(const std::string& path,
+                                                         std::uint64_t chunk_size,
+                                                         std::uint64_t block_size) {
+  if (!IsValidBlockSize(block_size, chunk_size)) {
+    return InvalidArgumentError("block size " + std::to_string(block_size) +
+                                " is not a power of two from 4096 to the chunk size " +
+                                std::to_string(chunk_size));
+  }
+  return CreateVersion(path, chunk_size, block_size);
+}
+
+Result<std::unique_ptr<IndexWriter>> IndexWriter::CreateVersion(const std::string& path,
+                                                                std::uint64_t chunk_size,
+                                                                std::uint64_t block_size) {
   if (chunk_size == 0 || chunk_size > schema::kMaxChunkSize) {
     return InvalidArgumentError("chunk size " + std::to_string(chunk_size) +
                                 " is out of range (1 byte to 1 GiB)");
@@ -173,8 +198,10 @@ Result<std::unique_ptr<IndexWriter>> IndexWriter::Create(const std::string& path
   auto impl = std::make_unique<Impl>();
   impl->path = path;
   impl->chunk_size = chunk_size;
+  impl->block_size = block_size;
   CKPTFS_RETURN_IF_ERROR(impl->Open());
-  CKPTFS_RETURN_IF_ERROR(sql::Exec(impl->db.get(), schema::kCreateSql));
+  CKPTFS_RETURN_IF_ERROR(
+      sql::Exec(impl->db.get(), block_size != 0 ? schema::kCreateSql : schema::kCreateSqlV1));
   CKPTFS_RETURN_IF_ERROR(impl->PrepareStatements());
   CKPTFS_RETURN_IF_ERROR(impl->WriteInitialRows());
   return std::unique_ptr<IndexWriter>(new IndexWriter(std::move(impl)));
@@ -232,6 +259,31 @@ Result<std::uint64_t> IndexWriter::AddEntry(const Entry& entry) {
 }
 
 Result<IndexWriter::AddedChunk> IndexWriter::AddChunk(const Digest& digest, std::uint64_t size) {
+  if (impl_->block_size != 0) {
+    return FailedPreconditionError("chunk " + digest.Hex() +
+                                   " added without block digests to an index that has them");
+  }
+  return AddChunkRow(digest, size, {});
+}
+
+Result<IndexWriter::AddedChunk> IndexWriter::AddChunk(const Digest& digest, std::uint64_t size,
+                                                      std::span<const Digest> blocks) {
+  if (impl_->block_size == 0) {
+    return FailedPreconditionError("chunk " + digest.Hex() +
+                                   " added with block digests to a v1 index, which has none");
+  }
+  // Checked for every call, so that a caller's bug shows before the index is finished.
+  if (size != 0 && blocks.size() != BlockCount(size, impl_->block_size)) {
+    return InvalidArgumentError("chunk " + digest.Hex() + " of " + std::to_string(size) +
+                                " bytes added with " + std::to_string(blocks.size()) +
+                                " block digests, expected " +
+                                std::to_string(BlockCount(size, impl_->block_size)));
+  }
+  return AddChunkRow(digest, size, blocks);
+}
+
+Result<IndexWriter::AddedChunk> IndexWriter::AddChunkRow(const Digest& digest, std::uint64_t size,
+                                                         std::span<const Digest> blocks) {
   CKPTFS_RETURN_IF_ERROR(impl_->CheckOpen());
   if (size == 0 || size > impl_->chunk_size) {
     return InvalidArgumentError("chunk " + digest.Hex() + " has size " + std::to_string(size) +
@@ -257,6 +309,12 @@ Result<IndexWriter::AddedChunk> IndexWriter::AddChunk(const Digest& digest, std:
   sql::StmtScope scope(s);
   sqlite3_bind_blob(s, 1, digest.bytes.data(), kDigestSize, SQLITE_STATIC);
   sqlite3_bind_int64(s, 2, static_cast<sqlite3_int64>(size));
+  if (impl_->block_size != 0) {
+    std::string& blob = impl_->blocks_blob;
+    blob.clear();
+    for (const Digest& block : blocks) blob.append(block.bytes.begin(), block.bytes.end());
+    sqlite3_bind_blob(s, 3, blob.data(), static_cast<int>(blob.size()), SQLITE_STATIC);
+  }
   if (sqlite3_step(s) != SQLITE_DONE) return sql::Error(impl_->db.get(), "cannot add chunk");
   return AddedChunk{sqlite3_last_insert_rowid(impl_->db.get()), true};
 }

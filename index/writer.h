@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <span>
 #include <string>
 
 #include "common/result.h"
@@ -17,9 +18,17 @@ namespace ckptfs::index {
 
 class IndexWriter {
  public:
-  // Creates a fresh index at `path` (an existing file there is replaced), with the schema,
-  // meta rows (format, schema_version, hash, chunk_size) and the root directory (kRootId,
-  // mode 0755, mtime 0 until SetRoot is called).
+  // Creates a fresh schema v2 index at `path` (an existing file there is replaced), with the
+  // schema, meta rows (format, schema_version, hash, chunk_size, block_size) and the root
+  // directory (kRootId, mode 0755, mtime 0 until SetRoot is called). Every chunk is then added
+  // with its block digests. InvalidArgument when chunk_size is outside 1 byte..1 GiB or
+  // block_size is not a power of two from 4 KiB to chunk_size.
+  static Result<std::unique_ptr<IndexWriter>> Create(const std::string& path,
+                                                     std::uint64_t chunk_size,
+                                                     std::uint64_t block_size);
+  // The same for a schema v1 index, as ckptfs wrote before block digests: no block_size, no
+  // chunks.blocks, chunks added without block digests. For callers that do not have the chunk
+  // bytes (tests of indexes written by older versions); publish writes v2.
   static Result<std::unique_ptr<IndexWriter>> Create(const std::string& path,
                                                      std::uint64_t chunk_size);
   ~IndexWriter();
@@ -38,7 +47,13 @@ class IndexWriter {
     std::int64_t id = 0;
     bool is_new = false;  // False when a chunk with this digest was already in the index.
   };
-  // Adds a chunk by digest, or finds the one already there (dedup).
+  // Adds a chunk by digest with the digests of its blocks (index::HashChunk computes both), or
+  // finds the one already there (dedup; the blocks of a known digest are not looked at again).
+  // InvalidArgument when `size` is outside 1..chunk_size or `blocks` does not hold
+  // ceil(size / block_size) digests; FailedPrecondition on a v1 writer.
+  Result<AddedChunk> AddChunk(const Digest& digest, std::uint64_t size,
+                              std::span<const Digest> blocks);
+  // Adds a chunk without block digests: only on a v1 writer (FailedPrecondition otherwise).
   Result<AddedChunk> AddChunk(const Digest& digest, std::uint64_t size);
   Status AddExtent(std::uint64_t file, std::uint64_t offset, std::int64_t chunk);
   Status AddReplica(std::int64_t chunk, std::int64_t node);
@@ -49,6 +64,12 @@ class IndexWriter {
  private:
   struct Impl;
   explicit IndexWriter(std::unique_ptr<Impl> impl);
+  // block_size 0 makes a v1 index.
+  static Result<std::unique_ptr<IndexWriter>> CreateVersion(const std::string& path,
+                                                            std::uint64_t chunk_size,
+                                                            std::uint64_t block_size);
+  Result<AddedChunk> AddChunkRow(const Digest& digest, std::uint64_t size,
+                                 std::span<const Digest> blocks);
   std::unique_ptr<Impl> impl_;
 };
 

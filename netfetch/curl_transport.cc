@@ -8,6 +8,7 @@
 #include <cerrno>
 #include <cstring>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -79,13 +80,17 @@ struct BodyFilter {
 };
 
 bool IsChunkStatus(long code) { return code == 200 || code == 206; }
+// A range GET takes only 206: a 200 body is the whole object, which must not land in dst.
+bool IsPartialContent(long code) { return code == 206; }
 
 // Userdata of WriteToBuffer: a GET into a caller's fixed-size span.
 struct BufferSink {
   BodyFilter filter;
   std::span<std::uint8_t> dst;
+  const ProgressCallback* progress = nullptr;  // Null or empty: nobody follows the body.
   std::size_t received = 0;
   bool overflow = false;
+  bool abandoned = false;  // The progress callback said stop.
 };
 
 std::size_t WriteToBuffer(char* data, std::size_t size, std::size_t nmemb, void* userdata) {
@@ -99,6 +104,10 @@ std::size_t WriteToBuffer(char* data, std::size_t size, std::size_t nmemb, void*
   }
   std::memcpy(sink->dst.data() + sink->received, data, n);
   sink->received += n;
+  if (sink->progress != nullptr && *sink->progress && !(*sink->progress)(sink->received)) {
+    sink->abandoned = true;
+    return 0;
+  }
   return n;
 }
 
@@ -281,7 +290,21 @@ CurlTransport::CurlTransport(CurlOptions options)
 
 CurlTransport::~CurlTransport() = default;
 
-Status CurlTransport::Get(const std::string& url, std::span<std::uint8_t> dst, Duration timeout) {
+Status CurlTransport::Get(const std::string& url, std::span<std::uint8_t> dst, Duration timeout,
+                          const ProgressCallback& progress) {
+  return GetInto(url, std::nullopt, dst, timeout, progress);
+}
+
+Status CurlTransport::GetRange(const std::string& url, std::uint64_t offset,
+                               std::span<std::uint8_t> dst, Duration timeout,
+                               const ProgressCallback& progress) {
+  if (dst.empty()) return InvalidArgumentError(url + ": empty range requested");
+  return GetInto(url, offset, dst, timeout, progress);
+}
+
+Status CurlTransport::GetInto(const std::string& url, std::optional<std::uint64_t> offset,
+                              std::span<std::uint8_t> dst, Duration timeout,
+                              const ProgressCallback& progress) {
   if (timeout <= Duration::zero()) return DeadlineExceededError(url + ": no time left to try");
   Impl::Lease lease(*impl_);
   CURL* handle = lease.get();
@@ -290,25 +313,41 @@ Status CurlTransport::Get(const std::string& url, std::span<std::uint8_t> dst, D
   if (!impl_->SetCommonOptions(handle, url, timeout, error_buffer)) return BadOption(url);
   BufferSink sink;
   sink.filter.handle = handle;
-  sink.filter.wanted_status = IsChunkStatus;
+  sink.filter.wanted_status = offset ? IsPartialContent : IsChunkStatus;
   sink.dst = dst;
+  sink.progress = &progress;
   curl_easy_setopt(handle, CURLOPT_WRITEFUNCTION, WriteToBuffer);
   curl_easy_setopt(handle, CURLOPT_WRITEDATA, &sink);
+  // "first-last", both inclusive; curl copies the string.
+  const std::string range =
+      offset ? std::to_string(*offset) + "-" + std::to_string(*offset + dst.size() - 1) : "";
+  if (offset && curl_easy_setopt(handle, CURLOPT_RANGE, range.c_str()) != CURLE_OK) {
+    return BadOption(url);
+  }
+  const std::string what = offset ? "bytes " + range + " of " + url : url;
 
   Outcome out = Perform(handle, error_buffer);
   const std::string n = std::to_string(dst.size());
-  if (sink.overflow) return DataLossError("body longer than " + n + " bytes from " + url);
+  if (sink.abandoned) {
+    return DataLossError("transfer of " + what + " abandoned by the caller after " +
+                         std::to_string(sink.received) + " bytes");
+  }
+  if (sink.overflow) return DataLossError("body longer than " + n + " bytes from " + what);
   if (out.rc != CURLE_OK && !sink.filter.discarding) {
     if (out.rc == CURLE_PARTIAL_FILE) {
       return DataLossError("short body: got " + std::to_string(sink.received) + " of " + n +
-                           " bytes from " + url + " (" + out.error + ")");
+                           " bytes from " + what + " (" + out.error + ")");
     }
     return TransferError(url, out, timeout);
   }
-  if (!IsChunkStatus(out.http_code)) return HttpError("GET", url, out.http_code);
+  if (offset && out.http_code == 200) {
+    return UnavailableError("HTTP 200 instead of 206 from GET " + what +
+                            ": the server ignored the Range header");
+  }
+  if (!sink.filter.wanted_status(out.http_code)) return HttpError("GET", url, out.http_code);
   if (sink.received < dst.size()) {
     return DataLossError("short body: got " + std::to_string(sink.received) + " of " + n +
-                         " bytes from " + url);
+                         " bytes from " + what);
   }
   return Status::Ok();
 }

@@ -5,7 +5,9 @@
 // REQUIRES: curl_global_init() was called once by main before any thread started.
 #pragma once
 
+#include <cstdint>
 #include <memory>
+#include <optional>
 
 #include "common/clock.h"
 #include "netfetch/transport.h"
@@ -25,11 +27,22 @@ class CurlTransport final : public Transport {
   explicit CurlTransport(CurlOptions options = {});
   ~CurlTransport() override;
 
-  Status Get(const std::string& url, std::span<std::uint8_t> dst, Duration timeout) override;
+  using Transport::Get;
+  using Transport::GetRange;
+  Status Get(const std::string& url, std::span<std::uint8_t> dst, Duration timeout,
+             const ProgressCallback& progress) override;
+  // CURLOPT_RANGE; the status is checked before any body byte is delivered, so a 200 (the whole
+  // object) never lands in dst.
+  Status GetRange(const std::string& url, std::uint64_t offset, std::span<std::uint8_t> dst,
+                  Duration timeout, const ProgressCallback& progress) override;
   Status Put(const std::string& url, std::span<const std::uint8_t> body, Duration timeout) override;
   Status GetToFile(const std::string& url, const std::string& path, Duration timeout) override;
 
  private:
+  // One GET into dst; a range GET from `offset` when given.
+  Status GetInto(const std::string& url, std::optional<std::uint64_t> offset,
+                 std::span<std::uint8_t> dst, Duration timeout, const ProgressCallback& progress);
+
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };

@@ -1,14 +1,27 @@
-// ChunkFetcher: gets the verified bytes of one chunk from whichever of its replicas can deliver.
+// ChunkFetcher: gets the verified bytes of one chunk, or of some of its blocks, from whichever of
+// its replicas can deliver.
+//
+// Verification. A chunk of a v2 index comes with the SHA-256 of each of its blocks (ChunkRef::
+// blocks, from IndexReader::Blocks). Then every block is checked against its listed digest as
+// soon as its last byte has arrived, while the body is still streaming in, and checking all the
+// blocks is the whole check: the index is the root of trust, it lists both the chunk digest and
+// the block digests, so bytes that match every block digest are the bytes publish hashed. The
+// chunk digest still names the object (its URL) but is not recomputed. A chunk of a v1 index
+// has no block digests and is verified whole against ChunkRef::digest once all of it arrived.
 //
 // RetryingFetcher is the real one: it owns replica order (healthy nodes first, then the node with
 // the fewest requests in flight, then the faster one), failover on any error (connection refused,
 // timeout, HTTP error, short body, wrong SHA-256), per-node backoff after failures with jitter,
-// and the overall deadline. Bytes whose digest does not match are never handed back.
-// Thread safety: Fetch may be called from many threads at once.
+// and the overall deadline. With block digests, a failover resumes on the next replica with a
+// Range GET from the end of the verified prefix instead of starting over. Bytes that were not
+// verified are never reported as such.
+// Thread safety: Fetch and FetchBlocks may be called from many threads at once.
 #pragma once
 
 #include <atomic>
+#include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <random>
@@ -27,15 +40,58 @@ struct ChunkRef {
   Digest digest;
   std::uint64_t size = 0;
   std::vector<std::int64_t> nodes;  // Node ids holding a replica.
+  // The block digests the index lists for this chunk (index::BlockList): the SHA-256 of each
+  // consecutive block_size-byte block, the last one possibly shorter, ceil(size / block_size) of
+  // them. Empty, with block_size 0, for a chunk of a v1 index.
+  std::uint64_t block_size = 0;
+  std::vector<Digest> blocks = {};
 };
+
+// InvalidArgument unless chunk.blocks is empty or holds exactly ceil(size / block_size) digests
+// with a non-zero block_size.
+Status CheckBlockList(const ChunkRef& chunk);
+
+// Bytes [offset, offset + length) of the chunk are its blocks [first_block, end_block).
+struct ByteRange {
+  std::uint64_t offset = 0;
+  std::uint64_t length = 0;
+};
+// REQUIRES: chunk.block_size > 0 and first_block <= end_block <= chunk.blocks.size().
+ByteRange BlockBytes(const ChunkRef& chunk, std::size_t first_block, std::size_t end_block);
+
+// Told how many leading bytes of a fetch's dst are verified and final; see ChunkFetcher::Fetch.
+using VerifiedCallback = std::function<void(std::size_t verified_bytes)>;
 
 class ChunkFetcher {
  public:
   virtual ~ChunkFetcher() = default;
-  // Fills `dst` (REQUIRES: dst.size() == chunk.size) with the chunk's bytes, verified against
-  // chunk.digest. Errors: DeadlineExceeded or Unavailable when no replica delivered by
-  // `deadline` (the message carries the last replica's error), NotFound for no known replica.
-  virtual Status Fetch(const ChunkRef& chunk, std::span<std::uint8_t> dst, TimePoint deadline) = 0;
+
+  // Fills `dst` (REQUIRES: dst.size() == chunk.size) with the chunk's bytes, verified as the
+  // header describes. `on_verified` (may be empty) is called on the calling thread, while the
+  // fetch runs, with the number of leading bytes of dst that are verified: the values only grow,
+  // bytes below the latest value are final and are never written again (other threads may read
+  // them at once), and on success the last call is with chunk.size. With block digests that
+  // happens block by block as the body streams in, and also during an attempt that fails later;
+  // without them (v1) it is one call at the end. After a failure dst holds the verified prefix
+  // last reported and unspecified bytes past it.
+  // Errors: DeadlineExceeded or Unavailable when no replica delivered by `deadline` (the message
+  // carries the last replica's error), NotFound for no known replica, InvalidArgument for a dst
+  // of the wrong size or a block list that does not fit the chunk (CheckBlockList).
+  virtual Status Fetch(const ChunkRef& chunk, std::span<std::uint8_t> dst, TimePoint deadline,
+                       const VerifiedCallback& on_verified) = 0;
+  // Fetch without following progress: dst is verified whole when it returns OK.
+  Status Fetch(const ChunkRef& chunk, std::span<std::uint8_t> dst, TimePoint deadline) {
+    return Fetch(chunk, dst, deadline, VerifiedCallback());
+  }
+
+  // Fills `dst` with blocks [first_block, end_block) of the chunk, that is bytes
+  // BlockBytes(chunk, first_block, end_block) (REQUIRES: dst.size() is their length), with one
+  // HTTP Range GET per attempt, each block verified against its listed digest; failover, backoff
+  // and deadline as for Fetch, a failover resuming after the blocks already verified.
+  // FailedPrecondition when the chunk has no block digests (v1 index); InvalidArgument for an
+  // empty or out-of-range block range or a dst of the wrong size; other errors as for Fetch.
+  virtual Status FetchBlocks(const ChunkRef& chunk, std::size_t first_block, std::size_t end_block,
+                             std::span<std::uint8_t> dst, TimePoint deadline) = 0;
 };
 
 struct NodeEndpoint {
@@ -58,12 +114,17 @@ struct RetryOptions {
 
 // Counters for `ckptfs stats` and the logs.
 struct FetchCounters {
-  std::atomic<std::uint64_t> fetches{0};   // Chunks asked for.
-  std::atomic<std::uint64_t> attempts{0};  // Requests sent.
+  std::atomic<std::uint64_t> fetches{0};   // Whole chunks asked for (Fetch).
+  std::atomic<std::uint64_t> attempts{0};  // Requests sent, by Fetch and FetchBlocks.
   std::atomic<std::uint64_t> failed_attempts{0};
-  std::atomic<std::uint64_t> digest_mismatches{0};
-  std::atomic<std::uint64_t> bytes_fetched{0};   // Verified bytes.
-  std::atomic<std::uint64_t> failed_fetches{0};  // Deadline reached with no good replica.
+  std::atomic<std::uint64_t> digest_mismatches{0};  // Attempts that failed a chunk or block digest.
+  std::atomic<std::uint64_t> bytes_fetched{0};      // Verified bytes of whole chunks.
+  std::atomic<std::uint64_t> failed_fetches{0};     // Fetch: deadline reached, no good replica.
+  // Attempts that resumed a fetch on another replica with a Range GET after a verified prefix.
+  std::atomic<std::uint64_t> resumed_attempts{0};
+  std::atomic<std::uint64_t> range_fetches{0};         // FetchBlocks calls.
+  std::atomic<std::uint64_t> range_bytes_fetched{0};   // Verified bytes delivered by FetchBlocks.
+  std::atomic<std::uint64_t> failed_range_fetches{0};  // FetchBlocks that failed at the deadline.
 };
 
 class RetryingFetcher final : public ChunkFetcher {
@@ -72,17 +133,26 @@ class RetryingFetcher final : public ChunkFetcher {
                   RetryOptions options = {});
   ~RetryingFetcher() override;
 
-  Status Fetch(const ChunkRef& chunk, std::span<std::uint8_t> dst, TimePoint deadline) override;
+  using ChunkFetcher::Fetch;
+  Status Fetch(const ChunkRef& chunk, std::span<std::uint8_t> dst, TimePoint deadline,
+               const VerifiedCallback& on_verified) override;
+  Status FetchBlocks(const ChunkRef& chunk, std::size_t first_block, std::size_t end_block,
+                     std::span<std::uint8_t> dst, TimePoint deadline) override;
 
   const FetchCounters& counters() const { return counters_; }
 
  private:
   struct NodeState;
+  class Verifier;
   NodeState* FindNode(std::int64_t id);
   std::vector<NodeState*> OrderReplicas(const ChunkRef& chunk);
-  // One GET of `chunk` from `node` with its digest check; updates the node's health.
-  Status TryReplica(NodeState& node, const ChunkRef& chunk, std::span<std::uint8_t> dst,
-                    TimePoint deadline);
+  // Rounds over the replicas until `verifier` has all of its bytes or the deadline passes.
+  // `what` names the bytes in the final error.
+  Status RunRounds(const ChunkRef& chunk, Verifier& verifier, TimePoint deadline,
+                   const std::string& what);
+  // One GET (or Range GET, resuming after the verified prefix) from `node`, verifying as the
+  // body arrives; updates the node's health.
+  Status TryReplica(NodeState& node, const ChunkRef& chunk, Verifier& verifier, TimePoint deadline);
   void RecordSuccess(NodeState& node, std::uint64_t bytes, Duration took);
   void RecordFailure(NodeState& node, const Status& error);
   Duration Jitter(Duration d);  // REQUIRES: mu_ held (uses rng_).

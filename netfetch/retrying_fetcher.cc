@@ -1,5 +1,6 @@
 #include <algorithm>
 #include <limits>
+#include <optional>
 #include <random>
 #include <string>
 #include <utility>
@@ -53,23 +54,165 @@ RetryingFetcher::RetryingFetcher(std::vector<NodeEndpoint> nodes, Transport* tra
 
 RetryingFetcher::~RetryingFetcher() = default;
 
+// Verifies the bytes of one fetch as they land in dst: dst holds chunk bytes [base, base +
+// dst.size()), base on a block boundary. Each byte is hashed once, right after the transport
+// wrote it; a block's digest is compared as soon as its last byte is in. Without block digests
+// the whole chunk is one block checked against the chunk digest. Used by one thread.
+class RetryingFetcher::Verifier {
+ public:
+  Verifier(const ChunkRef& chunk, std::uint64_t base, std::span<std::uint8_t> dst,
+           const VerifiedCallback& on_verified)
+      : chunk_(chunk), dst_(dst), on_verified_(on_verified) {
+    if (chunk.blocks.empty()) {
+      block_size_ = chunk.size;
+      digests_ = &chunk.digest;
+    } else {
+      block_size_ = chunk.block_size;
+      first_block_ = static_cast<std::size_t>(base / chunk.block_size);
+      digests_ = chunk.blocks.data() + first_block_;
+    }
+    base_ = base;
+  }
+
+  std::span<std::uint8_t> dst() const { return dst_; }
+  std::uint64_t base() const { return base_; }
+  std::size_t verified() const { return verified_; }
+  bool complete() const { return verified_ == dst_.size(); }
+  bool has_blocks() const { return !chunk_.blocks.empty(); }
+  // Block of the chunk that failed its digest in this attempt, if any.
+  std::optional<std::size_t> mismatch() const { return mismatch_; }
+
+  // A new attempt writes dst from verified() on; anything hashed past that is dropped.
+  void StartAttempt() {
+    if (hashed_ != verified_) hasher_.Finish();  // Resets it.
+    hashed_ = verified_;
+    mismatch_.reset();
+  }
+
+  // dst[0, end) has landed. Hashes the new bytes, checks every block completed by them and
+  // reports a longer verified prefix. False (stop the transfer) at the first wrong block.
+  bool Advance(std::size_t end) {
+    if (mismatch_) return false;
+    end = std::min(end, dst_.size());
+    while (hashed_ < end) {
+      // Blocks start at multiples of block_size_ in dst, since base_ is on a block boundary.
+      const std::size_t block_end =
+          std::min<std::uint64_t>(dst_.size(), (hashed_ / block_size_ + 1) * block_size_);
+      const std::size_t upto = std::min(end, block_end);
+      hasher_.Update(dst_.data() + hashed_, upto - hashed_);
+      hashed_ = upto;
+      if (hashed_ < block_end) break;
+      const std::size_t index = (hashed_ - 1) / block_size_;
+      if (hasher_.Finish() != digests_[index]) {
+        mismatch_ = first_block_ + index;
+        break;  // The blocks before it are still good and reported.
+      }
+      verified_ = hashed_;
+    }
+    if (verified_ > reported_) {
+      reported_ = verified_;
+      if (on_verified_) on_verified_(verified_);
+    }
+    return !mismatch_;
+  }
+
+ private:
+  const ChunkRef& chunk_;
+  std::span<std::uint8_t> dst_;
+  const VerifiedCallback& on_verified_;
+  std::uint64_t base_ = 0;
+  std::uint64_t block_size_ = 0;
+  std::size_t first_block_ = 0;
+  const Digest* digests_ = nullptr;  // Of the blocks in dst, in order.
+  Sha256Hasher hasher_;
+  std::size_t hashed_ = 0;    // dst[0, hashed_) went into the digests.
+  std::size_t verified_ = 0;  // dst[0, verified_) matched.
+  std::size_t reported_ = 0;  // Last value given to on_verified_.
+  std::optional<std::size_t> mismatch_;
+};
+
+Status CheckBlockList(const ChunkRef& chunk) {
+  if (chunk.blocks.empty()) return Status::Ok();
+  const std::uint64_t bs = chunk.block_size;
+  const std::uint64_t expected = bs == 0 ? 0 : chunk.size / bs + (chunk.size % bs != 0 ? 1 : 0);
+  if (bs == 0 || chunk.blocks.size() != expected) {
+    return InvalidArgumentError("chunk " + chunk.digest.Hex() + " of " +
+                                std::to_string(chunk.size) + " bytes has " +
+                                std::to_string(chunk.blocks.size()) +
+                                " block digests for blocks of " + std::to_string(bs) + " bytes");
+  }
+  return Status::Ok();
+}
+
+ByteRange BlockBytes(const ChunkRef& chunk, std::size_t first_block, std::size_t end_block) {
+  const std::uint64_t begin = std::min<std::uint64_t>(first_block * chunk.block_size, chunk.size);
+  const std::uint64_t end = std::min<std::uint64_t>(end_block * chunk.block_size, chunk.size);
+  return {begin, end - begin};
+}
+
 Status RetryingFetcher::Fetch(const ChunkRef& chunk, std::span<std::uint8_t> dst,
-                              TimePoint deadline) {
+                              TimePoint deadline, const VerifiedCallback& on_verified) {
   ++counters_.fetches;
   const std::string hex = chunk.digest.Hex();
   if (dst.size() != chunk.size) {
     return InvalidArgumentError("buffer of " + std::to_string(dst.size()) + " bytes for chunk " +
                                 hex + " of " + std::to_string(chunk.size) + " bytes");
   }
-  std::vector<NodeState*> replicas = OrderReplicas(chunk);
-  if (replicas.empty()) return NotFoundError("chunk " + hex + " has no replica on a known node");
+  CKPTFS_RETURN_IF_ERROR(CheckBlockList(chunk));
+  Verifier verifier(chunk, 0, dst, on_verified);
+  Status status = RunRounds(chunk, verifier, deadline, "chunk " + hex);
+  if (status.ok()) {
+    counters_.bytes_fetched += dst.size();
+  } else if (status.code() == StatusCode::kDeadlineExceeded) {
+    ++counters_.failed_fetches;
+  }
+  return status;
+}
 
+Status RetryingFetcher::FetchBlocks(const ChunkRef& chunk, std::size_t first_block,
+                                    std::size_t end_block, std::span<std::uint8_t> dst,
+                                    TimePoint deadline) {
+  ++counters_.range_fetches;
+  const std::string hex = chunk.digest.Hex();
+  if (chunk.blocks.empty()) {
+    return FailedPreconditionError("chunk " + hex + " has no block digests (a v1 index)");
+  }
+  CKPTFS_RETURN_IF_ERROR(CheckBlockList(chunk));
+  if (first_block >= end_block || end_block > chunk.blocks.size()) {
+    return InvalidArgumentError("blocks [" + std::to_string(first_block) + ", " +
+                                std::to_string(end_block) + ") of chunk " + hex + " with " +
+                                std::to_string(chunk.blocks.size()) + " blocks");
+  }
+  const ByteRange range = BlockBytes(chunk, first_block, end_block);
+  if (dst.size() != range.length) {
+    return InvalidArgumentError("buffer of " + std::to_string(dst.size()) + " bytes for " +
+                                std::to_string(range.length) + " bytes of blocks of chunk " + hex);
+  }
+  static const VerifiedCallback kNobody;
+  Verifier verifier(chunk, range.offset, dst, kNobody);
+  Status status = RunRounds(chunk, verifier, deadline,
+                            "blocks [" + std::to_string(first_block) + ", " +
+                                std::to_string(end_block) + ") of chunk " + hex);
+  if (status.ok()) {
+    counters_.range_bytes_fetched += dst.size();
+  } else if (status.code() == StatusCode::kDeadlineExceeded) {
+    ++counters_.failed_range_fetches;
+  }
+  return status;
+}
+
+Status RetryingFetcher::RunRounds(const ChunkRef& chunk, Verifier& verifier, TimePoint deadline,
+                                  const std::string& what) {
+  std::vector<NodeState*> replicas = OrderReplicas(chunk);
+  if (replicas.empty()) {
+    return NotFoundError("chunk " + chunk.digest.Hex() + " has no replica on a known node");
+  }
   std::string last_error = "none: the deadline had passed before the first attempt";
   Duration pause = std::max(options_.round_pause, kMinRoundPause);
   while (true) {
     for (NodeState* node : replicas) {
       if (clock_->Now() >= deadline) break;
-      Status status = TryReplica(*node, chunk, dst, deadline);
+      Status status = TryReplica(*node, chunk, verifier, deadline);
       if (status.ok()) return status;
       last_error = status.ToString();
     }
@@ -79,8 +222,7 @@ Status RetryingFetcher::Fetch(const ChunkRef& chunk, std::span<std::uint8_t> dst
     pause = std::min(pause * 2, std::max(options_.max_backoff, kMinRoundPause));
     replicas = OrderReplicas(chunk);  // Health changed during the round.
   }
-  ++counters_.failed_fetches;
-  return DeadlineExceededError("no replica of chunk " + hex +
+  return DeadlineExceededError("no replica of " + what +
                                " delivered within the deadline; last error: " + last_error);
 }
 
@@ -132,22 +274,45 @@ std::vector<RetryingFetcher::NodeState*> RetryingFetcher::OrderReplicas(const Ch
   return ordered;
 }
 
-Status RetryingFetcher::TryReplica(NodeState& node, const ChunkRef& chunk,
-                                   std::span<std::uint8_t> dst, TimePoint deadline) {
+Status RetryingFetcher::TryReplica(NodeState& node, const ChunkRef& chunk, Verifier& verifier,
+                                   TimePoint deadline) {
   const TimePoint start = clock_->Now();
   const Duration timeout = std::min(options_.attempt_timeout, deadline - start);
   const std::string url = ChunkUrl(node.endpoint.url, chunk.digest);
+  verifier.StartAttempt();
+  const std::size_t from = verifier.verified();
+  const std::span<std::uint8_t> rest = verifier.dst().subspan(from);
+  // Told of the attempt's bytes; hashes them while they are still in the CPU cache.
+  const ProgressCallback progress = [&verifier, from](std::size_t received) {
+    return verifier.Advance(from + received);
+  };
+  // A whole chunk from its start is a plain GET, the request any cache in between knows best;
+  // blocks, and a resumed chunk, are a Range GET of what is still missing. Verified bytes are
+  // never written again: they lie before `rest`.
+  const bool whole = verifier.base() == 0 && from == 0 && rest.size() == chunk.size;
   ++counters_.attempts;
+  if (from > 0) ++counters_.resumed_attempts;
   Status status;
   {
     InFlightGuard in_flight(node.in_flight);
-    status = transport_->Get(url, dst, timeout);
+    status = whole ? transport_->Get(url, rest, timeout, progress)
+                   : transport_->GetRange(url, verifier.base() + from, rest, timeout, progress);
   }
   const Duration took = clock_->Now() - start;
-  // The transport checks the length; only the digest proves the bytes are the chunk's.
-  if (status.ok() && Sha256(dst.data(), dst.size()) != chunk.digest) {
+  // A transport need not report every byte: what it returned OK is verified here.
+  if (status.ok()) verifier.Advance(verifier.dst().size());
+  if (const std::optional<std::size_t> block = verifier.mismatch()) {
     ++counters_.digest_mismatches;
-    status = DataLossError("SHA-256 mismatch for " + url);
+    status =
+        verifier.has_blocks()
+            ? DataLossError("SHA-256 mismatch in block " + std::to_string(*block) + " of " + url)
+            : DataLossError("SHA-256 mismatch for " + url);
+  } else if (verifier.complete()) {
+    // Every byte matched the index's digests; a transport complaint after that (say, a body
+    // longer than asked for) does not make the verified bytes wrong.
+    status = Status::Ok();
+  } else if (status.ok()) {
+    status = InternalError("transport returned fewer bytes than asked from " + url);
   }
   if (!status.ok()) {
     ++counters_.failed_attempts;
@@ -156,8 +321,7 @@ Status RetryingFetcher::TryReplica(NodeState& node, const ChunkRef& chunk,
     RecordFailure(node, status);
     return status;
   }
-  counters_.bytes_fetched += dst.size();
-  RecordSuccess(node, dst.size(), took);
+  RecordSuccess(node, rest.size(), took);
   return status;
 }
 

@@ -5,7 +5,9 @@
 // Thread safety: implementations must allow concurrent calls from many threads.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <span>
 #include <string>
 
@@ -14,15 +16,40 @@
 
 namespace ckptfs::netfetch {
 
+// Told how far a GET has got: called on the thread that made the call, each time more body bytes
+// have landed in dst, with the running total (bytes of dst[0, received) are final), so that a
+// caller can hash them while they are still in the CPU cache. Returning false abandons the
+// transfer: the call then fails with DataLoss ("abandoned by the caller") and writes nothing more
+// into dst. A transport may call it any number of times; `received` only grows.
+using ProgressCallback = std::function<bool(std::size_t received)>;
+
 class Transport {
  public:
   virtual ~Transport() = default;
 
-  // GETs `url` into `dst`; the body must be exactly dst.size() bytes.
+  // GETs `url` into `dst`; the body must be exactly dst.size() bytes. `progress` (may be empty)
+  // follows the body as it lands, see ProgressCallback.
   // Errors: Unavailable (cannot connect, HTTP error status, connection reset, too slow: below
-  // the low-speed limit), DataLoss (body shorter or longer than dst), DeadlineExceeded (the whole
-  // request took longer than `timeout`). The message names the URL and the cause.
-  virtual Status Get(const std::string& url, std::span<std::uint8_t> dst, Duration timeout) = 0;
+  // the low-speed limit), DataLoss (body shorter or longer than dst, or abandoned by
+  // `progress`), DeadlineExceeded (the whole request took longer than `timeout`). The message
+  // names the URL and the cause. Bytes of dst past what `progress` was told are unspecified.
+  virtual Status Get(const std::string& url, std::span<std::uint8_t> dst, Duration timeout,
+                     const ProgressCallback& progress) = 0;
+  Status Get(const std::string& url, std::span<std::uint8_t> dst, Duration timeout) {
+    return Get(url, dst, timeout, ProgressCallback());
+  }
+
+  // GETs bytes [offset, offset + dst.size()) of `url` into `dst` with one request carrying
+  // "Range: bytes=offset-(offset + dst.size() - 1)". The answer must be 206 Partial Content with
+  // exactly dst.size() body bytes. A 200 means the server ignored the Range header: Unavailable
+  // (saying so), and nothing of that body lands in dst. Other errors and `progress` as for Get.
+  // InvalidArgument for an empty dst.
+  virtual Status GetRange(const std::string& url, std::uint64_t offset, std::span<std::uint8_t> dst,
+                          Duration timeout, const ProgressCallback& progress) = 0;
+  Status GetRange(const std::string& url, std::uint64_t offset, std::span<std::uint8_t> dst,
+                  Duration timeout) {
+    return GetRange(url, offset, dst, timeout, ProgressCallback());
+  }
 
   // PUTs `body` to `url` (a WebDAV-style server such as nginx with dav_methods PUT). Any 2xx is
   // success; everything else is Unavailable with the status.

@@ -1,8 +1,8 @@
 """Read-only queries on a ckptfs index (SQLite), so tests can find chunks and their replicas.
 
-Uses only the columns the schema documents: entries(id, parent, name, type, ...),
-chunks(id, digest BLOB, size), extents(file, offset, chunk), replicas(chunk, node),
-nodes(id, name, url), meta(key, value).
+Uses only the columns the schema (docs/INDEX.md, v2) documents: entries(id, parent, name, type,
+...), chunks(id, digest BLOB, size, blocks BLOB), extents(file, offset, chunk), replicas(chunk,
+node), nodes(id, name, url), meta(key, value).
 """
 
 import collections
@@ -69,6 +69,20 @@ class IndexDb:
             bytes(digest).hex(): (size, tuple(sorted(replicas[cid])))
             for cid, digest, size in self.db.execute("SELECT id, digest, size FROM chunks")
         }
+
+    def block_size(self):
+        """meta block_size (v2); None for a v1 index."""
+        value = self.meta().get("block_size")
+        return None if value is None else int(value)
+
+    def blocks(self):
+        """{hex chunk digest: [hex digest of each block]} from chunks.blocks (32 bytes each)."""
+        result = {}
+        for digest, blob in self.db.execute("SELECT digest, blocks FROM chunks"):
+            blob = bytes(blob)
+            assert len(blob) % 32 == 0, f"blocks of {bytes(digest).hex()}: {len(blob)} bytes"
+            result[bytes(digest).hex()] = [blob[i:i + 32].hex() for i in range(0, len(blob), 32)]
+        return result
 
     def extent_count(self):
         return self.db.execute("SELECT count(*) FROM extents").fetchone()[0]

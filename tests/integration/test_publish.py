@@ -42,6 +42,30 @@ def test_publish_summary_reports_the_tree(published):
     assert got == want, f"summary:\n{out}"
 
 
+def test_index_lists_the_sha256_of_every_block_of_every_chunk(published):
+    """Schema v2: meta block_size and, per chunk, the digests of its block_size blocks in order,
+    checked against the stored objects with an independent hash."""
+    with published.db() as db:
+        meta = db.meta()
+        block_size = db.block_size()
+        blocks = db.blocks()
+        chunks = db.chunks()
+    assert meta["schema_version"] == "2"
+    assert block_size == 64 * 1024, f"default block size: {block_size}"
+    objects = {}
+    for node in published.nodes:
+        objects.update(node.objects())
+    assert set(blocks) == set(chunks)
+    for digest, listed in blocks.items():
+        size, _ = chunks[digest]
+        assert len(listed) == -(-size // block_size), f"{digest}: {len(listed)} blocks"
+        with open(objects[digest], "rb") as f:
+            data = f.read()
+        want = [hashlib.sha256(data[i:i + block_size]).hexdigest()
+                for i in range(0, len(data), block_size)]
+        assert listed == want, f"block digests of chunk {digest}"
+
+
 def test_identical_content_is_stored_once(published):
     with published.db() as db:
         unique = len(db.chunks())

@@ -7,7 +7,15 @@
 // by the timeout and the call returns DeadlineExceeded). Bodies are checked against the size the
 // caller expects exactly as CurlTransport does (short or long → DataLoss), so the fetcher sees
 // the real contract. A URL with no script answers like a missing object: HTTP 404, Unavailable.
-// Every call is counted per URL, with the timeout it was given.
+// Every call is counted per URL, with the timeout it was given and, for GetRange, its range.
+//
+// GetRange answers from the same script: the response body is the whole object, and the call
+// gets bytes [offset, offset + dst.size()) of it, as nginx would (206); a range past the end of
+// the body is DataLoss (short body). A response made with IgnoringRange() answers GetRange like
+// a server that ignores the Range header (Unavailable, nothing written). Bodies are written into
+// dst in pieces of SetPieceSize() bytes (default: all at once), with the progress callback
+// called after each piece; a callback returning false stops the call with DataLoss, as
+// CurlTransport does.
 // Thread safety: every method may be called from many threads at once.
 #pragma once
 
@@ -34,14 +42,31 @@ namespace ckptfs::testing {
 struct ScriptedResponse {
   Status status;  // OK: the answer is `body`.
   std::vector<std::uint8_t> body;
-  Duration delay{0};  // How long the fake request takes.
+  Duration delay{0};           // How long the fake request takes.
+  bool ignores_range = false;  // GetRange gets a 200: Unavailable.
+  // With an OK status: after this many body bytes of the call landed in dst, the connection
+  // "breaks" (Unavailable). Lets a test cut a transfer in the middle of a block.
+  std::optional<std::size_t> break_after;
 
   static ScriptedResponse Body(std::vector<std::uint8_t> bytes, Duration delay = Duration{0}) {
-    return {Status::Ok(), std::move(bytes), delay};
+    return {Status::Ok(), std::move(bytes), delay, false, std::nullopt};
   }
   static ScriptedResponse Error(Status status, Duration delay = Duration{0}) {
-    return {std::move(status), {}, delay};
+    return {std::move(status), {}, delay, false, std::nullopt};
   }
+  static ScriptedResponse IgnoringRange(std::vector<std::uint8_t> bytes) {
+    return {Status::Ok(), std::move(bytes), Duration{0}, true, std::nullopt};
+  }
+  static ScriptedResponse BreakingAfter(std::vector<std::uint8_t> bytes, std::size_t n) {
+    return {Status::Ok(), std::move(bytes), Duration{0}, false, n};
+  }
+};
+
+// The range of one GetRange call: bytes [offset, offset + length).
+struct ScriptedRange {
+  std::uint64_t offset = 0;
+  std::uint64_t length = 0;
+  friend bool operator==(const ScriptedRange&, const ScriptedRange&) = default;
 };
 
 class ScriptedTransport final : public netfetch::Transport {
@@ -65,6 +90,11 @@ class ScriptedTransport final : public netfetch::Transport {
     std::lock_guard lock(mu_);
     on_call_ = std::move(hook);
   }
+  // Bodies land in dst `n` bytes at a time (n > 0), each piece followed by a progress call.
+  void SetPieceSize(std::size_t n) {
+    std::lock_guard lock(mu_);
+    piece_size_ = n;
+  }
 
   int Calls(const std::string& url) const {
     std::lock_guard lock(mu_);
@@ -80,6 +110,13 @@ class ScriptedTransport final : public netfetch::Transport {
     std::lock_guard lock(mu_);
     return call_order_;
   }
+  // The range of every call to `url`, oldest first: std::nullopt for a Get, the range for a
+  // GetRange.
+  std::vector<std::optional<ScriptedRange>> Ranges(const std::string& url) const {
+    std::lock_guard lock(mu_);
+    auto it = scripts_.find(url);
+    return it == scripts_.end() ? std::vector<std::optional<ScriptedRange>>{} : it->second.ranges;
+  }
   // The timeout of every call to `url`, oldest first.
   std::vector<Duration> Timeouts(const std::string& url) const {
     std::lock_guard lock(mu_);
@@ -87,21 +124,32 @@ class ScriptedTransport final : public netfetch::Transport {
     return it == scripts_.end() ? std::vector<Duration>{} : it->second.timeouts;
   }
 
-  Status Get(const std::string& url, std::span<std::uint8_t> dst, Duration timeout) override {
-    ScriptedResponse response = Answer(url, timeout);
+  using netfetch::Transport::Get;
+  using netfetch::Transport::GetRange;
+
+  Status Get(const std::string& url, std::span<std::uint8_t> dst, Duration timeout,
+             const netfetch::ProgressCallback& progress) override {
+    ScriptedResponse response = Answer(url, timeout, std::nullopt);
     if (Status late = Elapse(url, response.delay, timeout); !late.ok()) return late;
     if (!response.status.ok()) return response.status;
-    const std::size_t n = std::min(response.body.size(), dst.size());
-    if (n > 0) std::memcpy(dst.data(), response.body.data(), n);
-    const std::string expected = std::to_string(dst.size());
-    if (response.body.size() > dst.size()) {
-      return DataLossError("body longer than " + expected + " bytes from " + url);
+    return Deliver(url, response, response.body, dst, progress);
+  }
+
+  Status GetRange(const std::string& url, std::uint64_t offset, std::span<std::uint8_t> dst,
+                  Duration timeout, const netfetch::ProgressCallback& progress) override {
+    if (dst.empty()) return InvalidArgumentError(url + ": empty range requested");
+    ScriptedResponse response = Answer(url, timeout, ScriptedRange{offset, dst.size()});
+    if (Status late = Elapse(url, response.delay, timeout); !late.ok()) return late;
+    if (!response.status.ok()) return response.status;
+    if (response.ignores_range) {
+      return UnavailableError("HTTP 200 instead of 206 from GET " + url +
+                              ": the server ignored the Range header");
     }
-    if (response.body.size() < dst.size()) {
-      return DataLossError("short body: got " + std::to_string(n) + " of " + expected +
-                           " bytes from " + url);
-    }
-    return Status::Ok();
+    const std::size_t begin = std::min<std::uint64_t>(offset, response.body.size());
+    const std::size_t end = std::min<std::uint64_t>(offset + dst.size(), response.body.size());
+    return Deliver(url, response,
+                   std::span<const std::uint8_t>(response.body).subspan(begin, end - begin), dst,
+                   progress);
   }
 
   // A queued or fixed response decides the outcome (its body is ignored); with no script the
@@ -117,7 +165,7 @@ class ScriptedTransport final : public netfetch::Transport {
   }
 
   Status GetToFile(const std::string& url, const std::string& path, Duration timeout) override {
-    ScriptedResponse response = Answer(url, timeout);
+    ScriptedResponse response = Answer(url, timeout, std::nullopt);
     if (Status late = Elapse(url, response.delay, timeout); !late.ok()) return late;
     if (!response.status.ok()) return response.status;
     std::ofstream out(path, std::ios::binary | std::ios::trunc);
@@ -132,16 +180,52 @@ class ScriptedTransport final : public netfetch::Transport {
   struct Script {
     std::deque<ScriptedResponse> queue;
     std::optional<ScriptedResponse> fixed;
-    std::vector<Duration> timeouts;  // One per call.
+    std::vector<Duration> timeouts;                    // One per call.
+    std::vector<std::optional<ScriptedRange>> ranges;  // One per call.
   };
 
+  // Writes `body` into dst piece by piece with progress calls; checks the length like
+  // CurlTransport (a longer body writes nothing past dst).
+  Status Deliver(const std::string& url, const ScriptedResponse& response,
+                 std::span<const std::uint8_t> body, std::span<std::uint8_t> dst,
+                 const netfetch::ProgressCallback& progress) {
+    std::size_t piece = 0;
+    {
+      std::lock_guard lock(mu_);
+      piece = piece_size_;
+    }
+    const std::size_t n = std::min(body.size(), dst.size());
+    const std::size_t stop = std::min(n, response.break_after.value_or(n));
+    for (std::size_t done = 0; done < stop;) {
+      const std::size_t take = piece == 0 ? stop - done : std::min(piece, stop - done);
+      std::memcpy(dst.data() + done, body.data() + done, take);
+      done += take;
+      if (progress && !progress(done)) {
+        return DataLossError("transfer of " + url + " abandoned by the caller after " +
+                             std::to_string(done) + " bytes");
+      }
+    }
+    if (stop < n) return UnavailableError(url + ": connection reset (scripted)");
+    const std::string expected = std::to_string(dst.size());
+    if (body.size() > dst.size()) {
+      return DataLossError("body longer than " + expected + " bytes from " + url);
+    }
+    if (body.size() < dst.size()) {
+      return DataLossError("short body: got " + std::to_string(n) + " of " + expected +
+                           " bytes from " + url);
+    }
+    return Status::Ok();
+  }
+
   // Records the call and takes its response; runs the hook.
-  ScriptedResponse Answer(const std::string& url, Duration timeout) {
+  ScriptedResponse Answer(const std::string& url, Duration timeout,
+                          std::optional<ScriptedRange> range) {
     std::function<void(const std::string&)> hook;
     ScriptedResponse response;
     {
       std::lock_guard lock(mu_);
       Script& script = Record(url, timeout);
+      script.ranges.push_back(range);
       hook = on_call_;
       if (!script.queue.empty()) {
         response = std::move(script.queue.front());
@@ -162,6 +246,7 @@ class ScriptedTransport final : public netfetch::Transport {
     {
       std::lock_guard lock(mu_);
       Script& script = Record(url, timeout);
+      script.ranges.push_back(std::nullopt);
       hook = on_call_;
       if (!script.queue.empty()) {
         response = std::move(script.queue.front());
@@ -196,6 +281,7 @@ class ScriptedTransport final : public netfetch::Transport {
   std::map<std::string, Script> scripts_;                // Guarded by mu_.
   std::vector<std::string> call_order_;                  // Guarded by mu_.
   std::function<void(const std::string& url)> on_call_;  // Guarded by mu_.
+  std::size_t piece_size_ = 0;                           // Guarded by mu_. 0: all at once.
 };
 
 }  // namespace ckptfs::testing

@@ -1,8 +1,12 @@
 // WriteSingleFileIndex: an index holding one file, "model.bin" under the root, cut into
 // fixed-size chunks the way `ckptfs publish` cuts files, with every chunk on every given node.
+// The index is schema v2 with block digests (block size kTestBlockSize, or the largest power of
+// two up to the chunk size when that is smaller); chunks smaller than 4 KiB give a v1 index,
+// which has no block digests.
 //
-// Returns what it wrote (the file's id and each chunk's offset, bytes and digest) so that tests
-// can serve the chunks from a fake fetcher or from real nginx roots and compare what they read.
+// Returns what it wrote (the file's id and each chunk's offset, bytes, digest and block digests)
+// so that tests can serve the chunks from a fake fetcher or from real nginx roots and compare
+// what they read.
 #pragma once
 
 #include <algorithm>
@@ -23,14 +27,19 @@
 
 namespace ckptfs::testing {
 
+// Small, so that test chunks of 64 KiB have several blocks.
+inline constexpr std::uint64_t kTestBlockSize = 16 << 10;
+
 struct WrittenChunk {
   std::uint64_t offset = 0;
   std::vector<std::uint8_t> bytes;
   Digest digest;
+  std::vector<Digest> blocks;  // Empty in a v1 index.
 };
 
 struct WrittenFile {
   std::uint64_t id = 0;
+  std::uint64_t block_size = 0;  // 0: a v1 index.
   std::vector<std::uint8_t> content;
   std::vector<WrittenChunk> chunks;  // In offset order.
 };
@@ -45,9 +54,16 @@ inline std::vector<std::uint8_t> PatternBytes(std::size_t n, std::uint64_t seed)
 
 inline Result<WrittenFile> WriteSingleFileIndex(
     const std::string& path, std::vector<std::uint8_t> content, std::uint64_t chunk_size,
-    const std::vector<std::pair<std::string, std::string>>& nodes) {
-  CKPTFS_ASSIGN_OR_RETURN(std::unique_ptr<index::IndexWriter> writer,
-                          index::IndexWriter::Create(path, chunk_size));
+    const std::vector<std::pair<std::string, std::string>>& nodes,
+    std::uint64_t block_size = kTestBlockSize) {
+  while (block_size > chunk_size) block_size /= 2;
+  if (block_size < 4096) block_size = 0;
+  std::unique_ptr<index::IndexWriter> writer;
+  if (block_size != 0) {
+    CKPTFS_ASSIGN_OR_RETURN(writer, index::IndexWriter::Create(path, chunk_size, block_size));
+  } else {
+    CKPTFS_ASSIGN_OR_RETURN(writer, index::IndexWriter::Create(path, chunk_size));
+  }
   std::vector<std::int64_t> node_ids;
   for (const auto& [name, url] : nodes) {
     CKPTFS_ASSIGN_OR_RETURN(std::int64_t id, writer->AddNode(name, url));
@@ -60,14 +76,22 @@ inline Result<WrittenFile> WriteSingleFileIndex(
   entry.mode = 0644;
   entry.size = content.size();
   WrittenFile file;
+  file.block_size = block_size;
   CKPTFS_ASSIGN_OR_RETURN(file.id, writer->AddEntry(entry));
   index::IndexStats stats{.files = 1, .directories = 1, .bytes = content.size()};
   for (std::uint64_t offset = 0; offset < content.size(); offset += chunk_size) {
     std::uint64_t end = std::min<std::uint64_t>(content.size(), offset + chunk_size);
-    WrittenChunk chunk{offset, {content.begin() + offset, content.begin() + end}, {}};
+    WrittenChunk chunk{offset, {content.begin() + offset, content.begin() + end}, {}, {}};
     chunk.digest = Sha256(chunk.bytes.data(), chunk.bytes.size());
-    CKPTFS_ASSIGN_OR_RETURN(index::IndexWriter::AddedChunk added,
-                            writer->AddChunk(chunk.digest, chunk.bytes.size()));
+    index::IndexWriter::AddedChunk added;
+    if (block_size != 0) {
+      index::ChunkDigests digests = index::HashChunk(chunk.bytes, block_size);
+      chunk.blocks = std::move(digests.blocks);
+      CKPTFS_ASSIGN_OR_RETURN(added,
+                              writer->AddChunk(chunk.digest, chunk.bytes.size(), chunk.blocks));
+    } else {
+      CKPTFS_ASSIGN_OR_RETURN(added, writer->AddChunk(chunk.digest, chunk.bytes.size()));
+    }
     if (added.is_new) {
       stats.chunks++;
       stats.chunk_bytes += chunk.bytes.size();

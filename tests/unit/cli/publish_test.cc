@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "common/digest.h"
+#include "common/units.h"
 #include "index/reader.h"
 #include "index/types.h"
 #include "tests/support/scripted_transport.h"
@@ -344,6 +345,71 @@ TEST_F(Publish, SmallestAndLargestChunkSizesAreAccepted) {
   options.chunk_size = 64 << 10;
   CKPTFS_EXPECT_OK(Run(options));
   options.chunk_size = 256 << 20;
+  CKPTFS_EXPECT_OK(Run(options));
+}
+
+TEST_F(Publish, IndexListsTheDigestOfEveryBlockOfEveryChunk) {
+  ASSERT_NO_FATAL_FAILURE(MakeSourceTree());
+  PublishOptions options = StoreOptions();
+  options.block_size = 16 << 10;
+  CKPTFS_ASSERT_OK(Run(options));
+  EXPECT_NE(output_.str().find("block size: " + FormatSize(16 << 10) + ", replicas: 2"),
+            std::string::npos)
+      << output_.str();
+  CKPTFS_ASSERT_OK_AND_ASSIGN(auto index, index::IndexReader::Open(options.index_path));
+  EXPECT_EQ(index->schema_version(), 2);
+  EXPECT_EQ(index->block_size(), 16u << 10);
+  CKPTFS_ASSERT_OK_AND_ASSIGN(index::Entry entry, LookupPath(*index, "a.bin"));
+  CKPTFS_ASSERT_OK_AND_ASSIGN(auto extents, index->ExtentsInRange(entry.id, 0, a_.size()));
+  ASSERT_EQ(extents.size(), 4u);
+  for (const index::Extent& x : extents) {
+    SCOPED_TRACE(x.offset);
+    CKPTFS_ASSERT_OK_AND_ASSIGN(index::BlockList blocks, index->Blocks(x.chunk_id));
+    EXPECT_EQ(blocks.block_size, 16u << 10);
+    // Computed here slice by slice, independently of publish's one-pass hashing.
+    std::vector<Digest> expected;
+    for (std::uint64_t at = 0; at < x.size; at += 16 << 10) {
+      const std::uint64_t n = std::min<std::uint64_t>(16 << 10, x.size - at);
+      expected.push_back(Sha256(a_.data() + x.offset + at, n));
+    }
+    EXPECT_EQ(blocks.digests, expected);
+  }
+  // The tail chunk of 5000 bytes is one short block.
+  CKPTFS_ASSERT_OK_AND_ASSIGN(index::BlockList tail, index->Blocks(extents.back().chunk_id));
+  EXPECT_EQ(tail.digests.size(), 1u);
+}
+
+TEST_F(Publish, DefaultBlockSizeIs64KiB) {
+  ASSERT_NO_FATAL_FAILURE(MakeSourceTree());
+  PublishOptions options = StoreOptions();
+  options.chunk_size = 1 << 20;
+  CKPTFS_ASSERT_OK(Run(options));
+  CKPTFS_ASSERT_OK_AND_ASSIGN(auto index, index::IndexReader::Open(options.index_path));
+  EXPECT_EQ(index->block_size(), 64u << 10);
+  CKPTFS_ASSERT_OK_AND_ASSIGN(index::Entry entry, LookupPath(*index, "a.bin"));
+  CKPTFS_ASSERT_OK_AND_ASSIGN(auto extents, index->ExtentsInRange(entry.id, 0, a_.size()));
+  ASSERT_EQ(extents.size(), 1u);  // 3 * 64 KiB + 5000 bytes in one 1 MiB chunk.
+  CKPTFS_ASSERT_OK_AND_ASSIGN(index::BlockList blocks, index->Blocks(extents[0].chunk_id));
+  ASSERT_EQ(blocks.digests.size(), 4u);
+  EXPECT_EQ(blocks.digests[3], Sha256(a_.data() + 3 * kChunk, 5000));
+}
+
+TEST_F(Publish, BadBlockSizeFailsCleanlyWithOneLine) {
+  ASSERT_NO_FATAL_FAILURE(MakeSourceTree());
+  for (std::uint64_t size : {std::uint64_t{0}, std::uint64_t{2048}, std::uint64_t{5000},
+                             std::uint64_t{48 << 10}, 2 * kChunk}) {
+    PublishOptions options = StoreOptions();
+    options.block_size = size;
+    Status status = ExpectFailsCleanly(options);
+    EXPECT_EQ(status.code(), StatusCode::kInvalidArgument) << size;
+    EXPECT_EQ(status.message(),
+              "--block-size must be a power of two from 4K to the chunk size (65536 bytes), got " +
+                  std::to_string(size));
+  }
+  PublishOptions options = StoreOptions();
+  options.block_size = 4096;
+  CKPTFS_EXPECT_OK(Run(options));
+  options.block_size = kChunk;
   CKPTFS_EXPECT_OK(Run(options));
 }
 

@@ -58,10 +58,13 @@ inline std::string ToString(const std::vector<Extent>& extents) {
 
 class TestIndexBuilder {
  public:
-  // Nodes are named n0, n1, ... at http://127.0.0.1:<8000+i>/ (never contacted).
-  TestIndexBuilder(const std::string& path, std::uint64_t chunk_size, int nodes, int replicas)
-      : chunk_size_(chunk_size), placement_(nodes, replicas) {
-    writer_ = Must(IndexWriter::Create(path, chunk_size));
+  // Nodes are named n0, n1, ... at http://127.0.0.1:<8000+i>/ (never contacted). A block_size
+  // makes a schema v2 index with block digests; without one the index is v1.
+  TestIndexBuilder(const std::string& path, std::uint64_t chunk_size, int nodes, int replicas,
+                   std::uint64_t block_size = 0)
+      : chunk_size_(chunk_size), block_size_(block_size), placement_(nodes, replicas) {
+    writer_ = Must(block_size != 0 ? IndexWriter::Create(path, chunk_size, block_size)
+                                   : IndexWriter::Create(path, chunk_size));
     for (int i = 0; i < nodes; ++i) {
       node_ids_.push_back(Must(writer_->AddNode(
           "n" + std::to_string(i), "http://127.0.0.1:" + std::to_string(8000 + i) + "/")));
@@ -94,7 +97,14 @@ class TestIndexBuilder {
     for (std::uint64_t offset = 0; offset < content.size(); offset += chunk_size_) {
       const std::string piece = content.substr(offset, chunk_size_);
       const Digest digest = Sha256(piece.data(), piece.size());
-      const IndexWriter::AddedChunk chunk = Must(writer_->AddChunk(digest, piece.size()));
+      const IndexWriter::AddedChunk chunk =
+          block_size_ != 0
+              ? Must(writer_->AddChunk(
+                    digest, piece.size(),
+                    HashChunk({reinterpret_cast<const std::uint8_t*>(piece.data()), piece.size()},
+                              block_size_)
+                        .blocks))
+              : Must(writer_->AddChunk(digest, piece.size()));
       if (chunk.is_new) {
         ++stats_.chunks;
         stats_.chunk_bytes += piece.size();
@@ -132,6 +142,7 @@ class TestIndexBuilder {
 
  private:
   std::uint64_t chunk_size_;
+  std::uint64_t block_size_;
   Placement placement_;
   std::unique_ptr<IndexWriter> writer_;
   std::vector<std::int64_t> node_ids_;

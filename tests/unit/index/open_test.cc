@@ -98,8 +98,8 @@ TEST_F(IndexOpen, MissingSchemaVersionIsRefused) {
 }
 
 TEST_F(IndexOpen, NewerSchemaVersionIsRefused) {
-  ExpectInvalidAfter("UPDATE meta SET value = '2' WHERE key = 'schema_version'",
-                     "index schema version 2 is newer than this ckptfs supports (1)");
+  ExpectInvalidAfter("UPDATE meta SET value = '3' WHERE key = 'schema_version'",
+                     "index schema version 3 is newer than this ckptfs supports (2)");
 }
 
 TEST_F(IndexOpen, MalformedSchemaVersionIsRefused) {

@@ -81,6 +81,64 @@ class SilentServer {
   int port_ = 0;
 };
 
+// A server on 127.0.0.1 that answers one request, whatever it asks for, with `response` (a whole
+// HTTP response, "Connection: close"), then closes. Stands in for a server that ignores Range,
+// which nginx never is.
+class OneShotServer {
+ public:
+  explicit OneShotServer(std::string response) : response_(std::move(response)) {
+    fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof(addr);
+    if (fd_ >= 0 && ::bind(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0 &&
+        ::listen(fd_, 4) == 0 &&
+        ::getsockname(fd_, reinterpret_cast<sockaddr*>(&addr), &len) == 0) {
+      port_ = ntohs(addr.sin_port);
+      thread_ = std::thread([this] { Serve(); });
+    }
+  }
+  ~OneShotServer() {
+    if (thread_.joinable()) {
+      ::shutdown(fd_, SHUT_RDWR);  // Wakes accept() if no request came.
+      thread_.join();
+    }
+    if (fd_ >= 0) ::close(fd_);
+  }
+  bool ok() const { return port_ != 0; }
+  std::string url() const { return "http://127.0.0.1:" + std::to_string(port_); }
+  // Waits until the server has answered; returns the request it received (headers only).
+  std::string WaitForRequest() {
+    if (thread_.joinable()) thread_.join();
+    return request_;
+  }
+
+ private:
+  void Serve() {
+    int conn = ::accept4(fd_, nullptr, nullptr, SOCK_CLOEXEC);
+    if (conn < 0) return;
+    char buffer[4096];
+    while (request_.find("\r\n\r\n") == std::string::npos) {
+      ssize_t n = ::read(conn, buffer, sizeof(buffer));
+      if (n <= 0) break;
+      request_.append(buffer, static_cast<std::size_t>(n));
+    }
+    for (std::size_t done = 0; done < response_.size();) {
+      ssize_t n = ::write(conn, response_.data() + done, response_.size() - done);
+      if (n <= 0) break;
+      done += static_cast<std::size_t>(n);
+    }
+    ::close(conn);
+  }
+
+  std::string response_;
+  std::string request_;  // Written by the thread before it ends; read after join.
+  int fd_ = -1;
+  int port_ = 0;
+  std::thread thread_;
+};
+
 // One field of an access log line: "$request_method $uri $status $body_bytes_sent $connection
 // $connection_requests".
 struct AccessLine {
@@ -285,6 +343,133 @@ TEST_F(CurlTransport, GetToFileFailsOnHttpErrorAndOnBadPath) {
   status =
       transport_.GetToFile(nginx_.url() + "/index.db", nginx_.dir() + "/no/such/dir/x", kTimeout);
   EXPECT_EQ(status.code(), StatusCode::kNotFound) << status.ToString();
+}
+
+TEST_F(CurlTransport, GetTellsProgressTheRunningTotal) {
+  auto bytes = RandomBytes(1024 * 1024 + 5, 20);
+  std::string url = Serve("chunks/aa/progress", bytes);
+  std::vector<std::uint8_t> dst(bytes.size());
+  std::vector<std::size_t> totals;
+  Status status = transport_.Get(url, dst, kTimeout, [&](std::size_t received) {
+    // Everything reported has landed already.
+    EXPECT_TRUE(std::equal(dst.begin(), dst.begin() + received, bytes.begin()));
+    totals.push_back(received);
+    return true;
+  });
+  ASSERT_TRUE(status.ok()) << status.ToString();
+  EXPECT_EQ(dst, bytes);
+  ASSERT_GT(totals.size(), 1u) << "a megabyte arrives in several pieces";
+  EXPECT_TRUE(std::is_sorted(totals.begin(), totals.end()));
+  EXPECT_EQ(totals.back(), bytes.size());
+}
+
+TEST_F(CurlTransport, GetRangeReturnsExactlyTheRangeWith206) {
+  auto bytes = RandomBytes(1024 * 1024, 21);
+  std::string url = Serve("chunks/bb/range", bytes);
+  constexpr std::size_t kOffset = 100'000;
+  std::vector<std::uint8_t> dst(300'000);
+  std::vector<std::size_t> totals;
+  Status status = transport_.GetRange(url, kOffset, dst, kTimeout, [&](std::size_t received) {
+    totals.push_back(received);
+    return true;
+  });
+  ASSERT_TRUE(status.ok()) << status.ToString();
+  EXPECT_EQ(dst, std::vector<std::uint8_t>(bytes.begin() + kOffset,
+                                           bytes.begin() + kOffset + dst.size()));
+  ASSERT_FALSE(totals.empty());
+  EXPECT_TRUE(std::is_sorted(totals.begin(), totals.end()));
+  EXPECT_EQ(totals.back(), dst.size());
+
+  // The last byte alone, without a progress callback.
+  std::vector<std::uint8_t> last(1);
+  ASSERT_TRUE(transport_.GetRange(url, bytes.size() - 1, last, kTimeout).ok());
+  EXPECT_EQ(last[0], bytes.back());
+
+  nginx_.Stop();
+  std::vector<std::string> lines = nginx_.AccessLogLines();
+  ASSERT_EQ(lines.size(), 2u);
+  for (const std::string& line : lines) {
+    AccessLine a = ParseAccessLine(line);
+    EXPECT_EQ(a.status, 206) << line;
+  }
+  EXPECT_EQ(ParseAccessLine(lines[0]).bytes, 300'000) << "only the range was sent";
+}
+
+TEST_F(CurlTransport, GetRangePastTheEndIsAnError) {
+  auto bytes = RandomBytes(1000, 22);
+  std::string url = Serve("chunks/cc/short", bytes);
+  std::vector<std::uint8_t> beyond(10, 0xaa);
+  Status status = transport_.GetRange(url, 2000, beyond, kTimeout);
+  EXPECT_EQ(status.code(), StatusCode::kUnavailable) << status.ToString();
+  EXPECT_NE(status.message().find("HTTP 416"), std::string::npos) << status.ToString();
+  EXPECT_EQ(beyond, std::vector<std::uint8_t>(10, 0xaa));
+
+  // A range that starts inside but ends past the end: nginx sends the bytes it has.
+  std::vector<std::uint8_t> across(100);
+  status = transport_.GetRange(url, 950, across, kTimeout);
+  EXPECT_EQ(status.code(), StatusCode::kDataLoss) << status.ToString();
+  EXPECT_NE(status.message().find("short body: got 50 of 100 bytes"), std::string::npos)
+      << status.ToString();
+
+  std::vector<std::uint8_t> none;
+  EXPECT_EQ(transport_.GetRange(url, 0, none, kTimeout).code(), StatusCode::kInvalidArgument);
+}
+
+TEST(CurlTransportRange, ServerIgnoringRangeIsUnavailableAndDoesNotTouchDst) {
+  const std::string body(5000, 'x');  // Longer than dst: it must not overrun it.
+  OneShotServer server("HTTP/1.1 200 OK\r\nContent-Length: " + std::to_string(body.size()) +
+                       "\r\nConnection: close\r\n\r\n" + body);
+  ASSERT_TRUE(server.ok());
+  netfetch::CurlTransport transport;
+  std::vector<std::uint8_t> dst(100, 0xaa);
+  int progress_calls = 0;
+  Status status =
+      transport.GetRange(server.url() + "/chunks/00/x", 4096, dst, kTimeout, [&](std::size_t) {
+        ++progress_calls;
+        return true;
+      });
+  EXPECT_EQ(status.code(), StatusCode::kUnavailable) << status.ToString();
+  EXPECT_NE(status.message().find("ignored the Range header"), std::string::npos)
+      << status.ToString();
+  EXPECT_EQ(dst, std::vector<std::uint8_t>(100, 0xaa));
+  EXPECT_EQ(progress_calls, 0);
+}
+
+TEST(CurlTransportRange, RangeHeaderNamesFirstAndLastByte) {
+  OneShotServer server(
+      "HTTP/1.1 206 Partial Content\r\nContent-Length: 10\r\n"
+      "Content-Range: bytes 4096-4105/10000\r\nConnection: close\r\n\r\n"
+      "0123456789");
+  ASSERT_TRUE(server.ok());
+  netfetch::CurlTransport transport;
+  std::vector<std::uint8_t> dst(10);
+  Status status = transport.GetRange(server.url() + "/chunks/00/x", 4096, dst, kTimeout);
+  ASSERT_TRUE(status.ok()) << status.ToString();
+  EXPECT_EQ(std::string(dst.begin(), dst.end()), "0123456789");
+  EXPECT_NE(server.WaitForRequest().find("\r\nRange: bytes=4096-4105\r\n"), std::string::npos)
+      << server.WaitForRequest();
+}
+
+TEST_F(CurlTransport, ProgressReturningFalseAbandonsTheTransfer) {
+  auto bytes = RandomBytes(2 * 1024 * 1024, 23);
+  std::string url = Serve("chunks/dd/abandon", bytes);
+  std::vector<std::uint8_t> dst(bytes.size());
+  std::size_t last = 0;
+  int calls = 0;
+  Status status = transport_.Get(url, dst, kTimeout, [&](std::size_t received) {
+    last = received;
+    return ++calls < 2;
+  });
+  EXPECT_EQ(status.code(), StatusCode::kDataLoss) << status.ToString();
+  EXPECT_NE(status.message().find("abandoned by the caller"), std::string::npos)
+      << status.ToString();
+  EXPECT_EQ(calls, 2) << "no write after the callback said stop";
+  EXPECT_LT(last, bytes.size());
+
+  // The transport is still usable.
+  std::vector<std::uint8_t> again(bytes.size());
+  ASSERT_TRUE(transport_.Get(url, again, kTimeout).ok());
+  EXPECT_EQ(again, bytes);
 }
 
 TEST_F(CurlTransport, ConcurrentGetsFromManyThreadsReuseConnections) {
