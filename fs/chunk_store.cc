@@ -14,9 +14,13 @@ namespace ckptfs::fs {
 struct ChunkStore::Flight {
   std::mutex mu;
   std::condition_variable cv;
-  bool done = false;                    // GUARDED_BY(mu)
-  Status status;                        // GUARDED_BY(mu)
-  std::shared_ptr<const Buffer> bytes;  // GUARDED_BY(mu); null with OK: it is in the cache now.
+  bool done = false;  // GUARDED_BY(mu)
+  Status status;      // GUARDED_BY(mu)
+  // The buffer being filled, set when the fetch starts; bytes [0, verified) are final. Null once
+  // done if the fetch failed, or OK without a fetch (the chunk was in the cache).
+  std::shared_ptr<const Buffer> bytes;  // GUARDED_BY(mu)
+  std::uint64_t verified = 0;           // GUARDED_BY(mu)
+  std::uint64_t served = 0;             // GUARDED_BY(mu): bytes readers took before it ended.
 };
 
 namespace {
@@ -44,6 +48,14 @@ void ChunkStore::Start() {
   for (int i = 0; i < options_.prefetch_threads; ++i) {
     workers_.emplace_back([this] { PrefetchLoop(); });
   }
+  {
+    // Counted idle from the start, so a reader arriving before they run still hands off.
+    std::lock_guard lock(queue_mu_);
+    foreground_idle_ = options_.foreground_threads;
+  }
+  for (int i = 0; i < options_.foreground_threads; ++i) {
+    workers_.emplace_back([this] { ForegroundLoop(); });
+  }
 }
 
 ChunkStore::~ChunkStore() {
@@ -52,6 +64,7 @@ ChunkStore::~ChunkStore() {
     stopping_ = true;
   }
   queue_cv_.notify_all();
+  foreground_cv_.notify_all();
   { std::lock_guard lock(slots_mu_); }
   slots_cv_.notify_all();
   for (std::thread& t : workers_) t.join();
@@ -61,20 +74,26 @@ ChunkStore::~ChunkStore() {
   ready_.clear();
 }
 
-Result<ChunkData> ChunkStore::Get(const ChunkKey& key, TimePoint deadline) {
+Result<ChunkData> ChunkStore::Get(const ChunkKey& key, std::uint64_t offset, std::uint64_t length,
+                                  Access access, TimePoint deadline) {
+  const std::uint64_t need_end = offset + length;
   for (;;) {
     if (std::shared_ptr<const Buffer> bytes = FindReady(key.digest)) {
       counters_.memory_hits++;
-      return ChunkData{UniqueFd(), std::move(bytes)};
+      return ChunkData{UniqueFd(), std::move(bytes), 0};
     }
     if (Result<UniqueFd> fd = cache_->OpenChunk(key.digest, key.size); fd.ok()) {
       counters_.cache_hits++;
-      return ChunkData{std::move(fd).value(), nullptr};
+      return ChunkData{std::move(fd).value(), nullptr, 0};
     }
     if (Status failed = RecentFailure(key.digest); !failed.ok()) return failed;
-    std::shared_ptr<Flight> flight;
+    std::shared_ptr<Flight> flight = FindFlight(key.digest);
+    if (flight == nullptr && access == Access::kIsolated) {
+      CKPTFS_ASSIGN_OR_RETURN(index::BlockList blocks, replicas_->Blocks(key.chunk_id));
+      if (blocks.block_size != 0) return FetchIsolated(key, blocks, offset, length, deadline);
+    }
     bool leader = false;
-    {
+    if (flight == nullptr) {
       std::lock_guard lock(flights_mu_);
       auto [it, inserted] = flights_.try_emplace(key.digest);
       if (inserted) it->second = std::make_shared<Flight>();
@@ -82,14 +101,22 @@ Result<ChunkData> ChunkStore::Get(const ChunkKey& key, TimePoint deadline) {
       leader = inserted;
     }
     if (leader) {
-      Lead(key, *flight, deadline, Priority::kForeground);
+      // The fetch runs on a worker when one is idle, so that this reader can go as soon as its
+      // bytes have arrived rather than when the whole chunk has.
+      if (!HandOff(key, flight, deadline)) Lead(key, *flight, deadline, Priority::kForeground);
     } else {
       counters_.joined++;
     }
     std::unique_lock lock(flight->mu);
-    if (!WaitUntil(lock, flight->cv, clock_, deadline, [&] { return flight->done; })) {
+    auto have_bytes = [&] { return flight->bytes != nullptr && flight->verified >= need_end; };
+    if (!WaitUntil(lock, flight->cv, clock_, deadline,
+                   [&] { return flight->done || have_bytes(); })) {
       return DeadlineExceededError("chunk " + key.digest.Hex() +
                                    " still being fetched at the read's deadline");
+    }
+    if (have_bytes()) {
+      if (!flight->done) counters_.early_reads++;
+      return ChunkData{UniqueFd(), flight->bytes, 0};
     }
     if (!flight->status.ok()) {
       // A background fetch may have given up on its own, shorter clock; try again ourselves.
@@ -98,16 +125,21 @@ Result<ChunkData> ChunkStore::Get(const ChunkKey& key, TimePoint deadline) {
       if (!retry) return flight->status;
       continue;
     }
-    if (flight->bytes != nullptr) return ChunkData{UniqueFd(), flight->bytes};
     // The leader found the chunk in the cache: open it from there on the next round.
   }
 }
 
+std::shared_ptr<ChunkStore::Flight> ChunkStore::FindFlight(const Digest& digest) {
+  std::lock_guard lock(flights_mu_);
+  auto it = flights_.find(digest);
+  return it == flights_.end() ? nullptr : it->second;
+}
+
 Status ChunkStore::Read(const ChunkKey& key, std::uint64_t offset, std::span<std::uint8_t> dst,
-                        TimePoint deadline) {
-  CKPTFS_ASSIGN_OR_RETURN(ChunkData data, Get(key, deadline));
+                        TimePoint deadline, Access access) {
+  CKPTFS_ASSIGN_OR_RETURN(ChunkData data, Get(key, offset, dst.size(), access, deadline));
   if (data.bytes != nullptr) {
-    std::memcpy(dst.data(), data.bytes->data() + offset, dst.size());
+    std::memcpy(dst.data(), data.bytes->data() + (offset - data.base), dst.size());
     Served(key.digest, dst.size());
     return Status::Ok();
   }
@@ -121,9 +153,80 @@ Status ChunkStore::Read(const ChunkKey& key, std::uint64_t offset, std::span<std
   return Status::Ok();
 }
 
+Result<ChunkData> ChunkStore::FetchIsolated(const ChunkKey& key, const index::BlockList& blocks,
+                                            std::uint64_t offset, std::uint64_t length,
+                                            TimePoint deadline) {
+  const std::uint64_t block = blocks.block_size;
+  const std::size_t first = static_cast<std::size_t>(offset / block);
+  const std::size_t end = static_cast<std::size_t>(
+      std::min<std::uint64_t>((offset + length + block - 1) / block, blocks.digests.size()));
+  const std::uint64_t begin_byte = first * block;
+  const std::uint64_t end_byte = std::min<std::uint64_t>(end * block, key.size);
+  if (!AcquireSlot(Priority::kForeground, deadline)) {
+    return DeadlineExceededError("no fetch slot free before the deadline");
+  }
+  counters_.block_fetches++;
+  auto buffer = std::make_shared<Buffer>(end_byte - begin_byte);
+  Status status;
+  Result<netfetch::ChunkRef> ref = Locate(key);
+  if (!ref.ok()) {
+    status = ref.status();
+  } else {
+    status = fetcher_->FetchBlocks(*ref, first, end, buffer->span(), deadline);
+    RememberOutcome(key.digest, status);
+  }
+  ReleaseSlot();
+  if (!status.ok()) {
+    counters_.fetch_errors++;
+    return status;
+  }
+  return ChunkData{UniqueFd(), std::move(buffer), begin_byte};
+}
+
+Result<netfetch::ChunkRef> ChunkStore::Locate(const ChunkKey& key) {
+  CKPTFS_ASSIGN_OR_RETURN(std::vector<std::int64_t> nodes, replicas_->Replicas(key.chunk_id));
+  CKPTFS_ASSIGN_OR_RETURN(index::BlockList blocks, replicas_->Blocks(key.chunk_id));
+  return netfetch::ChunkRef{key.digest, key.size, std::move(nodes), blocks.block_size,
+                            std::move(blocks.digests)};
+}
+
+bool ChunkStore::HandOff(const ChunkKey& key, std::shared_ptr<Flight> flight, TimePoint deadline) {
+  {
+    std::lock_guard lock(queue_mu_);
+    if (stopping_ || foreground_idle_ <= static_cast<int>(foreground_jobs_.size())) return false;
+    foreground_jobs_.push_back(ForegroundJob{key, std::move(flight), deadline});
+  }
+  foreground_cv_.notify_one();
+  return true;
+}
+
+void ChunkStore::ForegroundLoop() {
+  std::unique_lock lock(queue_mu_);
+  for (;;) {
+    foreground_cv_.wait(lock, [&] { return stopping_ || !foreground_jobs_.empty(); });
+    if (foreground_jobs_.empty()) return;  // Stopping.
+    ForegroundJob job = std::move(foreground_jobs_.front());
+    foreground_jobs_.pop_front();
+    --foreground_idle_;
+    const bool stopping = stopping_;
+    lock.unlock();
+    if (stopping) {
+      {
+        std::lock_guard flights_lock(flights_mu_);
+        flights_.erase(job.key.digest);
+      }
+      Complete(*job.flight, UnavailableError("shutting down"), /*keep_bytes=*/false);
+    } else {
+      Lead(job.key, *job.flight, job.deadline, Priority::kForeground);
+    }
+    lock.lock();
+    ++foreground_idle_;
+  }
+}
+
 void ChunkStore::Lead(const ChunkKey& key, Flight& flight, TimePoint deadline, Priority priority) {
   Status status;
-  bool completed = false;
+  bool kept = false;
   if (cache_->Contains(key.digest)) {
     // Someone else's fetch completed between our cache miss and our taking the lead.
   } else if (!AcquireSlot(priority, deadline)) {
@@ -134,13 +237,22 @@ void ChunkStore::Lead(const ChunkKey& key, Flight& flight, TimePoint deadline, P
     counters_.fetches++;
     std::shared_ptr<Buffer> buffer = TakeBuffer(key.size);
     std::span<std::uint8_t> chunk_bytes = buffer->span().first(key.size);
-    status = FetchInto(key, chunk_bytes, deadline);
+    Result<netfetch::ChunkRef> ref = Locate(key);
+    if (!ref.ok()) {
+      status = ref.status();
+    } else {
+      {
+        std::lock_guard lock(flight.mu);
+        flight.bytes = buffer;
+      }
+      status = FetchInto(*ref, flight, chunk_bytes, deadline);
+    }
     if (status.ok()) {
-      // Waiting readers get the bytes now; the cache write follows while the flight stays
-      // registered, so nobody starts a second fetch of a chunk that is between the two.
-      Complete(flight, status, buffer);
-      completed = true;
-      AddReady(key.digest, key.size, buffer);
+      // Readers have the bytes now; the cache write follows while the flight stays registered,
+      // so nobody starts a second fetch of a chunk that is between the two.
+      std::uint64_t served = Complete(flight, status, /*keep_bytes=*/true);
+      kept = true;
+      AddReady(key.digest, key.size, buffer, served);
       Status cached = cache_->Insert(key.digest, chunk_bytes);
       if (!cached.ok()) {
         counters_.cache_write_errors++;
@@ -156,27 +268,34 @@ void ChunkStore::Lead(const ChunkKey& key, Flight& flight, TimePoint deadline, P
     std::lock_guard lock(flights_mu_);
     flights_.erase(key.digest);
   }
-  if (!completed) Complete(flight, status, nullptr);
+  if (!kept) Complete(flight, status, /*keep_bytes=*/false);
 }
 
-Status ChunkStore::FetchInto(const ChunkKey& key, std::span<std::uint8_t> dst, TimePoint deadline) {
-  Result<std::vector<std::int64_t>> nodes = replicas_->Replicas(key.chunk_id);
-  if (!nodes.ok()) return nodes.status();
-  netfetch::ChunkRef ref{key.digest, key.size, std::move(nodes).value()};
-  Status status = fetcher_->Fetch(ref, dst, deadline);
-  RememberOutcome(key.digest, status);
+Status ChunkStore::FetchInto(const netfetch::ChunkRef& ref, Flight& flight,
+                             std::span<std::uint8_t> dst, TimePoint deadline) {
+  auto on_verified = [&flight](std::size_t verified) {
+    {
+      std::lock_guard lock(flight.mu);
+      flight.verified = verified;
+    }
+    flight.cv.notify_all();
+  };
+  Status status = fetcher_->Fetch(ref, dst, deadline, on_verified);
+  RememberOutcome(ref.digest, status);
   return status;
 }
 
-void ChunkStore::Complete(Flight& flight, const Status& status,
-                          std::shared_ptr<const Buffer> bytes) {
+std::uint64_t ChunkStore::Complete(Flight& flight, const Status& status, bool keep_bytes) {
+  std::uint64_t served = 0;
   {
     std::lock_guard lock(flight.mu);
     flight.done = true;
     flight.status = status;
-    flight.bytes = std::move(bytes);
+    if (!keep_bytes) flight.bytes = nullptr;
+    served = flight.served;
   }
   flight.cv.notify_all();
+  return served;
 }
 
 std::shared_ptr<Buffer> ChunkStore::TakeBuffer(std::size_t size) {
@@ -235,12 +354,13 @@ bool ChunkStore::IsReady(const Digest& digest) {
 }
 
 void ChunkStore::AddReady(const Digest& digest, std::uint64_t size,
-                          std::shared_ptr<const Buffer> bytes) {
+                          std::shared_ptr<const Buffer> bytes, std::uint64_t served) {
   std::lock_guard lock(ready_mu_);
   inflight_bytes_ -= bytes->size();
-  if (ready_index_.contains(digest)) return;
+  // Served whole while it was arriving: the page cache has it, the disk cache will.
+  if (served >= size || ready_index_.contains(digest)) return;
   ready_bytes_ += bytes->size();
-  ready_.push_front(Ready{digest, std::move(bytes), size, 0});
+  ready_.push_front(Ready{digest, std::move(bytes), size, served});
   ready_index_[digest] = ready_.begin();
   TrimReadyLocked();
 }
@@ -254,9 +374,16 @@ void ChunkStore::TrimReadyLocked() {
 }
 
 void ChunkStore::Served(const Digest& digest, std::uint64_t bytes) {
-  std::lock_guard lock(ready_mu_);
+  std::unique_lock lock(ready_mu_);
   auto it = ready_index_.find(digest);
-  if (it == ready_index_.end()) return;
+  if (it == ready_index_.end()) {
+    lock.unlock();
+    if (std::shared_ptr<Flight> flight = FindFlight(digest)) {
+      std::lock_guard flight_lock(flight->mu);
+      flight->served += bytes;
+    }
+    return;
+  }
   Ready& ready = *it->second;
   ready.served += bytes;
   if (ready.served < ready.size) return;
@@ -377,7 +504,7 @@ void ChunkStore::LoadFromDisk(const ChunkKey& key) {
   }
   if (status.ok()) {
     counters_.disk_loads++;
-    AddReady(key.digest, key.size, std::move(buffer));
+    AddReady(key.digest, key.size, std::move(buffer), 0);
   } else {
     // Evicted meanwhile, or unreadable: the foreground read will find out and fetch.
     ReleaseBufferBytes(buffer->size());

@@ -42,6 +42,7 @@
 #include "common/result.h"
 #include "common/unique_fd.h"
 #include "fs/disk_cache.h"
+#include "index/types.h"
 #include "netfetch/fetcher.h"
 
 namespace ckptfs::fs {
@@ -53,23 +54,38 @@ struct ChunkKey {
   std::int64_t chunk_id = 0;
 };
 
-// Verified bytes of one whole chunk: an open descriptor of its cache file (so a reply can be
-// spliced from the page cache without copying) or, when it could not be cached, the bytes.
-// Exactly one of the two is set.
+// Verified bytes of a chunk: an open descriptor of its cache file (possibly O_DIRECT: read it
+// with PreadAligned), or bytes in memory, where bytes->data()[0] is byte `base` of the chunk.
+// Exactly one of the two is set. In memory, only the range asked of Get() is sure to be there
+// and verified: the rest may still be arriving (a whole chunk streaming in) or not be part of the
+// buffer at all (a few blocks fetched for an isolated read).
 struct ChunkData {
   UniqueFd fd;
   std::shared_ptr<const Buffer> bytes;
+  std::uint64_t base = 0;
 };
 
-// Where a chunk's replicas live; asked only when the chunk must come from the network.
+// How a read is expected to continue, which decides what a miss fetches.
+enum class Access {
+  kStream,    // Sequential: fetch the whole chunk (the next reads want the rest of it).
+  kIsolated,  // A lone read: fetch only the blocks it touches, when the index lists blocks.
+};
+
+// Where a chunk's replicas live and what its blocks are; asked only when the chunk must come from
+// the network.
 class ReplicaSource {
  public:
   virtual ~ReplicaSource() = default;
   virtual Result<std::vector<std::int64_t>> Replicas(std::int64_t chunk_id) = 0;
+  // The chunk's block digests; none (block_size 0) for an index without them.
+  virtual Result<index::BlockList> Blocks(std::int64_t /*chunk_id*/) { return index::BlockList{}; }
 };
 
 struct ChunkStoreOptions {
   int prefetch_threads = 8;
+  // Threads that fetch for waiting readers, so a reader can take its bytes while the rest of
+  // the chunk arrives; when all are busy the reader fetches itself.
+  int foreground_threads = 4;
   int max_inflight = 12;       // Fetches and disk loads at once, foreground and background.
   int foreground_reserve = 2;  // Slots background fetches leave free.
   // Chunk buffers in flight plus the ready list of fetched chunks not yet served.
@@ -88,7 +104,9 @@ struct ChunkStoreCounters {
   std::atomic<std::uint64_t> cache_hits{0};
   std::atomic<std::uint64_t> disk_loads{0};  // Prefetches that loaded a cached chunk into memory.
   std::atomic<std::uint64_t> fetches{0};     // Network fetches started (foreground + prefetch).
-  std::atomic<std::uint64_t> joined{0};      // Reads that waited on another reader's fetch.
+  std::atomic<std::uint64_t> block_fetches{0};  // Isolated reads served by fetching blocks.
+  std::atomic<std::uint64_t> early_reads{0};    // Reads served from a chunk still arriving.
+  std::atomic<std::uint64_t> joined{0};         // Reads that waited on another reader's fetch.
   std::atomic<std::uint64_t> fetch_errors{0};
   std::atomic<std::uint64_t> cache_write_errors{0};
   std::atomic<std::uint64_t> prefetch_queued{0};
@@ -107,18 +125,25 @@ class ChunkStore {
   void Start();
   ChunkStore& operator=(const ChunkStore&) = delete;
 
-  // The verified chunk, from the cache or fetched (single-flight).
+  // Verified bytes [offset, offset + length) of the chunk: from memory, the disk cache, a fetch
+  // in flight (as soon as that range has arrived and been verified) or a new fetch, which is of
+  // the whole chunk (single-flight) unless `access` is kIsolated and the index lists blocks: then
+  // only the blocks covering the range, which are not cached.
+  // REQUIRES: offset + length <= key.size.
   // Errors: whatever the fetch gave (Unavailable, DeadlineExceeded, DataLoss, NotFound) when the
-  // chunk could not be had by `deadline`; DeadlineExceeded when waiting on another's fetch ran out;
-  // the same error again, at once, for a chunk whose fetch failed within failure_memory.
-  Result<ChunkData> Get(const ChunkKey& key, TimePoint deadline);
+  // bytes could not be had by `deadline`; DeadlineExceeded when waiting on another's fetch ran
+  // out; the same error again, at once, for a chunk whose fetch failed within failure_memory.
+  Result<ChunkData> Get(const ChunkKey& key, std::uint64_t offset, std::uint64_t length,
+                        Access access, TimePoint deadline);
 
-  // Copies bytes [offset, offset + dst.size()) of the chunk into dst.
-  // REQUIRES: offset + dst.size() <= key.size.
-  // Errors: whatever the fetch gave (Unavailable, DeadlineExceeded, DataLoss, NotFound) when the
-  // chunk could not be had by `deadline`; DeadlineExceeded when waiting on another's fetch ran out.
+  // Get of the whole chunk, streamed.
+  Result<ChunkData> Get(const ChunkKey& key, TimePoint deadline) {
+    return Get(key, 0, key.size, Access::kStream, deadline);
+  }
+
+  // Copies bytes [offset, offset + dst.size()) of the chunk into dst (Get, then a copy).
   Status Read(const ChunkKey& key, std::uint64_t offset, std::span<std::uint8_t> dst,
-              TimePoint deadline);
+              TimePoint deadline, Access access = Access::kStream);
 
   // Queues background work unless the chunk is in memory, in flight or already queued: a fetch,
   // or a load from the disk cache when it is cached. Never blocks. A full queue drops the request.
@@ -143,18 +168,31 @@ class ChunkStore {
   };
 
   void Lead(const ChunkKey& key, Flight& flight, TimePoint deadline, Priority priority);
+  // Fetches the blocks of the chunk covering [offset, offset + length), uncached.
+  Result<ChunkData> FetchIsolated(const ChunkKey& key, const index::BlockList& blocks,
+                                  std::uint64_t offset, std::uint64_t length, TimePoint deadline);
+  // The chunk's replicas and blocks, as the fetcher wants them.
+  Result<netfetch::ChunkRef> Locate(const ChunkKey& key);
   // Reads a cached chunk whole into memory (the ready list). Runs on a prefetch thread.
   void LoadFromDisk(const ChunkKey& key);
   std::shared_ptr<const Buffer> FindReady(const Digest& digest);
-  void AddReady(const Digest& digest, std::uint64_t size, std::shared_ptr<const Buffer> bytes);
+  // `served`: bytes readers took while the chunk was arriving.
+  void AddReady(const Digest& digest, std::uint64_t size, std::shared_ptr<const Buffer> bytes,
+                std::uint64_t served);
   bool IsReady(const Digest& digest);
   // Drops the oldest ready chunks while memory in use exceeds the budget.
   void TrimReadyLocked();  // REQUIRES: ready_mu_ held.
-  // One fetch of the chunk from its replicas; remembers a failure for failure_memory.
-  Status FetchInto(const ChunkKey& key, std::span<std::uint8_t> dst, TimePoint deadline);
-  // Marks `flight` done and wakes its readers. `bytes` is null when the chunk is in the cache or
-  // the fetch failed.
-  static void Complete(Flight& flight, const Status& status, std::shared_ptr<const Buffer> bytes);
+  // One fetch of the chunk from its replicas, telling `flight` how much has been verified;
+  // remembers a failure for failure_memory.
+  Status FetchInto(const netfetch::ChunkRef& ref, Flight& flight, std::span<std::uint8_t> dst,
+                   TimePoint deadline);
+  // Marks `flight` done and wakes its readers; `ok` with null bytes: the chunk is in the cache.
+  // Returns how many bytes readers took while it was in flight.
+  static std::uint64_t Complete(Flight& flight, const Status& status, bool keep_bytes);
+  std::shared_ptr<Flight> FindFlight(const Digest& digest);
+  // Gives a foreground fetch to an idle foreground worker; false when none is idle.
+  bool HandOff(const ChunkKey& key, std::shared_ptr<Flight> flight, TimePoint deadline);
+  void ForegroundLoop();
   // A buffer of at least `size` bytes that goes back to the spare list when the last user drops
   // it: chunk-sized buffers are reused instead of being mapped, zeroed and unmapped per fetch.
   // Counts toward memory_bytes until handed to the ready list or dropped (ReleaseBufferBytes).
@@ -205,6 +243,14 @@ class ChunkStore {
   std::deque<ChunkKey> queue_;                     // GUARDED_BY(queue_mu_)
   std::unordered_set<Digest, DigestHash> queued_;  // GUARDED_BY(queue_mu_)
   bool stopping_ = false;                          // GUARDED_BY(queue_mu_)
+  struct ForegroundJob {
+    ChunkKey key;
+    std::shared_ptr<Flight> flight;
+    TimePoint deadline;
+  };
+  std::condition_variable foreground_cv_;
+  std::deque<ForegroundJob> foreground_jobs_;  // GUARDED_BY(queue_mu_)
+  int foreground_idle_ = 0;                    // GUARDED_BY(queue_mu_): workers without a job.
   std::vector<std::thread> workers_;
 };
 

@@ -36,7 +36,7 @@ Status FileSystem::ValidateOnce(std::uint64_t file) {
 
 Result<std::vector<FileSystem::Part>> FileSystem::GatherRange(std::uint64_t file,
                                                               std::uint64_t offset,
-                                                              std::size_t length,
+                                                              std::size_t length, Access access,
                                                               TimePoint deadline) {
   std::vector<Part> parts;
   if (length == 0) return parts;
@@ -56,14 +56,17 @@ Result<std::vector<FileSystem::Part>> FileSystem::GatherRange(std::uint64_t file
   }
   // Later chunks go to the background fetchers first, so a read spanning several chunks waits
   // for about one fetch, not the sum of them.
-  for (std::size_t i = 1; i < extents.size(); ++i) {
-    store_->Prefetch(ChunkKey{extents[i].digest, extents[i].size, extents[i].chunk_id});
+  if (access == Access::kStream) {
+    for (std::size_t i = 1; i < extents.size(); ++i) {
+      store_->Prefetch(ChunkKey{extents[i].digest, extents[i].size, extents[i].chunk_id});
+    }
   }
   for (const index::Extent& e : extents) {
     std::uint64_t from = std::max(offset, e.offset);
     std::uint64_t to = std::min(end, e.offset + e.size);
     ChunkKey key{e.digest, e.size, e.chunk_id};
-    CKPTFS_ASSIGN_OR_RETURN(ChunkData data, store_->Get(key, deadline));
+    CKPTFS_ASSIGN_OR_RETURN(ChunkData data,
+                            store_->Get(key, from - e.offset, to - from, access, deadline));
     CKPTFS_ASSIGN_OR_RETURN(Part part, Resolve(key, std::move(data), from - e.offset,
                                                static_cast<std::size_t>(to - from)));
     parts.push_back(std::move(part));
@@ -75,7 +78,7 @@ Result<FileSystem::Part> FileSystem::Resolve(const ChunkKey& key, ChunkData data
                                              std::uint64_t offset, std::size_t length) {
   if (data.bytes != nullptr) {
     store_->Served(key.digest, length);
-    std::span<const std::uint8_t> bytes(data.bytes->data() + offset, length);
+    std::span<const std::uint8_t> bytes(data.bytes->data() + (offset - data.base), length);
     return Part{std::move(data.bytes), bytes};
   }
   std::shared_ptr<Buffer> scratch = TakeScratch(AlignedReadSize(offset, length));
@@ -110,7 +113,8 @@ std::shared_ptr<Buffer> FileSystem::TakeScratch(std::size_t length) {
 
 Status FileSystem::ReadRange(std::uint64_t file, std::uint64_t offset, std::span<std::uint8_t> dst,
                              TimePoint deadline) {
-  CKPTFS_ASSIGN_OR_RETURN(std::vector<Part> parts, GatherRange(file, offset, dst.size(), deadline));
+  CKPTFS_ASSIGN_OR_RETURN(std::vector<Part> parts,
+                          GatherRange(file, offset, dst.size(), Access::kStream, deadline));
   for (const Part& part : parts) {
     std::memcpy(dst.data(), part.bytes.data(), part.bytes.size());
     dst = dst.subspan(part.bytes.size());
@@ -364,13 +368,16 @@ void OpRead(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_in
     std::size_t length =
         static_cast<std::size_t>(std::min<std::uint64_t>(size, file_size - offset));
     ByteRange ahead;
+    Access access = Access::kStream;
     {
       std::lock_guard lock(file->mu);
       ahead = file->readahead.OnRead(offset, length, file_size);
+      if (!file->readahead.streaming()) access = Access::kIsolated;
     }
     if (!ahead.empty()) fs.PrefetchRange(ino, ahead);
     TimePoint deadline = fs.clock().Now() + fs.options().read_timeout;
-    Result<std::vector<FileSystem::Part>> parts = fs.GatherRange(ino, offset, length, deadline);
+    Result<std::vector<FileSystem::Part>> parts =
+        fs.GatherRange(ino, offset, length, access, deadline);
     if (!parts.ok()) {
       fs.mutable_counters().eio_fetch++;
       return ReplyError(req, parts.status(), "read of '" + file->entry.name + "'");

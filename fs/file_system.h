@@ -59,6 +59,9 @@ class IndexReplicas final : public ReplicaSource {
   Result<std::vector<std::int64_t>> Replicas(std::int64_t chunk_id) override {
     return index_->Replicas(chunk_id);
   }
+  Result<index::BlockList> Blocks(std::int64_t chunk_id) override {
+    return index_->Blocks(chunk_id);
+  }
 
  private:
   index::IndexReader* index_;
@@ -80,7 +83,7 @@ class FileSystem {
   // The verified chunk pieces that make up bytes [offset, offset + length) of `file`, in order,
   // fetching the chunks it spans in parallel. REQUIRES: the range lies within the file.
   Result<std::vector<Part>> GatherRange(std::uint64_t file, std::uint64_t offset,
-                                        std::size_t length, TimePoint deadline);
+                                        std::size_t length, Access access, TimePoint deadline);
 
   // GatherRange, copied into dst.
   Status ReadRange(std::uint64_t file, std::uint64_t offset, std::span<std::uint8_t> dst,

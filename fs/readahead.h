@@ -36,6 +36,13 @@ class Readahead {
 
   std::uint64_t window() const { return window_; }
 
+  // Whether the last read belongs to a stream: a run from the start of the file, or one that has
+  // read start_after bytes. Otherwise it is a lone read (a seek, a random access, a lazy load of
+  // one tensor), which should fetch only what it touches.
+  bool streaming() const {
+    return run_begin_ == 0 || run_end_ - run_begin_ >= options_.start_after;
+  }
+
  private:
   ReadaheadOptions options_;
   std::uint64_t run_begin_ = 0;      // Where the current sequential run started.

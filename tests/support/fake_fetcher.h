@@ -29,6 +29,7 @@
 #include "common/digest.h"
 #include "common/result.h"
 #include "fs/chunk_store.h"
+#include "index/types.h"
 #include "netfetch/fetcher.h"
 
 namespace ckptfs::testing {
@@ -253,11 +254,23 @@ class FakeReplicaSource final : public fs::ReplicaSource {
     return nodes_;
   }
 
+  // The block digests answered for `chunk_id`; a chunk without any answers none (a v1 index).
+  void SetBlocks(std::int64_t chunk_id, index::BlockList blocks) {
+    std::lock_guard lock(mu_);
+    blocks_[chunk_id] = std::move(blocks);
+  }
+  Result<index::BlockList> Blocks(std::int64_t chunk_id) override {
+    std::lock_guard lock(mu_);
+    auto it = blocks_.find(chunk_id);
+    return it == blocks_.end() ? index::BlockList{} : it->second;
+  }
+
  private:
   mutable std::mutex mu_;
   std::vector<std::int64_t> nodes_;
-  Status error_;   // Guarded by mu_.
-  int calls_ = 0;  // Guarded by mu_.
+  std::map<std::int64_t, index::BlockList> blocks_;  // Guarded by mu_.
+  Status error_;                                     // Guarded by mu_.
+  int calls_ = 0;                                    // Guarded by mu_.
 };
 
 }  // namespace ckptfs::testing

@@ -3,14 +3,18 @@
 
 #include <gtest/gtest.h>
 
+#include <condition_variable>
 #include <cstdlib>
+#include <cstring>
 #include <future>
 #include <iostream>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "index/types.h"
 #include "tests/support/fake_clock.h"
 #include "tests/support/fake_fetcher.h"
 #include "tests/support/poll.h"
@@ -429,6 +433,122 @@ TEST_F(ChunkStore, DestructorReturnsWhilePrefetchesAreQueued) {
     std::abort();
   }
   EXPECT_LT(fetcher_.TotalCalls(), kQueued) << "the destructor drained the prefetch queue";
+}
+
+// A fetcher that delivers the first `first` bytes of a chunk, reports them verified, and then
+// waits for Finish() before delivering the rest: a chunk caught while it streams in.
+class SteppedFetcher final : public netfetch::ChunkFetcher {
+ public:
+  SteppedFetcher(std::vector<std::uint8_t> bytes, std::size_t first)
+      : bytes_(std::move(bytes)), first_(first) {}
+
+  Status Fetch(const netfetch::ChunkRef& chunk, std::span<std::uint8_t> dst, TimePoint,
+               const netfetch::VerifiedCallback& on_verified) override {
+    if (chunk.size != bytes_.size()) return DataLossError("unexpected chunk");
+    std::memcpy(dst.data(), bytes_.data(), first_);
+    if (on_verified) on_verified(first_);
+    {
+      std::unique_lock lock(mu_);
+      cv_.wait(lock, [&] { return finish_; });
+    }
+    std::memcpy(dst.data() + first_, bytes_.data() + first_, bytes_.size() - first_);
+    if (on_verified) on_verified(bytes_.size());
+    return Status::Ok();
+  }
+  Status FetchBlocks(const netfetch::ChunkRef&, std::size_t, std::size_t, std::span<std::uint8_t>,
+                     TimePoint) override {
+    return InternalError("not expected");
+  }
+  void Finish() {
+    {
+      std::lock_guard lock(mu_);
+      finish_ = true;
+    }
+    cv_.notify_all();
+  }
+
+ private:
+  std::vector<std::uint8_t> bytes_;
+  std::size_t first_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool finish_ = false;
+};
+
+TEST_F(ChunkStore, ReaderOfTheStartOfAChunkGoesBeforeTheRestHasArrived) {
+  std::vector<std::uint8_t> bytes = PatternBytes(8192, 3);
+  SteppedFetcher stepped(bytes, 4096);
+  fs::ChunkKey key{Sha256(bytes.data(), bytes.size()), bytes.size(), 1};
+  auto store = std::make_unique<fs::ChunkStore>(cache_.get(), &stepped, &replicas_, &clock_);
+  store->Start();
+  std::vector<std::uint8_t> head(4096);
+  CKPTFS_ASSERT_OK(store->Read(key, 0, head, Deadline()));
+  EXPECT_EQ(head, std::vector<std::uint8_t>(bytes.begin(), bytes.begin() + 4096));
+  EXPECT_EQ(store->counters().early_reads.load(), 1u);
+  EXPECT_FALSE(cache_->Contains(key.digest));  // The fetch is still waiting for the rest.
+  // A reader of the tail waits for it, and then the chunk is cached.
+  std::vector<std::uint8_t> tail(4096);
+  std::thread finisher([&] { stepped.Finish(); });
+  CKPTFS_ASSERT_OK(store->Read(key, 4096, tail, Deadline()));
+  finisher.join();
+  EXPECT_EQ(tail, std::vector<std::uint8_t>(bytes.begin() + 4096, bytes.end()));
+  EXPECT_TRUE(PollUntil([&] { return cache_->Contains(key.digest); }));
+}
+
+TEST_F(ChunkStore, IsolatedReadFetchesOnlyTheBlocksItTouchesAndCachesNothing) {
+  MakeStore();
+  TestChunk chunk = ServedChunk(4 * 4096 + 100, 1);
+  replicas_.SetBlocks(chunk.key.chunk_id, {4096, index::HashChunk(chunk.bytes, 4096).blocks});
+  std::vector<std::uint8_t> out(5000);
+  // Bytes 5000..10000 lie in blocks 1 and 2.
+  CKPTFS_ASSERT_OK(store_->Read(chunk.key, 5000, out, Deadline(), fs::Access::kIsolated));
+  EXPECT_EQ(out, Slice(chunk, 5000, 5000));
+  EXPECT_EQ(fetcher_.BlockCalls(chunk.key.digest), 1);
+  EXPECT_EQ(fetcher_.LastBlockRange(), (std::pair<std::size_t, std::size_t>{1, 3}));
+  EXPECT_EQ(fetcher_.Calls(chunk.key.digest), 0);
+  EXPECT_EQ(store_->counters().block_fetches.load(), 1u);
+  // The last, short block.
+  std::vector<std::uint8_t> last(50);
+  CKPTFS_ASSERT_OK(store_->Read(chunk.key, 4 * 4096 + 50, last, Deadline(), fs::Access::kIsolated));
+  EXPECT_EQ(last, Slice(chunk, 4 * 4096 + 50, 50));
+  EXPECT_EQ(fetcher_.LastBlockRange(), (std::pair<std::size_t, std::size_t>{4, 5}));
+  EXPECT_FALSE(cache_->Contains(chunk.key.digest));
+}
+
+TEST_F(ChunkStore, IsolatedReadWithoutBlockDigestsFetchesTheWholeChunk) {
+  MakeStore();
+  TestChunk chunk = ServedChunk(3 * 4096, 1);
+  std::vector<std::uint8_t> out(10);
+  CKPTFS_ASSERT_OK(store_->Read(chunk.key, 4096, out, Deadline(), fs::Access::kIsolated));
+  EXPECT_EQ(out, Slice(chunk, 4096, 10));
+  EXPECT_EQ(fetcher_.BlockCalls(chunk.key.digest), 0);
+  EXPECT_EQ(fetcher_.Calls(chunk.key.digest), 1);
+}
+
+TEST_F(ChunkStore, IsolatedReadOfACachedChunkReadsTheCache) {
+  MakeStore();
+  TestChunk chunk = ServedChunk(3 * 4096, 1);
+  replicas_.SetBlocks(chunk.key.chunk_id, {4096, index::HashChunk(chunk.bytes, 4096).blocks});
+  CKPTFS_ASSERT_OK(ReadAll(chunk));
+  ASSERT_TRUE(PollUntil([&] { return cache_->Contains(chunk.key.digest); }));
+  std::vector<std::uint8_t> out(10);
+  CKPTFS_ASSERT_OK(store_->Read(chunk.key, 9000, out, Deadline(), fs::Access::kIsolated));
+  EXPECT_EQ(out, Slice(chunk, 9000, 10));
+  EXPECT_EQ(fetcher_.BlockCalls(chunk.key.digest), 0);
+  EXPECT_EQ(fetcher_.Calls(chunk.key.digest), 1);
+}
+
+TEST_F(ChunkStore, FailedIsolatedReadIsRememberedLikeAFailedFetch) {
+  MakeStore();
+  TestChunk chunk = ServedChunk(2 * 4096, 1);
+  replicas_.SetBlocks(chunk.key.chunk_id, {4096, index::HashChunk(chunk.bytes, 4096).blocks});
+  fetcher_.Fail(chunk.key.digest, UnavailableError("node down"));
+  std::vector<std::uint8_t> out(10);
+  Status first = store_->Read(chunk.key, 0, out, Deadline(), fs::Access::kIsolated);
+  EXPECT_EQ(first.code(), StatusCode::kUnavailable);
+  Status again = store_->Read(chunk.key, 0, out, Deadline(), fs::Access::kIsolated);
+  EXPECT_EQ(again.code(), StatusCode::kUnavailable);
+  EXPECT_EQ(fetcher_.BlockCalls(chunk.key.digest), 1);
 }
 
 }  // namespace
