@@ -79,7 +79,7 @@ struct Connection {
   sql::Stmt extents_after;
   sql::Stmt replicas;
   sql::Stmt validate;
-  sql::Stmt blocks;  // v2 only.
+  sql::Stmt blocks;  // v2 only: the blocks table.
 
   ~Connection() {
     // Statements first: closing a database with live statements would be deferred.
@@ -90,7 +90,7 @@ struct Connection {
     db.reset();
   }
 
-  // `with_blocks`: the index is v2, with chunks.blocks.
+  // `with_blocks`: the index is v2, with the blocks table.
   Status PrepareStatements(bool with_blocks) {
     sqlite3* d = db.get();
     const std::string entry_select = std::string("SELECT ") + kEntryColumns + " FROM entries ";
@@ -117,22 +117,22 @@ struct Connection {
         replicas, sql::Prepare(d,
                                "SELECT r.node FROM replicas r JOIN nodes n ON n.id = r.node "
                                "WHERE r.chunk = ?1 ORDER BY r.node"));
-    // Column 6: the byte length of chunks.blocks, -1 when it is not a blob, NULL for v1. length()
-    // of a blob reads only its header, not the digests.
-    const std::string blocks_length =
-        with_blocks ? "CASE WHEN typeof(c.blocks) = 'blob' THEN length(c.blocks) ELSE -1 END"
-                    : "NULL";
+    // Never touches the blocks table: a file's validation reads its extents and their small
+    // chunks rows only. The block digests are checked when a chunk is fetched (Blocks).
     CKPTFS_ASSIGN_OR_RETURN(
         validate,
         sql::Prepare(d, std::string("SELECT ") + kExtentColumns +
                             ", c.id IS NOT NULL, EXISTS(SELECT 1 FROM replicas r JOIN nodes n "
-                            "ON n.id = r.node WHERE r.chunk = e.chunk), " +
-                            blocks_length +
+                            "ON n.id = r.node WHERE r.chunk = e.chunk)"
                             " FROM extents e LEFT JOIN chunks c ON c.id = e.chunk "
                             "WHERE e.file = ?1 ORDER BY e.offset"));
     if (with_blocks) {
-      CKPTFS_ASSIGN_OR_RETURN(blocks,
-                              sql::Prepare(d, "SELECT size, blocks FROM chunks WHERE id = ?1"));
+      // The chunk's size (to check the blob's length) and its blocks row, both by primary key.
+      // Column 1: whether the blocks row exists; column 2: its digests.
+      CKPTFS_ASSIGN_OR_RETURN(
+          blocks, sql::Prepare(d,
+                               "SELECT c.size, b.chunk IS NOT NULL, b.digests FROM chunks c "
+                               "LEFT JOIN blocks b ON b.chunk = c.id WHERE c.id = ?1"));
     }
     return Status::Ok();
   }
@@ -474,7 +474,7 @@ struct IndexReader::Impl {
       CKPTFS_RETURN_IF_ERROR(CheckTable(db, table));
     }
     if (has_blocks()) {
-      for (const schema::Table& table : schema::kColumnsSinceV2) {
+      for (const schema::Table& table : schema::kTablesSinceV2) {
         CKPTFS_RETURN_IF_ERROR(CheckTable(db, table));
       }
     }
@@ -490,7 +490,7 @@ struct IndexReader::Impl {
 
   bool has_blocks() const { return schema_version >= schema::kFirstVersionWithBlocks; }
 
-  // DataLoss unless a blocks blob of `length` bytes (-1: not a blob) fits a chunk of `size`.
+  // DataLoss unless a digests blob of `length` bytes (-1: not a blob) fits a chunk of `size`.
   Status CheckBlocksLength(std::int64_t chunk, std::int64_t size, std::int64_t length) const {
     const std::string of_chunk = "chunk " + std::to_string(chunk);
     if (length < 0) return DataLossError(of_chunk + " block digests are not a blob");
@@ -518,10 +518,14 @@ struct IndexReader::Impl {
       return DataLossError("chunk " + std::to_string(chunk) + " has size " + std::to_string(size) +
                            ", outside 1.." + std::to_string(chunk_size));
     }
-    const bool is_blob = sqlite3_column_type(s, 1) == SQLITE_BLOB;
-    const std::int64_t length = is_blob ? sqlite3_column_bytes(s, 1) : -1;
+    if (sqlite3_column_int(s, 1) == 0) {
+      return DataLossError("chunk " + std::to_string(chunk) +
+                           " has no block digests (no row in the blocks table)");
+    }
+    const bool is_blob = sqlite3_column_type(s, 2) == SQLITE_BLOB;
+    const auto* blob = static_cast<const std::uint8_t*>(sqlite3_column_blob(s, 2));
+    const std::int64_t length = is_blob ? sqlite3_column_bytes(s, 2) : -1;
     CKPTFS_RETURN_IF_ERROR(CheckBlocksLength(chunk, size, length));
-    const auto* blob = static_cast<const std::uint8_t*>(sqlite3_column_blob(s, 1));
     list.block_size = block_size;
     list.digests.resize(static_cast<std::size_t>(length) / kDigestSize);
     for (std::size_t i = 0; i < list.digests.size(); ++i) {
@@ -609,9 +613,6 @@ struct IndexReader::Impl {
     CKPTFS_RETURN_IF_ERROR(CheckDigestColumn(s, 3, of_chunk));
     if (sqlite3_column_int(s, 5) == 0) {
       return DataLossError(of_chunk + " has no replica on a known node");
-    }
-    if (has_blocks()) {
-      CKPTFS_RETURN_IF_ERROR(CheckBlocksLength(chunk, size, sqlite3_column_int64(s, 6)));
     }
     expected = offset + size;
     return Status::Ok();

@@ -50,16 +50,17 @@ class IndexReader {
   // Node ids holding a replica of `chunk` (only nodes that exist in the nodes table).
   Result<std::vector<std::int64_t>> Replicas(std::int64_t chunk) const;
 
-  // The block digests of `chunk` (one indexed query reading its blob; ExtentsInRange never
-  // loads them). An empty list, with block_size 0, for a v1 index. NotFound when there is no
-  // such chunk; DataLoss when its blob is not ceil(size / block_size) * 32 bytes or its size is
-  // outside 1..chunk_size (the index is untrusted input).
+  // The block digests of `chunk`, from the blocks table (one query by primary key; neither
+  // ExtentsInRange nor ValidateFile reads that table). An empty list, with block_size 0, for a
+  // v1 index. NotFound when there is no such chunk; DataLoss when it has no blocks row, its
+  // digests are not a blob of ceil(size / block_size) * 32 bytes or its size is outside
+  // 1..chunk_size (the index is untrusted input).
   Result<BlockList> Blocks(std::int64_t chunk) const;
 
   // Per-file checks: a regular file with a valid name; extents start at 0, are contiguous and
-  // add up to the size; every chunk has a 32-byte digest, a positive size, a replica on a known
-  // node and, in a v2 index, a blocks blob of ceil(size / block_size) * 32 bytes. DataLoss with
-  // the reason otherwise.
+  // add up to the size; every chunk has a 32-byte digest, a size from 1 to chunk_size and a
+  // replica on a known node. DataLoss with the reason otherwise. Reads extents, chunks, replicas
+  // and nodes only, never the block digests: Blocks() checks those when a chunk is fetched.
   Status ValidateFile(std::uint64_t file) const;
 
  private:

@@ -16,11 +16,8 @@ CREATE TABLE entries(
   target TEXT,
   UNIQUE(parent, name));
 CREATE INDEX entries_by_parent ON entries(parent, id);
-CREATE TABLE chunks(
-  id INTEGER PRIMARY KEY,
-  digest BLOB NOT NULL UNIQUE,
-  size INTEGER NOT NULL,
-  blocks BLOB NOT NULL);
+CREATE TABLE chunks(id INTEGER PRIMARY KEY, digest BLOB NOT NULL UNIQUE, size INTEGER NOT NULL);
+CREATE TABLE blocks(chunk INTEGER PRIMARY KEY, digests BLOB NOT NULL);
 CREATE TABLE extents(
   file INTEGER NOT NULL,
   offset INTEGER NOT NULL,

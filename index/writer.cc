@@ -50,6 +50,7 @@ struct IndexWriter::Impl {
   sql::Stmt add_entry;
   sql::Stmt find_chunk;
   sql::Stmt add_chunk;
+  sql::Stmt add_blocks;  // v2 only.
   sql::Stmt add_extent;
   sql::Stmt add_replica;
 
@@ -63,7 +64,7 @@ struct IndexWriter::Impl {
 
   void CloseDatabase() {
     for (sql::Stmt* s : {&put_meta, &add_node, &set_root, &find_parent, &add_entry, &find_chunk,
-                         &add_chunk, &add_extent, &add_replica}) {
+                         &add_chunk, &add_blocks, &add_extent, &add_replica}) {
       s->reset();
     }
     db.reset();
@@ -107,10 +108,12 @@ struct IndexWriter::Impl {
                                 "target) VALUES(?, ?, ?, ?, ?, ?, ?)"));
     CKPTFS_ASSIGN_OR_RETURN(find_chunk,
                             sql::Prepare(d, "SELECT id, size FROM chunks WHERE digest = ?"));
-    CKPTFS_ASSIGN_OR_RETURN(
-        add_chunk,
-        sql::Prepare(d, block_size != 0 ? "INSERT INTO chunks(digest, size, blocks) VALUES(?, ?, ?)"
-                                        : "INSERT INTO chunks(digest, size) VALUES(?, ?)"));
+    CKPTFS_ASSIGN_OR_RETURN(add_chunk,
+                            sql::Prepare(d, "INSERT INTO chunks(digest, size) VALUES(?, ?)"));
+    if (block_size != 0) {
+      CKPTFS_ASSIGN_OR_RETURN(add_blocks,
+                              sql::Prepare(d, "INSERT INTO blocks(chunk, digests) VALUES(?, ?)"));
+    }
     CKPTFS_ASSIGN_OR_RETURN(
         add_extent, sql::Prepare(d, "INSERT INTO extents(file, offset, chunk) VALUES(?, ?, ?)"));
     CKPTFS_ASSIGN_OR_RETURN(add_replica,
@@ -305,18 +308,29 @@ Result<IndexWriter::AddedChunk> IndexWriter::AddChunkRow(const Digest& digest, s
     }
     if (rc != SQLITE_DONE) return sql::Error(impl_->db.get(), "cannot look up chunk");
   }
-  sqlite3_stmt* s = impl_->add_chunk.get();
-  sql::StmtScope scope(s);
-  sqlite3_bind_blob(s, 1, digest.bytes.data(), kDigestSize, SQLITE_STATIC);
-  sqlite3_bind_int64(s, 2, static_cast<sqlite3_int64>(size));
+  std::int64_t id = 0;
+  {
+    sqlite3_stmt* s = impl_->add_chunk.get();
+    sql::StmtScope scope(s);
+    sqlite3_bind_blob(s, 1, digest.bytes.data(), kDigestSize, SQLITE_STATIC);
+    sqlite3_bind_int64(s, 2, static_cast<sqlite3_int64>(size));
+    if (sqlite3_step(s) != SQLITE_DONE) return sql::Error(impl_->db.get(), "cannot add chunk");
+    id = sqlite3_last_insert_rowid(impl_->db.get());
+  }
   if (impl_->block_size != 0) {
+    // The digests go into their own table so that chunks rows stay small (docs/INDEX.md).
     std::string& blob = impl_->blocks_blob;
     blob.clear();
     for (const Digest& block : blocks) blob.append(block.bytes.begin(), block.bytes.end());
-    sqlite3_bind_blob(s, 3, blob.data(), static_cast<int>(blob.size()), SQLITE_STATIC);
+    sqlite3_stmt* s = impl_->add_blocks.get();
+    sql::StmtScope scope(s);
+    sqlite3_bind_int64(s, 1, id);
+    sqlite3_bind_blob(s, 2, blob.data(), static_cast<int>(blob.size()), SQLITE_STATIC);
+    if (sqlite3_step(s) != SQLITE_DONE) {
+      return sql::Error(impl_->db.get(), "cannot add the block digests of chunk " + digest.Hex());
+    }
   }
-  if (sqlite3_step(s) != SQLITE_DONE) return sql::Error(impl_->db.get(), "cannot add chunk");
-  return AddedChunk{sqlite3_last_insert_rowid(impl_->db.get()), true};
+  return AddedChunk{id, true};
 }
 
 Status IndexWriter::AddExtent(std::uint64_t file, std::uint64_t offset, std::int64_t chunk) {

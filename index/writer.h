@@ -27,7 +27,7 @@ class IndexWriter {
                                                      std::uint64_t chunk_size,
                                                      std::uint64_t block_size);
   // The same for a schema v1 index, as ckptfs wrote before block digests: no block_size, no
-  // chunks.blocks, chunks added without block digests. For callers that do not have the chunk
+  // blocks table, chunks added without block digests. For callers that do not have the chunk
   // bytes (tests of indexes written by older versions); publish writes v2.
   static Result<std::unique_ptr<IndexWriter>> Create(const std::string& path,
                                                      std::uint64_t chunk_size);
@@ -47,8 +47,9 @@ class IndexWriter {
     std::int64_t id = 0;
     bool is_new = false;  // False when a chunk with this digest was already in the index.
   };
-  // Adds a chunk by digest with the digests of its blocks (index::HashChunk computes both), or
-  // finds the one already there (dedup; the blocks of a known digest are not looked at again).
+  // Adds a chunk by digest with the digests of its blocks (index::HashChunk computes both; they
+  // go into the blocks table, one row per chunk), or finds the one already there (dedup; the
+  // blocks of a known digest are not looked at again).
   // InvalidArgument when `size` is outside 1..chunk_size or `blocks` does not hold
   // ceil(size / block_size) digests; FailedPrecondition on a v1 writer.
   Result<AddedChunk> AddChunk(const Digest& digest, std::uint64_t size,

@@ -1,8 +1,8 @@
 """Read-only queries on a ckptfs index (SQLite), so tests can find chunks and their replicas.
 
 Uses only the columns the schema (docs/INDEX.md, v2) documents: entries(id, parent, name, type,
-...), chunks(id, digest BLOB, size, blocks BLOB), extents(file, offset, chunk), replicas(chunk,
-node), nodes(id, name, url), meta(key, value).
+...), chunks(id, digest BLOB, size), blocks(chunk, digests BLOB), extents(file, offset, chunk),
+replicas(chunk, node), nodes(id, name, url), meta(key, value).
 """
 
 import collections
@@ -76,13 +76,24 @@ class IndexDb:
         return None if value is None else int(value)
 
     def blocks(self):
-        """{hex chunk digest: [hex digest of each block]} from chunks.blocks (32 bytes each)."""
+        """{hex chunk digest: [hex digest of each block]} from the blocks table (32 bytes each).
+        Every chunk must have a blocks row, and every blocks row a chunk."""
         result = {}
-        for digest, blob in self.db.execute("SELECT digest, blocks FROM chunks"):
+        rows = self.db.execute("SELECT c.digest, b.digests FROM chunks c"
+                               " LEFT JOIN blocks b ON b.chunk = c.id").fetchall()
+        for digest, blob in rows:
+            assert blob is not None, f"chunk {bytes(digest).hex()} has no blocks row"
             blob = bytes(blob)
             assert len(blob) % 32 == 0, f"blocks of {bytes(digest).hex()}: {len(blob)} bytes"
             result[bytes(digest).hex()] = [blob[i:i + 32].hex() for i in range(0, len(blob), 32)]
+        stray = self.db.execute(
+            "SELECT count(*) FROM blocks WHERE chunk NOT IN (SELECT id FROM chunks)").fetchone()[0]
+        assert stray == 0, f"{stray} blocks rows without a chunk"
         return result
+
+    def chunk_columns(self):
+        """Column names of the chunks table, in order."""
+        return [row[1] for row in self.db.execute("PRAGMA table_info(chunks)")]
 
     def extent_count(self):
         return self.db.execute("SELECT count(*) FROM extents").fetchone()[0]

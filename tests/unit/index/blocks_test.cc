@@ -1,5 +1,6 @@
-// Schema v2 block digests: the writer records them, the reader hands them out and checks their
-// length (the index is untrusted), and v1 indexes still open without any.
+// Schema v2 block digests: the writer records them in the blocks table, the reader hands them out
+// and checks their length (the index is untrusted), ValidateFile never reads them, and v1 indexes
+// still open without any.
 #include <gtest/gtest.h>
 
 #include <cstdint>
@@ -66,6 +67,13 @@ TEST_F(IndexBlocks, RoundTripGivesTheDigestsOfEveryBlock) {
   EXPECT_TRUE(reader->ValidateFile(file_).ok());
 }
 
+TEST_F(IndexBlocks, DigestsLiveInTheirOwnTableNotInChunks) {
+  WriteV2();
+  // chunks is back to (id, digest, size), so that its rows stay small.
+  EXPECT_FALSE(ExecSqlForTesting(path_, "SELECT blocks FROM chunks").ok());
+  Must(ExecSqlForTesting(path_, "SELECT chunk, digests FROM blocks"));
+}
+
 TEST_F(IndexBlocks, VersionOneIndexOpensAndHasNoBlocks) {
   TestIndexBuilder b(path_, kChunk, 1, 1);  // No block size: a v1 writer.
   const std::string content = RandomBytes(kChunk + 10, 3);
@@ -79,36 +87,65 @@ TEST_F(IndexBlocks, VersionOneIndexOpensAndHasNoBlocks) {
   EXPECT_EQ(blocks.block_size, 0u);
   EXPECT_TRUE(blocks.digests.empty());
   EXPECT_TRUE(reader->ValidateFile(file).ok());
+  EXPECT_FALSE(ExecSqlForTesting(path_, "SELECT 1 FROM blocks").ok()) << "v1 has no blocks table";
   EXPECT_EQ(Must(reader->ExtentsInRange(file, 0, content.size())).size(), 2u);
 }
 
-TEST_F(IndexBlocks, BlobOfTheWrongLengthIsDataLoss) {
+TEST_F(IndexBlocks, BlobOfTheWrongLengthIsDataLossWhenFetchedNotAtValidation) {
   WriteV2();
   const std::int64_t chunk = extents_[0].chunk_id;
-  Must(ExecSqlForTesting(path_, "UPDATE chunks SET blocks = substr(blocks, 1, 96) WHERE id = " +
-                                    std::to_string(chunk)));
+  Must(ExecSqlForTesting(
+      path_,
+      "UPDATE blocks SET digests = substr(digests, 1, 96) WHERE chunk = " + std::to_string(chunk)));
   auto reader = Must(IndexReader::Open(path_));
   const auto blocks = reader->Blocks(chunk);
   EXPECT_EQ(blocks.status().code(), StatusCode::kDataLoss);
-  const std::string reason = "chunk " + std::to_string(chunk) +
-                             " block digests are 96 bytes, expected 128 (4 blocks of 4096 bytes, "
-                             "32 bytes each)";
-  EXPECT_EQ(blocks.status().message(), reason);
+  EXPECT_EQ(blocks.status().message(),
+            "chunk " + std::to_string(chunk) +
+                " block digests are 96 bytes, expected 128 (4 blocks of 4096 bytes, 32 bytes "
+                "each)");
+  // ValidateFile and reads look at extents and chunks only: the blob is not loaded there.
   const Status validated = reader->ValidateFile(file_);
-  EXPECT_EQ(validated.code(), StatusCode::kDataLoss);
-  EXPECT_EQ(validated.message(), "file " + std::to_string(file_) + ": " + reason);
-  // Reads look at extents only: the blob is not loaded there.
+  EXPECT_TRUE(validated.ok()) << validated.ToString();
   EXPECT_EQ(Must(reader->ExtentsInRange(file_, 0, 10)).size(), 1u);
   // The other chunks are fine.
   EXPECT_TRUE(reader->Blocks(extents_[1].chunk_id).ok());
 }
 
+// ValidateFile does not need the blocks table: with the row of every chunk of the file gone, the
+// index still opens and the file still validates and maps; only Blocks() reports the loss.
+TEST_F(IndexBlocks, MissingBlocksRowsDoNotFailValidationButBlocksIsDataLoss) {
+  WriteV2();
+  Must(ExecSqlForTesting(path_, "DELETE FROM blocks"));
+  auto reader = Must(IndexReader::Open(path_));
+  const Status validated = reader->ValidateFile(file_);
+  EXPECT_TRUE(validated.ok()) << validated.ToString();
+  EXPECT_EQ(Must(reader->ExtentsInRange(file_, 0, content_.size())).size(), 3u);
+  for (const Extent& x : extents_) {
+    SCOPED_TRACE(x.offset);
+    const auto blocks = reader->Blocks(x.chunk_id);
+    EXPECT_EQ(blocks.status().code(), StatusCode::kDataLoss);
+    EXPECT_EQ(blocks.status().message(), "chunk " + std::to_string(x.chunk_id) +
+                                             " has no block digests (no row in the blocks table)");
+  }
+}
+
+// A blocks row for a chunk that does not exist (or whose id was never used) is ignored; Blocks()
+// of an unknown chunk is NotFound, not DataLoss.
+TEST_F(IndexBlocks, StrayBlocksRowIsIgnored) {
+  WriteV2();
+  Must(ExecSqlForTesting(path_, "INSERT INTO blocks(chunk, digests) VALUES(999, x'00')"));
+  auto reader = Must(IndexReader::Open(path_));
+  EXPECT_TRUE(reader->ValidateFile(file_).ok());
+  EXPECT_EQ(reader->Blocks(999).status().code(), StatusCode::kNotFound);
+}
+
 TEST_F(IndexBlocks, EmptyOrTextBlocksAreDataLoss) {
   WriteV2();
-  Must(ExecSqlForTesting(
-      path_,
-      "UPDATE chunks SET blocks = x'' WHERE id = " + std::to_string(extents_[0].chunk_id) +
-          "; UPDATE chunks SET blocks = 'abc' WHERE id = " + std::to_string(extents_[2].chunk_id)));
+  Must(ExecSqlForTesting(path_, "UPDATE blocks SET digests = x'' WHERE chunk = " +
+                                    std::to_string(extents_[0].chunk_id) +
+                                    "; UPDATE blocks SET digests = 'abc' " +
+                                    "WHERE chunk = " + std::to_string(extents_[2].chunk_id)));
   auto reader = Must(IndexReader::Open(path_));
   const auto empty = reader->Blocks(extents_[0].chunk_id);
   EXPECT_EQ(empty.status().code(), StatusCode::kDataLoss);
@@ -118,6 +155,7 @@ TEST_F(IndexBlocks, EmptyOrTextBlocksAreDataLoss) {
   EXPECT_EQ(text.status().code(), StatusCode::kDataLoss);
   EXPECT_NE(text.status().message().find("block digests are not a blob"), std::string::npos)
       << text.status().ToString();
+  EXPECT_TRUE(reader->ValidateFile(file_).ok());
 }
 
 TEST_F(IndexBlocks, UnknownChunkIsNotFound) {
@@ -126,7 +164,7 @@ TEST_F(IndexBlocks, UnknownChunkIsNotFound) {
   EXPECT_EQ(reader->Blocks(999).status().code(), StatusCode::kNotFound);
 }
 
-TEST_F(IndexBlocks, OpenRefusesAMissingOrBadBlockSize) {
+TEST_F(IndexBlocks, OpenRefusesAMissingBlocksTableOrBadBlockSize) {
   const std::pair<std::string, std::string> cases[] = {
       {"DELETE FROM meta WHERE key = 'block_size'", "index has no block_size"},
       {"UPDATE meta SET value = '3000' WHERE key = 'block_size'",
@@ -137,7 +175,9 @@ TEST_F(IndexBlocks, OpenRefusesAMissingOrBadBlockSize) {
        "index block_size '32768' is not a power of two from 4096 to the chunk_size 16384"},
       {"UPDATE meta SET value = 'big' WHERE key = 'block_size'",
        "index block_size 'big' is not a power of two from 4096 to the chunk_size 16384"},
-      {"ALTER TABLE chunks DROP COLUMN blocks", "index table 'chunks' is missing column 'blocks'"},
+      {"DROP TABLE blocks", "index is missing table 'blocks'"},
+      {"ALTER TABLE blocks RENAME COLUMN digests TO d",
+       "index table 'blocks' is missing column 'digests'"},
   };
   for (const auto& [sql, message] : cases) {
     SCOPED_TRACE(sql);
