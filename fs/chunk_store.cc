@@ -45,6 +45,14 @@ ChunkStore::ChunkStore(DiskCache* cache, netfetch::ChunkFetcher* fetcher, Replic
     : cache_(cache), fetcher_(fetcher), replicas_(replicas), clock_(clock), options_(options) {}
 
 void ChunkStore::Start() {
+  if (options_.chunk_size != 0) {
+    std::lock_guard lock(spare_mu_);
+    while (spare_.size() < static_cast<std::size_t>(options_.max_spare)) {
+      auto buffer = std::make_unique<Buffer>(AlignedReadSize(0, options_.chunk_size));
+      std::memset(buffer->data(), 0, buffer->size());
+      spare_.push_back(std::move(buffer));
+    }
+  }
   for (int i = 0; i < options_.prefetch_threads; ++i) {
     workers_.emplace_back([this] { PrefetchLoop(); });
   }
@@ -162,11 +170,15 @@ Result<ChunkData> ChunkStore::FetchIsolated(const ChunkKey& key, const index::Bl
       std::min<std::uint64_t>((offset + length + block - 1) / block, blocks.digests.size()));
   const std::uint64_t begin_byte = first * block;
   const std::uint64_t end_byte = std::min<std::uint64_t>(end * block, key.size);
+  auto buffer = std::make_shared<Buffer>(end_byte - begin_byte);
+  if (ReadPartial(key, blocks, first, end, buffer->span())) {
+    counters_.partial_hits++;
+    return ChunkData{UniqueFd(), std::move(buffer), begin_byte};
+  }
   if (!AcquireSlot(Priority::kForeground, deadline)) {
     return DeadlineExceededError("no fetch slot free before the deadline");
   }
   counters_.block_fetches++;
-  auto buffer = std::make_shared<Buffer>(end_byte - begin_byte);
   Status status;
   Result<netfetch::ChunkRef> ref = Locate(key);
   if (!ref.ok()) {
@@ -180,7 +192,26 @@ Result<ChunkData> ChunkStore::FetchIsolated(const ChunkKey& key, const index::Bl
     counters_.fetch_errors++;
     return status;
   }
+  if (Status cached = cache_->InsertBlocks(key.digest, begin_byte, buffer->span()); !cached.ok()) {
+    counters_.cache_write_errors++;
+    LogWarning("cannot cache blocks of " + key.digest.Hex() + ": " + cached.ToString());
+  }
   return ChunkData{UniqueFd(), std::move(buffer), begin_byte};
+}
+
+bool ChunkStore::ReadPartial(const ChunkKey& key, const index::BlockList& blocks, std::size_t first,
+                             std::size_t end, std::span<std::uint8_t> dst) {
+  Result<UniqueFd> fd = cache_->OpenPartial(key.digest);
+  if (!fd.ok()) return false;
+  if (!PreadExactly(fd->get(), first * blocks.block_size, dst).ok()) return false;
+  // Holes and torn writes fail here; only blocks that match the index count as cached.
+  for (std::size_t i = first; i < end; ++i) {
+    std::span<const std::uint8_t> block =
+        std::span<const std::uint8_t>(dst).subspan((i - first) * blocks.block_size);
+    block = block.first(std::min<std::size_t>(block.size(), blocks.block_size));
+    if (Sha256(block.data(), block.size()) != blocks.digests[i]) return false;
+  }
+  return true;
 }
 
 Result<netfetch::ChunkRef> ChunkStore::Locate(const ChunkKey& key) {

@@ -91,6 +91,9 @@ struct ChunkStoreOptions {
   // Chunk buffers in flight plus the ready list of fetched chunks not yet served.
   std::uint64_t memory_bytes = 64ull << 20;
   int max_spare = 4;  // Idle buffers kept for reuse instead of being freed and mapped again.
+  // When set, Start() fills the spare list with buffers of this size whose pages are already
+  // present: the first fetches of a fresh mount do not wait for a megabyte of page faults each.
+  std::uint64_t chunk_size = 0;
   std::size_t max_queued_prefetches = 512;
   Duration prefetch_timeout = std::chrono::seconds(30);
   // A chunk whose fetch just failed fails again at once for this long. The kernel retries a
@@ -105,6 +108,7 @@ struct ChunkStoreCounters {
   std::atomic<std::uint64_t> disk_loads{0};  // Prefetches that loaded a cached chunk into memory.
   std::atomic<std::uint64_t> fetches{0};     // Network fetches started (foreground + prefetch).
   std::atomic<std::uint64_t> block_fetches{0};  // Isolated reads served by fetching blocks.
+  std::atomic<std::uint64_t> partial_hits{0};   // Isolated reads served by a partial file.
   std::atomic<std::uint64_t> early_reads{0};    // Reads served from a chunk still arriving.
   std::atomic<std::uint64_t> joined{0};         // Reads that waited on another reader's fetch.
   std::atomic<std::uint64_t> fetch_errors{0};
@@ -171,6 +175,10 @@ class ChunkStore {
   // Fetches the blocks of the chunk covering [offset, offset + length), uncached.
   Result<ChunkData> FetchIsolated(const ChunkKey& key, const index::BlockList& blocks,
                                   std::uint64_t offset, std::uint64_t length, TimePoint deadline);
+  // Fills dst with blocks [first, end) from the chunk's partial file in the disk cache when it
+  // holds all of them, each matching its digest.
+  bool ReadPartial(const ChunkKey& key, const index::BlockList& blocks, std::size_t first,
+                   std::size_t end, std::span<std::uint8_t> dst);
   // The chunk's replicas and blocks, as the fetcher wants them.
   Result<netfetch::ChunkRef> Locate(const ChunkKey& key);
   // Reads a cached chunk whole into memory (the ready list). Runs on a prefetch thread.

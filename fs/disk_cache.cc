@@ -21,6 +21,7 @@ namespace ckptfs::fs {
 namespace {
 
 constexpr auto kTouchInterval = std::chrono::seconds(60);
+constexpr std::string_view kPartialSuffix = ".part";
 constexpr char kHex[] = "0123456789abcdef";
 
 // Writes what O_DIRECT can take (whole blocks from an aligned address) straight to the disk and
@@ -103,6 +104,7 @@ Status DiskCache::Scan() {
     Digest digest;
     std::uint64_t size;
     std::int64_t mtime_ns;
+    bool partial;
   };
   std::vector<Found> found;
   for (char hi : std::string_view(kHex, 16)) {
@@ -111,12 +113,18 @@ Status DiskCache::Scan() {
       DIR* d = ::opendir(sub.c_str());
       if (d == nullptr) return ErrnoStatus(errno, "cannot read cache directory " + sub);
       while (dirent* e = ::readdir(d)) {
-        auto digest = Digest::FromHex(e->d_name);
+        std::string_view name = e->d_name;
+        const bool partial = name.ends_with(kPartialSuffix);
+        if (partial) name.remove_suffix(kPartialSuffix.size());
+        auto digest = Digest::FromHex(std::string(name));
         if (!digest.has_value()) continue;
         struct stat st;
         if (::fstatat(::dirfd(d), e->d_name, &st, 0) != 0 || !S_ISREG(st.st_mode)) continue;
-        found.push_back({*digest, static_cast<std::uint64_t>(st.st_size),
-                         st.st_mtim.tv_sec * 1'000'000'000LL + st.st_mtim.tv_nsec});
+        // A partial file is sparse: what it occupies, not its length.
+        std::uint64_t size = partial ? static_cast<std::uint64_t>(st.st_blocks) * 512
+                                     : static_cast<std::uint64_t>(st.st_size);
+        found.push_back(
+            {*digest, size, st.st_mtim.tv_sec * 1'000'000'000LL + st.st_mtim.tv_nsec, partial});
       }
       ::closedir(d);
     }
@@ -125,35 +133,95 @@ Status DiskCache::Scan() {
   std::sort(found.begin(), found.end(),
             [](const Found& a, const Found& b) { return a.mtime_ns > b.mtime_ns; });
   std::lock_guard lock(mu_);
-  for (const Found& f : found) AddLocked(f.digest, f.size, TimePoint::min(), /*front=*/false);
+  for (const Found& f : found) {
+    if (f.partial && (by_digest_.contains(f.digest) || partial_.contains(f.digest))) continue;
+    AddLocked(f.digest, f.size, TimePoint::min(), /*front=*/false, f.partial);
+  }
   EvictLocked(0);
   return Status::Ok();
 }
 
-std::string DiskCache::PathOf(const Digest& digest) const {
+std::string DiskCache::PathOf(const Digest& digest, bool partial) const {
   std::string hex = digest.Hex();
-  return options_.dir + "/" + hex.substr(0, 2) + "/" + hex;
+  std::string path = options_.dir + "/" + hex.substr(0, 2) + "/" + hex;
+  if (partial) path += kPartialSuffix;
+  return path;
 }
 
-void DiskCache::AddLocked(const Digest& digest, std::uint64_t size, TimePoint touch, bool front) {
-  auto it = front ? lru_.insert(lru_.begin(), Entry{digest, size, touch})
-                  : lru_.insert(lru_.end(), Entry{digest, size, touch});
-  by_digest_[digest] = it;
+void DiskCache::AddLocked(const Digest& digest, std::uint64_t size, TimePoint touch, bool front,
+                          bool partial) {
+  Entry entry{digest, size, touch, partial};
+  auto it = front ? lru_.insert(lru_.begin(), entry) : lru_.insert(lru_.end(), entry);
+  (partial ? partial_ : by_digest_)[digest] = it;
   used_ += size;
 }
 
 void DiskCache::EraseLocked(Lru::iterator it) {
   used_ -= it->size;
-  by_digest_.erase(it->digest);
+  (it->partial ? partial_ : by_digest_).erase(it->digest);
   lru_.erase(it);
+}
+
+void DiskCache::RemovePartialLocked(const Digest& digest) {
+  auto it = partial_.find(digest);
+  if (it == partial_.end()) return;
+  ::unlink(PathOf(digest, /*partial=*/true).c_str());
+  EraseLocked(it->second);
+}
+
+Status DiskCache::InsertBlocks(const Digest& digest, std::uint64_t offset,
+                               std::span<const std::uint8_t> bytes) {
+  {
+    std::lock_guard lock(mu_);
+    if (by_digest_.contains(digest) || bytes.size() > options_.capacity_bytes) {
+      return Status::Ok();
+    }
+  }
+  const std::string path = PathOf(digest, /*partial=*/true);
+  UniqueFd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0600));
+  if (!fd.valid()) return ErrnoStatus(errno, "cannot create " + path);
+  std::size_t done = 0;
+  while (done < bytes.size()) {
+    ssize_t n = ::pwrite(fd.get(), bytes.data() + done, bytes.size() - done,
+                         static_cast<off_t>(offset + done));
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return ErrnoStatus(errno, "write to " + path);
+    done += static_cast<std::size_t>(n);
+  }
+  std::lock_guard lock(mu_);
+  if (by_digest_.contains(digest)) return Status::Ok();  // The whole chunk arrived meanwhile.
+  EvictLocked(bytes.size());
+  auto it = partial_.find(digest);
+  if (it == partial_.end()) {
+    AddLocked(digest, bytes.size(), options_.clock->Now(), /*front=*/true, /*partial=*/true);
+  } else {
+    it->second->size += bytes.size();
+    used_ += bytes.size();
+    lru_.splice(lru_.begin(), lru_, it->second);
+  }
+  return Status::Ok();
+}
+
+Result<UniqueFd> DiskCache::OpenPartial(const Digest& digest) {
+  {
+    std::lock_guard lock(mu_);
+    auto it = partial_.find(digest);
+    if (it == partial_.end()) return NotFoundError("no partial chunk");
+    lru_.splice(lru_.begin(), lru_, it->second);
+  }
+  const std::string path = PathOf(digest, /*partial=*/true);
+  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd.valid()) return NotFoundError("cannot open " + path);
+  return fd;
 }
 
 void DiskCache::EvictLocked(std::uint64_t incoming) {
   while (!lru_.empty() && used_ + incoming > options_.capacity_bytes) {
     auto victim = std::prev(lru_.end());
     // Readers holding the file open keep their descriptor; unlink only drops the name.
-    if (::unlink(PathOf(victim->digest).c_str()) != 0 && errno != ENOENT) {
-      LogWarning("cannot evict " + PathOf(victim->digest) + ": " + std::strerror(errno));
+    const std::string path = PathOf(victim->digest, victim->partial);
+    if (::unlink(path.c_str()) != 0 && errno != ENOENT) {
+      LogWarning("cannot evict " + path + ": " + std::strerror(errno));
     }
     EraseLocked(victim);
   }
@@ -218,6 +286,7 @@ Status DiskCache::Insert(const Digest& digest, std::span<const std::uint8_t> byt
   if (written.ok() && !by_digest_.contains(digest)) {
     EvictLocked(bytes.size());
     if (::rename(tmp.c_str(), PathOf(digest).c_str()) == 0) {
+      RemovePartialLocked(digest);
       AddLocked(digest, bytes.size(), options_.clock->Now(), /*front=*/true);
       return Status::Ok();
     }

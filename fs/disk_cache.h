@@ -55,21 +55,33 @@ class DiskCache {
 
   // Stores verified bytes under `digest` and evicts older entries beyond capacity. A chunk
   // larger than the whole capacity is not stored (OK is returned: the cache is best effort).
+  // Replaces the chunk's partial file, if any.
   Status Insert(const Digest& digest, std::span<const std::uint8_t> bytes);
+
+  // Partial chunks: blocks fetched for isolated reads, written at their offsets into a sparse
+  // file "<hex>.part". The file says nothing about which blocks it holds (holes read as zeros,
+  // a crash may leave a torn block): whoever reads it checks each block against its digest.
+  // Accounted by the bytes written; evicted like whole chunks. No-op when the whole chunk is
+  // cached.
+  Status InsertBlocks(const Digest& digest, std::uint64_t offset,
+                      std::span<const std::uint8_t> bytes);
+  // The chunk's partial file, marked used; NotFound when there is none.
+  Result<UniqueFd> OpenPartial(const Digest& digest);
 
   std::uint64_t used_bytes() const;
   std::uint64_t capacity_bytes() const { return options_.capacity_bytes; }
   std::size_t entry_count() const;
   const std::string& dir() const { return options_.dir; }
 
-  // "<dir>/<hh>/<hex>".
-  std::string PathOf(const Digest& digest) const;
+  // "<dir>/<hh>/<hex>", and "<dir>/<hh>/<hex>.part" for a partial chunk.
+  std::string PathOf(const Digest& digest, bool partial = false) const;
 
  private:
   struct Entry {
     Digest digest;
     std::uint64_t size = 0;
     TimePoint last_touch;
+    bool partial = false;
   };
   using Lru = std::list<Entry>;  // Front: most recently used.
 
@@ -77,12 +89,15 @@ class DiskCache {
   Status Scan();
   void EraseLocked(Lru::iterator it);
   void EvictLocked(std::uint64_t incoming);
-  void AddLocked(const Digest& digest, std::uint64_t size, TimePoint touch, bool front);
+  void AddLocked(const Digest& digest, std::uint64_t size, TimePoint touch, bool front,
+                 bool partial = false);
+  void RemovePartialLocked(const Digest& digest);
 
   DiskCacheOptions options_;
   mutable std::mutex mu_;
   Lru lru_;                                                          // GUARDED_BY(mu_)
   std::unordered_map<Digest, Lru::iterator, DigestHash> by_digest_;  // GUARDED_BY(mu_)
+  std::unordered_map<Digest, Lru::iterator, DigestHash> partial_;    // GUARDED_BY(mu_)
   std::uint64_t used_ = 0;                                           // GUARDED_BY(mu_)
   std::atomic<std::uint64_t> tmp_counter_{0};  // Makes temporary names unique.
 };

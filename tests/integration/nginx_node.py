@@ -192,11 +192,18 @@ class NginxNode:
         return entries
 
     def chunk_gets(self):
-        """Successful GETs of chunk objects: a list of (hex digest, body bytes sent)."""
+        """Successful GETs of whole chunk objects: a list of (hex digest, body bytes sent)."""
+        return self._chunk_responses(200)
+
+    def range_gets(self):
+        """Successful Range GETs of chunk objects (some blocks): (hex digest, body bytes sent)."""
+        return self._chunk_responses(206)
+
+    def _chunk_responses(self, wanted_status):
         gets = []
         for method, uri, status, sent in self.log_lines():
             m = _CHUNK_URI.match(uri)
-            if method == "GET" and status == 200 and m:
+            if method == "GET" and status == wanted_status and m:
                 gets.append((m.group(2), sent))
         return gets
 
@@ -237,6 +244,11 @@ class NginxNode:
 
     def __repr__(self):
         return f"NginxNode({self.name}, {self.url}, running={self.running})"
+
+
+def settle_range_gets(nodes):
+    """Range GETs per node, after settle_chunk_gets has waited for the logs to go quiet."""
+    return {node.name: node.range_gets() for node in nodes}
 
 
 def settle_chunk_gets(nodes, quiet=0.7, limit=10.0):

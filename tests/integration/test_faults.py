@@ -77,6 +77,8 @@ def test_corrupt_replica_is_skipped_and_content_stays_correct(published, mount):
             if name == "tmp" or not os.path.isdir(sub):
                 continue
             for digest in os.listdir(sub):
+                if digest.endswith(".part"):
+                    continue  # Partial chunks are checked block by block whenever they are read.
                 assert source_tree.sha256_file(os.path.join(sub, digest)) == digest, (
                     f"cache holds a bad copy of {digest}")
     finally:

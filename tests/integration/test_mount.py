@@ -14,10 +14,11 @@ import pytest
 
 import ckptfs_cli
 import source_tree
-from nginx_node import settle_chunk_gets
+from nginx_node import settle_chunk_gets, settle_range_gets
 from source_tree import BIG, MiB
 
 PAGE = 4096
+BLOCK = 64 * 1024  # publish's default --block-size, which the fixture uses.
 
 
 def pread_file(path, offset, length):
@@ -79,20 +80,26 @@ def _mid_chunk(published, index):
     return extent, offset
 
 
-def test_isolated_read_in_the_middle_of_a_chunk_fetches_exactly_one_chunk(published, mount):
+def bytes_sent(gets):
+    return sum(sent for v in gets.values() for _, sent in v)
+
+
+def test_isolated_read_in_the_middle_of_a_chunk_fetches_only_its_block(published, mount):
     extent, offset = _mid_chunk(published, 37)
     mnt = mount(published.index)
 
     data = pread_file(mnt.path(BIG), offset, PAGE)
 
     assert data == published.tree.read(BIG, offset, PAGE)
-    gets = settle_chunk_gets(published.nodes)
-    assert total(gets) <= 2, f"{total(gets)} chunk GETs for one 4 KiB read: {gets}"
-    assert total(gets) == 1, f"{total(gets)} chunk GETs for one mid-chunk 4 KiB read: {gets}"
-    assert list(digests(gets)) == [extent.digest]
+    whole = settle_chunk_gets(published.nodes)
+    ranges = settle_range_gets(published.nodes)
+    assert total(whole) == 0, f"a 4 KiB read fetched whole chunks: {whole}"
+    assert total(ranges) == 1, f"{total(ranges)} Range GETs for one mid-chunk 4 KiB read: {ranges}"
+    assert list(digests(ranges)) == [extent.digest]
+    assert bytes_sent(ranges) <= 2 * BLOCK, f"{bytes_sent(ranges)} bytes sent for a 4 KiB read"
 
 
-def test_isolated_read_at_a_chunk_end_fetches_at_most_two_chunks(published, mount):
+def test_isolated_read_at_a_chunk_end_fetches_at_most_two_chunks_blocks(published, mount):
     with published.db() as db:
         extent = db.extents(BIG)[20]
     offset = extent.offset + extent.size - PAGE
@@ -101,9 +108,12 @@ def test_isolated_read_at_a_chunk_end_fetches_at_most_two_chunks(published, moun
     data = pread_file(mnt.path(BIG), offset, PAGE)
 
     assert data == published.tree.read(BIG, offset, PAGE)
-    gets = settle_chunk_gets(published.nodes)
-    assert 1 <= total(gets) <= 2, f"{total(gets)} chunk GETs for one 4 KiB read: {gets}"
-    assert extent.digest in digests(gets)
+    whole = settle_chunk_gets(published.nodes)
+    ranges = settle_range_gets(published.nodes)
+    assert total(whole) == 0, f"a 4 KiB read fetched whole chunks: {whole}"
+    assert 1 <= total(ranges) <= 2, f"{total(ranges)} Range GETs for one 4 KiB read: {ranges}"
+    assert extent.digest in digests(ranges)
+    assert bytes_sent(ranges) <= 4 * BLOCK, f"{bytes_sent(ranges)} bytes sent for a 4 KiB read"
 
 
 def test_reread_after_dropping_the_page_cache_makes_no_request(published, mount):
@@ -115,12 +125,13 @@ def test_reread_after_dropping_the_page_cache_makes_no_request(published, mount)
 
     ckptfs_cli.drop_page_cache()
     again = pread_file(mnt.path(BIG), offset, PAGE)
-    elsewhere = pread_file(mnt.path(BIG), extent.offset + PAGE * 3, PAGE)
+    same_block = pread_file(mnt.path(BIG), offset + PAGE * 3, PAGE)
 
     assert again == first == published.tree.read(BIG, offset, PAGE)
-    assert elsewhere == published.tree.read(BIG, extent.offset + PAGE * 3, PAGE)
+    assert same_block == published.tree.read(BIG, offset + PAGE * 3, PAGE)
     gets = settle_chunk_gets(published.nodes)
-    assert total(gets) == 0, f"cached chunk fetched again: {gets}"
+    ranges = settle_range_gets(published.nodes)
+    assert total(gets) + total(ranges) == 0, f"cached blocks fetched again: {gets} {ranges}"
 
 
 @pytest.mark.slow
@@ -137,6 +148,8 @@ def test_sequential_read_fetches_each_chunk_of_the_file_once(published, mount):
         f"extra: {sorted(set(got) - set(wanted))[:3]}")
     twice = {d: n for d, n in got.items() if n > 1}
     assert not twice, f"chunks fetched more than once: {twice}"
+    ranges = settle_range_gets(published.nodes)
+    assert total(ranges) == 0, f"a read from the start fetched blocks, not chunks: {ranges}"
 
 
 def test_concurrent_readers_get_correct_bytes_and_share_fetches(published, mount):

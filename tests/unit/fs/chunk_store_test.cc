@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <condition_variable>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <future>
@@ -495,7 +496,7 @@ TEST_F(ChunkStore, ReaderOfTheStartOfAChunkGoesBeforeTheRestHasArrived) {
   EXPECT_TRUE(PollUntil([&] { return cache_->Contains(key.digest); }));
 }
 
-TEST_F(ChunkStore, IsolatedReadFetchesOnlyTheBlocksItTouchesAndCachesNothing) {
+TEST_F(ChunkStore, IsolatedReadFetchesOnlyTheBlocksItTouches) {
   MakeStore();
   TestChunk chunk = ServedChunk(4 * 4096 + 100, 1);
   replicas_.SetBlocks(chunk.key.chunk_id, {4096, index::HashChunk(chunk.bytes, 4096).blocks});
@@ -512,7 +513,42 @@ TEST_F(ChunkStore, IsolatedReadFetchesOnlyTheBlocksItTouchesAndCachesNothing) {
   CKPTFS_ASSERT_OK(store_->Read(chunk.key, 4 * 4096 + 50, last, Deadline(), fs::Access::kIsolated));
   EXPECT_EQ(last, Slice(chunk, 4 * 4096 + 50, 50));
   EXPECT_EQ(fetcher_.LastBlockRange(), (std::pair<std::size_t, std::size_t>{4, 5}));
-  EXPECT_FALSE(cache_->Contains(chunk.key.digest));
+  EXPECT_FALSE(cache_->Contains(chunk.key.digest));  // Not whole.
+}
+
+TEST_F(ChunkStore, IsolatedReadAgainIsServedFromThePartialFileWithoutAFetch) {
+  MakeStore();
+  TestChunk chunk = ServedChunk(4 * 4096, 1);
+  replicas_.SetBlocks(chunk.key.chunk_id, {4096, index::HashChunk(chunk.bytes, 4096).blocks});
+  std::vector<std::uint8_t> out(100);
+  CKPTFS_ASSERT_OK(store_->Read(chunk.key, 8200, out, Deadline(), fs::Access::kIsolated));
+  CKPTFS_ASSERT_OK(store_->Read(chunk.key, 8300, out, Deadline(), fs::Access::kIsolated));
+  EXPECT_EQ(out, Slice(chunk, 8300, 100));
+  EXPECT_EQ(fetcher_.BlockCalls(chunk.key.digest), 1);
+  EXPECT_EQ(store_->counters().partial_hits.load(), 1u);
+  // A block the partial file does not hold (a hole) is fetched.
+  CKPTFS_ASSERT_OK(store_->Read(chunk.key, 100, out, Deadline(), fs::Access::kIsolated));
+  EXPECT_EQ(out, Slice(chunk, 100, 100));
+  EXPECT_EQ(fetcher_.BlockCalls(chunk.key.digest), 2);
+}
+
+TEST_F(ChunkStore, CorruptPartialFileIsNotTrusted) {
+  MakeStore();
+  TestChunk chunk = ServedChunk(4 * 4096, 1);
+  replicas_.SetBlocks(chunk.key.chunk_id, {4096, index::HashChunk(chunk.bytes, 4096).blocks});
+  std::vector<std::uint8_t> out(100);
+  CKPTFS_ASSERT_OK(store_->Read(chunk.key, 4096, out, Deadline(), fs::Access::kIsolated));
+  {
+    std::FILE* f = std::fopen(cache_->PathOf(chunk.key.digest, /*partial=*/true).c_str(), "r+b");
+    ASSERT_NE(f, nullptr);
+    std::fseek(f, 4096 + 7, SEEK_SET);
+    std::fputc(0x5a ^ chunk.bytes[4096 + 7], f);
+    std::fclose(f);
+  }
+  CKPTFS_ASSERT_OK(store_->Read(chunk.key, 4096, out, Deadline(), fs::Access::kIsolated));
+  EXPECT_EQ(out, Slice(chunk, 4096, 100));
+  EXPECT_EQ(fetcher_.BlockCalls(chunk.key.digest), 2);
+  EXPECT_EQ(store_->counters().partial_hits.load(), 0u);
 }
 
 TEST_F(ChunkStore, IsolatedReadWithoutBlockDigestsFetchesTheWholeChunk) {

@@ -363,5 +363,50 @@ TEST_F(DiskCache, OpenOfAnEmptyPathIsInvalidArgument) {
   EXPECT_EQ(cache.status().code(), StatusCode::kInvalidArgument);
 }
 
+TEST_F(DiskCache, BlocksGoToASparsePartialFileThatSurvivesReopen) {
+  CKPTFS_ASSERT_OK_AND_ASSIGN(auto cache, Open(1 << 20));
+  TestChunk a = MakeChunk(4 * 4096, 1);
+  std::span<const std::uint8_t> bytes(a.bytes);
+  CKPTFS_ASSERT_OK(cache->InsertBlocks(a.digest, 8192, bytes.subspan(8192, 4096)));
+  EXPECT_FALSE(cache->Contains(a.digest));
+  EXPECT_EQ(cache->used_bytes(), 4096u);
+  CKPTFS_ASSERT_OK_AND_ASSIGN(UniqueFd fd, cache->OpenPartial(a.digest));
+  std::vector<std::uint8_t> got(4096);
+  CKPTFS_ASSERT_OK(PreadExactly(fd.get(), 8192, got));
+  EXPECT_TRUE(std::equal(got.begin(), got.end(), a.bytes.begin() + 8192));
+  cache.reset();
+  CKPTFS_ASSERT_OK_AND_ASSIGN(auto reopened, Open(1 << 20));
+  EXPECT_TRUE(reopened->OpenPartial(a.digest).ok());
+  EXPECT_EQ(reopened->used_bytes(), 4096u);  // What the sparse file occupies.
+}
+
+TEST_F(DiskCache, WholeChunkReplacesItsPartialFile) {
+  CKPTFS_ASSERT_OK_AND_ASSIGN(auto cache, Open(1 << 20));
+  TestChunk a = MakeChunk(4 * 4096, 1);
+  CKPTFS_ASSERT_OK(
+      cache->InsertBlocks(a.digest, 0, std::span<const std::uint8_t>(a.bytes).first(4096)));
+  CKPTFS_ASSERT_OK(cache->Insert(a.digest, a.bytes));
+  EXPECT_EQ(cache->OpenPartial(a.digest).status().code(), StatusCode::kNotFound);
+  EXPECT_FALSE(Exists(cache->PathOf(a.digest, /*partial=*/true)));
+  EXPECT_EQ(cache->used_bytes(), a.bytes.size());
+  // Blocks of a chunk cached whole are not written again.
+  CKPTFS_ASSERT_OK(
+      cache->InsertBlocks(a.digest, 0, std::span<const std::uint8_t>(a.bytes).first(4096)));
+  EXPECT_FALSE(Exists(cache->PathOf(a.digest, /*partial=*/true)));
+}
+
+TEST_F(DiskCache, PartialFilesAreEvictedLikeChunks) {
+  CKPTFS_ASSERT_OK_AND_ASSIGN(auto cache, Open(3 * 4096));
+  TestChunk a = MakeChunk(4 * 4096, 1);
+  TestChunk b = MakeChunk(3 * 4096, 2);
+  CKPTFS_ASSERT_OK(
+      cache->InsertBlocks(a.digest, 0, std::span<const std::uint8_t>(a.bytes).first(4096)));
+  CKPTFS_ASSERT_OK(cache->Insert(b.digest, b.bytes));
+  EXPECT_EQ(cache->OpenPartial(a.digest).status().code(), StatusCode::kNotFound);
+  EXPECT_FALSE(Exists(cache->PathOf(a.digest, /*partial=*/true)));
+  EXPECT_TRUE(cache->Contains(b.digest));
+  EXPECT_EQ(cache->used_bytes(), b.bytes.size());
+}
+
 }  // namespace
 }  // namespace ckptfs
