@@ -90,15 +90,19 @@ Result<ChunkData> ChunkStore::Get(const ChunkKey& key, std::uint64_t offset, std
       counters_.memory_hits++;
       return ChunkData{UniqueFd(), std::move(bytes), 0};
     }
-    if (Result<UniqueFd> fd = cache_->OpenChunk(key.digest, key.size); fd.ok()) {
-      counters_.cache_hits++;
-      return ChunkData{std::move(fd).value(), nullptr, 0};
-    }
-    if (Status failed = RecentFailure(key.digest); !failed.ok()) return failed;
+    // A fetch or a disk load in flight comes first: joining it beats a second read of the same
+    // bytes, from the network or from the disk.
     std::shared_ptr<Flight> flight = FindFlight(key.digest);
-    if (flight == nullptr && access == Access::kIsolated) {
-      CKPTFS_ASSIGN_OR_RETURN(index::BlockList blocks, replicas_->Blocks(key.chunk_id));
-      if (blocks.block_size != 0) return FetchIsolated(key, blocks, offset, length, deadline);
+    if (flight == nullptr) {
+      if (Result<UniqueFd> fd = cache_->OpenChunk(key.digest, key.size); fd.ok()) {
+        counters_.cache_hits++;
+        return ChunkData{std::move(fd).value(), nullptr, 0};
+      }
+      if (Status failed = RecentFailure(key.digest); !failed.ok()) return failed;
+      if (access == Access::kIsolated) {
+        CKPTFS_ASSIGN_OR_RETURN(index::BlockList blocks, replicas_->Blocks(key.chunk_id));
+        if (blocks.block_size != 0) return FetchIsolated(key, blocks, offset, length, deadline);
+      }
     }
     bool leader = false;
     if (flight == nullptr) {
@@ -525,22 +529,55 @@ void ChunkStore::PrefetchLoop() {
 }
 
 void ChunkStore::LoadFromDisk(const ChunkKey& key) {
-  if (!AcquireSlot(Priority::kBackground, clock_->Now() + options_.prefetch_timeout)) return;
-  std::shared_ptr<Buffer> buffer = TakeBuffer(key.size);
-  Status status;
-  if (Result<UniqueFd> fd = cache_->OpenChunk(key.digest, key.size); !fd.ok()) {
-    status = fd.status();
-  } else {
-    status = PreadAligned(fd->get(), 0, key.size, buffer->span()).status();
+  std::shared_ptr<Flight> flight;
+  {
+    std::lock_guard lock(flights_mu_);
+    auto [it, inserted] = flights_.try_emplace(key.digest);
+    if (!inserted) return;
+    it->second = std::make_shared<Flight>();
+    flight = it->second;
   }
-  if (status.ok()) {
-    counters_.disk_loads++;
-    AddReady(key.digest, key.size, std::move(buffer), 0);
-  } else {
-    // Evicted meanwhile, or unreadable: the foreground read will find out and fetch.
-    ReleaseBufferBytes(buffer->size());
+  bool loaded = false;
+  if (AcquireSlot(Priority::kBackground, clock_->Now() + options_.prefetch_timeout)) {
+    std::shared_ptr<Buffer> buffer = TakeBuffer(key.size);
+    {
+      std::lock_guard lock(flight->mu);
+      flight->bytes = buffer;
+    }
+    if (ReadFromDisk(key, *buffer, *flight).ok()) {
+      counters_.disk_loads++;
+      std::uint64_t served = Complete(*flight, Status::Ok(), /*keep_bytes=*/true);
+      AddReady(key.digest, key.size, std::move(buffer), served);
+      loaded = true;
+    } else {
+      ReleaseBufferBytes(buffer->size());
+    }
+    ReleaseSlot();
   }
-  ReleaseSlot();
+  {
+    std::lock_guard lock(flights_mu_);
+    flights_.erase(key.digest);
+  }
+  // Not loaded (evicted meanwhile, unreadable, shutting down): readers waiting on it look in the
+  // cache again and fetch if it is gone, as after a fetch that found the chunk cached.
+  if (!loaded) Complete(*flight, Status::Ok(), /*keep_bytes=*/false);
+}
+
+Status ChunkStore::ReadFromDisk(const ChunkKey& key, Buffer& buffer, Flight& flight) {
+  // In pieces, so that a reader of the start of the chunk can go before the whole has been read.
+  constexpr std::uint64_t kPiece = 1u << 20;
+  CKPTFS_ASSIGN_OR_RETURN(UniqueFd fd, cache_->OpenChunk(key.digest, key.size));
+  for (std::uint64_t offset = 0; offset < key.size; offset += kPiece) {
+    const std::uint64_t length = std::min(kPiece, key.size - offset);
+    CKPTFS_RETURN_IF_ERROR(
+        PreadAligned(fd.get(), offset, length, buffer.span().subspan(offset)).status());
+    {
+      std::lock_guard lock(flight.mu);
+      flight.verified = offset + length;
+    }
+    flight.cv.notify_all();
+  }
+  return Status::Ok();
 }
 
 }  // namespace ckptfs::fs

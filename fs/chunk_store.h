@@ -181,8 +181,10 @@ class ChunkStore {
                    std::size_t end, std::span<std::uint8_t> dst);
   // The chunk's replicas and blocks, as the fetcher wants them.
   Result<netfetch::ChunkRef> Locate(const ChunkKey& key);
-  // Reads a cached chunk whole into memory (the ready list). Runs on a prefetch thread.
+  // Reads a cached chunk whole into memory (the ready list) as a flight readers can join. Runs
+  // on a prefetch thread.
   void LoadFromDisk(const ChunkKey& key);
+  Status ReadFromDisk(const ChunkKey& key, Buffer& buffer, Flight& flight);
   std::shared_ptr<const Buffer> FindReady(const Digest& digest);
   // `served`: bytes readers took while the chunk was arriving.
   void AddReady(const Digest& digest, std::uint64_t size, std::shared_ptr<const Buffer> bytes,
