@@ -18,7 +18,7 @@ ByteRange Readahead::OnRead(std::uint64_t offset, std::uint64_t length, std::uin
   }
   started_ = true;
   std::uint64_t run = run_end_ - run_begin_;
-  if (run < options_.start_after) return {};
+  if (run < StartAfter()) return {};
   window_ = std::min(options_.max_window, 2 * run);
   ByteRange range{std::max(prefetched_to_, run_end_), std::min(file_size, run_end_ + window_)};
   if (range.empty()) return {};

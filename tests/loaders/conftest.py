@@ -124,10 +124,12 @@ class Published:
             node.clear_log()
 
     def settled_chunk_gets(self):
-        """[(node, digest, bytes)] of 200 chunk GETs since clear_logs(), once the logs are quiet."""
-        gets = nginx_node.settle_chunk_gets(self.nodes)
-        return [(name, digest, sent) for name, entries in sorted(gets.items())
-                for digest, sent in entries]
+        """[(node, digest, bytes)] of chunk GETs since clear_logs(), whole (200) and Range GETs
+        of blocks (206), once the logs are quiet."""
+        whole = nginx_node.settle_chunk_gets(self.nodes)
+        ranges = nginx_node.settle_range_gets(self.nodes)
+        return [(name, digest, sent) for gets in (whole, ranges)
+                for name, entries in sorted(gets.items()) for digest, sent in entries]
 
     def extents(self, relpath):
         with IndexDb(self.index) as db:

@@ -1,7 +1,8 @@
 """Laziness, measured on the nodes: reading one ~1 MiB tensor of a >1 GiB checkpoint through the
 mount transfers about that tensor, not the checkpoint.
 
-The bytes are what nginx logged: GET requests for /chunks/... with status 200, summed over
+The bytes are what nginx logged: GET requests for /chunks/... with status 200 (whole chunks) or
+206 (Range GETs of blocks), summed over
 $body_bytes_sent on all three nodes, from a fresh mount with a fresh cache_dir until the logs are
 quiet (background readahead included). Bounds, with C the index's chunk size (4 MiB):
   tf.train.load_checkpoint(prefix).get_tensor(name)  <= tensor + the .index file + 2 C
@@ -83,12 +84,9 @@ def test_tf_get_tensor_of_1gib_checkpoint_fetches_only_that_tensor(big_published
     assert measured <= allowed, message
 
 
-# Known gap (open issue): an mmap page fault makes the kernel read around the faulting page, so a
-# tensor that starts just after a chunk boundary also pulls in the previous chunk, and the header
-# costs a whole chunk: 3 chunks are fetched where the bound allows 2 + the header. Closing it needs
-# sub-chunk (block) fetches verified by per-block digests. strict=True: the day it passes, this
-# marker must go.
-@pytest.mark.xfail(strict=True, reason="mmap read-around fetches a neighbouring whole chunk")
+# An mmap page fault makes the kernel read around the faulting page; those reads are isolated, so
+# the mount fetches only the blocks they touch (per-block digests), not the whole neighbouring
+# chunks.
 @pytest.mark.parametrize("framework", ["np", "pt"])
 def test_safe_open_get_tensor_of_1gib_file_fetches_only_that_tensor(big_published, mount, note,
                                                                      framework):

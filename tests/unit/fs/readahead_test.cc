@@ -19,7 +19,10 @@ constexpr std::uint64_t kRead = 128 * kKiB;  // The kernel's usual FUSE read siz
 
 class Readahead : public ::testing::Test {
  protected:
-  ReadaheadOptions options_{.start_after = 2 * kMiB, .max_window = 16 * kMiB, .slack = 1 * kMiB};
+  ReadaheadOptions options_{.start_after = 2 * kMiB,
+                            .start_after_seek = 4 * kMiB,
+                            .max_window = 16 * kMiB,
+                            .slack = 1 * kMiB};
   fs::Readahead readahead_{options_};
 };
 
@@ -98,14 +101,17 @@ TEST_F(Readahead, SeekResetsTheRun) {
   const std::uint64_t far = 5 * kGiB;
   EXPECT_TRUE(readahead_.OnRead(far, kRead, 10 * kGiB).empty());
   EXPECT_EQ(readahead_.window(), 0u);
-  // The new run starts from scratch: nothing until it has read start_after bytes itself.
+  // The new run starts from scratch: nothing until it has read start_after_seek bytes itself,
+  // and until then its reads are isolated.
   std::uint64_t o = far + kRead;
-  for (; o + kRead < far + options_.start_after; o += kRead) {
+  for (; o + kRead < far + options_.start_after_seek; o += kRead) {
     EXPECT_TRUE(readahead_.OnRead(o, kRead, 10 * kGiB).empty()) << o - far;
+    EXPECT_FALSE(readahead_.streaming()) << o - far;
   }
   ByteRange range = readahead_.OnRead(o, kRead, 10 * kGiB);
-  EXPECT_EQ(range.begin, far + options_.start_after);
-  EXPECT_EQ(range.end, far + 3 * options_.start_after);
+  EXPECT_TRUE(readahead_.streaming());
+  EXPECT_EQ(range.begin, far + options_.start_after_seek);
+  EXPECT_EQ(range.end, far + 3 * options_.start_after_seek);
 }
 
 TEST_F(Readahead, BackwardSeekBeyondSlackResetsTheRun) {
@@ -180,6 +186,13 @@ TEST_F(Readahead, DefaultOptionsMatchTheDesign) {
   EXPECT_EQ(defaults.start_after, 2 * kMiB);
   EXPECT_EQ(defaults.max_window, 64 * kMiB);
   EXPECT_EQ(defaults.slack, 4 * kMiB);
+}
+
+TEST_F(Readahead, ARunFromTheStartOfTheFileStreamsFromItsFirstRead) {
+  readahead_.OnRead(0, kRead, kGiB);
+  EXPECT_TRUE(readahead_.streaming());
+  readahead_.OnRead(kGiB / 2, kRead, kGiB);
+  EXPECT_FALSE(readahead_.streaming());
 }
 
 }  // namespace
