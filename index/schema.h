@@ -10,10 +10,10 @@
 
 namespace ckptfs::index::schema {
 
-// The whole schema, run by the writer inside its transaction: v2 (with the blocks table), and v1
-// for writers made without a block size (indexes as older ckptfs wrote them).
-extern const char* const kCreateSql;
+// The schema, run by the writer inside its transaction: v1 is kCreateSqlV1 (indexes as older
+// ckptfs wrote them, for writers made without a block size); v2 is v1 plus kCreateBlocksSql.
 extern const char* const kCreateSqlV1;
+extern const char* const kCreateBlocksSql;
 
 // meta keys.
 inline constexpr std::string_view kFormatKey = "format";

@@ -203,8 +203,8 @@ Result<std::unique_ptr<IndexWriter>> IndexWriter::CreateVersion(const std::strin
   impl->chunk_size = chunk_size;
   impl->block_size = block_size;
   CKPTFS_RETURN_IF_ERROR(impl->Open());
-  CKPTFS_RETURN_IF_ERROR(
-      sql::Exec(impl->db.get(), block_size != 0 ? schema::kCreateSql : schema::kCreateSqlV1));
+  CKPTFS_RETURN_IF_ERROR(sql::Exec(impl->db.get(), schema::kCreateSqlV1));
+  if (block_size != 0) CKPTFS_RETURN_IF_ERROR(sql::Exec(impl->db.get(), schema::kCreateBlocksSql));
   CKPTFS_RETURN_IF_ERROR(impl->PrepareStatements());
   CKPTFS_RETURN_IF_ERROR(impl->WriteInitialRows());
   return std::unique_ptr<IndexWriter>(new IndexWriter(std::move(impl)));
