@@ -24,6 +24,7 @@
 #include "common/result.h"
 #include "index/types.h"
 #include "index/writer.h"
+#include "tests/support/pattern_bytes.h"
 
 namespace ckptfs::testing {
 
@@ -43,14 +44,6 @@ struct WrittenFile {
   std::vector<std::uint8_t> content;
   std::vector<WrittenChunk> chunks;  // In offset order.
 };
-
-// Deterministic pseudo-random bytes.
-inline std::vector<std::uint8_t> PatternBytes(std::size_t n, std::uint64_t seed) {
-  std::mt19937_64 gen(seed);
-  std::vector<std::uint8_t> bytes(n);
-  for (auto& b : bytes) b = static_cast<std::uint8_t>(gen());
-  return bytes;
-}
 
 inline Result<WrittenFile> WriteSingleFileIndex(
     const std::string& path, std::vector<std::uint8_t> content, std::uint64_t chunk_size,

@@ -10,6 +10,7 @@
 #include "common/digest.h"
 #include "netfetch/fetcher.h"
 #include "tests/support/fake_clock.h"
+#include "tests/support/pattern_bytes.h"
 #include "tests/support/scripted_transport.h"
 
 namespace ckptfs {
@@ -20,6 +21,7 @@ using netfetch::ChunkRef;
 using netfetch::ChunkUrl;
 using netfetch::NodeEndpoint;
 using testing::FakeClock;
+using testing::PatternBytes;
 using testing::ScriptedRange;
 using testing::ScriptedResponse;
 using testing::ScriptedTransport;
@@ -27,13 +29,6 @@ using testing::ScriptedTransport;
 constexpr std::uint64_t kBlock = 4096;
 // Three blocks: 4096, 4096 and a 1808-byte tail.
 constexpr std::uint64_t kSize = 10000;
-
-std::vector<std::uint8_t> PatternBytes(std::size_t n, std::uint32_t seed) {
-  std::mt19937 gen(seed);
-  std::vector<std::uint8_t> bytes(n);
-  for (auto& b : bytes) b = static_cast<std::uint8_t>(gen());
-  return bytes;
-}
 
 struct TestChunk {
   std::vector<std::uint8_t> bytes;

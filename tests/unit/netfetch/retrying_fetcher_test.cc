@@ -12,6 +12,7 @@
 #include "common/digest.h"
 #include "netfetch/fetcher.h"
 #include "tests/support/fake_clock.h"
+#include "tests/support/pattern_bytes.h"
 #include "tests/support/scripted_transport.h"
 
 namespace ckptfs {
@@ -23,15 +24,9 @@ using netfetch::ChunkUrl;
 using netfetch::NodeEndpoint;
 using netfetch::RetryOptions;
 using testing::FakeClock;
+using testing::PatternBytes;
 using testing::ScriptedResponse;
 using testing::ScriptedTransport;
-
-std::vector<std::uint8_t> PatternBytes(std::size_t n, std::uint32_t seed) {
-  std::mt19937 gen(seed);
-  std::vector<std::uint8_t> bytes(n);
-  for (auto& b : bytes) b = static_cast<std::uint8_t>(gen());
-  return bytes;
-}
 
 struct TestChunk {
   std::vector<std::uint8_t> bytes;
