@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <tuple>
 
 #include "common/file_io.h"
 #include "common/log.h"
@@ -105,13 +106,7 @@ Result<ChunkData> ChunkStore::Get(const ChunkKey& key, std::uint64_t offset, std
       }
     }
     bool leader = false;
-    if (flight == nullptr) {
-      std::lock_guard lock(flights_mu_);
-      auto [it, inserted] = flights_.try_emplace(key.digest);
-      if (inserted) it->second = std::make_shared<Flight>();
-      flight = it->second;
-      leader = inserted;
-    }
+    if (flight == nullptr) std::tie(flight, leader) = FlightFor(key.digest);
     if (leader) {
       // The fetch runs on a worker when one is idle, so that this reader can go as soon as its
       // bytes have arrived rather than when the whole chunk has.
@@ -145,6 +140,18 @@ std::shared_ptr<ChunkStore::Flight> ChunkStore::FindFlight(const Digest& digest)
   std::lock_guard lock(flights_mu_);
   auto it = flights_.find(digest);
   return it == flights_.end() ? nullptr : it->second;
+}
+
+std::pair<std::shared_ptr<ChunkStore::Flight>, bool> ChunkStore::FlightFor(const Digest& digest) {
+  std::lock_guard lock(flights_mu_);
+  auto [it, started] = flights_.try_emplace(digest);
+  if (started) it->second = std::make_shared<Flight>();
+  return {it->second, started};
+}
+
+void ChunkStore::EndFlight(const Digest& digest) {
+  std::lock_guard lock(flights_mu_);
+  flights_.erase(digest);
 }
 
 Status ChunkStore::Read(const ChunkKey& key, std::uint64_t offset, std::span<std::uint8_t> dst,
@@ -185,7 +192,7 @@ Result<ChunkData> ChunkStore::FetchIsolated(const ChunkKey& key, const index::Bl
   }
   counters_.block_fetches++;
   Status status;
-  Result<netfetch::ChunkRef> ref = Locate(key);
+  Result<netfetch::ChunkRef> ref = Locate(key, blocks);
   if (!ref.ok()) {
     status = ref.status();
   } else {
@@ -220,8 +227,12 @@ bool ChunkStore::ReadPartial(const ChunkKey& key, const index::BlockList& blocks
 }
 
 Result<netfetch::ChunkRef> ChunkStore::Locate(const ChunkKey& key) {
-  CKPTFS_ASSIGN_OR_RETURN(std::vector<std::int64_t> nodes, replicas_->Replicas(key.chunk_id));
   CKPTFS_ASSIGN_OR_RETURN(index::BlockList blocks, replicas_->Blocks(key.chunk_id));
+  return Locate(key, std::move(blocks));
+}
+
+Result<netfetch::ChunkRef> ChunkStore::Locate(const ChunkKey& key, index::BlockList blocks) {
+  CKPTFS_ASSIGN_OR_RETURN(std::vector<std::int64_t> nodes, replicas_->Replicas(key.chunk_id));
   return netfetch::ChunkRef{key.digest, key.size, std::move(nodes), blocks.block_size,
                             std::move(blocks.digests)};
 }
@@ -247,10 +258,7 @@ void ChunkStore::ForegroundLoop() {
     const bool stopping = stopping_;
     lock.unlock();
     if (stopping) {
-      {
-        std::lock_guard flights_lock(flights_mu_);
-        flights_.erase(job.key.digest);
-      }
+      EndFlight(job.key.digest);
       Complete(*job.flight, UnavailableError("shutting down"), /*keep_bytes=*/false);
     } else {
       Lead(job.key, *job.flight, job.deadline, Priority::kForeground);
@@ -300,10 +308,7 @@ void ChunkStore::Lead(const ChunkKey& key, Flight& flight, TimePoint deadline, P
     }
     ReleaseSlot();
   }
-  {
-    std::lock_guard lock(flights_mu_);
-    flights_.erase(key.digest);
-  }
+  EndFlight(key.digest);
   if (!kept) Complete(flight, status, /*keep_bytes=*/false);
 }
 
@@ -382,11 +387,6 @@ std::shared_ptr<const Buffer> ChunkStore::FindReady(const Digest& digest) {
   auto it = ready_index_.find(digest);
   if (it == ready_index_.end()) return nullptr;
   return it->second->bytes;
-}
-
-bool ChunkStore::IsReady(const Digest& digest) {
-  std::lock_guard lock(ready_mu_);
-  return ready_index_.contains(digest);
 }
 
 void ChunkStore::AddReady(const Digest& digest, std::uint64_t size,
@@ -482,7 +482,7 @@ void ChunkStore::RememberOutcome(const Digest& digest, const Status& status) {
 }
 
 void ChunkStore::Prefetch(const ChunkKey& key) {
-  if (IsReady(key.digest)) return;
+  if (FindReady(key.digest) != nullptr) return;
   {
     std::lock_guard lock(flights_mu_);
     if (flights_.contains(key.digest)) return;
@@ -512,32 +512,20 @@ void ChunkStore::PrefetchLoop() {
       queue_.pop_front();
       queued_.erase(key.digest);
     }
-    if (IsReady(key.digest)) continue;
+    if (FindReady(key.digest) != nullptr) continue;
     if (cache_->Contains(key.digest)) {
       LoadFromDisk(key);
       continue;
     }
-    std::shared_ptr<Flight> flight;
-    {
-      std::lock_guard lock(flights_mu_);
-      auto [it, inserted] = flights_.try_emplace(key.digest);
-      if (!inserted) continue;
-      it->second = std::make_shared<Flight>();
-      flight = it->second;
-    }
+    auto [flight, started] = FlightFor(key.digest);
+    if (!started) continue;
     Lead(key, *flight, clock_->Now() + options_.prefetch_timeout, Priority::kBackground);
   }
 }
 
 void ChunkStore::LoadFromDisk(const ChunkKey& key) {
-  std::shared_ptr<Flight> flight;
-  {
-    std::lock_guard lock(flights_mu_);
-    auto [it, inserted] = flights_.try_emplace(key.digest);
-    if (!inserted) return;
-    it->second = std::make_shared<Flight>();
-    flight = it->second;
-  }
+  auto [flight, started] = FlightFor(key.digest);
+  if (!started) return;
   bool loaded = false;
   if (AcquireSlot(Priority::kBackground, clock_->Now() + options_.prefetch_timeout)) {
     std::shared_ptr<Buffer> buffer = TakeBuffer(key.size);
@@ -555,10 +543,7 @@ void ChunkStore::LoadFromDisk(const ChunkKey& key) {
     }
     ReleaseSlot();
   }
-  {
-    std::lock_guard lock(flights_mu_);
-    flights_.erase(key.digest);
-  }
+  EndFlight(key.digest);
   // Not loaded (evicted meanwhile, unreadable, shutting down): readers waiting on it look in the
   // cache again and fetch if it is gone, as after a fetch that found the chunk cached.
   if (!loaded) Complete(*flight, Status::Ok(), /*keep_bytes=*/false);

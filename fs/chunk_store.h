@@ -34,6 +34,7 @@
 #include <thread>
 #include <unordered_map>
 #include <unordered_set>
+#include <utility>
 #include <vector>
 
 #include "common/buffer.h"
@@ -179,8 +180,10 @@ class ChunkStore {
   // holds all of them, each matching its digest.
   bool ReadPartial(const ChunkKey& key, const index::BlockList& blocks, std::size_t first,
                    std::size_t end, std::span<std::uint8_t> dst);
-  // The chunk's replicas and blocks, as the fetcher wants them.
+  // The chunk's replicas and blocks, as the fetcher wants them; the second form for blocks
+  // already looked up.
   Result<netfetch::ChunkRef> Locate(const ChunkKey& key);
+  Result<netfetch::ChunkRef> Locate(const ChunkKey& key, index::BlockList blocks);
   // Reads a cached chunk whole into memory (the ready list) as a flight readers can join. Runs
   // on a prefetch thread.
   void LoadFromDisk(const ChunkKey& key);
@@ -189,7 +192,6 @@ class ChunkStore {
   // `served`: bytes readers took while the chunk was arriving.
   void AddReady(const Digest& digest, std::uint64_t size, std::shared_ptr<const Buffer> bytes,
                 std::uint64_t served);
-  bool IsReady(const Digest& digest);
   // Drops the oldest ready chunks while memory in use exceeds the budget.
   void TrimReadyLocked();  // REQUIRES: ready_mu_ held.
   // One fetch of the chunk from its replicas, telling `flight` how much has been verified;
@@ -200,6 +202,10 @@ class ChunkStore {
   // Returns how many bytes readers took while it was in flight.
   static std::uint64_t Complete(Flight& flight, const Status& status, bool keep_bytes);
   std::shared_ptr<Flight> FindFlight(const Digest& digest);
+  // The flight of `digest`, and whether this call started it (the caller then leads it and
+  // ends it with EndFlight).
+  std::pair<std::shared_ptr<Flight>, bool> FlightFor(const Digest& digest);
+  void EndFlight(const Digest& digest);
   // Gives a foreground fetch to an idle foreground worker; false when none is idle.
   bool HandOff(const ChunkKey& key, std::shared_ptr<Flight> flight, TimePoint deadline);
   void ForegroundLoop();

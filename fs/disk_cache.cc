@@ -180,14 +180,10 @@ Status DiskCache::InsertBlocks(const Digest& digest, std::uint64_t offset,
   const std::string path = PathOf(digest, /*partial=*/true);
   UniqueFd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0600));
   if (!fd.valid()) return ErrnoStatus(errno, "cannot create " + path);
-  std::size_t done = 0;
-  while (done < bytes.size()) {
-    ssize_t n = ::pwrite(fd.get(), bytes.data() + done, bytes.size() - done,
-                         static_cast<off_t>(offset + done));
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) return ErrnoStatus(errno, "write to " + path);
-    done += static_cast<std::size_t>(n);
+  if (::lseek(fd.get(), static_cast<off_t>(offset), SEEK_SET) < 0) {
+    return ErrnoStatus(errno, "seek in " + path);
   }
+  CKPTFS_RETURN_IF_ERROR(WriteAll(fd.get(), bytes).WithContext("write to " + path));
   std::lock_guard lock(mu_);
   if (by_digest_.contains(digest)) return Status::Ok();  // The whole chunk arrived meanwhile.
   EvictLocked(bytes.size());
