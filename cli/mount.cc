@@ -221,6 +221,19 @@ void SetKernelReadahead(const char* resolved, std::uint64_t bytes) {
   }
 }
 
+// Runs after Detach(): a forked child inherits the mapping but not its faulted-in pages.
+// Best effort: without it the mount works, only metadata gets slower after the page cache is
+// dropped, so a failure is a warning.
+void KeepIndexResident(index::IndexReader& index, std::uint64_t budget) {
+  if (budget == 0) return;
+  Result<std::uint64_t> kept = index.KeepResident(budget);
+  if (!kept.ok()) {
+    LogWarning("index pages are not kept in memory: " + kept.status().ToString());
+    return;
+  }
+  LogDebug("index: " + std::to_string(*kept >> 10) + " KiB kept in memory");
+}
+
 // Mounts, daemonizes unless in the foreground, and runs the FUSE loop until unmounted.
 Status Serve(MountedFs& m, const MountOptions& options) {
   FuseArgs fuse_args(options, FsName(options.index));
@@ -253,6 +266,7 @@ Status Serve(MountedFs& m, const MountOptions& options) {
   }
   LogInfo("mounted " + options.index + " on " + options.mountpoint);
   LockCode();
+  KeepIndexResident(*m.index, options.index_cache);
   // Settles the mount once INIT is through, then releases the waiting parent. A mount that never
   // gets INIT (unmounted at once) releases it after a bound.
   std::thread settle([&] {

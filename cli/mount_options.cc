@@ -57,6 +57,9 @@ Status ApplyOne(const std::string& key, const std::string& value, bool has_value
     if (options.memory_cache < (1ull << 20)) {
       return InvalidArgumentError("memory_cache must be at least 1M");
     }
+  } else if (key == "index_cache") {
+    CKPTFS_RETURN_IF_ERROR(need_value());
+    CKPTFS_ASSIGN_OR_RETURN(options.index_cache, ParseSize(value));
   } else if (key == "readahead") {
     CKPTFS_RETURN_IF_ERROR(need_value());
     CKPTFS_ASSIGN_OR_RETURN(options.readahead, ParseSize(value));

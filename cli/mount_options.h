@@ -24,6 +24,7 @@ struct MountOptions {
   int fetch_threads = 8;
   std::uint64_t readahead = 64ull << 20;        // Largest readahead window per open file.
   std::uint64_t memory_cache = 64ull << 20;     // Chunk buffers: in flight and fetched, unread.
+  std::uint64_t index_cache = 16ull << 20;      // Index pages kept mapped; 0: none.
   std::uint64_t kernel_readahead = 1ull << 20;  // The mount's read_ahead_kb; 0: kernel default.
 };
 

@@ -12,6 +12,7 @@
 
 #include "common/log.h"
 #include "common/unique_fd.h"
+#include "index/resident_pages.h"
 #include "index/schema.h"
 #include "index/sqlite_util.h"
 
@@ -416,6 +417,8 @@ struct IndexReader::Impl {
   IndexStats stats;
   std::vector<Node> nodes;
 
+  ResidentPages resident;  // Set once by KeepResident(), before the reader is shared.
+
   std::mutex mu;
   std::vector<std::unique_ptr<Connection>> idle;  // Guarded by mu.
 
@@ -744,6 +747,50 @@ Result<BlockList> IndexReader::Blocks(std::int64_t chunk) const {
 Status IndexReader::ValidateFile(std::uint64_t file) const {
   CKPTFS_ASSIGN_OR_RETURN(Impl::Lease c, impl_->Borrow());
   return impl_->ValidateFile(*c, file);
+}
+
+namespace {
+
+// The b-trees worth keeping, hottest first: the schema, then everything that lookups, opens and
+// extent queries walk, then the block digests, which are most of a large index.
+Result<std::vector<std::string>> BtreesByHeat(sqlite3* db) {
+  std::vector<std::string> names = {"sqlite_schema"};
+  CKPTFS_ASSIGN_OR_RETURN(
+      sql::Stmt s, sql::Prepare(db,
+                                "SELECT name FROM sqlite_schema WHERE type IN ('table', 'index') "
+                                "ORDER BY tbl_name = 'blocks', name"));
+  int rc;
+  while ((rc = sqlite3_step(s.get())) == SQLITE_ROW) {
+    names.emplace_back(reinterpret_cast<const char*>(sqlite3_column_text(s.get(), 0)));
+  }
+  if (rc != SQLITE_DONE) return sql::Error(db, "cannot list the index's tables");
+  return names;
+}
+
+}  // namespace
+
+Result<std::uint64_t> IndexReader::KeepResident(std::uint64_t budget) {
+  ResidentPages resident(impl_->index_file.get(), budget);
+  CKPTFS_ASSIGN_OR_RETURN(Impl::Lease c, impl_->Borrow());
+  sqlite3* db = c->db.get();
+  CKPTFS_ASSIGN_OR_RETURN(std::vector<std::string> names, BtreesByHeat(db));
+  // dbstat walks only the b-tree named, so a budget that runs out stops the reads too.
+  CKPTFS_ASSIGN_OR_RETURN(sql::Stmt pages,
+                          sql::Prepare(db, "SELECT pgoffset, pgsize FROM dbstat WHERE name = ?1"));
+  bool fits = true;
+  for (std::size_t i = 0; i < names.size() && fits; ++i) {
+    sql::StmtScope scope(pages.get());
+    sql::BindText(pages.get(), 1, names[i]);
+    int rc;
+    while (fits && (rc = sqlite3_step(pages.get())) == SQLITE_ROW) {
+      fits = resident.Choose(static_cast<std::uint64_t>(sqlite3_column_int64(pages.get(), 0)),
+                             static_cast<std::uint64_t>(sqlite3_column_int64(pages.get(), 1)));
+    }
+    if (fits && rc != SQLITE_DONE) return sql::Error(db, "cannot list the pages of " + names[i]);
+  }
+  CKPTFS_RETURN_IF_ERROR(resident.Keep());
+  impl_->resident = std::move(resident);
+  return impl_->resident.bytes();
 }
 
 }  // namespace ckptfs::index

@@ -63,6 +63,12 @@ class IndexReader {
   // and nodes only, never the block digests: Blocks() checks those when a chunk is fetched.
   Status ValidateFile(std::uint64_t file) const;
 
+  // Keeps the index pages that lookups, opens and reads need mapped in memory, so that a dropped
+  // page cache does not turn every metadata access into a disk read (index/resident_pages.h):
+  // first every table and index but the block digests, then block digests while `budget` bytes
+  // last. Reads each page it keeps once. Returns the bytes kept. Call once, before serving.
+  Result<std::uint64_t> KeepResident(std::uint64_t budget);
+
  private:
   struct Impl;
   explicit IndexReader(std::unique_ptr<Impl> impl);

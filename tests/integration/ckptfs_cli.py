@@ -5,6 +5,7 @@ would otherwise hang the test instead of failing it.
 """
 
 import contextlib
+import ctypes
 import os
 import re
 import shutil
@@ -334,6 +335,32 @@ def stat_returns(path, timeout):
 
     threading.Thread(target=probe, daemon=True).start()
     return done.wait(timeout)
+
+
+def page_cache_bytes(path):
+    """Bytes of the file at `path` that are in the page cache (mincore over a mapping of it)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                          ctypes.c_int, ctypes.c_long]
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    size = os.path.getsize(path)
+    page = os.sysconf("SC_PAGE_SIZE")
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        addr = libc.mmap(None, size, 1, 1, fd, 0)  # PROT_READ, MAP_SHARED
+        if addr in (None, ctypes.c_void_p(-1).value):
+            raise OSError(ctypes.get_errno(), f"mmap {path}")
+    finally:
+        os.close(fd)
+    try:
+        vec = (ctypes.c_ubyte * ((size + page - 1) // page))()
+        if libc.mincore(addr, size, vec) != 0:
+            raise OSError(ctypes.get_errno(), f"mincore {path}")
+        return sum(v & 1 for v in vec) * page
+    finally:
+        libc.munmap(addr, size)
 
 
 def drop_page_cache():

@@ -134,6 +134,22 @@ def test_reread_after_dropping_the_page_cache_makes_no_request(published, mount)
     assert total(gets) + total(ranges) == 0, f"cached blocks fetched again: {gets} {ranges}"
 
 
+@pytest.mark.parametrize("index_cache", ["16M", "0"])
+def test_index_pages_stay_in_memory_after_a_page_cache_drop(published, mount, index_cache):
+    mnt = mount(published.index, index_cache=index_cache)
+    assert os.path.getsize(mnt.path(BIG)) == os.path.getsize(published.tree.path(BIG))
+    ckptfs_cli.drop_page_cache()
+
+    resident = ckptfs_cli.page_cache_bytes(published.index)
+    size = os.path.getsize(published.index)
+    if index_cache == "0":
+        assert resident == 0, f"{resident} bytes of the index stayed without index_cache"
+    else:
+        assert resident == min(size, 16 * MiB), f"{resident} of {size} index bytes in memory"
+    # The mount answers the same either way.
+    assert pread_file(mnt.path(BIG), 5 * MiB, PAGE) == published.tree.read(BIG, 5 * MiB, PAGE)
+
+
 @pytest.mark.slow
 def test_sequential_read_fetches_each_chunk_of_the_file_once(published, mount):
     with published.db() as db:

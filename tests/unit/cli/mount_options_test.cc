@@ -19,7 +19,7 @@ TEST(MountOptions, AcceptsEveryOptionAndSetsItsField) {
   MountOptions options;
   CKPTFS_ASSERT_OK(ApplyMountOptionList(
       "cache_dir=/var/tmp/c,cache_size=2G,node.n1=http://127.0.0.1:8080,timeout=2.5,"
-      "allow_other,debug,fetchers=4,readahead=8M,memory_cache=32M",
+      "allow_other,debug,fetchers=4,readahead=8M,memory_cache=32M,index_cache=0",
       options));
   EXPECT_EQ(options.cache_dir, "/var/tmp/c");
   EXPECT_EQ(options.cache_size, 2ull << 30);
@@ -31,6 +31,7 @@ TEST(MountOptions, AcceptsEveryOptionAndSetsItsField) {
   EXPECT_EQ(options.fetch_threads, 4);
   EXPECT_EQ(options.readahead, 8ull << 20);
   EXPECT_EQ(options.memory_cache, 32ull << 20);
+  EXPECT_EQ(options.index_cache, 0u);
 }
 
 TEST(MountOptions, DefaultsAreKeptForOptionsNotGiven) {
