@@ -336,6 +336,15 @@ def stat_returns(path, timeout):
     return done.wait(timeout)
 
 
+def pread_file(path, offset, length):
+    """`length` bytes of the file at `offset`, with one pread (no buffering in between)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return os.pread(fd, length, offset)
+    finally:
+        os.close(fd)
+
+
 def drop_page_cache():
     """Drops the kernel's clean page cache, dentries and inodes (needs root)."""
     os.sync()
