@@ -133,7 +133,7 @@ int Main(int argc, char** argv) {
   mnt->add_flag("-f,--foreground", foreground, "Stay in the foreground");
   mnt->add_option("-o", mount_opts,
                   "Options: cache_dir=DIR, cache_size=SIZE, node.NAME=URL, timeout=SECONDS, "
-                  "fetchers=N, readahead=SIZE, allow_other, debug");
+                  "fetchers=N, readahead=SIZE, dir_readahead=0|1, allow_other, debug");
 
   try {
     app.parse(argc, argv);

@@ -337,6 +337,7 @@ Status Mount(const MountOptions& options) {
   fs_options.uid = ::getuid();
   fs_options.gid = ::getgid();
   fs_options.readahead.max_window = options.readahead;
+  fs_options.readahead.across_files = options.dir_readahead;
   fs_options.on_init = [&m] {
     {
       std::lock_guard lock(m.init_mu);

@@ -63,6 +63,10 @@ Status ApplyOne(const std::string& key, const std::string& value, bool has_value
   } else if (key == "readahead") {
     CKPTFS_RETURN_IF_ERROR(need_value());
     CKPTFS_ASSIGN_OR_RETURN(options.readahead, ParseSize(value));
+  } else if (key == "dir_readahead") {
+    CKPTFS_RETURN_IF_ERROR(need_value());
+    if (value != "0" && value != "1") return InvalidArgumentError("dir_readahead must be 0 or 1");
+    options.dir_readahead = value == "1";
   } else if (key.rfind("node.", 0) == 0 && key.size() > 5) {
     CKPTFS_RETURN_IF_ERROR(need_value());
     options.node_urls[key.substr(5)] = value;

@@ -26,6 +26,9 @@ struct MountOptions {
   std::uint64_t memory_cache = 64ull << 20;     // Chunk buffers: in flight and fetched, unread.
   std::uint64_t index_cache = 16ull << 20;      // Index pages kept mapped; 0: none.
   std::uint64_t kernel_readahead = 1ull << 20;  // The mount's read_ahead_kb; 0: kernel default.
+  // A file read from its start to its end continues its readahead into the next files of its
+  // directory (dir_readahead=0|1).
+  bool dir_readahead = true;
 };
 
 // Applies one comma-separated -o list (may be called once per -o). Unknown options and bad values

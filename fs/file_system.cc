@@ -131,14 +131,101 @@ void FileSystem::PrefetchRange(std::uint64_t file, ByteRange range) {
   }
 }
 
-namespace {
+WindowHandoff::Entries::iterator WindowHandoff::Find(std::uint64_t file) {
+  // A linear search: there are at most a few dozen entries.
+  return std::find_if(windows_.begin(), windows_.end(),
+                      [&](const auto& entry) { return entry.first == file; });
+}
 
-// State of one open file handle (fuse_file_info::fh).
-struct OpenFile {
-  index::Entry entry;
-  std::mutex mu;
-  Readahead readahead;  // GUARDED_BY(mu)
-};
+void WindowHandoff::Put(std::uint64_t file, std::uint64_t window) {
+  std::lock_guard lock(mu_);
+  auto it = Find(file);
+  if (it != windows_.end()) {
+    window = std::max(window, it->second);
+    windows_.erase(it);
+  }
+  windows_.emplace_back(file, window);
+  if (windows_.size() > capacity_) windows_.pop_front();
+}
+
+std::uint64_t WindowHandoff::Take(std::uint64_t file) {
+  std::lock_guard lock(mu_);
+  auto it = Find(file);
+  if (it == windows_.end()) return 0;
+  std::uint64_t window = it->second;
+  windows_.erase(it);
+  return window;
+}
+
+std::unique_ptr<FileSystem::OpenFile> FileSystem::OpenHandle(index::Entry entry) {
+  auto file = std::make_unique<OpenFile>();
+  std::uint64_t window = handoff_.Take(entry.id);
+  file->readahead = window != 0 ? Readahead::Inherited(options_.readahead, window)
+                                : Readahead(options_.readahead);
+  file->spill.file = entry.id;
+  file->entry = std::move(entry);
+  return file;
+}
+
+Result<std::vector<FileSystem::Part>> FileSystem::ReadFile(OpenFile& file, std::uint64_t offset,
+                                                           std::size_t length, TimePoint deadline) {
+  ByteRange ahead;
+  Access access = Access::kStream;
+  std::uint64_t excess = 0;
+  std::uint64_t window = 0;
+  {
+    std::lock_guard lock(file.mu);
+    ahead = file.readahead.OnRead(offset, length, file.entry.size);
+    if (!file.readahead.streaming()) access = Access::kIsolated;
+    excess = file.readahead.TakeExcess();
+    window = file.readahead.window();
+  }
+  if (!ahead.empty()) PrefetchRange(file.entry.id, ahead);
+  if (excess != 0) SpillIntoNextFiles(file, excess, window);
+  return GatherRange(file.entry.id, offset, length, access, deadline);
+}
+
+void FileSystem::SpillIntoNextFiles(OpenFile& file, std::uint64_t excess, std::uint64_t window) {
+  std::lock_guard lock(file.spill_mu);
+  SpillCursor& cursor = file.spill;
+  std::uint64_t left = std::min(excess, options_.readahead.max_window - cursor.total);
+  while (left != 0 && !cursor.done) {
+    if (cursor.covered == cursor.size) {
+      cursor.done = !NextSibling(file.entry.parent, cursor);
+      continue;
+    }
+    std::uint64_t take = std::min(left, cursor.size - cursor.covered);
+    PrefetchRange(cursor.file, {cursor.covered, cursor.covered + take});
+    handoff_.Put(cursor.file, window);
+    if (cursor.first == 0) cursor.first = cursor.file;
+    cursor.covered += take;
+    cursor.total += take;
+    left -= take;
+  }
+  if (cursor.first != 0) handoff_.Put(cursor.first, window);
+}
+
+bool FileSystem::NextSibling(std::uint64_t parent, SpillCursor& cursor) {
+  // Publish numbers entries breadth first with each directory's children sorted by name
+  // (cli/publish.cc Walk, then IndexWriter::AddEntry in that order), so children in id order are
+  // the directory in name order: the order in which loaders and copy tools read shard files.
+  constexpr std::size_t kPage = 16;
+  for (;;) {
+    Result<std::vector<index::Entry>> children = index_->ListChildren(parent, cursor.file, kPage);
+    if (!children.ok() || children->empty()) return false;  // Best effort, like all readahead.
+    for (const index::Entry& child : *children) {
+      cursor.file = child.id;
+      if (child.type != index::EntryType::kFile || child.size == 0) continue;
+      // A file that fails validation is skipped; its open reports why.
+      if (!ValidateOnce(child.id).ok()) continue;
+      cursor.size = child.size;
+      cursor.covered = 0;
+      return true;
+    }
+  }
+}
+
+namespace {
 
 FileSystem& Fs(fuse_req_t req) { return *static_cast<FileSystem*>(fuse_req_userdata(req)); }
 
@@ -349,35 +436,24 @@ void OpOpen(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
       fs.mutable_counters().eio_invalid++;
       return ReplyError(req, valid, "open of '" + entry->name + "' rejected");
     }
-    auto file = std::make_unique<OpenFile>();
-    file->entry = std::move(entry).value();
-    file->readahead = Readahead(fs.options().readahead);
+    std::unique_ptr<FileSystem::OpenFile> file = fs.OpenHandle(std::move(entry).value());
     fi->fh = reinterpret_cast<std::uint64_t>(file.release());
     fi->keep_cache = 1;  // Immutable content: pages cached by earlier opens stay valid.
     fuse_reply_open(req, fi);
   });
 }
 
-void OpRead(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* fi) {
+void OpRead(fuse_req_t req, fuse_ino_t, size_t size, off_t off, fuse_file_info* fi) {
   Guarded(req, [&] {
     FileSystem& fs = Fs(req);
-    auto* file = reinterpret_cast<OpenFile*>(fi->fh);
+    auto* file = reinterpret_cast<FileSystem::OpenFile*>(fi->fh);
     std::uint64_t file_size = file->entry.size;
     std::uint64_t offset = static_cast<std::uint64_t>(off);
     if (offset >= file_size || size == 0) return (void)fuse_reply_buf(req, nullptr, 0);
     std::size_t length =
         static_cast<std::size_t>(std::min<std::uint64_t>(size, file_size - offset));
-    ByteRange ahead;
-    Access access = Access::kStream;
-    {
-      std::lock_guard lock(file->mu);
-      ahead = file->readahead.OnRead(offset, length, file_size);
-      if (!file->readahead.streaming()) access = Access::kIsolated;
-    }
-    if (!ahead.empty()) fs.PrefetchRange(ino, ahead);
     TimePoint deadline = fs.clock().Now() + fs.options().read_timeout;
-    Result<std::vector<FileSystem::Part>> parts =
-        fs.GatherRange(ino, offset, length, access, deadline);
+    Result<std::vector<FileSystem::Part>> parts = fs.ReadFile(*file, offset, length, deadline);
     if (!parts.ok()) {
       fs.mutable_counters().eio_fetch++;
       return ReplyError(req, parts.status(), "read of '" + file->entry.name + "'");
@@ -389,7 +465,7 @@ void OpRead(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_in
 }
 
 void OpRelease(fuse_req_t req, fuse_ino_t, fuse_file_info* fi) {
-  delete reinterpret_cast<OpenFile*>(fi->fh);
+  delete reinterpret_cast<FileSystem::OpenFile*>(fi->fh);
   fuse_reply_err(req, 0);
 }
 

@@ -2,7 +2,8 @@
 //
 // Inode numbers are index entry ids (the root is FUSE_ROOT_ID == index::kRootId). Metadata comes
 // from the index with long kernel cache timeouts, since a mounted index never changes. Reads go
-// through ChunkStore; sequential readers get readahead (fs/readahead.h). Every write-type
+// through ChunkStore; sequential readers get readahead (fs/readahead.h), which continues into the
+// next files of the directory when a file is read to its end (ReadFile). Every write-type
 // operation answers EROFS. A file's extents are validated the first time it is opened; a file that
 // fails gets EIO with the reason logged, the rest of the mount keeps working.
 //
@@ -16,11 +17,13 @@
 
 #include <atomic>
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <memory>
 #include <mutex>
 #include <span>
 #include <unordered_set>
+#include <utility>
 
 #include "common/buffer.h"
 #include "common/clock.h"
@@ -67,6 +70,29 @@ class IndexReplicas final : public ReplicaSource {
   index::IndexReader* index_;
 };
 
+// The windows of streams that read ahead into files not opened yet: file id → window. Opening
+// such a file takes its window (Take), so the stream goes on at full speed. Bounded, the oldest
+// entry going first: a stream whose reader stops, or a file nobody opens, leaves no lasting state.
+// Thread safety: all methods may be called from many threads.
+class WindowHandoff {
+ public:
+  explicit WindowHandoff(std::size_t capacity = 64) : capacity_(capacity) {}
+
+  // Records that a stream with `window` read ahead into `file`; the larger window wins when the
+  // file is already recorded.
+  void Put(std::uint64_t file, std::uint64_t window);
+  // The window recorded for `file`, which is forgotten; 0 when there is none.
+  std::uint64_t Take(std::uint64_t file);
+
+ private:
+  using Entries = std::deque<std::pair<std::uint64_t, std::uint64_t>>;
+  Entries::iterator Find(std::uint64_t file);  // REQUIRES: mu_ held.
+
+  const std::size_t capacity_;
+  std::mutex mu_;
+  Entries windows_;  // GUARDED_BY(mu_): (file, window), oldest first.
+};
+
 class FileSystem {
  public:
   FileSystem(index::IndexReader* index, ChunkStore* store, Clock* clock, FileSystemOptions options);
@@ -91,6 +117,35 @@ class FileSystem {
   // Queues background fetches for the chunks overlapping `range` of `file`.
   void PrefetchRange(std::uint64_t file, ByteRange range);
 
+  // How far the readahead of one open file got into the files after it in its directory.
+  struct SpillCursor {
+    std::uint64_t file = 0;     // The sibling being read ahead (the open file itself at first).
+    std::uint64_t size = 0;     // Its size (0 for the open file: nothing of it is spilled into).
+    std::uint64_t covered = 0;  // Bytes of it queued, from offset 0.
+    std::uint64_t total = 0;    // Bytes queued in all siblings; at most max_window.
+    std::uint64_t first = 0;    // The first sibling: the file the stream opens next.
+    bool done = false;          // The end of the directory was reached (or the index failed).
+  };
+  // State of one open file handle (fuse_file_info::fh). The two mutexes are never held together:
+  // mu only around the Readahead decision, spill_mu across the index queries of a spill (local
+  // SQLite, never the network), so concurrent reads of the handle do not wait for a spill.
+  struct OpenFile {
+    index::Entry entry;
+    std::mutex mu;
+    Readahead readahead;  // GUARDED_BY(mu)
+    std::mutex spill_mu;
+    SpillCursor spill;  // GUARDED_BY(spill_mu)
+  };
+  // A handle for `entry`, a regular file that passed validation; its readahead continues the
+  // stream that read ahead into it, if any.
+  std::unique_ptr<OpenFile> OpenHandle(index::Entry entry);
+  // Bytes [offset, offset + length) of the open file as GatherRange gives them, after queuing the
+  // readahead this read asks for, in this file and in the files after it (OpRead is this and the
+  // reply).
+  // REQUIRES: length > 0 and the range lies within the file.
+  Result<std::vector<Part>> ReadFile(OpenFile& file, std::uint64_t offset, std::size_t length,
+                                     TimePoint deadline);
+
   index::IndexReader& index() { return *index_; }
   ChunkStore& store() { return *store_; }
   const FileSystemOptions& options() const { return options_; }
@@ -102,6 +157,13 @@ class FileSystem {
   Status ValidateOnce(std::uint64_t file);
 
  private:
+  // Queues fetches of the next `excess` bytes of the regular files after `file` in its directory,
+  // whole files from offset 0 and part of the last one. Records `window` for each file touched,
+  // and for the first of them again, which the stream opens next with the window it has now.
+  void SpillIntoNextFiles(OpenFile& file, std::uint64_t excess, std::uint64_t window);
+  // Moves `cursor` to the next regular, non-empty, valid file after cursor.file among the
+  // children of `parent`, in id order (which is name order). False at the end of the directory.
+  bool NextSibling(std::uint64_t parent, SpillCursor& cursor);
   // Aligned space to read `length` bytes from a disk cache file; returned to a small pool when
   // the last user drops it, so replies do not map and fault in fresh memory every time.
   std::shared_ptr<Buffer> TakeScratch(std::size_t length);
@@ -118,6 +180,7 @@ class FileSystem {
   std::unordered_set<std::uint64_t> validated_;  // GUARDED_BY(validated_mu_)
   std::mutex scratch_mu_;
   std::vector<std::unique_ptr<Buffer>> scratch_;  // GUARDED_BY(scratch_mu_)
+  WindowHandoff handoff_;
 };
 
 }  // namespace ckptfs::fs

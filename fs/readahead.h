@@ -10,6 +10,12 @@
 // megabytes of sequential page-fault reads (the kernel reads around each fault): that is still
 // one lazy lookup, not a stream.
 //
+// Across files: checkpoint loaders and copy tools read a directory's files one after another, so
+// the window of a run from the start of a file may reach past its end. TakeExcess() reports that
+// part, for the caller to spend on the following files; Inherited() starts the Readahead of such
+// a following file with the stream's window, so that the stream does not start from nothing at
+// every file. Only the decision lives here; the caller knows the directory.
+//
 // Thread safety: not thread-safe; the owner serialises calls (one per open file).
 #pragma once
 
@@ -22,6 +28,9 @@ struct ReadaheadOptions {
   std::uint64_t start_after_seek = 8ull << 20;
   std::uint64_t max_window = 64ull << 20;
   std::uint64_t slack = 4ull << 20;
+  // Whether a window that reaches past the end of the file is reported by TakeExcess(), so that
+  // the caller reads ahead into the next files of the directory.
+  bool across_files = true;
 };
 
 struct ByteRange {
@@ -34,9 +43,21 @@ class Readahead {
  public:
   explicit Readahead(ReadaheadOptions options = {}) : options_(options) {}
 
+  // A Readahead for a file that a stream with window `window` reached from an earlier file: its
+  // first read at offset 0 continues that stream, so the window is open from the first read and
+  // keeps growing from `window` (the run counts as having read window / 2 bytes before this file,
+  // as within one large file). A seek closes it like any window.
+  static Readahead Inherited(ReadaheadOptions options, std::uint64_t window);
+
   // Records a read of [offset, offset + length) of a file of `file_size` bytes and returns the
   // range to prefetch now: beyond what earlier calls already returned, within the file.
   ByteRange OnRead(std::uint64_t offset, std::uint64_t length, std::uint64_t file_size);
+
+  // Bytes of the window beyond the end of the file that no earlier call returned: what the caller
+  // may read ahead in the files after this one. Non-zero only with across_files, for a run from
+  // the start of the file (a run after a seek is a lookup, not a stream); never more than
+  // max_window in total over the object's life, however often the reader starts over.
+  std::uint64_t TakeExcess();
 
   std::uint64_t window() const { return window_; }
 
@@ -57,6 +78,9 @@ class Readahead {
   std::uint64_t run_end_ = 0;        // Furthest byte the run has read.
   std::uint64_t prefetched_to_ = 0;  // End of what was already handed out for prefetching.
   std::uint64_t window_ = 0;
+  std::uint64_t inherited_ = 0;     // Window the run brought from an earlier file; 0 after a seek.
+  std::uint64_t past_eof_ = 0;      // How far the window of a run from the start reaches past EOF.
+  std::uint64_t excess_taken_ = 0;  // Bytes past EOF TakeExcess() already returned.
   bool started_ = false;
 };
 

@@ -363,6 +363,15 @@ def page_cache_bytes(path):
         libc.munmap(addr, size)
 
 
+def pread_file(path, offset, length):
+    """`length` bytes of the file at `offset`, with one pread (no buffering in between)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return os.pread(fd, length, offset)
+    finally:
+        os.close(fd)
+
+
 def drop_page_cache():
     """Drops the kernel's clean page cache, dentries and inodes (needs root)."""
     os.sync()

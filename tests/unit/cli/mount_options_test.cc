@@ -19,7 +19,8 @@ TEST(MountOptions, AcceptsEveryOptionAndSetsItsField) {
   MountOptions options;
   CKPTFS_ASSERT_OK(ApplyMountOptionList(
       "cache_dir=/var/tmp/c,cache_size=2G,node.n1=http://127.0.0.1:8080,timeout=2.5,"
-      "allow_other,debug,fetchers=4,readahead=8M,memory_cache=32M,index_cache=0",
+      "allow_other,debug,fetchers=4,readahead=8M,memory_cache=32M,index_cache=0,"
+      "dir_readahead=0",
       options));
   EXPECT_EQ(options.cache_dir, "/var/tmp/c");
   EXPECT_EQ(options.cache_size, 2ull << 30);
@@ -32,6 +33,7 @@ TEST(MountOptions, AcceptsEveryOptionAndSetsItsField) {
   EXPECT_EQ(options.readahead, 8ull << 20);
   EXPECT_EQ(options.memory_cache, 32ull << 20);
   EXPECT_EQ(options.index_cache, 0u);
+  EXPECT_FALSE(options.dir_readahead);
 }
 
 TEST(MountOptions, DefaultsAreKeptForOptionsNotGiven) {
@@ -99,6 +101,17 @@ TEST(MountOptions, RejectsUnknownOptions) {
   ExpectRejected("ro=1", "ro");
 }
 
+TEST(MountOptions, DirReadaheadIsOnByDefaultAndTakesZeroOrOne) {
+  MountOptions options;
+  EXPECT_TRUE(options.dir_readahead);
+  CKPTFS_ASSERT_OK(ApplyMountOptionList("dir_readahead=0", options));
+  EXPECT_FALSE(options.dir_readahead);
+  CKPTFS_ASSERT_OK(ApplyMountOptionList("dir_readahead=1", options));
+  EXPECT_TRUE(options.dir_readahead);
+  ExpectRejected("dir_readahead=yes", "dir_readahead");
+  ExpectRejected("dir_readahead=2", "dir_readahead");
+}
+
 TEST(MountOptions, RejectsReadWrite) { ExpectRejected("ro,rw", "rw"); }
 
 TEST(MountOptions, RejectsBadSizes) {
@@ -122,8 +135,8 @@ TEST(MountOptions, RejectsBadTimeoutsAndFetcherCounts) {
 }
 
 TEST(MountOptions, RejectsMissingValues) {
-  for (const char* key :
-       {"cache_dir", "cache_size", "timeout", "fetchers", "readahead", "node.n1"}) {
+  for (const char* key : {"cache_dir", "cache_size", "timeout", "fetchers", "readahead",
+                          "dir_readahead", "node.n1"}) {
     ExpectRejected(key, key);
     ExpectRejected(std::string(key) + "=", key);
   }

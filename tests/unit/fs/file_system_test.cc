@@ -1,9 +1,11 @@
-// FileSystem::ReadRange, PrefetchRange and ValidateOnce over a real index (written with
-// IndexWriter) and a ChunkStore whose chunks come from a FakeFetcher; no FUSE.
+// FileSystem::ReadRange, PrefetchRange, ValidateOnce and ReadFile (readahead into the next files
+// of a directory) over a real index (written with IndexWriter) and a ChunkStore whose chunks come
+// from a FakeFetcher; no FUSE.
 #include "fs/file_system.h"
 
 #include <gtest/gtest.h>
 
+#include <map>
 #include <memory>
 #include <random>
 #include <string>
@@ -34,7 +36,40 @@ constexpr std::uint64_t kFullChunks = 10;
 constexpr std::uint64_t kTail = 1000;
 constexpr std::uint64_t kFileSize = kFullChunks * kChunk + kTail;
 
-class FileSystem : public ::testing::Test {
+// The read path of a mount without FUSE, over an index file a test wrote: IndexReader, DiskCache,
+// ChunkStore (chunks from a FakeFetcher) and FileSystem.
+class ReadStackTest : public ::testing::Test {
+ protected:
+  void OpenStack(const std::string& index_path, fs::ChunkStoreOptions store_options = {},
+                 fs::FileSystemOptions options = {}) {
+    CKPTFS_ASSERT_OK_AND_ASSIGN(index_, index::IndexReader::Open(index_path));
+    replicas_ = std::make_unique<fs::IndexReplicas>(index_.get());
+    CKPTFS_ASSERT_OK_AND_ASSIGN(
+        cache_, fs::DiskCache::Open(
+                    {.dir = temp_.Path("cache"), .capacity_bytes = 1 << 30, .clock = &clock_}));
+    store_ = std::make_unique<fs::ChunkStore>(cache_.get(), &fetcher_, replicas_.get(), &clock_,
+                                              store_options);
+    store_->Start();
+    fs_ = std::make_unique<fs::FileSystem>(index_.get(), store_.get(), &clock_, options);
+  }
+  // Waits for the prefetch threads to finish, so that the fetch counts are final.
+  void StopStore() {
+    fs_.reset();
+    store_.reset();
+  }
+  void TearDown() override { fetcher_.Release(); }
+
+  TempDir temp_;
+  FakeClock clock_;
+  FakeFetcher fetcher_;
+  std::unique_ptr<index::IndexReader> index_;
+  std::unique_ptr<fs::IndexReplicas> replicas_;
+  std::unique_ptr<fs::DiskCache> cache_;
+  std::unique_ptr<fs::ChunkStore> store_;
+  std::unique_ptr<fs::FileSystem> fs_;
+};
+
+class FileSystem : public ReadStackTest {
  protected:
   void SetUp() override {
     auto written =
@@ -44,20 +79,8 @@ class FileSystem : public ::testing::Test {
     file_ = std::move(written).value();
     ASSERT_EQ(file_.chunks.size(), kFullChunks + 1);
     for (const auto& chunk : file_.chunks) fetcher_.Serve(chunk.bytes);
-    auto index = index::IndexReader::Open(temp_.Path("index.db"));
-    ASSERT_TRUE(index.ok()) << index.status().ToString();
-    index_ = std::move(index).value();
-    replicas_ = std::make_unique<fs::IndexReplicas>(index_.get());
-    auto cache = fs::DiskCache::Open(
-        {.dir = temp_.Path("cache"), .capacity_bytes = 1 << 30, .clock = &clock_});
-    ASSERT_TRUE(cache.ok()) << cache.status().ToString();
-    cache_ = std::move(cache).value();
-    store_ = std::make_unique<fs::ChunkStore>(cache_.get(), &fetcher_, replicas_.get(), &clock_);
-    store_->Start();
-    fs_ = std::make_unique<fs::FileSystem>(index_.get(), store_.get(), &clock_,
-                                           fs::FileSystemOptions{});
+    ASSERT_NO_FATAL_FAILURE(OpenStack(temp_.Path("index.db")));
   }
-  void TearDown() override { fetcher_.Release(); }
 
   Result<std::vector<std::uint8_t>> Read(std::uint64_t offset, std::size_t length) {
     std::vector<std::uint8_t> out(length);
@@ -79,27 +102,13 @@ class FileSystem : public ::testing::Test {
     for (std::size_t i = first; i <= last; ++i) calls[i] = 1;
     return calls;
   }
-  // Waits for the prefetch threads to finish, so that the fetch counts are final.
-  void StopStore() {
-    fs_.reset();
-    store_.reset();
-  }
-
   void ExpectReadMatches(std::uint64_t offset, std::size_t length) {
     auto read = Read(offset, length);
     ASSERT_TRUE(read.ok()) << offset << "+" << length << ": " << read.status().ToString();
     EXPECT_EQ(*read, Expected(offset, length)) << offset << "+" << length;
   }
 
-  TempDir temp_;
-  FakeClock clock_;
-  FakeFetcher fetcher_;
   WrittenFile file_;
-  std::unique_ptr<index::IndexReader> index_;
-  std::unique_ptr<fs::IndexReplicas> replicas_;
-  std::unique_ptr<fs::DiskCache> cache_;
-  std::unique_ptr<fs::ChunkStore> store_;
-  std::unique_ptr<fs::FileSystem> fs_;
 };
 
 TEST_F(FileSystem, ReadInsideOneChunkFetchesOnlyThatChunk) {
@@ -197,7 +206,7 @@ TEST_F(FileSystem, ValidateOnceAcceptsAWellFormedFile) {
 }
 
 // An index whose only file has extents at 0 and 2 * kChunk, but nothing at kChunk.
-class FileSystemWithGap : public ::testing::Test {
+class FileSystemWithGap : public ReadStackTest {
  protected:
   void SetUp() override {
     std::string path = temp_.Path("gap.db");
@@ -222,28 +231,10 @@ class FileSystemWithGap : public ::testing::Test {
     }
     CKPTFS_ASSERT_OK(w.Finish({.files = 1, .directories = 1, .bytes = 3 * kChunk}));
     writer->reset();
-    auto index = index::IndexReader::Open(path);
-    ASSERT_TRUE(index.ok()) << index.status().ToString();
-    index_ = std::move(index).value();
-    replicas_ = std::make_unique<fs::IndexReplicas>(index_.get());
-    auto cache = fs::DiskCache::Open(
-        {.dir = temp_.Path("cache"), .capacity_bytes = 1 << 30, .clock = &clock_});
-    ASSERT_TRUE(cache.ok()) << cache.status().ToString();
-    cache_ = std::move(cache).value();
-    store_ = std::make_unique<fs::ChunkStore>(cache_.get(), &fetcher_, replicas_.get(), &clock_);
-    fs_ = std::make_unique<fs::FileSystem>(index_.get(), store_.get(), &clock_,
-                                           fs::FileSystemOptions{});
+    ASSERT_NO_FATAL_FAILURE(OpenStack(path));
   }
 
-  TempDir temp_;
-  FakeClock clock_;
-  FakeFetcher fetcher_;
   std::uint64_t file_ = 0;
-  std::unique_ptr<index::IndexReader> index_;
-  std::unique_ptr<fs::IndexReplicas> replicas_;
-  std::unique_ptr<fs::DiskCache> cache_;
-  std::unique_ptr<fs::ChunkStore> store_;
-  std::unique_ptr<fs::FileSystem> fs_;
 };
 
 TEST_F(FileSystemWithGap, ValidateOnceRejectsTheFileWithDataLoss) {
@@ -266,6 +257,199 @@ TEST_F(FileSystemWithGap, ReadOfTheChunksAroundTheGapStillWorks) {
   std::vector<std::uint8_t> out(kChunk);
   CKPTFS_ASSERT_OK(fs_->ReadRange(file_, 2 * kChunk, out, clock_.Now() + 1h));
   EXPECT_EQ(out, PatternBytes(kChunk, 2 * kChunk + 1));
+}
+
+// A stream reading one file to its end reads ahead into the next files of the directory. The
+// index: a.bin, b.bin, c.bin and d.bin in the root, with a file of another directory (other/x.bin)
+// numbered between a and b, and a directory and a symlink between b and c. One prefetch thread
+// works the queue in order, so once a chunk queued last has been fetched (Drain), everything
+// queued before it has been too, and the fetch counts say exactly what was queued.
+class FileSystemDirectory : public ReadStackTest {
+ protected:
+  static constexpr std::uint64_t kFile = 2 * kChunk;
+
+  void SetUp() override { ASSERT_NO_FATAL_FAILURE(Build(fs::ReadaheadOptions{})); }
+
+  void Build(fs::ReadaheadOptions readahead) {
+    readahead.start_after = kChunk;
+    readahead.start_after_seek = 4 * kChunk;
+    readahead.max_window = 16 * kChunk;
+    readahead.slack = kChunk;
+    std::string path = temp_.Path("dir.db");
+    CKPTFS_ASSERT_OK_AND_ASSIGN(auto writer,
+                                index::IndexWriter::Create(path, kChunk, testing::kTestBlockSize));
+    CKPTFS_ASSERT_OK_AND_ASSIGN(std::int64_t node, writer->AddNode("n1", "http://127.0.0.1:1"));
+    index::IndexStats stats{.directories = 3};
+    CKPTFS_ASSERT_OK_AND_ASSIGN(std::uint64_t other, AddEntry(*writer, index::kRootId, "other",
+                                                              index::EntryType::kDirectory));
+    auto add_file = [&](std::uint64_t parent, const std::string& name) {
+      auto file = testing::AddWrittenFile(*writer, parent, name, PatternBytes(kFile, files_.size()),
+                                          kChunk, testing::kTestBlockSize, {node}, stats);
+      ASSERT_TRUE(file.ok()) << file.status().ToString();
+      for (const auto& chunk : file->chunks) fetcher_.Serve(chunk.bytes);
+      files_[name] = std::move(file).value();
+    };
+    ASSERT_NO_FATAL_FAILURE(add_file(index::kRootId, "a.bin"));
+    ASSERT_NO_FATAL_FAILURE(add_file(other, "x.bin"));
+    ASSERT_NO_FATAL_FAILURE(add_file(index::kRootId, "b.bin"));
+    CKPTFS_ASSERT_OK_AND_ASSIGN(
+        std::uint64_t sub, AddEntry(*writer, index::kRootId, "sub", index::EntryType::kDirectory));
+    CKPTFS_ASSERT_OK_AND_ASSIGN(
+        std::uint64_t lnk, AddEntry(*writer, index::kRootId, "lnk", index::EntryType::kSymlink));
+    ASSERT_LT(sub, lnk);
+    ASSERT_NO_FATAL_FAILURE(add_file(index::kRootId, "c.bin"));
+    ASSERT_NO_FATAL_FAILURE(add_file(index::kRootId, "d.bin"));
+    ASSERT_NO_FATAL_FAILURE(add_file(other, "z.bin"));
+    CKPTFS_ASSERT_OK(writer->Finish(stats));
+    writer.reset();
+
+    fs::ChunkStoreOptions store_options;
+    store_options.prefetch_threads = 1;
+    fs::FileSystemOptions options;
+    options.readahead = readahead;
+    ASSERT_NO_FATAL_FAILURE(OpenStack(path, store_options, options));
+  }
+
+  static Result<std::uint64_t> AddEntry(index::IndexWriter& writer, std::uint64_t parent,
+                                        const std::string& name, index::EntryType type) {
+    index::Entry entry;
+    entry.parent = parent;
+    entry.name = name;
+    entry.type = type;
+    entry.mode = 0755;
+    entry.target = "a.bin";
+    return writer.AddEntry(entry);
+  }
+
+  std::unique_ptr<fs::FileSystem::OpenFile> Open(const std::string& name) {
+    Result<index::Entry> entry = index_->GetEntry(files_.at(name).id);
+    EXPECT_TRUE(entry.ok()) << entry.status().ToString();
+    return fs_->OpenHandle(std::move(entry).value());
+  }
+
+  // Reads [from, to) of the open file in 32 KiB reads, as the kernel would, checking the bytes.
+  void ReadThrough(fs::FileSystem::OpenFile& file, std::uint64_t from, std::uint64_t to) {
+    const WrittenFile& written = files_.at(file.entry.name);
+    for (std::uint64_t offset = from; offset < to; offset += kChunk / 2) {
+      const std::size_t length = std::min<std::uint64_t>(kChunk / 2, to - offset);
+      CKPTFS_ASSERT_OK_AND_ASSIGN(std::vector<fs::FileSystem::Part> parts,
+                                  fs_->ReadFile(file, offset, length, clock_.Now() + 1h));
+      std::vector<std::uint8_t> got;
+      for (const auto& part : parts) got.insert(got.end(), part.bytes.begin(), part.bytes.end());
+      ASSERT_EQ(got, std::vector<std::uint8_t>(written.content.begin() + offset,
+                                               written.content.begin() + offset + length))
+          << file.entry.name << " at " << offset;
+    }
+  }
+
+  // Waits until everything queued so far has been fetched, then stops the store.
+  void Drain() {
+    const WrittenFile& last = files_.at("z.bin");
+    fs_->PrefetchRange(last.id, {0, kFile});
+    ASSERT_TRUE(PollUntil([&] {
+      return cache_->Contains(last.chunks.front().digest) &&
+             cache_->Contains(last.chunks.back().digest);
+    }));
+    StopStore();
+  }
+
+  // Network fetches of each chunk of the file.
+  std::vector<int> Fetches(const std::string& name) const {
+    std::vector<int> calls;
+    for (const auto& chunk : files_.at(name).chunks) calls.push_back(fetcher_.Calls(chunk.digest));
+    return calls;
+  }
+
+  const std::vector<int> kOnce{1, 1};
+  const std::vector<int> kNever{0, 0};
+
+  std::map<std::string, WrittenFile> files_;
+};
+
+TEST_F(FileSystemDirectory, ReadingAFileToItsEndQueuesTheNextFilesOfItsDirectory) {
+  auto a = Open("a.bin");
+  ASSERT_NO_FATAL_FAILURE(ReadThrough(*a, 0, kFile));
+  ASSERT_NO_FATAL_FAILURE(Drain());
+  EXPECT_EQ(Fetches("a.bin"), kOnce);
+  // The window at the end of a.bin is 4 chunks past its end: b.bin and c.bin, skipping the file
+  // of the other directory, the directory and the symlink between them.
+  EXPECT_EQ(Fetches("b.bin"), kOnce);
+  EXPECT_EQ(Fetches("c.bin"), kOnce);
+  EXPECT_EQ(Fetches("x.bin"), kNever) << "a file of another directory was read ahead";
+  EXPECT_EQ(Fetches("d.bin"), kNever) << "read ahead beyond the window";
+}
+
+TEST_F(FileSystemDirectory, OpeningAFileTheStreamReachedContinuesTheStream) {
+  auto a = Open("a.bin");
+  ASSERT_NO_FATAL_FAILURE(ReadThrough(*a, 0, kFile));
+  auto b = Open("b.bin");
+  // One read of b.bin's start: its window, brought from a.bin, reaches on into d.bin.
+  ASSERT_NO_FATAL_FAILURE(ReadThrough(*b, 0, kChunk / 2));
+  ASSERT_NO_FATAL_FAILURE(Drain());
+  EXPECT_EQ(Fetches("c.bin"), kOnce);
+  EXPECT_EQ(Fetches("d.bin"), kOnce);
+  EXPECT_EQ(Fetches("x.bin"), kNever);
+}
+
+TEST_F(FileSystemDirectory, FirstReadOfAFileNoStreamReachedReadsNothingAhead) {
+  auto b = Open("b.bin");
+  ASSERT_NO_FATAL_FAILURE(ReadThrough(*b, 0, kChunk / 2));
+  ASSERT_NO_FATAL_FAILURE(Drain());
+  EXPECT_EQ(Fetches("b.bin"), (std::vector<int>{1, 0}));
+  EXPECT_EQ(Fetches("c.bin"), kNever);
+  EXPECT_EQ(Fetches("d.bin"), kNever);
+}
+
+TEST_F(FileSystemDirectory, IsolatedReadReadsNothingOfTheNextFiles) {
+  auto a = Open("a.bin");
+  ASSERT_NO_FATAL_FAILURE(ReadThrough(*a, kFile - kChunk / 2 - 4096, kFile - kChunk / 2));
+  ASSERT_NO_FATAL_FAILURE(Drain());
+  for (const char* name : {"b.bin", "c.bin", "d.bin", "x.bin"}) {
+    EXPECT_EQ(Fetches(name), kNever) << name;
+  }
+}
+
+class FileSystemDirectoryAcrossFilesOff : public FileSystemDirectory {
+ protected:
+  void SetUp() override {
+    ASSERT_NO_FATAL_FAILURE(Build(fs::ReadaheadOptions{.across_files = false}));
+  }
+};
+
+TEST_F(FileSystemDirectoryAcrossFilesOff, ReadingAFileToItsEndReadsNothingOfTheNextFiles) {
+  auto a = Open("a.bin");
+  ASSERT_NO_FATAL_FAILURE(ReadThrough(*a, 0, kFile));
+  ASSERT_NO_FATAL_FAILURE(Drain());
+  EXPECT_EQ(Fetches("a.bin"), kOnce);
+  for (const char* name : {"b.bin", "c.bin", "d.bin", "x.bin"}) {
+    EXPECT_EQ(Fetches(name), kNever) << name;
+  }
+}
+
+TEST(WindowHandoff, TakeReturnsTheRecordedWindowOnce) {
+  fs::WindowHandoff handoff;
+  handoff.Put(7, 100);
+  EXPECT_EQ(handoff.Take(8), 0u);
+  EXPECT_EQ(handoff.Take(7), 100u);
+  EXPECT_EQ(handoff.Take(7), 0u);
+}
+
+TEST(WindowHandoff, TheLargerWindowWins) {
+  fs::WindowHandoff handoff;
+  handoff.Put(7, 100);
+  handoff.Put(7, 300);
+  handoff.Put(7, 200);
+  EXPECT_EQ(handoff.Take(7), 300u);
+}
+
+TEST(WindowHandoff, KeepsOnlyTheNewestEntriesUpToItsCapacity) {
+  fs::WindowHandoff handoff(3);
+  for (std::uint64_t file = 1; file <= 5; ++file) handoff.Put(file, file * 10);
+  EXPECT_EQ(handoff.Take(1), 0u);
+  EXPECT_EQ(handoff.Take(2), 0u);
+  EXPECT_EQ(handoff.Take(3), 30u);
+  EXPECT_EQ(handoff.Take(5), 50u);
+  EXPECT_EQ(handoff.Take(4), 40u);
 }
 
 }  // namespace

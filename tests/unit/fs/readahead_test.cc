@@ -195,5 +195,117 @@ TEST_F(Readahead, ARunFromTheStartOfTheFileStreamsFromItsFirstRead) {
   EXPECT_FALSE(readahead_.streaming());
 }
 
+// Reads [from, to) in kRead pieces; returns the sum of what TakeExcess() reported on the way.
+std::uint64_t ReadThrough(fs::Readahead& readahead, std::uint64_t from, std::uint64_t to,
+                          std::uint64_t file_size) {
+  std::uint64_t excess = 0;
+  for (std::uint64_t offset = from; offset < to; offset += kRead) {
+    readahead.OnRead(offset, std::min(kRead, to - offset), file_size);
+    excess += readahead.TakeExcess();
+  }
+  return excess;
+}
+
+TEST_F(Readahead, RunFromTheStartReportsTheWindowPastTheEndOfTheFile) {
+  const std::uint64_t file_size = 4 * kMiB;
+  std::uint64_t excess = 0;
+  for (std::uint64_t offset = 0; offset < file_size; offset += kRead) {
+    readahead_.OnRead(offset, kRead, file_size);
+    std::uint64_t more = readahead_.TakeExcess();
+    const std::uint64_t run = offset + kRead;
+    if (run < options_.start_after) {
+      EXPECT_EQ(more, 0u) << "no window yet at " << run;
+    } else {
+      excess += more;
+      // Everything the window reaches past the end of the file has been reported, no more.
+      const std::uint64_t reach = run + readahead_.window();
+      EXPECT_EQ(excess, reach > file_size ? reach - file_size : 0) << run;
+    }
+  }
+  EXPECT_EQ(readahead_.window(), 8 * kMiB);
+  EXPECT_EQ(excess, 8 * kMiB) << "at the end of the file the whole window lies beyond it";
+}
+
+TEST_F(Readahead, ExcessIsHandedOutOnce) {
+  const std::uint64_t file_size = 4 * kMiB;
+  ASSERT_EQ(ReadThrough(readahead_, 0, file_size, file_size), 8 * kMiB);
+  EXPECT_EQ(readahead_.TakeExcess(), 0u);
+  // Re-reading the last piece, or the whole file from its start, reports nothing new.
+  readahead_.OnRead(file_size - kRead, kRead, file_size);
+  EXPECT_EQ(readahead_.TakeExcess(), 0u);
+  EXPECT_EQ(ReadThrough(readahead_, 0, file_size, file_size), 0u);
+}
+
+TEST_F(Readahead, ExcessNeverExceedsMaxWindowInTotal) {
+  const std::uint64_t file_size = 64 * kMiB;
+  EXPECT_EQ(ReadThrough(readahead_, 0, file_size, file_size), options_.max_window);
+  EXPECT_EQ(ReadThrough(readahead_, 0, file_size, file_size), 0u);
+}
+
+TEST_F(Readahead, RunThatStartedAfterASeekNeverSpills) {
+  const std::uint64_t file_size = 16 * kMiB;
+  readahead_.OnRead(0, kRead, file_size);
+  const std::uint64_t excess = ReadThrough(readahead_, 6 * kMiB, file_size, file_size);
+  EXPECT_GT(readahead_.window(), file_size - (6 * kMiB))
+      << "the window must reach past the end for this test to mean anything";
+  EXPECT_EQ(excess, 0u);
+}
+
+TEST_F(Readahead, FileShorterThanStartAfterNeverSpills) {
+  EXPECT_EQ(ReadThrough(readahead_, 0, 1 * kMiB, 1 * kMiB), 0u);
+  EXPECT_EQ(readahead_.window(), 0u);
+}
+
+TEST_F(Readahead, AcrossFilesOffReportsNoExcess) {
+  options_.across_files = false;
+  fs::Readahead readahead(options_);
+  EXPECT_EQ(ReadThrough(readahead, 0, 4 * kMiB, 4 * kMiB), 0u);
+  EXPECT_EQ(readahead.window(), 8 * kMiB) << "the window within the file is unchanged";
+  fs::Readahead inherited = fs::Readahead::Inherited(options_, 8 * kMiB);
+  EXPECT_EQ(ReadThrough(inherited, 0, 4 * kMiB, 4 * kMiB), 0u);
+}
+
+TEST_F(Readahead, InheritedWindowIsOpenAtTheFirstRead) {
+  const std::uint64_t file_size = 4 * kMiB;
+  fs::Readahead readahead = fs::Readahead::Inherited(options_, 8 * kMiB);
+  EXPECT_EQ(readahead.window(), 8 * kMiB);
+  ByteRange range = readahead.OnRead(0, kRead, file_size);
+  EXPECT_TRUE(readahead.streaming());
+  EXPECT_EQ(range.begin, kRead);
+  EXPECT_EQ(range.end, file_size) << "the rest of the file at once";
+  // The run goes on from the stream's window: twice what this file has read comes on top.
+  EXPECT_EQ(readahead.window(), 8 * kMiB + 2 * kRead);
+  EXPECT_EQ(readahead.TakeExcess(), kRead + readahead.window() - file_size);
+}
+
+TEST_F(Readahead, InheritedWindowKeepsGrowingUpToMaxWindow) {
+  const std::uint64_t file_size = 4 * kMiB;
+  fs::Readahead second = fs::Readahead::Inherited(options_, 8 * kMiB);
+  ReadThrough(second, 0, file_size, file_size);
+  EXPECT_EQ(second.window(), 16 * kMiB) << "8 MiB brought in, plus twice the 4 MiB read";
+  fs::Readahead third = fs::Readahead::Inherited(options_, second.window());
+  ReadThrough(third, 0, file_size, file_size);
+  EXPECT_EQ(third.window(), options_.max_window);
+  EXPECT_EQ(fs::Readahead::Inherited(options_, kGiB).window(), options_.max_window);
+}
+
+TEST_F(Readahead, SeekClosesAnInheritedWindow) {
+  const std::uint64_t file_size = 64 * kMiB;
+  fs::Readahead readahead = fs::Readahead::Inherited(options_, 8 * kMiB);
+  EXPECT_TRUE(readahead.OnRead(32 * kMiB, kRead, file_size).empty());
+  EXPECT_EQ(readahead.window(), 0u);
+  EXPECT_FALSE(readahead.streaming());
+  EXPECT_EQ(ReadThrough(readahead, 32 * kMiB + kRead, file_size, file_size), 0u)
+      << "a run after the seek is not the stream that came in";
+}
+
+TEST_F(Readahead, SeekAfterTheFirstReadsClosesAnInheritedWindow) {
+  const std::uint64_t file_size = 64 * kMiB;
+  fs::Readahead readahead = fs::Readahead::Inherited(options_, 8 * kMiB);
+  EXPECT_FALSE(readahead.OnRead(0, kRead, file_size).empty());
+  EXPECT_TRUE(readahead.OnRead(40 * kMiB, kRead, file_size).empty());
+  EXPECT_EQ(readahead.window(), 0u);
+}
+
 }  // namespace
 }  // namespace ckptfs
