@@ -133,7 +133,8 @@ int Main(int argc, char** argv) {
   mnt->add_flag("-f,--foreground", foreground, "Stay in the foreground");
   mnt->add_option("-o", mount_opts,
                   "Options: cache_dir=DIR, cache_size=SIZE, node.NAME=URL, timeout=SECONDS, "
-                  "fetchers=N, readahead=SIZE, dir_readahead=0|1, allow_other, debug");
+                  "fetchers=N, readahead=SIZE, dir_readahead=0|1, memory_cache=SIZE, "
+                  "index_cache=SIZE, kernel_readahead=SIZE, allow_other, debug");
 
   try {
     app.parse(argc, argv);

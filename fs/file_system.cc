@@ -21,7 +21,7 @@ namespace ckptfs::fs {
 
 FileSystem::FileSystem(index::IndexReader* index, ChunkStore* store, Clock* clock,
                        FileSystemOptions options)
-    : index_(index), store_(store), clock_(clock), options_(options) {}
+    : index_(index), store_(store), clock_(clock), options_(options), handoff_(clock) {}
 
 Status FileSystem::ValidateOnce(std::uint64_t file) {
   {
@@ -134,25 +134,27 @@ void FileSystem::PrefetchRange(std::uint64_t file, ByteRange range) {
 WindowHandoff::Entries::iterator WindowHandoff::Find(std::uint64_t file) {
   // A linear search: there are at most a few dozen entries.
   return std::find_if(windows_.begin(), windows_.end(),
-                      [&](const auto& entry) { return entry.first == file; });
+                      [&](const Handoff& h) { return h.file == file; });
 }
 
 void WindowHandoff::Put(std::uint64_t file, std::uint64_t window) {
+  const TimePoint now = clock_->Now();
   std::lock_guard lock(mu_);
   auto it = Find(file);
   if (it != windows_.end()) {
-    window = std::max(window, it->second);
+    if (now - it->at <= max_age_) window = std::max(window, it->window);
     windows_.erase(it);
   }
-  windows_.emplace_back(file, window);
+  windows_.push_back({file, window, now});
   if (windows_.size() > capacity_) windows_.pop_front();
 }
 
 std::uint64_t WindowHandoff::Take(std::uint64_t file) {
+  const TimePoint now = clock_->Now();
   std::lock_guard lock(mu_);
   auto it = Find(file);
   if (it == windows_.end()) return 0;
-  std::uint64_t window = it->second;
+  const std::uint64_t window = now - it->at <= max_age_ ? it->window : 0;
   windows_.erase(it);
   return window;
 }

@@ -71,26 +71,36 @@ class IndexReplicas final : public ReplicaSource {
 };
 
 // The windows of streams that read ahead into files not opened yet: file id → window. Opening
-// such a file takes its window (Take), so the stream goes on at full speed. Bounded, the oldest
-// entry going first: a stream whose reader stops, or a file nobody opens, leaves no lasting state.
+// such a file soon after takes its window (Take), so the stream goes on at full speed. Bounded in
+// number (the oldest entry goes first) and in age: a stream whose reader stopped, or a file opened
+// much later for something else (a header read), must not start with a large window.
 // Thread safety: all methods may be called from many threads.
 class WindowHandoff {
  public:
-  explicit WindowHandoff(std::size_t capacity = 64) : capacity_(capacity) {}
+  explicit WindowHandoff(Clock* clock, std::size_t capacity = 64,
+                         Duration max_age = std::chrono::seconds(10))
+      : clock_(clock), capacity_(capacity), max_age_(max_age) {}
 
   // Records that a stream with `window` read ahead into `file`; the larger window wins when the
   // file is already recorded.
   void Put(std::uint64_t file, std::uint64_t window);
-  // The window recorded for `file`, which is forgotten; 0 when there is none.
+  // The window recorded for `file` within max_age, which is forgotten; 0 when there is none.
   std::uint64_t Take(std::uint64_t file);
 
  private:
-  using Entries = std::deque<std::pair<std::uint64_t, std::uint64_t>>;
+  struct Handoff {
+    std::uint64_t file = 0;
+    std::uint64_t window = 0;
+    TimePoint at;
+  };
+  using Entries = std::deque<Handoff>;
   Entries::iterator Find(std::uint64_t file);  // REQUIRES: mu_ held.
 
+  Clock* const clock_;
   const std::size_t capacity_;
+  const Duration max_age_;
   std::mutex mu_;
-  Entries windows_;  // GUARDED_BY(mu_): (file, window), oldest first.
+  Entries windows_;  // GUARDED_BY(mu_): oldest first.
 };
 
 class FileSystem {

@@ -427,7 +427,8 @@ TEST_F(FileSystemDirectoryAcrossFilesOff, ReadingAFileToItsEndReadsNothingOfTheN
 }
 
 TEST(WindowHandoff, TakeReturnsTheRecordedWindowOnce) {
-  fs::WindowHandoff handoff;
+  FakeClock clock;
+  fs::WindowHandoff handoff(&clock);
   handoff.Put(7, 100);
   EXPECT_EQ(handoff.Take(8), 0u);
   EXPECT_EQ(handoff.Take(7), 100u);
@@ -435,7 +436,8 @@ TEST(WindowHandoff, TakeReturnsTheRecordedWindowOnce) {
 }
 
 TEST(WindowHandoff, TheLargerWindowWins) {
-  fs::WindowHandoff handoff;
+  FakeClock clock;
+  fs::WindowHandoff handoff(&clock);
   handoff.Put(7, 100);
   handoff.Put(7, 300);
   handoff.Put(7, 200);
@@ -443,13 +445,30 @@ TEST(WindowHandoff, TheLargerWindowWins) {
 }
 
 TEST(WindowHandoff, KeepsOnlyTheNewestEntriesUpToItsCapacity) {
-  fs::WindowHandoff handoff(3);
+  FakeClock clock;
+  fs::WindowHandoff handoff(&clock, 3);
   for (std::uint64_t file = 1; file <= 5; ++file) handoff.Put(file, file * 10);
   EXPECT_EQ(handoff.Take(1), 0u);
   EXPECT_EQ(handoff.Take(2), 0u);
   EXPECT_EQ(handoff.Take(3), 30u);
   EXPECT_EQ(handoff.Take(5), 50u);
   EXPECT_EQ(handoff.Take(4), 40u);
+}
+
+TEST(WindowHandoff, AWindowOlderThanMaxAgeIsNotHandedOn) {
+  FakeClock clock;
+  fs::WindowHandoff handoff(&clock, 64, std::chrono::seconds(10));
+  handoff.Put(7, 100);
+  handoff.Put(8, 100);
+  clock.Advance(std::chrono::seconds(10));
+  EXPECT_EQ(handoff.Take(7), 100u);
+  clock.Advance(std::chrono::milliseconds(1));
+  EXPECT_EQ(handoff.Take(8), 0u);
+  // A stale window does not win over a fresh, smaller one either.
+  handoff.Put(9, 300);
+  clock.Advance(std::chrono::seconds(11));
+  handoff.Put(9, 100);
+  EXPECT_EQ(handoff.Take(9), 100u);
 }
 
 }  // namespace
