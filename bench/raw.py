@@ -420,7 +420,7 @@ class RawBench:
                 self._warm_node_objects(files)
             m = self.ckptfs_mount("ckptfs", fresh_dir(os.path.join(self.work, "cache", "ckptfs")))
             try:
-                r = self.worker({"mode": "ttfb", "files": self.paths(m.mnt, files),
+                r = self.worker({"mode": "ttfb", "root": m.mnt, "files": self.paths(m.mnt, files),
                                  "drop": not nodes_warm}, 120, m)
                 self.res.put("ttfb.ckptfs_nw" if nodes_warm else "ttfb.ckptfs", run,
                              median(r["ttfb"]) * 1000)
@@ -431,7 +431,8 @@ class RawBench:
         def peer(p):
             m = self.peer_mount(p, fresh_dir(os.path.join(self.work, "cache", p)))
             try:
-                r = self.peer_read(m, {"mode": "ttfb", "files": self.paths(m.mnt, self.ttfb_cold),
+                r = self.peer_read(m, {"mode": "ttfb", "root": m.mnt,
+                                       "files": self.paths(m.mnt, self.ttfb_cold),
                                        "drop": True}, 120)
                 self.res.put(f"ttfb.{p}", run, median(r["ttfb"]) * 1000)
             finally:
