@@ -21,7 +21,7 @@ namespace ckptfs::fs {
 
 FileSystem::FileSystem(index::IndexReader* index, ChunkStore* store, Clock* clock,
                        FileSystemOptions options)
-    : index_(index), store_(store), clock_(clock), options_(options), handoff_(clock) {}
+    : index_(index), store_(store), clock_(clock), options_(std::move(options)), handoff_(clock) {}
 
 Status FileSystem::ValidateOnce(std::uint64_t file) {
   {
