@@ -22,6 +22,22 @@ struct ChunkStore::Flight {
   std::shared_ptr<const Buffer> bytes;  // GUARDED_BY(mu)
   std::uint64_t verified = 0;           // GUARDED_BY(mu)
   std::uint64_t served = 0;             // GUARDED_BY(mu): bytes readers took before it ended.
+  // The fewest verified bytes a waiting reader needs. Progress wakes the waiters only once it
+  // gets there, not at every 64 KiB block: a reader of a 1 MiB piece would wake 16 times.
+  std::uint64_t wake_at = kNobodyWaits;  // GUARDED_BY(mu)
+  static constexpr std::uint64_t kNobodyWaits = UINT64_MAX;
+
+  // Records that bytes [0, now_verified) are final; wakes the waiters whose bytes are there.
+  void Advance(std::uint64_t now_verified) {
+    bool wake = false;
+    {
+      std::lock_guard lock(mu);
+      verified = now_verified;
+      wake = verified >= wake_at;
+      if (wake) wake_at = kNobodyWaits;  // Waiters that need more register again.
+    }
+    if (wake) cv.notify_all();
+  }
 };
 
 namespace {
@@ -116,8 +132,12 @@ Result<ChunkData> ChunkStore::Get(const ChunkKey& key, std::uint64_t offset, std
     }
     std::unique_lock lock(flight->mu);
     auto have_bytes = [&] { return flight->bytes != nullptr && flight->verified >= need_end; };
-    if (!WaitUntil(lock, flight->cv, clock_, deadline,
-                   [&] { return flight->done || have_bytes(); })) {
+    auto ready = [&] {
+      if (flight->done || have_bytes()) return true;
+      flight->wake_at = std::min(flight->wake_at, need_end);
+      return false;
+    };
+    if (!WaitUntil(lock, flight->cv, clock_, deadline, ready)) {
       return DeadlineExceededError("chunk " + key.digest.Hex() +
                                    " still being fetched at the read's deadline");
     }
@@ -314,13 +334,7 @@ void ChunkStore::Lead(const ChunkKey& key, Flight& flight, TimePoint deadline, P
 
 Status ChunkStore::FetchInto(const netfetch::ChunkRef& ref, Flight& flight,
                              std::span<std::uint8_t> dst, TimePoint deadline) {
-  auto on_verified = [&flight](std::size_t verified) {
-    {
-      std::lock_guard lock(flight.mu);
-      flight.verified = verified;
-    }
-    flight.cv.notify_all();
-  };
+  auto on_verified = [&flight](std::size_t verified) { flight.Advance(verified); };
   Status status = fetcher_->Fetch(ref, dst, deadline, on_verified);
   RememberOutcome(ref.digest, status);
   return status;
@@ -557,11 +571,7 @@ Status ChunkStore::ReadFromDisk(const ChunkKey& key, Buffer& buffer, Flight& fli
     const std::uint64_t length = std::min(kPiece, key.size - offset);
     CKPTFS_RETURN_IF_ERROR(
         PreadAligned(fd.get(), offset, length, buffer.span().subspan(offset)).status());
-    {
-      std::lock_guard lock(flight.mu);
-      flight.verified = offset + length;
-    }
-    flight.cv.notify_all();
+    flight.Advance(offset + length);
   }
   return Status::Ok();
 }

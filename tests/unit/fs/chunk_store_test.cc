@@ -3,6 +3,8 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <atomic>
 #include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
@@ -436,51 +438,57 @@ TEST_F(ChunkStore, DestructorReturnsWhilePrefetchesAreQueued) {
   EXPECT_LT(fetcher_.TotalCalls(), kQueued) << "the destructor drained the prefetch queue";
 }
 
-// A fetcher that delivers the first `first` bytes of a chunk, reports them verified, and then
-// waits for Finish() before delivering the rest: a chunk caught while it streams in.
-class SteppedFetcher final : public netfetch::ChunkFetcher {
+// A fetcher that delivers a chunk in steps the test releases: after Release(n), bytes [0, n) land
+// and are reported verified. A chunk caught while it streams in.
+class GatedFetcher final : public netfetch::ChunkFetcher {
  public:
-  SteppedFetcher(std::vector<std::uint8_t> bytes, std::size_t first)
-      : bytes_(std::move(bytes)), first_(first) {}
+  explicit GatedFetcher(std::vector<std::uint8_t> bytes) : bytes_(std::move(bytes)) {}
 
   Status Fetch(const netfetch::ChunkRef& chunk, std::span<std::uint8_t> dst, TimePoint,
                const netfetch::VerifiedCallback& on_verified) override {
     if (chunk.size != bytes_.size()) return DataLossError("unexpected chunk");
-    std::memcpy(dst.data(), bytes_.data(), first_);
-    if (on_verified) on_verified(first_);
-    {
-      std::unique_lock lock(mu_);
-      cv_.wait(lock, [&] { return finish_; });
+    started_ = true;
+    std::size_t delivered = 0;
+    while (delivered < bytes_.size()) {
+      std::size_t upto = 0;
+      {
+        std::unique_lock lock(mu_);
+        cv_.wait(lock, [&] { return released_ > delivered; });
+        upto = released_;
+      }
+      std::memcpy(dst.data() + delivered, bytes_.data() + delivered, upto - delivered);
+      delivered = upto;
+      if (on_verified) on_verified(delivered);
     }
-    std::memcpy(dst.data() + first_, bytes_.data() + first_, bytes_.size() - first_);
-    if (on_verified) on_verified(bytes_.size());
     return Status::Ok();
   }
   Status FetchBlocks(const netfetch::ChunkRef&, std::size_t, std::size_t, std::span<std::uint8_t>,
                      TimePoint) override {
     return InternalError("not expected");
   }
-  void Finish() {
+  void Release(std::size_t upto) {
     {
       std::lock_guard lock(mu_);
-      finish_ = true;
+      released_ = std::min(upto, bytes_.size());
     }
     cv_.notify_all();
   }
+  bool started() const { return started_; }
 
  private:
   std::vector<std::uint8_t> bytes_;
-  std::size_t first_;
+  std::atomic<bool> started_{false};
   std::mutex mu_;
   std::condition_variable cv_;
-  bool finish_ = false;
+  std::size_t released_ = 0;  // GUARDED_BY(mu_)
 };
 
 TEST_F(ChunkStore, ReaderOfTheStartOfAChunkGoesBeforeTheRestHasArrived) {
   std::vector<std::uint8_t> bytes = PatternBytes(8192, 3);
-  SteppedFetcher stepped(bytes, 4096);
+  GatedFetcher gated(bytes);
+  gated.Release(4096);
   fs::ChunkKey key{Sha256(bytes.data(), bytes.size()), bytes.size(), 1};
-  auto store = std::make_unique<fs::ChunkStore>(cache_.get(), &stepped, &replicas_, &clock_);
+  auto store = std::make_unique<fs::ChunkStore>(cache_.get(), &gated, &replicas_, &clock_);
   store->Start();
   std::vector<std::uint8_t> head(4096);
   CKPTFS_ASSERT_OK(store->Read(key, 0, head, Deadline()));
@@ -489,11 +497,46 @@ TEST_F(ChunkStore, ReaderOfTheStartOfAChunkGoesBeforeTheRestHasArrived) {
   EXPECT_FALSE(cache_->Contains(key.digest));  // The fetch is still waiting for the rest.
   // A reader of the tail waits for it, and then the chunk is cached.
   std::vector<std::uint8_t> tail(4096);
-  std::thread finisher([&] { stepped.Finish(); });
+  std::thread finisher([&] { gated.Release(bytes.size()); });
   CKPTFS_ASSERT_OK(store->Read(key, 4096, tail, Deadline()));
   finisher.join();
   EXPECT_EQ(tail, std::vector<std::uint8_t>(bytes.begin() + 4096, bytes.end()));
   EXPECT_TRUE(PollUntil([&] { return cache_->Contains(key.digest); }));
+}
+
+TEST_F(ChunkStore, WaitingReadersWakeOnceTheirOwnBytesHaveArrived) {
+  std::vector<std::uint8_t> bytes = PatternBytes(3 * 4096, 5);
+  GatedFetcher gated(bytes);
+  fs::ChunkKey key{Sha256(bytes.data(), bytes.size()), bytes.size(), 1};
+  // A real clock: a reader that is not woken when its bytes land runs into the deadline and fails,
+  // where a fake clock's deadline would never come.
+  RealClock real_clock;
+  auto store = std::make_unique<fs::ChunkStore>(cache_.get(), &gated, &replicas_, &real_clock);
+  store->Start();
+  const TimePoint deadline = real_clock.Now() + 10s;
+  // The head's reader starts the fetch and waits first; the tail's, which needs more, joins.
+  std::vector<std::uint8_t> head(4096);
+  Status head_status;
+  std::thread head_reader([&] { head_status = store->Read(key, 0, head, deadline); });
+  ASSERT_TRUE(PollUntil([&] { return gated.started(); }));
+  std::vector<std::uint8_t> tail(4096);
+  Status tail_status;
+  std::atomic<bool> tail_done{false};
+  std::thread tail_reader([&] {
+    tail_status = store->Read(key, 2 * 4096, tail, deadline);
+    tail_done = true;
+  });
+  ASSERT_TRUE(PollUntil([&] { return store->counters().joined.load() == 1; }));
+  gated.Release(4096);
+  head_reader.join();
+  CKPTFS_EXPECT_OK(head_status);
+  EXPECT_EQ(head, std::vector<std::uint8_t>(bytes.begin(), bytes.begin() + 4096));
+  gated.Release(2 * 4096);
+  EXPECT_FALSE(tail_done.load());
+  gated.Release(3 * 4096);
+  tail_reader.join();
+  CKPTFS_EXPECT_OK(tail_status);
+  EXPECT_EQ(tail, std::vector<std::uint8_t>(bytes.begin() + 2 * 4096, bytes.end()));
 }
 
 TEST_F(ChunkStore, IsolatedReadFetchesOnlyTheBlocksItTouches) {
