@@ -5,38 +5,17 @@
 #include <unistd.h>
 
 #include <cerrno>
-#include <utility>
 
 namespace ckptfs::index {
 
-ResidentPages::ResidentPages(ResidentPages&& other) noexcept
-    : fd_(other.fd_),
-      budget_(other.budget_),
-      page_size_(other.page_size_),
-      pages_(std::move(other.pages_)),
-      maps_(std::exchange(other.maps_, {})) {}
+ResidentPages::ResidentPages(int fd, std::uint64_t budget)
+    : fd_(fd), budget_(budget), page_size_(static_cast<std::uint64_t>(::sysconf(_SC_PAGESIZE))) {}
 
-ResidentPages& ResidentPages::operator=(ResidentPages&& other) noexcept {
-  if (this != &other) {
-    Unmap();
-    fd_ = other.fd_;
-    budget_ = other.budget_;
-    page_size_ = other.page_size_;
-    pages_ = std::move(other.pages_);
-    maps_ = std::exchange(other.maps_, {});
-  }
-  return *this;
-}
-
-ResidentPages::~ResidentPages() { Unmap(); }
-
-void ResidentPages::Unmap() {
-  for (const auto& [addr, length] : maps_) ::munmap(addr, length);
-  maps_.clear();
+ResidentPages::Mapping::~Mapping() {
+  if (addr_ != nullptr) ::munmap(addr_, length_);
 }
 
 bool ResidentPages::Choose(std::uint64_t offset, std::uint64_t length) {
-  page_size_ = static_cast<std::uint64_t>(::sysconf(_SC_PAGESIZE));
   if (length == 0) return true;
   const std::uint64_t first = offset / page_size_;
   const std::uint64_t last = (offset + length - 1) / page_size_;

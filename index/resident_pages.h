@@ -28,10 +28,7 @@ namespace ckptfs::index {
 class ResidentPages {
  public:
   // Pages of `fd` (a regular file opened for reading, not owned; it must outlive this object).
-  explicit ResidentPages(int fd = -1, std::uint64_t budget = 0) : fd_(fd), budget_(budget) {}
-  ResidentPages(ResidentPages&& other) noexcept;
-  ResidentPages& operator=(ResidentPages&& other) noexcept;
-  ~ResidentPages();
+  explicit ResidentPages(int fd = -1, std::uint64_t budget = 0);
 
   // Chooses the pages covering [offset, offset + length) to be kept. False, choosing none of
   // them, when they do not all fit in the budget with the pages chosen before.
@@ -45,13 +42,25 @@ class ResidentPages {
   std::uint64_t bytes() const { return pages_.size() * page_size_; }
 
  private:
-  void Unmap();
+  // One mapped run of pages, unmapped when it dies.
+  class Mapping {
+   public:
+    Mapping(void* addr, std::size_t length) : addr_(addr), length_(length) {}
+    Mapping(Mapping&& other) noexcept
+        : addr_(std::exchange(other.addr_, nullptr)), length_(other.length_) {}
+    Mapping& operator=(Mapping&&) = delete;
+    ~Mapping();
 
-  int fd_ = -1;
-  std::uint64_t budget_ = 0;
-  std::uint64_t page_size_ = 4096;
+   private:
+    void* addr_;
+    std::size_t length_;
+  };
+
+  int fd_;
+  std::uint64_t budget_;
+  std::uint64_t page_size_;
   std::set<std::uint64_t> pages_;  // Page numbers (file offset / page_size_) chosen.
-  std::vector<std::pair<void*, std::size_t>> maps_;
+  std::vector<Mapping> maps_;
 };
 
 }  // namespace ckptfs::index
