@@ -417,7 +417,8 @@ struct IndexReader::Impl {
   IndexStats stats;
   std::vector<Node> nodes;
 
-  ResidentPages resident;  // Set once by KeepResident(), before the reader is shared.
+  std::mutex resident_mu;
+  ResidentPages resident;  // Set once by KeepResident(); guarded by resident_mu.
 
   std::mutex mu;
   std::vector<std::unique_ptr<Connection>> idle;  // Guarded by mu.
@@ -769,7 +770,7 @@ Result<std::vector<std::string>> BtreesByHeat(sqlite3* db) {
 
 }  // namespace
 
-Result<std::uint64_t> IndexReader::KeepResident(std::uint64_t budget) {
+Result<std::uint64_t> IndexReader::KeepResident(std::uint64_t budget, std::stop_token stop) {
   ResidentPages resident(impl_->index_file.get(), budget);
   CKPTFS_ASSIGN_OR_RETURN(Impl::Lease c, impl_->Borrow());
   sqlite3* db = c->db.get();
@@ -782,13 +783,15 @@ Result<std::uint64_t> IndexReader::KeepResident(std::uint64_t budget) {
     sql::StmtScope scope(pages.get());
     sql::BindText(pages.get(), 1, names[i]);
     int rc;
-    while (fits && (rc = sqlite3_step(pages.get())) == SQLITE_ROW) {
+    while (fits && !stop.stop_requested() && (rc = sqlite3_step(pages.get())) == SQLITE_ROW) {
       fits = resident.Choose(static_cast<std::uint64_t>(sqlite3_column_int64(pages.get(), 0)),
                              static_cast<std::uint64_t>(sqlite3_column_int64(pages.get(), 1)));
     }
+    if (stop.stop_requested()) return UnavailableError("stopped while choosing index pages");
     if (fits && rc != SQLITE_DONE) return sql::Error(db, "cannot list the pages of " + names[i]);
   }
-  CKPTFS_RETURN_IF_ERROR(resident.Keep());
+  CKPTFS_RETURN_IF_ERROR(resident.Keep(stop));
+  std::lock_guard lock(impl_->resident_mu);
   impl_->resident = std::move(resident);
   return impl_->resident.bytes();
 }

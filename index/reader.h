@@ -12,6 +12,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <stop_token>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -66,8 +67,11 @@ class IndexReader {
   // Keeps the index pages that lookups, opens and reads need mapped in memory, so that a dropped
   // page cache does not turn every metadata access into a disk read (index/resident_pages.h):
   // first every table and index but the block digests, then block digests while `budget` bytes
-  // last. Reads each page it keeps once. Returns the bytes kept. Call once, before serving.
-  Result<std::uint64_t> KeepResident(std::uint64_t budget);
+  // last. Returns the bytes kept. Safe to run while other threads use the reader (a mount runs
+  // it in the background, so that reading up to `budget` of pages from a cold disk does not
+  // delay the mount); the reader must outlive the call. Call it once. Unavailable when `stop`
+  // is requested before the end.
+  Result<std::uint64_t> KeepResident(std::uint64_t budget, std::stop_token stop = {});
 
  private:
   struct Impl;

@@ -26,7 +26,7 @@ bool ResidentPages::Choose(std::uint64_t offset, std::uint64_t length) {
   return true;
 }
 
-Status ResidentPages::Keep() {
+Status ResidentPages::Keep(std::stop_token stop) {
   // Readahead caches a file in large folios, and one mapped page keeps its whole folio in memory.
   // Dropping the file's clean pages first, then faulting each chosen page in with readahead off,
   // brings back exactly the chosen pages, one page each.
@@ -44,7 +44,10 @@ Status ResidentPages::Keep() {
     ::madvise(addr, length, MADV_RANDOM);
     // Reading one byte per page maps it; the volatile sink keeps the reads from being dropped.
     const auto* bytes = static_cast<const volatile std::uint8_t*>(addr);
-    for (std::size_t at = 0; at < length; at += page_size_) (void)bytes[at];
+    for (std::size_t at = 0; at < length; at += page_size_) {
+      if (stop.stop_requested()) return UnavailableError("stopped while keeping index pages");
+      (void)bytes[at];
+    }
   }
   return Status::Ok();
 }

@@ -18,6 +18,7 @@
 
 #include <cstdint>
 #include <set>
+#include <stop_token>
 #include <utility>
 #include <vector>
 
@@ -35,8 +36,9 @@ class ResidentPages {
   bool Choose(std::uint64_t offset, std::uint64_t length);
 
   // Maps the chosen pages and faults them in (reading them from disk if they are not cached).
-  // They stay mapped until this object dies.
-  Status Keep();
+  // They stay mapped until this object dies. Unavailable, keeping what is mapped so far, when
+  // `stop` is requested before the end (it is checked between pages).
+  Status Keep(std::stop_token stop = {});
 
   // Bytes of the distinct pages chosen, at most the budget.
   std::uint64_t bytes() const { return pages_.size() * page_size_; }

@@ -5,8 +5,11 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cstdint>
+#include <stop_token>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "common/unique_fd.h"
@@ -103,6 +106,43 @@ TEST_F(IndexResident, AZeroBudgetKeepsNothing) {
   EXPECT_EQ(Must(reader->KeepResident(0)), 0u);
   EXPECT_EQ(DropAndCountResident(path_), 0u);
   EXPECT_TRUE(reader->ValidateFile(file_).ok());
+}
+
+TEST_F(IndexResident, AStopRequestedBeforehandKeepsNothing) {
+  auto reader = Must(IndexReader::Open(path_));
+  std::stop_source stop;
+  stop.request_stop();
+  const Result<std::uint64_t> kept = reader->KeepResident(64 << 20, stop.get_token());
+  EXPECT_EQ(kept.status().code(), StatusCode::kUnavailable) << kept.status().ToString();
+  EXPECT_EQ(DropAndCountResident(path_), 0u);
+  EXPECT_TRUE(reader->ValidateFile(file_).ok());
+}
+
+// A mount keeps the pages in the background while its FUSE threads already use the reader.
+TEST_F(IndexResident, KeepsPagesWhileOtherThreadsRead) {
+  auto reader = Must(IndexReader::Open(path_));
+  std::atomic<bool> done = false;
+  std::atomic<int> failures = 0;
+  std::vector<std::thread> readers;
+  for (int t = 0; t < 3; ++t) {
+    readers.emplace_back([&, t] {
+      std::uint64_t offset = static_cast<std::uint64_t>(t) * kChunk;
+      while (!done.load()) {
+        const auto extents = reader->ExtentsInRange(file_, offset, 1);
+        if (!extents.ok() || extents->size() != 1 ||
+            !reader->Blocks(extents->front().chunk_id).ok()) {
+          failures++;
+        }
+        offset = (offset + 7 * kChunk) % (kChunks * kChunk);
+      }
+    });
+  }
+  const std::uint64_t kept = Must(reader->KeepResident(64 << 20));
+  done = true;
+  for (std::thread& t : readers) t.join();
+  EXPECT_EQ(failures.load(), 0);
+  EXPECT_EQ(kept, file_size_);
+  EXPECT_EQ(DropAndCountResident(path_), file_size_);
 }
 
 }  // namespace
