@@ -175,20 +175,22 @@ class RawBench:
                 self.res.put(f"{wl}.local.cold", run, mibps(cold))
                 self.res.put(f"{wl}.local.warm", run, mibps(warm))
 
-            def curl():
+            def curl(mid, verify):
                 gets = netlimit.gets_for_files(self.chunk_map, rels)
                 sync_and_drop_caches()
                 try:
-                    secs = netlimit.fetch(gets, self.cfg.streams, self.read_timeout(nbytes))
+                    secs = netlimit.fetch(gets, self.cfg.streams, self.read_timeout(nbytes),
+                                          verify=verify)
                 except RuntimeError as e:
                     raise MeasureFailed(str(e)) from e
-                self.res.put(f"{wl}.curl", run, nbytes / MiB / secs)
+                self.res.put(mid, run, nbytes / MiB / secs)
 
             self.attempt(run, [f"{wl}.local.cold", f"{wl}.local.warm"], local)
-            self.attempt(run, [f"{wl}.curl"], curl)
+            self.attempt(run, [f"{wl}.curl"], lambda: curl(f"{wl}.curl", False))
+            self.attempt(run, [f"{wl}.curl_sha"], lambda: curl(f"{wl}.curl_sha", True))
             log(f"  {wl}: local cold {self._fmt(f'{wl}.local.cold', run)}, page cache "
                 f"{self._fmt(f'{wl}.local.warm', run)}, parallel curl {self._fmt(f'{wl}.curl', run)}"
-                " MiB/s")
+                f", verified {self._fmt(f'{wl}.curl_sha', run)} MiB/s")
 
     def seq_ckptfs(self, run):
         cache = fresh_dir(os.path.join(self.work, "cache", "ckptfs"))

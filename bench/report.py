@@ -18,6 +18,8 @@ def _seq_rows(wl, title):
         (f"{wl}.local.cold", "local disk, cold (page cache dropped)", "MiB/s"),
         (f"{wl}.local.warm", "local disk, page cache", "MiB/s"),
         (f"{wl}.curl", "parallel curl, 8 streams, chunk objects (network limit)", "MiB/s"),
+        (f"{wl}.curl_sha", "parallel curl, each object's SHA-256 checked as it arrives (a "
+         "verified download)", "MiB/s"),
         (f"{wl}.ckptfs.cold", "ckptfs cold (fresh cache_dir, page cache dropped)", "MiB/s"),
         (f"{wl}.ckptfs.cold_amp", "ckptfs cold: bytes sent by nodes per byte read", "x"),
         (f"{wl}.ckptfs.cold_cpu", "ckptfs cold: daemon CPU per GiB read", "s/GiB"),
@@ -139,6 +141,9 @@ def targets():
         t += [
             (f"{wl}: cold seq / parallel curl",
              lambda r, k, wl=wl: _ratio(r.get(f"{wl}.ckptfs.cold", k), r.get(f"{wl}.curl", k)),
+             ">= 0.9", lambda v: v >= 0.9, "x"),
+            (f"{wl}: cold seq / verified parallel curl (extra)",
+             lambda r, k, wl=wl: _ratio(r.get(f"{wl}.ckptfs.cold", k), r.get(f"{wl}.curl_sha", k)),
              ">= 0.9", lambda v: v >= 0.9, "x"),
             (f"{wl}: cold seq / parallel curl, both with nodes' files in page cache (extra)",
              lambda r, k, wl=wl: _ratio(r.get(f"{wl}.ckptfs.cold_nw", k),
