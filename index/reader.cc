@@ -782,7 +782,7 @@ Result<std::uint64_t> IndexReader::KeepResident(std::uint64_t budget, std::stop_
   for (std::size_t i = 0; i < names.size() && fits; ++i) {
     sql::StmtScope scope(pages.get());
     sql::BindText(pages.get(), 1, names[i]);
-    int rc;
+    int rc = SQLITE_DONE;
     while (fits && !stop.stop_requested() && (rc = sqlite3_step(pages.get())) == SQLITE_ROW) {
       fits = resident.Choose(static_cast<std::uint64_t>(sqlite3_column_int64(pages.get(), 0)),
                              static_cast<std::uint64_t>(sqlite3_column_int64(pages.get(), 1)));
