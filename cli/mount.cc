@@ -94,6 +94,10 @@ struct FuseArgs {
     for (std::string& s : storage) argv.push_back(s.data());
     args = FUSE_ARGS_INIT(static_cast<int>(argv.size()), argv.data());
   }
+  // fuse_session_new parses `args` and may leave a copy that libfuse allocated in it.
+  ~FuseArgs() { fuse_opt_free_args(&args); }
+  FuseArgs(const FuseArgs&) = delete;
+  FuseArgs& operator=(const FuseArgs&) = delete;
 };
 
 // Owns the objects of one mount; destroyed in reverse order of construction.
