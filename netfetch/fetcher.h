@@ -127,6 +127,16 @@ struct FetchCounters {
   std::atomic<std::uint64_t> failed_range_fetches{0};  // FetchBlocks that failed at the deadline.
 };
 
+// One node's health as RetryingFetcher sees it at one moment (for `ckptfs stats`).
+struct NodeHealth {
+  std::int64_t id = 0;
+  std::string name;
+  int in_flight = 0;             // Requests to the node under way.
+  int consecutive_failures = 0;  // Failed attempts since its last success.
+  bool backing_off = false;      // Tried after the other replicas until its backoff ends.
+  double bytes_per_second = 0;   // Average over verified transfers; 0 = not measured yet.
+};
+
 class RetryingFetcher final : public ChunkFetcher {
  public:
   RetryingFetcher(std::vector<NodeEndpoint> nodes, Transport* transport, Clock* clock,
@@ -140,6 +150,9 @@ class RetryingFetcher final : public ChunkFetcher {
                      std::span<std::uint8_t> dst, TimePoint deadline) override;
 
   const FetchCounters& counters() const { return counters_; }
+  // The health of every node, in the order the constructor was given them. Thread safe: a
+  // consistent copy taken under the lock that guards the nodes' health.
+  std::vector<NodeHealth> Health() const;
 
  private:
   struct NodeState;
@@ -161,7 +174,7 @@ class RetryingFetcher final : public ChunkFetcher {
   Clock* clock_;
   RetryOptions options_;
   std::vector<std::unique_ptr<NodeState>> nodes_;
-  std::mutex mu_;  // Guards the health fields of nodes_ and rng_.
+  mutable std::mutex mu_;  // Guards the health fields of nodes_ and rng_.
   std::mt19937_64 rng_;
   FetchCounters counters_;
 };
