@@ -150,8 +150,9 @@ class RetryingFetcher final : public ChunkFetcher {
                      std::span<std::uint8_t> dst, TimePoint deadline) override;
 
   const FetchCounters& counters() const { return counters_; }
-  // The health of every node, in the order the constructor was given them. Thread safe: a
-  // consistent copy taken under the lock that guards the nodes' health.
+  // The health of every node, in the order the constructor was given them. Thread safe: the
+  // failures, backoff and throughput are copied under the lock that guards them, in_flight is
+  // read as it stands.
   std::vector<NodeHealth> Health() const;
 
  private:
