@@ -355,7 +355,7 @@ Status Mount(const MountOptions& options) {
   };
   // Asked only once the mount serves, when every object below exists.
   fs_options.stats_text = [&m] {
-    return FormatStats(CollectStats(*m.file_system, *m.store, *m.fetcher, *m.cache));
+    return MountStatsText(*m.file_system, *m.store, *m.fetcher, *m.cache);
   };
   fs::ChunkStoreOptions store_options;
   store_options.prefetch_threads = options.fetch_threads;

@@ -79,39 +79,16 @@ std::uint64_t StatusKilobytes(std::string_view status, std::string_view field) {
 
 }  // namespace
 
-std::string FormatStats(const StatsSnapshot& stats) {
+std::string FormatStats(const StatsSources& stats) {
   std::string out;
-  Lines(out, "fs.")
-      .Add("reads", stats.fs.reads)
-      .Add("bytes_read", stats.fs.bytes_read)
-      .Add("eio_fetch", stats.fs.eio_fetch)
-      .Add("eio_index", stats.fs.eio_index)
-      .Add("eio_invalid", stats.fs.eio_invalid)
-      .Add("eio_internal", stats.fs.eio_internal);
-  Lines(out, "store.")
-      .Add("memory_hits", stats.store.memory_hits)
-      .Add("cache_hits", stats.store.cache_hits)
-      .Add("disk_loads", stats.store.disk_loads)
-      .Add("fetches", stats.store.fetches)
-      .Add("block_fetches", stats.store.block_fetches)
-      .Add("partial_hits", stats.store.partial_hits)
-      .Add("early_reads", stats.store.early_reads)
-      .Add("joined", stats.store.joined)
-      .Add("fetch_errors", stats.store.fetch_errors)
-      .Add("cache_write_errors", stats.store.cache_write_errors)
-      .Add("prefetch_queued", stats.store.prefetch_queued)
-      .Add("prefetch_dropped", stats.store.prefetch_dropped);
-  Lines(out, "fetch.")
-      .Add("fetches", stats.fetch.fetches)
-      .Add("attempts", stats.fetch.attempts)
-      .Add("failed_attempts", stats.fetch.failed_attempts)
-      .Add("digest_mismatches", stats.fetch.digest_mismatches)
-      .Add("bytes_fetched", stats.fetch.bytes_fetched)
-      .Add("failed_fetches", stats.fetch.failed_fetches)
-      .Add("resumed_attempts", stats.fetch.resumed_attempts)
-      .Add("range_fetches", stats.fetch.range_fetches)
-      .Add("range_bytes_fetched", stats.fetch.range_bytes_fetched)
-      .Add("failed_range_fetches", stats.fetch.failed_range_fetches);
+  auto add_all = [&out](const auto& counters, const std::string& prefix) {
+    Lines lines(out, prefix);
+    counters.ForEach(
+        [&lines](std::string_view name, std::uint64_t value) { lines.Add(name, value); });
+  };
+  add_all(stats.fs, "fs.");
+  add_all(stats.store, "store.");
+  add_all(stats.fetch, "fetch.");
   Lines(out, "cache.")
       .Add("used_bytes", stats.cache.used_bytes)
       .Add("capacity_bytes", stats.cache.capacity_bytes)
@@ -133,67 +110,24 @@ std::string FormatStats(const StatsSnapshot& stats) {
   return out;
 }
 
-FsStats CopyStats(const fs::FileSystemCounters& c) {
-  return {.reads = c.reads,
-          .bytes_read = c.bytes_read,
-          .eio_fetch = c.eio_fetch,
-          .eio_index = c.eio_index,
-          .eio_invalid = c.eio_invalid,
-          .eio_internal = c.eio_internal};
-}
-
-StoreStats CopyStats(const fs::ChunkStoreCounters& c) {
-  return {.memory_hits = c.memory_hits,
-          .cache_hits = c.cache_hits,
-          .disk_loads = c.disk_loads,
-          .fetches = c.fetches,
-          .block_fetches = c.block_fetches,
-          .partial_hits = c.partial_hits,
-          .early_reads = c.early_reads,
-          .joined = c.joined,
-          .fetch_errors = c.fetch_errors,
-          .cache_write_errors = c.cache_write_errors,
-          .prefetch_queued = c.prefetch_queued,
-          .prefetch_dropped = c.prefetch_dropped};
-}
-
-FetchStats CopyStats(const netfetch::FetchCounters& c) {
-  return {.fetches = c.fetches,
-          .attempts = c.attempts,
-          .failed_attempts = c.failed_attempts,
-          .digest_mismatches = c.digest_mismatches,
-          .bytes_fetched = c.bytes_fetched,
-          .failed_fetches = c.failed_fetches,
-          .resumed_attempts = c.resumed_attempts,
-          .range_fetches = c.range_fetches,
-          .range_bytes_fetched = c.range_bytes_fetched,
-          .failed_range_fetches = c.failed_range_fetches};
-}
-
-CacheStats CopyStats(const fs::DiskCache& cache) {
-  return {.used_bytes = cache.used_bytes(),
-          .capacity_bytes = cache.capacity_bytes(),
-          .entries = cache.entry_count()};
-}
-
 DaemonMemory ParseProcStatus(std::string_view status) {
   return {.rss_bytes = StatusKilobytes(status, "VmRSS"),
           .peak_rss_bytes = StatusKilobytes(status, "VmHWM")};
 }
 
-StatsSnapshot CollectStats(const fs::FileSystem& file_system, const fs::ChunkStore& store,
+std::string MountStatsText(const fs::FileSystem& file_system, const fs::ChunkStore& store,
                            const netfetch::RetryingFetcher& fetcher, const fs::DiskCache& cache) {
-  StatsSnapshot stats;
-  stats.fs = CopyStats(file_system.counters());
-  stats.store = CopyStats(store.counters());
-  stats.fetch = CopyStats(fetcher.counters());
-  stats.cache = CopyStats(cache);
-  stats.nodes = fetcher.Health();
   std::ifstream status("/proc/self/status");
   std::ostringstream text;
   text << status.rdbuf();
-  stats.daemon = ParseProcStatus(text.str());
-  return stats;
+  return FormatStats({.fs = file_system.counters(),
+                      .store = store.counters(),
+                      .fetch = fetcher.counters(),
+                      .cache = {.used_bytes = cache.used_bytes(),
+                                .capacity_bytes = cache.capacity_bytes(),
+                                .entries = cache.entry_count()},
+                      .nodes = fetcher.Health(),
+                      .daemon = ParseProcStatus(text.str())});
 }
 
 Result<std::string> ReadMountStats(const std::string& mountpoint) {

@@ -66,6 +66,18 @@ struct FileSystemCounters {
   std::atomic<std::uint64_t> eio_index{0};     // The index query failed or was inconsistent.
   std::atomic<std::uint64_t> eio_invalid{0};   // A file failed its validation at open.
   std::atomic<std::uint64_t> eio_internal{0};  // An unexpected exception.
+
+  // Calls visit(name, value) for each counter, in the order above; the names are the ones
+  // `ckptfs stats` shows.
+  template <typename Visit>
+  void ForEach(Visit&& visit) const {
+    visit("reads", reads.load());
+    visit("bytes_read", bytes_read.load());
+    visit("eio_fetch", eio_fetch.load());
+    visit("eio_index", eio_index.load());
+    visit("eio_invalid", eio_invalid.load());
+    visit("eio_internal", eio_internal.load());
+  }
 };
 
 // The index as the chunk store's ReplicaSource.

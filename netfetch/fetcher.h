@@ -125,6 +125,22 @@ struct FetchCounters {
   std::atomic<std::uint64_t> range_fetches{0};         // FetchBlocks calls.
   std::atomic<std::uint64_t> range_bytes_fetched{0};   // Verified bytes delivered by FetchBlocks.
   std::atomic<std::uint64_t> failed_range_fetches{0};  // FetchBlocks that failed at the deadline.
+
+  // Calls visit(name, value) for each counter, in the order above; the names are the ones
+  // `ckptfs stats` shows.
+  template <typename Visit>
+  void ForEach(Visit&& visit) const {
+    visit("fetches", fetches.load());
+    visit("attempts", attempts.load());
+    visit("failed_attempts", failed_attempts.load());
+    visit("digest_mismatches", digest_mismatches.load());
+    visit("bytes_fetched", bytes_fetched.load());
+    visit("failed_fetches", failed_fetches.load());
+    visit("resumed_attempts", resumed_attempts.load());
+    visit("range_fetches", range_fetches.load());
+    visit("range_bytes_fetched", range_bytes_fetched.load());
+    visit("failed_range_fetches", failed_range_fetches.load());
+  }
 };
 
 // One node's health as RetryingFetcher sees it at one moment (for `ckptfs stats`).

@@ -1,5 +1,5 @@
-// The text of `ckptfs stats` (FormatStats), the copies it is made from (CopyStats,
-// ParseProcStatus) and ReadMountStats on paths that are not a mount.
+// The text of `ckptfs stats` (FormatStats over live counters), ParseProcStatus, and
+// ReadMountStats on paths that are not a mount.
 #include "cli/stats.h"
 
 #include <gtest/gtest.h>
@@ -14,33 +14,78 @@ namespace ckptfs {
 namespace {
 
 using cli::FormatStats;
-using cli::StatsSnapshot;
+using cli::StatsSources;
 
-// Every number different, so that a value under the wrong name shows.
-StatsSnapshot NumberedSnapshot() {
-  StatsSnapshot s;
-  s.fs = {1, 2, 3, 4, 5, 6};
-  s.store = {11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22};
-  s.fetch = {31, 32, 33, 34, 35, 36, 37, 38, 39, 40};
-  s.cache = {.used_bytes = 41, .capacity_bytes = 42, .entries = 43};
-  s.nodes = {{.id = 1,
-              .name = "n1",
-              .in_flight = 2,
-              .consecutive_failures = 0,
-              .backing_off = false,
-              .bytes_per_second = 123456.6},
-             {.id = 2,
-              .name = "n2",
-              .in_flight = 0,
-              .consecutive_failures = 3,
-              .backing_off = true,
-              .bytes_per_second = 0}};
-  s.daemon = {.rss_bytes = 51, .peak_rss_bytes = 52};
-  return s;
-}
+// Live counters with every number different, so that a value under the wrong name shows.
+struct NumberedCounters {
+  fs::FileSystemCounters fs;
+  fs::ChunkStoreCounters store;
+  netfetch::FetchCounters fetch;
+
+  NumberedCounters() {
+    fs.reads = 1;
+    fs.bytes_read = 2;
+    fs.eio_fetch = 3;
+    fs.eio_index = 4;
+    fs.eio_invalid = 5;
+    fs.eio_internal = 6;
+    store.memory_hits = 11;
+    store.cache_hits = 12;
+    store.disk_loads = 13;
+    store.fetches = 14;
+    store.block_fetches = 15;
+    store.partial_hits = 16;
+    store.early_reads = 17;
+    store.joined = 18;
+    store.fetch_errors = 19;
+    store.cache_write_errors = 20;
+    store.prefetch_queued = 21;
+    store.prefetch_dropped = 22;
+    fetch.fetches = 31;
+    fetch.attempts = 32;
+    fetch.failed_attempts = 33;
+    fetch.digest_mismatches = 34;
+    fetch.bytes_fetched = 35;
+    fetch.failed_fetches = 36;
+    fetch.resumed_attempts = 37;
+    fetch.range_fetches = 38;
+    fetch.range_bytes_fetched = 39;
+    fetch.failed_range_fetches = 40;
+  }
+
+  StatsSources Sources() const {
+    return {.fs = fs,
+            .store = store,
+            .fetch = fetch,
+            .cache = {.used_bytes = 41, .capacity_bytes = 42, .entries = 43},
+            .nodes = {{.id = 1,
+                       .name = "n1",
+                       .in_flight = 2,
+                       .consecutive_failures = 0,
+                       .backing_off = false,
+                       .bytes_per_second = 123456.6},
+                      {.id = 2,
+                       .name = "n2",
+                       .in_flight = 0,
+                       .consecutive_failures = 3,
+                       .backing_off = true,
+                       .bytes_per_second = 0}},
+            .daemon = {.rss_bytes = 51, .peak_rss_bytes = 52}};
+  }
+};
+
+// Counters that are all zero.
+struct ZeroCounters {
+  fs::FileSystemCounters fs;
+  fs::ChunkStoreCounters store;
+  netfetch::FetchCounters fetch;
+  StatsSources Sources() const {
+    return {.fs = fs, .store = store, .fetch = fetch, .cache = {}, .nodes = {}, .daemon = {}};
+  }
+};
 
 TEST(FormatStats, WritesEveryNumberAsANameValueLineInAStableOrder) {
-  EXPECT_EQ(FormatStats(NumberedSnapshot()),
+  EXPECT_EQ(FormatStats(NumberedCounters().Sources()),
             "fs.reads 1\n"
             "fs.bytes_read 2\n"
             "fs.eio_fetch 3\n"
@@ -85,13 +130,14 @@ TEST(FormatStats, WritesEveryNumberAsANameValueLineInAStableOrder) {
 }
 
 TEST(FormatStats, AMountWithoutNodesHasNoNodeLines) {
-  const std::string text = FormatStats(StatsSnapshot{});
+  const std::string text = FormatStats(ZeroCounters().Sources());
   EXPECT_EQ(text.find("node."), std::string::npos) << text;
   EXPECT_NE(text.find("\ncache.entries 0\ndaemon.rss_bytes 0\n"), std::string::npos) << text;
 }
 
 TEST(FormatStats, NodeNamesWithSpacesOrPercentStayOneField) {
-  StatsSnapshot s;
+  ZeroCounters zero;
+  StatsSources s = zero.Sources();
   s.nodes = {{.id = 1, .name = "rack 1\t%a"}};
   const std::string text = FormatStats(s);
   EXPECT_NE(text.find("\nnode.rack%201%09%25a.in_flight 0\n"), std::string::npos) << text;
@@ -99,7 +145,8 @@ TEST(FormatStats, NodeNamesWithSpacesOrPercentStayOneField) {
 }
 
 TEST(FormatStats, EveryLineIsANameAndANonNegativeInteger) {
-  StatsSnapshot s = NumberedSnapshot();
+  NumberedCounters numbered;
+  StatsSources s = numbered.Sources();
   s.nodes[0].in_flight = -1;  // Cannot happen; must still print as a number.
   s.nodes[0].bytes_per_second = std::numeric_limits<double>::infinity();
   const std::string text = FormatStats(s);
@@ -119,46 +166,6 @@ TEST(FormatStats, EveryLineIsANameAndANonNegativeInteger) {
     ++lines;
   }
   EXPECT_EQ(lines, 6 + 12 + 10 + 3 + 2 * 4 + 2);
-}
-
-TEST(CopyStats, CopiesEveryCounterUnderItsOwnName) {
-  fs::FileSystemCounters fs_counters;
-  fs_counters.reads = 1;
-  fs_counters.bytes_read = 2;
-  fs_counters.eio_fetch = 3;
-  fs_counters.eio_index = 4;
-  fs_counters.eio_invalid = 5;
-  fs_counters.eio_internal = 6;
-  fs::ChunkStoreCounters store;
-  store.memory_hits = 11;
-  store.cache_hits = 12;
-  store.disk_loads = 13;
-  store.fetches = 14;
-  store.block_fetches = 15;
-  store.partial_hits = 16;
-  store.early_reads = 17;
-  store.joined = 18;
-  store.fetch_errors = 19;
-  store.cache_write_errors = 20;
-  store.prefetch_queued = 21;
-  store.prefetch_dropped = 22;
-  netfetch::FetchCounters fetch;
-  fetch.fetches = 31;
-  fetch.attempts = 32;
-  fetch.failed_attempts = 33;
-  fetch.digest_mismatches = 34;
-  fetch.bytes_fetched = 35;
-  fetch.failed_fetches = 36;
-  fetch.resumed_attempts = 37;
-  fetch.range_fetches = 38;
-  fetch.range_bytes_fetched = 39;
-  fetch.failed_range_fetches = 40;
-
-  StatsSnapshot copied = NumberedSnapshot();
-  copied.fs = cli::CopyStats(fs_counters);
-  copied.store = cli::CopyStats(store);
-  copied.fetch = cli::CopyStats(fetch);
-  EXPECT_EQ(FormatStats(copied), FormatStats(NumberedSnapshot()));
 }
 
 TEST(ParseProcStatus, ReadsVmRssAndVmHwmInBytes) {
