@@ -8,6 +8,7 @@
 #include "cli/mount.h"
 #include "cli/mount_options.h"
 #include "cli/publish.h"
+#include "cli/stats.h"
 #include "common/units.h"
 #include "netfetch/curl_transport.h"
 #include "netfetch/global_init.h"
@@ -70,6 +71,13 @@ int RunMount(const std::string& index, const std::string& mountpoint, bool foreg
   }
   Status status = Mount(options);
   return status.ok() ? 0 : Fail(status);
+}
+
+int RunStats(const std::string& mountpoint) {
+  Result<std::string> text = ReadMountStats(mountpoint);
+  if (!text.ok()) return Fail(text.status());
+  std::cout << *text << std::flush;
+  return std::cout ? 0 : Fail(InternalError("cannot write to standard output"));
 }
 
 // mount(8) runs "mount.ckptfs SPEC DIR [-sfnv] [-N NS] [-o OPTIONS] [-t TYPE]" for fstab entries
@@ -136,6 +144,11 @@ int Main(int argc, char** argv) {
                   "fetchers=N, readahead=SIZE, dir_readahead=0|1, memory_cache=SIZE, "
                   "index_cache=SIZE, kernel_readahead=SIZE, allow_other, debug");
 
+  std::string stats_mountpoint;
+  CLI::App* stats = app.add_subcommand(
+      "stats", "Print the runtime statistics of a mount (its root's user.ckptfs.stats attribute)");
+  stats->add_option("mountpoint", stats_mountpoint, "Where the index is mounted")->required();
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
@@ -146,6 +159,7 @@ int Main(int argc, char** argv) {
     std::cerr << "ckptfs: " << e.what() << " (see ckptfs --help)" << std::endl;
     return kExitUsage;
   }
+  if (stats->parsed()) return RunStats(stats_mountpoint);  // No network: no libcurl.
   Status init = netfetch::GlobalInit();
   if (!init.ok()) return Fail(init);
   int rc =

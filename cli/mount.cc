@@ -24,6 +24,7 @@
 #include <thread>
 #include <vector>
 
+#include "cli/stats.h"
 #include "common/clock.h"
 #include "common/digest.h"
 #include "common/log.h"
@@ -355,6 +356,10 @@ Status Mount(const MountOptions& options) {
       m.initialized = true;
     }
     m.init_cv.notify_all();
+  };
+  // Asked only once the mount serves, when every object below exists.
+  fs_options.stats_text = [&m] {
+    return MountStatsText(*m.file_system, *m.store, *m.fetcher, *m.cache);
   };
   fs::ChunkStoreOptions store_options;
   store_options.prefetch_threads = options.fetch_threads;

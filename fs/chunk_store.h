@@ -116,6 +116,24 @@ struct ChunkStoreCounters {
   std::atomic<std::uint64_t> cache_write_errors{0};
   std::atomic<std::uint64_t> prefetch_queued{0};
   std::atomic<std::uint64_t> prefetch_dropped{0};
+
+  // Calls visit(name, value) for each counter, in the order above; the names are the ones
+  // `ckptfs stats` shows.
+  template <typename Visit>
+  void ForEach(Visit&& visit) const {
+    visit("memory_hits", memory_hits.load());
+    visit("cache_hits", cache_hits.load());
+    visit("disk_loads", disk_loads.load());
+    visit("fetches", fetches.load());
+    visit("block_fetches", block_fetches.load());
+    visit("partial_hits", partial_hits.load());
+    visit("early_reads", early_reads.load());
+    visit("joined", joined.load());
+    visit("fetch_errors", fetch_errors.load());
+    visit("cache_write_errors", cache_write_errors.load());
+    visit("prefetch_queued", prefetch_queued.load());
+    visit("prefetch_dropped", prefetch_dropped.load());
+  }
 };
 
 class ChunkStore {

@@ -227,6 +227,18 @@ bool FileSystem::NextSibling(std::uint64_t parent, SpillCursor& cursor) {
   }
 }
 
+std::string FileSystem::ListXattr(std::uint64_t ino) const {
+  if (ino != index::kRootId || !options_.stats_text) return {};
+  std::string names(kStatsXattr);
+  names.push_back('\0');
+  return names;
+}
+
+std::optional<std::string> FileSystem::GetXattr(std::uint64_t ino, std::string_view name) const {
+  if (ino != index::kRootId || name != kStatsXattr || !options_.stats_text) return std::nullopt;
+  return options_.stats_text();
+}
+
 namespace {
 
 FileSystem& Fs(fuse_req_t req) { return *static_cast<FileSystem*>(fuse_req_userdata(req)); }
@@ -471,6 +483,29 @@ void OpRelease(fuse_req_t req, fuse_ino_t, fuse_file_info* fi) {
   fuse_reply_err(req, 0);
 }
 
+// Answers a getxattr or listxattr of `size` bytes with `value` the usual way: size 0 asks for
+// the length, a smaller buffer than the value is ERANGE.
+void ReplyXattr(fuse_req_t req, const std::string& value, size_t size) {
+  if (size == 0) return (void)fuse_reply_xattr(req, value.size());
+  if (size < value.size()) return (void)fuse_reply_err(req, ERANGE);
+  fuse_reply_buf(req, value.data(), value.size());
+}
+
+// Answering getxattr at all (instead of ENOSYS, after which the kernel stops asking) means the
+// kernel now sends every getxattr here, such as security.* and ACLs on `ls -l`: they get a quick
+// ENODATA without touching the index.
+void OpGetxattr(fuse_req_t req, fuse_ino_t ino, const char* name, size_t size) {
+  Guarded(req, [&] {
+    std::optional<std::string> value = Fs(req).GetXattr(ino, name);
+    if (!value) return (void)fuse_reply_err(req, ENODATA);
+    ReplyXattr(req, *value, size);
+  });
+}
+
+void OpListxattr(fuse_req_t req, fuse_ino_t ino, size_t size) {
+  Guarded(req, [&] { ReplyXattr(req, Fs(req).ListXattr(ino), size); });
+}
+
 void OpStatfs(fuse_req_t req, fuse_ino_t) {
   Guarded(req, [&] {
     const index::IndexStats& stats = Fs(req).index().stats();
@@ -535,6 +570,8 @@ fuse_lowlevel_ops MakeOperations() {
   ops.write = OpWrite;
   ops.create = OpCreate;
   ops.setxattr = OpSetxattr;
+  ops.getxattr = OpGetxattr;
+  ops.listxattr = OpListxattr;
   ops.removexattr = OpRemovexattr;
   ops.fallocate = OpFallocate;
   return ops;

@@ -7,6 +7,10 @@
 // operation answers EROFS. A file's extents are validated the first time it is opened; a file that
 // fails gets EIO with the reason logged, the rest of the mount keeps working.
 //
+// The root directory has one extended attribute, kStatsXattr, whose value is the mount's runtime
+// statistics as the owner's FileSystemOptions::stats_text makes them (fs/ knows neither what they
+// are nor how they are gathered); every other inode has none.
+//
 // Errors cross into errno in exactly one place (ReplyError); every EIO is counted by cause.
 // No exception escapes into libfuse: std::bad_alloc becomes ENOMEM, anything else EIO.
 //
@@ -21,7 +25,10 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <span>
+#include <string>
+#include <string_view>
 #include <unordered_set>
 #include <utility>
 
@@ -44,7 +51,13 @@ struct FileSystemOptions {
   ReadaheadOptions readahead;
   // Called once the kernel's INIT request has been handled (on a FUSE worker thread).
   std::function<void()> on_init;
+  // The value of the root's kStatsXattr, made anew for each getxattr (on FUSE worker threads,
+  // possibly several at once). Empty: the attribute does not exist.
+  std::function<std::string()> stats_text;
 };
+
+// The extended attribute of the mount's root that holds its runtime statistics.
+inline constexpr std::string_view kStatsXattr = "user.ckptfs.stats";
 
 struct FileSystemCounters {
   std::atomic<std::uint64_t> reads{0};
@@ -53,6 +66,18 @@ struct FileSystemCounters {
   std::atomic<std::uint64_t> eio_index{0};     // The index query failed or was inconsistent.
   std::atomic<std::uint64_t> eio_invalid{0};   // A file failed its validation at open.
   std::atomic<std::uint64_t> eio_internal{0};  // An unexpected exception.
+
+  // Calls visit(name, value) for each counter, in the order above; the names are the ones
+  // `ckptfs stats` shows.
+  template <typename Visit>
+  void ForEach(Visit&& visit) const {
+    visit("reads", reads.load());
+    visit("bytes_read", bytes_read.load());
+    visit("eio_fetch", eio_fetch.load());
+    visit("eio_index", eio_index.load());
+    visit("eio_invalid", eio_invalid.load());
+    visit("eio_internal", eio_internal.load());
+  }
 };
 
 // The index as the chunk store's ReplicaSource.
@@ -162,6 +187,13 @@ class FileSystem {
   const FileSystemCounters& counters() const { return counters_; }
   FileSystemCounters& mutable_counters() { return counters_; }
   Clock& clock() { return *clock_; }
+
+  // The names of the extended attributes of inode `ino`, each followed by a NUL, as listxattr
+  // returns them: kStatsXattr for the root when stats_text is set, else nothing.
+  std::string ListXattr(std::uint64_t ino) const;
+  // The value of extended attribute `name` of inode `ino`; nullopt when there is no such
+  // attribute (ENODATA).
+  std::optional<std::string> GetXattr(std::uint64_t ino, std::string_view name) const;
 
   // Runs ValidateFile once per file id; remembers successes only.
   Status ValidateOnce(std::uint64_t file);

@@ -125,6 +125,32 @@ struct FetchCounters {
   std::atomic<std::uint64_t> range_fetches{0};         // FetchBlocks calls.
   std::atomic<std::uint64_t> range_bytes_fetched{0};   // Verified bytes delivered by FetchBlocks.
   std::atomic<std::uint64_t> failed_range_fetches{0};  // FetchBlocks that failed at the deadline.
+
+  // Calls visit(name, value) for each counter, in the order above; the names are the ones
+  // `ckptfs stats` shows.
+  template <typename Visit>
+  void ForEach(Visit&& visit) const {
+    visit("fetches", fetches.load());
+    visit("attempts", attempts.load());
+    visit("failed_attempts", failed_attempts.load());
+    visit("digest_mismatches", digest_mismatches.load());
+    visit("bytes_fetched", bytes_fetched.load());
+    visit("failed_fetches", failed_fetches.load());
+    visit("resumed_attempts", resumed_attempts.load());
+    visit("range_fetches", range_fetches.load());
+    visit("range_bytes_fetched", range_bytes_fetched.load());
+    visit("failed_range_fetches", failed_range_fetches.load());
+  }
+};
+
+// One node's health as RetryingFetcher sees it at one moment (for `ckptfs stats`).
+struct NodeHealth {
+  std::int64_t id = 0;
+  std::string name;
+  int in_flight = 0;             // Requests to the node under way.
+  int consecutive_failures = 0;  // Failed attempts since its last success.
+  bool backing_off = false;      // Tried after the other replicas until its backoff ends.
+  double bytes_per_second = 0;   // Average over verified transfers; 0 = not measured yet.
 };
 
 class RetryingFetcher final : public ChunkFetcher {
@@ -140,6 +166,10 @@ class RetryingFetcher final : public ChunkFetcher {
                      std::span<std::uint8_t> dst, TimePoint deadline) override;
 
   const FetchCounters& counters() const { return counters_; }
+  // The health of every node, in the order the constructor was given them. Thread safe: the
+  // failures, backoff and throughput are copied under the lock that guards them, in_flight is
+  // read as it stands.
+  std::vector<NodeHealth> Health() const;
 
  private:
   struct NodeState;
@@ -161,7 +191,7 @@ class RetryingFetcher final : public ChunkFetcher {
   Clock* clock_;
   RetryOptions options_;
   std::vector<std::unique_ptr<NodeState>> nodes_;
-  std::mutex mu_;  // Guards the health fields of nodes_ and rng_.
+  mutable std::mutex mu_;  // Guards the health fields of nodes_ and rng_.
   std::mt19937_64 rng_;
   FetchCounters counters_;
 };

@@ -226,6 +226,18 @@ Status RetryingFetcher::RunRounds(const ChunkRef& chunk, Verifier& verifier, Tim
                                " delivered within the deadline; last error: " + last_error);
 }
 
+std::vector<NodeHealth> RetryingFetcher::Health() const {
+  const TimePoint now = clock_->Now();
+  std::vector<NodeHealth> health;
+  health.reserve(nodes_.size());
+  std::lock_guard lock(mu_);
+  for (const auto& node : nodes_) {
+    health.push_back({node->endpoint.id, node->endpoint.name, node->in_flight.load(),
+                      node->consecutive_failures, now < node->not_before, node->bytes_per_second});
+  }
+  return health;
+}
+
 RetryingFetcher::NodeState* RetryingFetcher::FindNode(std::int64_t id) {
   // nodes_ is fixed at construction, so no lock is needed; a mount has a handful of nodes.
   for (const auto& node : nodes_) {

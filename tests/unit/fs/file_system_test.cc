@@ -205,6 +205,45 @@ TEST_F(FileSystem, ValidateOnceAcceptsAWellFormedFile) {
   CKPTFS_EXPECT_OK(fs_->ValidateOnce(file_.id));
 }
 
+// The extended attributes, as OpGetxattr and OpListxattr answer them (less the size protocol).
+class FileSystemXattr : public FileSystem {
+ protected:
+  // A FileSystem over the same index and store whose stats text counts its calls.
+  std::unique_ptr<fs::FileSystem> WithStats() {
+    fs::FileSystemOptions options;
+    options.stats_text = [this] { return "fs.reads " + std::to_string(++calls_) + "\n"; };
+    return std::make_unique<fs::FileSystem>(index_.get(), store_.get(), &clock_, options);
+  }
+  int calls_ = 0;
+};
+
+TEST_F(FileSystemXattr, TheRootListsExactlyTheStatsAttribute) {
+  auto with_stats = WithStats();
+  EXPECT_EQ(with_stats->ListXattr(index::kRootId), std::string("user.ckptfs.stats\0", 18));
+  EXPECT_EQ(calls_, 0) << "listing the name does not make the text";
+}
+
+TEST_F(FileSystemXattr, TheStatsAttributeOfTheRootIsMadeAnewForEachGet) {
+  auto with_stats = WithStats();
+  EXPECT_EQ(with_stats->GetXattr(index::kRootId, "user.ckptfs.stats"), "fs.reads 1\n");
+  EXPECT_EQ(with_stats->GetXattr(index::kRootId, fs::kStatsXattr), "fs.reads 2\n");
+}
+
+TEST_F(FileSystemXattr, OtherNamesAndOtherInodesHaveNoAttribute) {
+  auto with_stats = WithStats();
+  EXPECT_EQ(with_stats->GetXattr(index::kRootId, "security.selinux"), std::nullopt);
+  EXPECT_EQ(with_stats->GetXattr(index::kRootId, "user.ckptfs.stat"), std::nullopt);
+  EXPECT_EQ(with_stats->GetXattr(index::kRootId, "user.ckptfs.stats.x"), std::nullopt);
+  EXPECT_EQ(with_stats->GetXattr(file_.id, "user.ckptfs.stats"), std::nullopt);
+  EXPECT_EQ(with_stats->ListXattr(file_.id), "");
+  EXPECT_EQ(calls_, 0);
+}
+
+TEST_F(FileSystemXattr, WithoutStatsTextTheRootHasNoAttribute) {
+  EXPECT_EQ(fs_->ListXattr(index::kRootId), "");
+  EXPECT_EQ(fs_->GetXattr(index::kRootId, "user.ckptfs.stats"), std::nullopt);
+}
+
 // An index whose only file has extents at 0 and 2 * kChunk, but nothing at kChunk.
 class FileSystemWithGap : public ReadStackTest {
  protected:

@@ -342,5 +342,100 @@ TEST_F(RetryingFetcher, CountersCountAttemptsAndBytes) {
   EXPECT_EQ(static_cast<int>(counters.attempts), transport_.TotalCalls());
 }
 
+// Health() of node `id` (ids 1..4 are the fixture's nodes, in order).
+netfetch::NodeHealth HealthOf(const netfetch::RetryingFetcher& fetcher, std::int64_t id) {
+  for (const netfetch::NodeHealth& node : fetcher.Health()) {
+    if (node.id == id) return node;
+  }
+  ADD_FAILURE() << "no health reported for node " << id;
+  return {};
+}
+
+TEST_F(RetryingFetcher, HealthListsEveryNodeInOrderHealthyAndUnmeasured) {
+  auto fetcher = MakeFetcher();
+  std::vector<netfetch::NodeHealth> health = fetcher->Health();
+  ASSERT_EQ(health.size(), nodes_.size());
+  for (std::size_t i = 0; i < health.size(); ++i) {
+    EXPECT_EQ(health[i].id, nodes_[i].id);
+    EXPECT_EQ(health[i].name, nodes_[i].name);
+    EXPECT_EQ(health[i].in_flight, 0);
+    EXPECT_EQ(health[i].consecutive_failures, 0);
+    EXPECT_FALSE(health[i].backing_off);
+    EXPECT_EQ(health[i].bytes_per_second, 0.0);
+  }
+}
+
+TEST_F(RetryingFetcher, HealthShowsAFailedNodeBackingOffUntilItsBackoffEnds) {
+  TestChunk chunk = MakeChunk(30, {1, 2});
+  FailOnce(1, chunk);
+  Serve(2, chunk, 10ms);
+  auto fetcher = MakeFetcher();
+  std::vector<std::uint8_t> out;
+  ASSERT_TRUE(Fetch(*fetcher, chunk, &out).ok());  // node1 fails, node2 serves in 10 ms.
+
+  netfetch::NodeHealth failed = HealthOf(*fetcher, 1);
+  EXPECT_EQ(failed.consecutive_failures, 1);
+  EXPECT_TRUE(failed.backing_off);
+  EXPECT_EQ(failed.bytes_per_second, 0.0);
+  netfetch::NodeHealth served = HealthOf(*fetcher, 2);
+  EXPECT_EQ(served.consecutive_failures, 0);
+  EXPECT_FALSE(served.backing_off);
+  EXPECT_NEAR(served.bytes_per_second, 4096 / 0.010, 1.0);
+
+  // Past the longest first backoff (initial_backoff + 25% jitter): no longer backing off, but
+  // its failure is still on record until it delivers.
+  clock_.Advance(options_.initial_backoff * 2);
+  failed = HealthOf(*fetcher, 1);
+  EXPECT_FALSE(failed.backing_off);
+  EXPECT_EQ(failed.consecutive_failures, 1);
+}
+
+TEST_F(RetryingFetcher, HealthShowsRepeatedFailuresThenRecovery) {
+  TestChunk chunk = MakeChunk(31, {1, 2});
+  for (int i = 0; i < 3; ++i) FailOnce(1, chunk);
+  Serve(1, chunk, 20ms);
+  Serve(2, chunk);
+  auto fetcher = MakeFetcher();
+  std::vector<std::uint8_t> out;
+  for (int i = 0; i < 3; ++i) {
+    ASSERT_TRUE(Fetch(*fetcher, chunk, &out).ok());
+    clock_.Advance(options_.max_backoff * 2);  // node1 comes first again next time.
+  }
+  EXPECT_EQ(transport_.Calls(Url(1, chunk)), 3);
+  EXPECT_EQ(HealthOf(*fetcher, 1).consecutive_failures, 3);
+
+  ASSERT_TRUE(Fetch(*fetcher, chunk, &out).ok());
+  ASSERT_EQ(transport_.CallOrder().back(), Url(1, chunk)) << "node1 delivered this time";
+  netfetch::NodeHealth recovered = HealthOf(*fetcher, 1);
+  EXPECT_EQ(recovered.consecutive_failures, 0);
+  EXPECT_FALSE(recovered.backing_off);
+  EXPECT_NEAR(recovered.bytes_per_second, 4096 / 0.020, 1.0);
+}
+
+TEST_F(RetryingFetcher, HealthCountsTheRequestsInFlight) {
+  TestChunk chunk = MakeChunk(32, {3});
+  Serve(3, chunk);
+  std::promise<void> call_started;
+  std::promise<void> release_call;
+  std::shared_future<void> released = release_call.get_future().share();
+  transport_.SetOnCall([&](const std::string&) {
+    call_started.set_value();
+    released.wait();
+  });
+  auto fetcher = MakeFetcher();
+  std::vector<std::uint8_t> out(chunk.ref.size);
+  Status status;
+  std::thread fetching([&] { status = fetcher->Fetch(chunk.ref, out, clock_.Now() + 1h); });
+  call_started.get_future().wait();
+  const std::vector<netfetch::NodeHealth> during = fetcher->Health();
+  release_call.set_value();
+  fetching.join();
+  ASSERT_TRUE(status.ok());
+  ASSERT_EQ(during.size(), 4u);
+  EXPECT_EQ(during[2].in_flight, 1);
+  EXPECT_EQ(during[0].in_flight + during[1].in_flight + during[3].in_flight, 0);
+  EXPECT_EQ(HealthOf(*fetcher, 3).in_flight, 0);
+}
+
 }  // namespace
 }  // namespace ckptfs

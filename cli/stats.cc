@@ -1,0 +1,154 @@
+#include "cli/stats.h"
+
+#include <sys/xattr.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <charconv>
+#include <cmath>
+#include <fstream>
+#include <sstream>
+#include <utility>
+
+#include "common/status.h"
+
+namespace ckptfs::cli {
+
+namespace {
+
+// getxattr(2) values are at most XATTR_SIZE_MAX (64 KiB) on Linux: no larger buffer can help.
+constexpr std::size_t kMaxStatsText = 64 << 10;
+
+// Writes "name value" lines with a common prefix.
+class Lines {
+ public:
+  Lines(std::string& out, std::string prefix) : out_(out), prefix_(std::move(prefix)) {}
+  Lines& Add(std::string_view name, std::uint64_t value) {
+    out_ += prefix_;
+    out_ += name;
+    out_ += ' ';
+    out_ += std::to_string(value);
+    out_ += '\n';
+    return *this;
+  }
+
+ private:
+  std::string& out_;
+  std::string prefix_;
+};
+
+// The node name with '%', whitespace and control bytes as %XX: one field on a line.
+std::string EscapeName(std::string_view name) {
+  static constexpr char kHex[] = "0123456789ABCDEF";
+  std::string out;
+  for (char c : name) {
+    const auto byte = static_cast<unsigned char>(c);
+    if (byte <= ' ' || byte == 0x7f || c == '%') {
+      out += '%';
+      out += kHex[byte >> 4];
+      out += kHex[byte & 0xf];
+    } else {
+      out += c;
+    }
+  }
+  return out;
+}
+
+// The value of a "Name:   123 kB" line of /proc/<pid>/status, in bytes; 0 when missing.
+std::uint64_t StatusKilobytes(std::string_view status, std::string_view field) {
+  std::size_t at = 0;
+  while (at < status.size()) {
+    std::size_t end = status.find('\n', at);
+    if (end == std::string_view::npos) end = status.size();
+    std::string_view line = status.substr(at, end - at);
+    at = end + 1;
+    if (line.size() <= field.size() || line.substr(0, field.size()) != field ||
+        line[field.size()] != ':') {
+      continue;
+    }
+    line.remove_prefix(field.size() + 1);
+    while (!line.empty() && (line.front() == ' ' || line.front() == '\t')) line.remove_prefix(1);
+    std::uint64_t kilobytes = 0;
+    if (std::from_chars(line.data(), line.data() + line.size(), kilobytes).ec != std::errc()) {
+      return 0;
+    }
+    return kilobytes * 1024;
+  }
+  return 0;
+}
+
+}  // namespace
+
+std::string FormatStats(const StatsSources& stats) {
+  std::string out;
+  auto add_all = [&out](const auto& counters, const std::string& prefix) {
+    Lines lines(out, prefix);
+    counters.ForEach(
+        [&lines](std::string_view name, std::uint64_t value) { lines.Add(name, value); });
+  };
+  add_all(stats.fs, "fs.");
+  add_all(stats.store, "store.");
+  add_all(stats.fetch, "fetch.");
+  Lines(out, "cache.")
+      .Add("used_bytes", stats.cache.used_bytes)
+      .Add("capacity_bytes", stats.cache.capacity_bytes)
+      .Add("entries", stats.cache.entries);
+  for (const netfetch::NodeHealth& node : stats.nodes) {
+    const double speed = std::isfinite(node.bytes_per_second) && node.bytes_per_second > 0
+                             ? std::round(node.bytes_per_second)
+                             : 0;
+    Lines(out, "node." + EscapeName(node.name) + ".")
+        .Add("in_flight", static_cast<std::uint64_t>(std::max(node.in_flight, 0)))
+        .Add("bytes_per_second", static_cast<std::uint64_t>(speed))
+        .Add("consecutive_failures",
+             static_cast<std::uint64_t>(std::max(node.consecutive_failures, 0)))
+        .Add("backing_off", node.backing_off ? 1 : 0);
+  }
+  Lines(out, "daemon.")
+      .Add("rss_bytes", stats.daemon.rss_bytes)
+      .Add("peak_rss_bytes", stats.daemon.peak_rss_bytes);
+  return out;
+}
+
+DaemonMemory ParseProcStatus(std::string_view status) {
+  return {.rss_bytes = StatusKilobytes(status, "VmRSS"),
+          .peak_rss_bytes = StatusKilobytes(status, "VmHWM")};
+}
+
+std::string MountStatsText(const fs::FileSystem& file_system, const fs::ChunkStore& store,
+                           const netfetch::RetryingFetcher& fetcher, const fs::DiskCache& cache) {
+  std::ifstream status("/proc/self/status");
+  std::ostringstream text;
+  text << status.rdbuf();
+  return FormatStats({.fs = file_system.counters(),
+                      .store = store.counters(),
+                      .fetch = fetcher.counters(),
+                      .cache = {.used_bytes = cache.used_bytes(),
+                                .capacity_bytes = cache.capacity_bytes(),
+                                .entries = cache.entry_count()},
+                      .nodes = fetcher.Health(),
+                      .daemon = ParseProcStatus(text.str())});
+}
+
+Result<std::string> ReadMountStats(const std::string& mountpoint) {
+  const std::string name(fs::kStatsXattr);
+  std::string text(kMaxStatsText, '\0');
+  const ssize_t n = ::getxattr(mountpoint.c_str(), name.c_str(), text.data(), text.size());
+  if (n < 0) {
+    const int err = errno;
+    if (err == ENODATA || err == ENOTSUP) {
+      return FailedPreconditionError(mountpoint + " is not the root of a ckptfs mount (it has no " +
+                                     name + " attribute)");
+    }
+    if (err == ENOENT) return NotFoundError(mountpoint + ": no such file or directory");
+    if (err == ERANGE) {
+      return InternalError("the statistics of " + mountpoint + " are larger than " +
+                           std::to_string(kMaxStatsText >> 10) + " KiB");
+    }
+    return ErrnoStatus(err, "cannot read the statistics of " + mountpoint);
+  }
+  text.resize(static_cast<std::size_t>(n));
+  return text;
+}
+
+}  // namespace ckptfs::cli

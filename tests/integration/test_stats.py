@@ -1,0 +1,193 @@
+"""`ckptfs stats` and the root's user.ckptfs.stats attribute on a real mount."""
+
+import ctypes
+import errno
+import hashlib
+import os
+
+import pytest
+
+import ckptfs_cli
+import source_tree
+from ckptfs_cli import wait_until
+from source_tree import ODD
+
+ATTR = "user.ckptfs.stats"
+
+
+def stats(mnt):
+    """`ckptfs stats MOUNTPOINT` as {name: int}; fails the test unless it succeeded."""
+    result = ckptfs_cli.run([ckptfs_cli.ckptfs_bin(), "stats", mnt.mountpoint], timeout=30)
+    assert result.returncode == 0, result.describe()
+    values = {}
+    for line in result.stdout.splitlines():
+        name, value = line.split(" ")
+        assert name not in values, f"{name} twice:\n{result.stdout}"
+        values[name] = int(value)
+    return values
+
+
+def read_whole(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def distinct_chunk_bytes(published, rel):
+    with published.db() as db:
+        return sum({e.digest: e.size for e in db.extents(rel)}.values())
+
+
+def test_stats_count_a_whole_read_and_a_remount_reads_it_from_the_cache(published, mount,
+                                                                        test_dir):
+    cache = os.path.join(test_dir, "shared-cache")
+    size = source_tree.FILES[ODD][0]
+    chunk_bytes = distinct_chunk_bytes(published, ODD)
+    with published.db() as db:
+        chunks = len({e.digest for e in db.extents(ODD)})
+    # Without directory readahead only this file's chunks are fetched, so the second mount has
+    # nothing left to fetch.
+    first = mount(published.index, cache_dir=cache, dir_readahead=0)
+    before = stats(first)
+    assert before["fs.bytes_read"] == 0 and before["fetch.bytes_fetched"] == 0, before
+
+    assert read_whole(first.path(ODD)) == published.tree.sha256[ODD]
+
+    # A fetch's last bytes reach the reader before the fetch counts them, and the cache file is
+    # written after that: wait for both (bounded), then check.
+    def fetched_and_cached():
+        values = stats(first)
+        done = values["fetch.bytes_fetched"] >= chunk_bytes and values["cache.entries"] >= chunks
+        return values if done else None
+
+    after = wait_until(fetched_and_cached, 30) or stats(first)
+    assert after["fs.bytes_read"] == size, after
+    assert after["fs.reads"] >= 1, after
+    assert after["fetch.bytes_fetched"] >= chunk_bytes, after
+    assert after["cache.entries"] >= chunks, after
+    assert after["cache.used_bytes"] >= chunk_bytes, after
+    assert after["fs.eio_fetch"] == 0 and after["fetch.failed_fetches"] == 0, after
+    first.unmount()
+
+    second = mount(published.index, cache_dir=cache, dir_readahead=0)
+    assert read_whole(second.path(ODD)) == published.tree.sha256[ODD]
+    again = stats(second)
+    assert again["fs.bytes_read"] == size, again
+    # A cached chunk is read from the disk cache by the reader (cache_hits) or loaded into
+    # memory ahead of it by readahead (disk_loads).
+    assert again["store.cache_hits"] + again["store.disk_loads"] >= 1, again
+    assert again["fetch.bytes_fetched"] == 0, again
+    assert again["fetch.range_bytes_fetched"] == 0, again
+    assert again["fetch.attempts"] == 0, again
+    assert again["cache.entries"] >= chunks, again
+
+
+def test_stats_list_every_group_and_node_and_the_daemon_memory(published, mount):
+    mnt = mount(published.index)
+    values = stats(mnt)
+    for prefix in ("fs.", "store.", "fetch.", "cache."):
+        assert any(name.startswith(prefix) for name in values), f"no {prefix}* in {values}"
+    for node in published.nodes:
+        for field in ("in_flight", "bytes_per_second", "consecutive_failures", "backing_off"):
+            assert f"node.{node.name}.{field}" in values, values
+    assert values["cache.capacity_bytes"] > 0, values
+    assert values["daemon.rss_bytes"] > 0, values
+    assert values["daemon.peak_rss_bytes"] >= values["daemon.rss_bytes"], values
+
+
+def _getxattr_size(path, name, size):
+    """getxattr(2) with a buffer of `size` bytes (None for size 0): (result, errno)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.getxattr.restype = ctypes.c_ssize_t
+    libc.getxattr.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_void_p, ctypes.c_size_t]
+    buf = ctypes.create_string_buffer(size) if size else None
+    n = libc.getxattr(os.fsencode(path), name.encode(), buf, size)
+    return n, ctypes.get_errno() if n < 0 else 0
+
+
+def test_the_root_has_exactly_the_stats_attribute(published, mount):
+    mnt = mount(published.index)
+    root = mnt.mountpoint
+    assert os.listxattr(root) == [ATTR]
+    text = os.getxattr(root, ATTR).decode()
+    assert text.startswith("fs.reads "), text
+    assert text.endswith("\n"), text
+
+    # Size 0 asks for the length; a buffer too small is ERANGE.
+    length, err = _getxattr_size(root, ATTR, 0)
+    assert err == 0 and length > 100, (length, err)
+    n, err = _getxattr_size(root, ATTR, 16)
+    assert (n, err) == (-1, errno.ERANGE)
+
+    for path in (mnt.path(ODD), mnt.path("nested"), mnt.path("latest")):
+        assert os.listxattr(path) == [], path
+        with pytest.raises(OSError) as info:
+            os.getxattr(path, ATTR)
+        assert info.value.errno == errno.ENODATA, (path, info.value)
+    for name in ("user.other", "security.selinux", "trusted.ckptfs.stats"):
+        with pytest.raises(OSError) as info:
+            os.getxattr(root, name)
+        assert info.value.errno == errno.ENODATA, (name, info.value)
+
+    with pytest.raises(OSError) as info:
+        os.setxattr(root, "user.x", b"1")
+    assert info.value.errno == errno.EROFS, info.value
+    with pytest.raises(OSError) as info:
+        os.removexattr(root, ATTR)
+    assert info.value.errno == errno.EROFS, info.value
+    # `ls -l` now gets ENODATA for security.* and ACLs instead of the kernel giving up on xattrs.
+    ls = ckptfs_cli.run(["ls", "-l", root], timeout=30)
+    assert ls.returncode == 0, ls.describe()
+
+
+def _assert_one_line_failure(result, *needles):
+    assert result.returncode != 0, result.describe()
+    lines = result.stderr_lines()
+    assert len(lines) == 1 and lines[0].startswith("ckptfs: "), result.describe()
+    for needle in needles:
+        assert needle in lines[0], result.describe()
+    assert result.stdout == "", result.describe()
+
+
+def test_stats_of_something_not_a_mount_fails_with_one_clear_line(published, mount, test_dir):
+    plain = os.path.join(test_dir, "plain")
+    os.mkdir(plain)
+    run = ckptfs_cli.run
+    _assert_one_line_failure(run([ckptfs_cli.ckptfs_bin(), "stats", plain]),
+                             plain, "is not the root of a ckptfs mount")
+    missing = os.path.join(test_dir, "missing")
+    _assert_one_line_failure(run([ckptfs_cli.ckptfs_bin(), "stats", missing]),
+                             missing, "no such file or directory")
+    mnt = mount(published.index)
+    inside = mnt.path("nested")
+    _assert_one_line_failure(run([ckptfs_cli.ckptfs_bin(), "stats", inside]),
+                             inside, "is not the root of a ckptfs mount")
+
+
+def _small_file_and_its_first_replica(published):
+    """A one-chunk file and the node the mount asks first for it (replicas in node id order)."""
+    with published.db() as db:
+        for rel in published.tree.single_chunk_files(4 << 20):
+            extents = db.extents(rel)
+            if len(extents) == 1 and len(extents[0].nodes) >= 2:
+                return rel, extents[0].nodes[0]
+    raise AssertionError("no one-chunk file with two replicas in the published tree")
+
+
+def test_stats_show_a_stopped_node_failing(published, mount):
+    rel, first_replica = _small_file_and_its_first_replica(published)
+    mnt = mount(published.index)
+    published.node(first_replica).stop()
+
+    assert read_whole(mnt.path(rel)) == published.tree.sha256[rel]
+
+    values = stats(mnt)
+    failures = values[f"node.{first_replica}.consecutive_failures"]
+    backing_off = values[f"node.{first_replica}.backing_off"]
+    assert failures >= 1 or backing_off == 1, values
+    assert values["fetch.failed_attempts"] >= 1, values
+    assert values["fs.eio_fetch"] == 0, values
+    others = [n.name for n in published.nodes if n.name != first_replica]
+    assert all(values[f"node.{name}.consecutive_failures"] == 0 for name in others), values

@@ -1,0 +1,205 @@
+// The text of `ckptfs stats` (FormatStats over live counters), ParseProcStatus, and
+// ReadMountStats on paths that are not a mount.
+#include "cli/stats.h"
+
+#include <gtest/gtest.h>
+
+#include <limits>
+#include <string>
+
+#include "tests/support/status_testing.h"
+#include "tests/support/temp_dir.h"
+
+namespace ckptfs {
+namespace {
+
+using cli::FormatStats;
+using cli::StatsSources;
+
+// Live counters with every number different, so that a value under the wrong name shows.
+struct NumberedCounters {
+  fs::FileSystemCounters fs;
+  fs::ChunkStoreCounters store;
+  netfetch::FetchCounters fetch;
+
+  NumberedCounters() {
+    fs.reads = 1;
+    fs.bytes_read = 2;
+    fs.eio_fetch = 3;
+    fs.eio_index = 4;
+    fs.eio_invalid = 5;
+    fs.eio_internal = 6;
+    store.memory_hits = 11;
+    store.cache_hits = 12;
+    store.disk_loads = 13;
+    store.fetches = 14;
+    store.block_fetches = 15;
+    store.partial_hits = 16;
+    store.early_reads = 17;
+    store.joined = 18;
+    store.fetch_errors = 19;
+    store.cache_write_errors = 20;
+    store.prefetch_queued = 21;
+    store.prefetch_dropped = 22;
+    fetch.fetches = 31;
+    fetch.attempts = 32;
+    fetch.failed_attempts = 33;
+    fetch.digest_mismatches = 34;
+    fetch.bytes_fetched = 35;
+    fetch.failed_fetches = 36;
+    fetch.resumed_attempts = 37;
+    fetch.range_fetches = 38;
+    fetch.range_bytes_fetched = 39;
+    fetch.failed_range_fetches = 40;
+  }
+
+  StatsSources Sources() const {
+    return {.fs = fs,
+            .store = store,
+            .fetch = fetch,
+            .cache = {.used_bytes = 41, .capacity_bytes = 42, .entries = 43},
+            .nodes = {{.id = 1,
+                       .name = "n1",
+                       .in_flight = 2,
+                       .consecutive_failures = 0,
+                       .backing_off = false,
+                       .bytes_per_second = 123456.6},
+                      {.id = 2,
+                       .name = "n2",
+                       .in_flight = 0,
+                       .consecutive_failures = 3,
+                       .backing_off = true,
+                       .bytes_per_second = 0}},
+            .daemon = {.rss_bytes = 51, .peak_rss_bytes = 52}};
+  }
+};
+
+// Counters that are all zero.
+struct ZeroCounters {
+  fs::FileSystemCounters fs;
+  fs::ChunkStoreCounters store;
+  netfetch::FetchCounters fetch;
+  StatsSources Sources() const {
+    return {.fs = fs, .store = store, .fetch = fetch, .cache = {}, .nodes = {}, .daemon = {}};
+  }
+};
+
+TEST(FormatStats, WritesEveryNumberAsANameValueLineInAStableOrder) {
+  EXPECT_EQ(FormatStats(NumberedCounters().Sources()),
+            "fs.reads 1\n"
+            "fs.bytes_read 2\n"
+            "fs.eio_fetch 3\n"
+            "fs.eio_index 4\n"
+            "fs.eio_invalid 5\n"
+            "fs.eio_internal 6\n"
+            "store.memory_hits 11\n"
+            "store.cache_hits 12\n"
+            "store.disk_loads 13\n"
+            "store.fetches 14\n"
+            "store.block_fetches 15\n"
+            "store.partial_hits 16\n"
+            "store.early_reads 17\n"
+            "store.joined 18\n"
+            "store.fetch_errors 19\n"
+            "store.cache_write_errors 20\n"
+            "store.prefetch_queued 21\n"
+            "store.prefetch_dropped 22\n"
+            "fetch.fetches 31\n"
+            "fetch.attempts 32\n"
+            "fetch.failed_attempts 33\n"
+            "fetch.digest_mismatches 34\n"
+            "fetch.bytes_fetched 35\n"
+            "fetch.failed_fetches 36\n"
+            "fetch.resumed_attempts 37\n"
+            "fetch.range_fetches 38\n"
+            "fetch.range_bytes_fetched 39\n"
+            "fetch.failed_range_fetches 40\n"
+            "cache.used_bytes 41\n"
+            "cache.capacity_bytes 42\n"
+            "cache.entries 43\n"
+            "node.n1.in_flight 2\n"
+            "node.n1.bytes_per_second 123457\n"
+            "node.n1.consecutive_failures 0\n"
+            "node.n1.backing_off 0\n"
+            "node.n2.in_flight 0\n"
+            "node.n2.bytes_per_second 0\n"
+            "node.n2.consecutive_failures 3\n"
+            "node.n2.backing_off 1\n"
+            "daemon.rss_bytes 51\n"
+            "daemon.peak_rss_bytes 52\n");
+}
+
+TEST(FormatStats, AMountWithoutNodesHasNoNodeLines) {
+  const std::string text = FormatStats(ZeroCounters().Sources());
+  EXPECT_EQ(text.find("node."), std::string::npos) << text;
+  EXPECT_NE(text.find("\ncache.entries 0\ndaemon.rss_bytes 0\n"), std::string::npos) << text;
+}
+
+TEST(FormatStats, NodeNamesWithSpacesOrPercentStayOneField) {
+  ZeroCounters zero;
+  StatsSources s = zero.Sources();
+  s.nodes = {{.id = 1, .name = "rack 1\t%a"}};
+  const std::string text = FormatStats(s);
+  EXPECT_NE(text.find("\nnode.rack%201%09%25a.in_flight 0\n"), std::string::npos) << text;
+  EXPECT_NE(text.find("\nnode.rack%201%09%25a.backing_off 0\n"), std::string::npos) << text;
+}
+
+TEST(FormatStats, EveryLineIsANameAndANonNegativeInteger) {
+  NumberedCounters numbered;
+  StatsSources s = numbered.Sources();
+  s.nodes[0].in_flight = -1;  // Cannot happen; must still print as a number.
+  s.nodes[0].bytes_per_second = std::numeric_limits<double>::infinity();
+  const std::string text = FormatStats(s);
+  std::size_t at = 0;
+  int lines = 0;
+  while (at < text.size()) {
+    const std::size_t end = text.find('\n', at);
+    ASSERT_NE(end, std::string::npos) << "unterminated last line";
+    const std::string line = text.substr(at, end - at);
+    const std::size_t space = line.find(' ');
+    ASSERT_NE(space, std::string::npos) << line;
+    EXPECT_EQ(line.find(' ', space + 1), std::string::npos) << line;
+    const std::string value = line.substr(space + 1);
+    EXPECT_FALSE(value.empty()) << line;
+    EXPECT_EQ(value.find_first_not_of("0123456789"), std::string::npos) << line;
+    at = end + 1;
+    ++lines;
+  }
+  EXPECT_EQ(lines, 6 + 12 + 10 + 3 + 2 * 4 + 2);
+}
+
+TEST(ParseProcStatus, ReadsVmRssAndVmHwmInBytes) {
+  const cli::DaemonMemory memory = cli::ParseProcStatus(
+      "Name:\tckptfs\nVmPeak:\t  900000 kB\nVmHWM:\t   71234 kB\nVmRSS:\t   40960 kB\n"
+      "RssAnon:\t   30000 kB\n");
+  EXPECT_EQ(memory.rss_bytes, 40960ull * 1024);
+  EXPECT_EQ(memory.peak_rss_bytes, 71234ull * 1024);
+}
+
+TEST(ParseProcStatus, MissingOrMalformedFieldsAreZero) {
+  const cli::DaemonMemory memory = cli::ParseProcStatus("VmRSSx:\t5 kB\nVmHWM:\tlots\n");
+  EXPECT_EQ(memory.rss_bytes, 0u);
+  EXPECT_EQ(memory.peak_rss_bytes, 0u);
+  EXPECT_EQ(cli::ParseProcStatus("").rss_bytes, 0u);
+}
+
+TEST(ReadMountStats, APlainDirectoryIsNotACkptfsMount) {
+  testing::TempDir dir;
+  Result<std::string> text = cli::ReadMountStats(dir.path());
+  ASSERT_FALSE(text.ok());
+  EXPECT_EQ(text.status().code(), StatusCode::kFailedPrecondition);
+  EXPECT_EQ(text.status().message(), dir.path() +
+                                         " is not the root of a ckptfs mount (it has no "
+                                         "user.ckptfs.stats attribute)");
+}
+
+TEST(ReadMountStats, AMissingPathSaysSo) {
+  testing::TempDir dir;
+  Result<std::string> text = cli::ReadMountStats(dir.Path("nothing"));
+  ASSERT_FALSE(text.ok());
+  EXPECT_EQ(text.status().code(), StatusCode::kNotFound);
+  EXPECT_EQ(text.status().message(), dir.Path("nothing") + ": no such file or directory");
+}
+
+}  // namespace
+}  // namespace ckptfs
