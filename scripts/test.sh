@@ -2,8 +2,12 @@
 # The whole test run, as CI does it: install dependencies, build, unit tests (CTest), then the
 # integration tests (pytest: real ckptfs binary, real nginx nodes, real FUSE mounts). Run as root.
 #
+# Then the same unit and integration tests again against a build with AddressSanitizer and
+# UndefinedBehaviorSanitizer (leaks and undefined behaviour fail the run).
+#
 # Environment: CKPTFS_BUILD (build dir, default <repo>/build), CKPTFS_VENV (default <repo>/.venv),
-# CKPTFS_SKIP_DEPS=1 / CKPTFS_SKIP_BUILD=1 to skip those steps on a prepared machine,
+# CKPTFS_SANITIZE_BUILD (default <repo>/build-asan), CKPTFS_SKIP_DEPS=1 / CKPTFS_SKIP_BUILD=1 to
+# skip those steps on a prepared machine, CKPTFS_SKIP_SANITIZE=1 to skip the sanitizer stage,
 # PYTEST_ARGS for extra pytest arguments (for example "-k mount -x").
 set -euo pipefail
 
@@ -55,4 +59,20 @@ run_pytest integration "$VENV" tests/integration ${PYTEST_ARGS:-}
 echo "=== loader tests (pytest: TensorFlow, Keras, PyTorch, safetensors, numpy)"
 # shellcheck disable=SC2086 # LOADERS_PYTEST_ARGS is a list of words on purpose.
 run_pytest loader "${CKPTFS_LOADERS_VENV:-$REPO/.venv-loaders}" tests/loaders ${LOADERS_PYTEST_ARGS:-}
+
+if [[ "${CKPTFS_SKIP_SANITIZE:-0}" != 1 ]]; then
+  echo "=== sanitizer build (ASan + UBSan): unit and integration tests"
+  SAN_BUILD="${CKPTFS_SANITIZE_BUILD:-$REPO/build-asan}"
+  export ASAN_OPTIONS="detect_leaks=1:abort_on_error=0"
+  export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1"
+  cmake -S "$REPO" -B "$SAN_BUILD" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCKPTFS_SANITIZE=ON
+  cmake --build "$SAN_BUILD" -j"$(nproc)"
+  if ! ctest --test-dir "$SAN_BUILD" --output-on-failure --no-tests=error -j2; then
+    echo "test.sh: unit tests failed in the sanitizer build" >&2
+    status=1
+  fi
+  # shellcheck disable=SC2086 # PYTEST_ARGS is a list of words on purpose.
+  export CKPTFS_BIN="$SAN_BUILD/cli/ckptfs"
+  run_pytest "integration (sanitizers)" "$VENV" tests/integration ${PYTEST_ARGS:-}
+fi
 exit $status
