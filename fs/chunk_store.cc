@@ -81,6 +81,11 @@ void ChunkStore::Start() {
   for (int i = 0; i < options_.foreground_threads; ++i) {
     workers_.emplace_back([this] { ForegroundLoop(); });
   }
+  {
+    std::lock_guard lock(writes_mu_);
+    writer_running_ = true;
+  }
+  writer_ = std::thread([this] { BlockWriterLoop(); });
 }
 
 ChunkStore::~ChunkStore() {
@@ -93,6 +98,12 @@ ChunkStore::~ChunkStore() {
   { std::lock_guard lock(slots_mu_); }
   slots_cv_.notify_all();
   for (std::thread& t : workers_) t.join();
+  {
+    std::lock_guard lock(writes_mu_);
+    writer_stopping_ = true;  // It writes what is queued first.
+  }
+  writes_cv_.notify_all();
+  if (writer_.joinable()) writer_.join();
   // Ready buffers go back to spare_ when dropped, so drop them while spare_ still exists.
   std::lock_guard lock(ready_mu_);
   ready_index_.clear();
@@ -224,11 +235,56 @@ Result<ChunkData> ChunkStore::FetchIsolated(const ChunkKey& key, const index::Bl
     counters_.fetch_errors++;
     return status;
   }
-  if (Status cached = cache_->InsertBlocks(key.digest, begin_byte, buffer->span()); !cached.ok()) {
-    counters_.cache_write_errors++;
-    LogWarning("cannot cache blocks of " + key.digest.Hex() + ": " + cached.ToString());
-  }
+  WriteBlocks(key.digest, begin_byte, buffer);
   return ChunkData{UniqueFd(), std::move(buffer), begin_byte};
+}
+
+void ChunkStore::WriteBlocks(const Digest& digest, std::uint64_t offset,
+                             std::shared_ptr<const Buffer> bytes) {
+  {
+    std::lock_guard lock(writes_mu_);
+    if (writer_running_) {
+      if (pending_write_bytes_ + bytes->size() > options_.max_pending_block_writes) {
+        counters_.block_writes_skipped++;
+        return;
+      }
+      pending_write_bytes_ += bytes->size();
+      writes_.push_back(BlockWrite{digest, offset, std::move(bytes)});
+      writes_cv_.notify_one();
+      return;
+    }
+  }
+  WriteBlocksNow(digest, offset, bytes->span());
+}
+
+void ChunkStore::WriteBlocksNow(const Digest& digest, std::uint64_t offset,
+                                std::span<const std::uint8_t> bytes) {
+  if (Status cached = cache_->InsertBlocks(digest, offset, bytes); !cached.ok()) {
+    counters_.cache_write_errors++;
+    LogWarning("cannot cache blocks of " + digest.Hex() + ": " + cached.ToString());
+    return;
+  }
+  counters_.block_writes++;
+}
+
+void ChunkStore::BlockWriterLoop() {
+  std::unique_lock lock(writes_mu_);
+  for (;;) {
+    writes_cv_.wait(lock, [&] { return writer_stopping_ || !writes_.empty(); });
+    if (writes_.empty()) return;  // Stopping, and everything queued is written.
+    BlockWrite write = std::move(writes_.front());
+    writes_.pop_front();
+    lock.unlock();
+    WriteBlocksNow(write.digest, write.offset, write.bytes->span());
+    lock.lock();
+    pending_write_bytes_ -= write.bytes->size();
+    if (pending_write_bytes_ == 0) writes_done_cv_.notify_all();
+  }
+}
+
+void ChunkStore::FlushBlockWrites() {
+  std::unique_lock lock(writes_mu_);
+  writes_done_cv_.wait(lock, [&] { return pending_write_bytes_ == 0; });
 }
 
 bool ChunkStore::ReadPartial(const ChunkKey& key, const index::BlockList& blocks, std::size_t first,

@@ -182,6 +182,12 @@ def daemon_pids(mountpoint):
     return pids
 
 
+def mount_stats(mountpoint):
+    """The mount's statistics (its root's user.ckptfs.stats attribute) as {name: int}."""
+    text = os.getxattr(mountpoint, "user.ckptfs.stats").decode()
+    return {name: int(value) for name, value in (line.split(" ") for line in text.splitlines())}
+
+
 def wait_until(predicate, timeout, interval=0.05):
     """Polls `predicate` until it is true or `timeout` seconds pass; returns its last value."""
     deadline = time.monotonic() + timeout

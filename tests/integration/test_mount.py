@@ -113,6 +113,9 @@ def test_reread_after_dropping_the_page_cache_makes_no_request(published, mount)
     extent, offset = _mid_chunk(published, 41)
     mnt = mount(published.index)
     first = pread_file(mnt.path(BIG), offset, PAGE)
+    # The fetched blocks reach the disk cache after the read is answered.
+    assert ckptfs_cli.wait_until(
+        lambda: ckptfs_cli.mount_stats(mnt.mountpoint)["store.block_writes"] >= 1, 30)
     settle_chunk_gets(published.nodes)
     published.clear_logs()
 

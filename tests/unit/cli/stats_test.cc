@@ -41,6 +41,8 @@ struct NumberedCounters {
     store.cache_write_errors = 20;
     store.prefetch_queued = 21;
     store.prefetch_dropped = 22;
+    store.block_writes = 23;
+    store.block_writes_skipped = 24;
     fetch.fetches = 31;
     fetch.attempts = 32;
     fetch.failed_attempts = 33;
@@ -104,6 +106,8 @@ TEST(FormatStats, WritesEveryNumberAsANameValueLineInAStableOrder) {
             "store.cache_write_errors 20\n"
             "store.prefetch_queued 21\n"
             "store.prefetch_dropped 22\n"
+            "store.block_writes 23\n"
+            "store.block_writes_skipped 24\n"
             "fetch.fetches 31\n"
             "fetch.attempts 32\n"
             "fetch.failed_attempts 33\n"
@@ -165,7 +169,7 @@ TEST(FormatStats, EveryLineIsANameAndANonNegativeInteger) {
     at = end + 1;
     ++lines;
   }
-  EXPECT_EQ(lines, 6 + 12 + 10 + 3 + 2 * 4 + 2);
+  EXPECT_EQ(lines, 6 + 14 + 10 + 3 + 2 * 4 + 2);
 }
 
 TEST(ParseProcStatus, ReadsVmRssAndVmHwmInBytes) {

@@ -575,6 +575,37 @@ TEST_F(ChunkStore, IsolatedReadAgainIsServedFromThePartialFileWithoutAFetch) {
   EXPECT_EQ(fetcher_.BlockCalls(chunk.key.digest), 2);
 }
 
+TEST_F(ChunkStore, OnceStartedTheBlocksOfAnIsolatedReadAreWrittenByTheBlockWriter) {
+  MakeStore().Start();
+  TestChunk chunk = ServedChunk(4 * 4096, 1);
+  replicas_.SetBlocks(chunk.key.chunk_id, {4096, index::HashChunk(chunk.bytes, 4096).blocks});
+  std::vector<std::uint8_t> out(100);
+  CKPTFS_ASSERT_OK(store_->Read(chunk.key, 8200, out, Deadline(), fs::Access::kIsolated));
+  EXPECT_EQ(out, Slice(chunk, 8200, 100));
+  store_->FlushBlockWrites();
+  EXPECT_EQ(store_->counters().block_writes.load(), 1u);
+  CKPTFS_ASSERT_OK(store_->Read(chunk.key, 8300, out, Deadline(), fs::Access::kIsolated));
+  EXPECT_EQ(out, Slice(chunk, 8300, 100));
+  EXPECT_EQ(fetcher_.BlockCalls(chunk.key.digest), 1);
+  EXPECT_EQ(store_->counters().partial_hits.load(), 1u);
+}
+
+TEST_F(ChunkStore, BlockWritesBeyondTheBoundAreSkippedAndTheBlocksFetchedAgain) {
+  ChunkStoreOptions options;
+  options.max_pending_block_writes = 4095;  // Less than one block: every write is skipped.
+  MakeStore(options).Start();
+  TestChunk chunk = ServedChunk(4 * 4096, 1);
+  replicas_.SetBlocks(chunk.key.chunk_id, {4096, index::HashChunk(chunk.bytes, 4096).blocks});
+  std::vector<std::uint8_t> out(100);
+  CKPTFS_ASSERT_OK(store_->Read(chunk.key, 8200, out, Deadline(), fs::Access::kIsolated));
+  store_->FlushBlockWrites();
+  CKPTFS_ASSERT_OK(store_->Read(chunk.key, 8300, out, Deadline(), fs::Access::kIsolated));
+  EXPECT_EQ(out, Slice(chunk, 8300, 100));
+  EXPECT_EQ(store_->counters().block_writes_skipped.load(), 2u);
+  EXPECT_EQ(store_->counters().block_writes.load(), 0u);
+  EXPECT_EQ(fetcher_.BlockCalls(chunk.key.digest), 2);
+}
+
 TEST_F(ChunkStore, CorruptPartialFileIsNotTrusted) {
   MakeStore();
   TestChunk chunk = ServedChunk(4 * 4096, 1);
