@@ -132,48 +132,57 @@ def _check_sizes(text, share, errors):
             return
 
 
+class _StreamError(Exception):
+    """A curl stream that did not hold exactly the bodies of its GETs."""
+
+
+def _body_pieces(pipe, g, view):
+    """Yields the body of GET `g` from a curl stream, in pieces of at most len(view) bytes."""
+    left = g.size
+    while left:
+        n = pipe.readinto(view[:min(left, len(view))])
+        if not n:
+            raise _StreamError(f"{g.url}: stream ended {left} bytes short")
+        yield view[:n]
+        left -= n
+
+
+def _check_drained(pipe):
+    if pipe.read(1):
+        raise _StreamError("more bytes than expected in a curl stream")
+
+
 def _hash_bodies(pipe, share, errors):
     """Hashes each body as it arrives (hashlib is OpenSSL and releases the GIL for large updates,
     so the streams hash in parallel) and compares it with the digest that ends its URL."""
-    buf = bytearray(1 << 20)
-    view = memoryview(buf)
-    for g in share:
-        h = hashlib.sha256()
-        left = g.size
-        while left:
-            n = pipe.readinto(view[:min(left, len(buf))])
-            if not n:
-                errors.append(f"{g.url}: stream ended {left} bytes short")
-                return
-            h.update(view[:n])
-            left -= n
-        if h.hexdigest() != g.url.rsplit("/", 1)[-1]:
-            errors.append(f"{g.url}: SHA-256 mismatch")
-            return
-    if pipe.read(1):
-        errors.append("more bytes than expected in a curl stream")
+    view = memoryview(bytearray(1 << 20))
+    try:
+        for g in share:
+            h = hashlib.sha256()
+            for piece in _body_pieces(pipe, g, view):
+                h.update(piece)
+            if h.hexdigest() != g.url.rsplit("/", 1)[-1]:
+                raise _StreamError(f"{g.url}: SHA-256 mismatch")
+        _check_drained(pipe)
+    except _StreamError as e:
+        errors.append(str(e))
 
 
 def _write_bodies(pipe, share, errors):
     fds = {}
-    buf = bytearray(1 << 20)
-    view = memoryview(buf)
+    view = memoryview(bytearray(1 << 20))
     try:
         for g in share:
             fd = fds.get(g.dest)
             if fd is None:
                 fd = fds[g.dest] = os.open(g.dest, os.O_WRONLY)
-            left, pos = g.size, g.offset
-            while left:
-                n = pipe.readinto(view[:min(left, len(buf))])
-                if not n:
-                    errors.append(f"{g.url}: stream ended {left} bytes short")
-                    return
-                os.pwrite(fd, view[:n], pos)
-                pos += n
-                left -= n
-        if pipe.read(1):
-            errors.append("more bytes than expected in a curl stream")
+            pos = g.offset
+            for piece in _body_pieces(pipe, g, view):
+                os.pwrite(fd, piece, pos)
+                pos += len(piece)
+        _check_drained(pipe)
+    except _StreamError as e:
+        errors.append(str(e))
     finally:
         for fd in fds.values():
             os.close(fd)
