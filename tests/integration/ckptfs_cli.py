@@ -182,10 +182,19 @@ def daemon_pids(mountpoint):
     return pids
 
 
+def parse_stats(text):
+    """`name value` lines, as `ckptfs stats` prints them, as {name: int}; each name once."""
+    values = {}
+    for line in text.splitlines():
+        name, value = line.split(" ")
+        assert name not in values, f"{name} twice:\n{text}"
+        values[name] = int(value)
+    return values
+
+
 def mount_stats(mountpoint):
     """The mount's statistics (its root's user.ckptfs.stats attribute) as {name: int}."""
-    text = os.getxattr(mountpoint, "user.ckptfs.stats").decode()
-    return {name: int(value) for name, value in (line.split(" ") for line in text.splitlines())}
+    return parse_stats(os.getxattr(mountpoint, "user.ckptfs.stats").decode())
 
 
 def wait_until(predicate, timeout, interval=0.05):

@@ -19,12 +19,7 @@ def stats(mnt):
     """`ckptfs stats MOUNTPOINT` as {name: int}; fails the test unless it succeeded."""
     result = ckptfs_cli.run([ckptfs_cli.ckptfs_bin(), "stats", mnt.mountpoint], timeout=30)
     assert result.returncode == 0, result.describe()
-    values = {}
-    for line in result.stdout.splitlines():
-        name, value = line.split(" ")
-        assert name not in values, f"{name} twice:\n{result.stdout}"
-        values[name] = int(value)
-    return values
+    return ckptfs_cli.parse_stats(result.stdout)
 
 
 def read_whole(path):
