@@ -451,9 +451,11 @@ void OpOpen(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
       return ReplyError(req, valid, "open of '" + entry->name + "' rejected");
     }
     std::unique_ptr<FileSystem::OpenFile> file = fs.OpenHandle(std::move(entry).value());
-    fi->fh = reinterpret_cast<std::uint64_t>(file.release());
+    fi->fh = reinterpret_cast<std::uint64_t>(file.get());
     fi->keep_cache = 1;  // Immutable content: pages cached by earlier opens stay valid.
-    fuse_reply_open(req, fi);
+    // ENOENT: the open was interrupted and the kernel dropped it, so no RELEASE will free the
+    // handle. Otherwise the handle is the kernel's until RELEASE.
+    if (fuse_reply_open(req, fi) != -ENOENT) (void)file.release();
   });
 }
 
