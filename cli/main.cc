@@ -1,6 +1,8 @@
 // The ckptfs executable: wires the real objects together for each subcommand. Every error reaches
 // the user as one line "ckptfs: ..." and a non-zero exit status.
 #include <CLI/CLI.hpp>
+#include <cstdio>
+#include <exception>
 #include <iostream>
 #include <string>
 #include <vector>
@@ -171,4 +173,15 @@ int Main(int argc, char** argv) {
 }  // namespace
 }  // namespace ckptfs::cli
 
-int main(int argc, char** argv) { return ckptfs::cli::Main(argc, argv); }
+// Errors travel as return values; an exception reaching here (out of memory while parsing, say)
+// still ends with one line instead of std::terminate's abort.
+int main(int argc, char** argv) {
+  try {
+    return ckptfs::cli::Main(argc, argv);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "ckptfs: %s\n", e.what());
+  } catch (...) {
+    std::fputs("ckptfs: unexpected error\n", stderr);
+  }
+  return 1;
+}

@@ -202,7 +202,7 @@ Status HttpError(const std::string& method, const std::string& url, long code) {
 }  // namespace
 
 struct CurlTransport::Impl {
-  explicit Impl(CurlOptions opts) : options(std::move(opts)) {}
+  explicit Impl(const CurlOptions& opts) : options(opts) {}
 
   // Hands out an idle handle, or a new one when every handle is busy; nullptr when curl cannot
   // allocate one.
@@ -280,8 +280,7 @@ Status BadOption(const std::string& url) { return InternalError(url + ": curl re
 
 }  // namespace
 
-CurlTransport::CurlTransport(CurlOptions options)
-    : impl_(std::make_unique<Impl>(std::move(options))) {
+CurlTransport::CurlTransport(CurlOptions options) : impl_(std::make_unique<Impl>(options)) {
   // One handle up front: the common case needs it anyway, and it is made on the constructing
   // thread rather than on whichever worker calls first.
   EasyHandle first(curl_easy_init());
