@@ -184,17 +184,25 @@ Status DiskCache::InsertBlocks(const Digest& digest, std::uint64_t offset,
     return ErrnoStatus(errno, "seek in " + path);
   }
   CKPTFS_RETURN_IF_ERROR(WriteAll(fd.get(), bytes).WithContext("write to " + path));
+  // What the sparse file occupies, as Scan() counts it, not the sum of the writes: a block two
+  // readers fetched at once is written twice but takes its space once.
+  struct stat st;
+  if (::fstat(fd.get(), &st) != 0) return ErrnoStatus(errno, "stat " + path);
+  const auto allocated = static_cast<std::uint64_t>(st.st_blocks) * 512;
   std::lock_guard lock(mu_);
   if (by_digest_.contains(digest)) return Status::Ok();  // The whole chunk arrived meanwhile.
-  EvictLocked(bytes.size());
   auto it = partial_.find(digest);
   if (it == partial_.end()) {
-    AddLocked(digest, bytes.size(), options_.clock->Now(), /*front=*/true, /*partial=*/true);
-  } else {
-    it->second->size += bytes.size();
-    used_ += bytes.size();
-    lru_.splice(lru_.begin(), lru_, it->second);
+    EvictLocked(allocated);
+    AddLocked(digest, allocated, options_.clock->Now(), /*front=*/true, /*partial=*/true);
+    return Status::Ok();
   }
+  // Most recently used first, so that making room never evicts the file just written.
+  lru_.splice(lru_.begin(), lru_, it->second);
+  const std::uint64_t before = it->second->size;
+  if (allocated > before) EvictLocked(allocated - before);
+  used_ = used_ - before + allocated;
+  it->second->size = allocated;
   return Status::Ok();
 }
 

@@ -380,6 +380,20 @@ TEST_F(DiskCache, BlocksGoToASparsePartialFileThatSurvivesReopen) {
   EXPECT_EQ(reopened->used_bytes(), 4096u);  // What the sparse file occupies.
 }
 
+TEST_F(DiskCache, ABlockWrittenTwiceIsCountedOnce) {
+  CKPTFS_ASSERT_OK_AND_ASSIGN(auto cache, Open(1 << 20));
+  TestChunk a = MakeChunk(4 * 4096, 1);
+  std::span<const std::uint8_t> bytes(a.bytes);
+  CKPTFS_ASSERT_OK(cache->InsertBlocks(a.digest, 4096, bytes.subspan(4096, 4096)));
+  CKPTFS_ASSERT_OK(cache->InsertBlocks(a.digest, 4096, bytes.subspan(4096, 4096)));
+  EXPECT_EQ(cache->used_bytes(), 4096u);
+  CKPTFS_ASSERT_OK(cache->InsertBlocks(a.digest, 12288, bytes.subspan(12288, 4096)));
+  EXPECT_EQ(cache->used_bytes(), 8192u);
+  cache.reset();
+  CKPTFS_ASSERT_OK_AND_ASSIGN(auto reopened, Open(1 << 20));
+  EXPECT_EQ(reopened->used_bytes(), 8192u);  // The same figure as the scan at Open finds.
+}
+
 TEST_F(DiskCache, WholeChunkReplacesItsPartialFile) {
   CKPTFS_ASSERT_OK_AND_ASSIGN(auto cache, Open(1 << 20));
   TestChunk a = MakeChunk(4 * 4096, 1);
