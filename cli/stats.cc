@@ -93,6 +93,10 @@ std::string FormatStats(const StatsSources& stats) {
       .Add("used_bytes", stats.cache.used_bytes)
       .Add("capacity_bytes", stats.cache.capacity_bytes)
       .Add("entries", stats.cache.entries);
+  Lines(out, "memory.")
+      .Add("chunk_bytes", stats.memory.bytes)
+      .Add("chunk_budget_bytes", stats.memory.budget_bytes)
+      .Add("ready_chunks", stats.memory.ready_chunks);
   for (const netfetch::NodeHealth& node : stats.nodes) {
     const double speed = std::isfinite(node.bytes_per_second) && node.bytes_per_second > 0
                              ? std::round(node.bytes_per_second)
@@ -126,6 +130,7 @@ std::string MountStatsText(const fs::FileSystem& file_system, const fs::ChunkSto
                       .cache = {.used_bytes = cache.used_bytes(),
                                 .capacity_bytes = cache.capacity_bytes(),
                                 .entries = cache.entry_count()},
+                      .memory = store.memory(),
                       .nodes = fetcher.Health(),
                       .daemon = ParseProcStatus(text.str())});
 }

@@ -4,7 +4,8 @@
 // The text is one "name value" line per number, like /proc/vmstat, with a dotted prefix naming
 // where the number comes from: fs. (FUSE requests, fs::FileSystemCounters), store. (the chunk
 // store, fs::ChunkStoreCounters), fetch. (HTTP, netfetch::FetchCounters), cache. (the disk cache),
-// node.<name>. (each node's health, in index order) and daemon. (the daemon's memory). Values
+// memory. (the chunk buffers against memory_cache=), node.<name>. (each node's health, in index
+// order) and daemon. (the daemon's memory). Values
 // are non-negative decimal integers; backing_off is 0 or 1. Names are stable: a script may rely
 // on them, and new numbers are only ever added. A node name is written with '%', whitespace and
 // control bytes as %XX, so that every line splits into exactly two fields.
@@ -46,6 +47,7 @@ struct StatsSources {
   const fs::ChunkStoreCounters& store;
   const netfetch::FetchCounters& fetch;
   CacheStats cache;
+  fs::ChunkStore::Memory memory;
   std::vector<netfetch::NodeHealth> nodes;
   DaemonMemory daemon;
 };

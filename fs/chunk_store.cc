@@ -110,6 +110,13 @@ ChunkStore::~ChunkStore() {
   ready_.clear();
 }
 
+ChunkStore::Memory ChunkStore::memory() const {
+  std::lock_guard lock(ready_mu_);
+  return {.bytes = ready_bytes_ + inflight_bytes_,
+          .budget_bytes = options_.memory_bytes,
+          .ready_chunks = ready_.size()};
+}
+
 Result<ChunkData> ChunkStore::Get(const ChunkKey& key, std::uint64_t offset, std::uint64_t length,
                                   Access access, TimePoint deadline) {
   const std::uint64_t need_end = offset + length;

@@ -193,6 +193,14 @@ class ChunkStore {
 
   const ChunkStoreCounters& counters() const { return counters_; }
 
+  // What the chunk buffers hold now, against memory_bytes.
+  struct Memory {
+    std::uint64_t bytes = 0;         // Buffers being filled plus fetched chunks not yet served.
+    std::uint64_t budget_bytes = 0;  // memory_bytes.
+    std::uint64_t ready_chunks = 0;  // Fetched chunks waiting in memory.
+  };
+  Memory memory() const;
+
  private:
   struct Flight;
   enum class Priority { kForeground, kBackground };
@@ -269,7 +277,7 @@ class ChunkStore {
   ChunkStoreCounters counters_;
 
   // The ready list, most recently added first. Lock order: ready_mu_ before spare_mu_.
-  std::mutex ready_mu_;
+  mutable std::mutex ready_mu_;
   std::list<Ready> ready_;                                                          // GUARDED_BY
   std::unordered_map<Digest, std::list<Ready>::iterator, DigestHash> ready_index_;  // GUARDED_BY
   std::uint64_t ready_bytes_ = 0;     // GUARDED_BY(ready_mu_)

@@ -80,14 +80,17 @@ def test_stats_count_a_whole_read_and_a_remount_reads_it_from_the_cache(publishe
 
 
 def test_stats_list_every_group_and_node_and_the_daemon_memory(published, mount):
-    mnt = mount(published.index)
+    mnt = mount(published.index, memory_cache="32M")
     values = stats(mnt)
-    for prefix in ("fs.", "store.", "fetch.", "cache."):
+    for prefix in ("fs.", "store.", "fetch.", "cache.", "memory."):
         assert any(name.startswith(prefix) for name in values), f"no {prefix}* in {values}"
     for node in published.nodes:
         for field in ("in_flight", "bytes_per_second", "consecutive_failures", "backing_off"):
             assert f"node.{node.name}.{field}" in values, values
     assert values["cache.capacity_bytes"] > 0, values
+    # Nothing fetched yet: no chunk buffer in use, against the configured budget.
+    assert values["memory.chunk_budget_bytes"] == 32 << 20, values
+    assert values["memory.chunk_bytes"] == 0 and values["memory.ready_chunks"] == 0, values
     assert values["daemon.rss_bytes"] > 0, values
     assert values["daemon.peak_rss_bytes"] >= values["daemon.rss_bytes"], values
 

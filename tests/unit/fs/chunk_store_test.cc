@@ -322,6 +322,21 @@ TEST_F(ChunkStore, ReadJoinsAPrefetchInFlightForOneFetchTotal) {
   EXPECT_EQ(fetcher_.Calls(chunk.key.digest), 1);
 }
 
+TEST_F(ChunkStore, MemoryShowsBuffersInFlightAndChunksWaitingToBeRead) {
+  MakeStore({.memory_bytes = 1 << 20}).Start();
+  EXPECT_EQ(store_->memory().bytes, 0u);
+  EXPECT_EQ(store_->memory().budget_bytes, 1u << 20);
+  TestChunk chunk = ServedChunk(4096, 1);
+  fetcher_.Hold();
+  store_->Prefetch(chunk.key);
+  ASSERT_TRUE(fetcher_.WaitForHeld(1));
+  EXPECT_EQ(store_->memory().bytes, 4096u);
+  EXPECT_EQ(store_->memory().ready_chunks, 0u);
+  fetcher_.Release();
+  ASSERT_TRUE(PollUntil([&] { return store_->memory().ready_chunks == 1; }));
+  EXPECT_EQ(store_->memory().bytes, 4096u);
+}
+
 TEST_F(ChunkStore, PrefetchThenReadCausesOneFetch) {
   MakeStore().Start();
   TestChunk chunk = ServedChunk(4096, 1);
