@@ -26,7 +26,7 @@
 // that a mount can build the store before it daemonizes (fork) and start threads only afterwards.
 // Until then block writes happen at once, in the reader's thread.
 // Thread safety: all methods may be called from many threads. The destructor stops the prefetch
-// threads and waits for them.
+// threads and waits for them, then lets the block writer finish what is queued.
 #pragma once
 
 #include <atomic>
