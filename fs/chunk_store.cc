@@ -118,7 +118,7 @@ ChunkStore::Memory ChunkStore::memory() const {
 }
 
 Result<ChunkData> ChunkStore::Get(const ChunkKey& key, std::uint64_t offset, std::uint64_t length,
-                                  Access access, TimePoint deadline) {
+                                  Access access, TimePoint deadline, const EarlyServe* early) {
   const std::uint64_t need_end = offset + length;
   for (;;) {
     if (std::shared_ptr<const Buffer> bytes = FindReady(key.digest)) {
@@ -141,7 +141,11 @@ Result<ChunkData> ChunkStore::Get(const ChunkKey& key, std::uint64_t offset, std
     }
     bool leader = false;
     if (flight == nullptr) std::tie(flight, leader) = FlightFor(key.digest);
-    if (leader) {
+    if (leader && early != nullptr) {
+      // This thread fetches and hands its bytes over from within the transfer.
+      const EarlyReader reader{early, need_end};
+      Lead(key, *flight, deadline, Priority::kForeground, &reader);
+    } else if (leader) {
       // The fetch runs on a worker when one is idle, so that this reader can go as soon as its
       // bytes have arrived rather than when the whole chunk has.
       if (!HandOff(key, flight, deadline)) Lead(key, *flight, deadline, Priority::kForeground);
@@ -351,7 +355,8 @@ void ChunkStore::ForegroundLoop() {
   }
 }
 
-void ChunkStore::Lead(const ChunkKey& key, Flight& flight, TimePoint deadline, Priority priority) {
+void ChunkStore::Lead(const ChunkKey& key, Flight& flight, TimePoint deadline, Priority priority,
+                      const EarlyReader* early) {
   Status status;
   bool kept = false;
   if (cache_->Contains(key.digest)) {
@@ -372,7 +377,7 @@ void ChunkStore::Lead(const ChunkKey& key, Flight& flight, TimePoint deadline, P
         std::lock_guard lock(flight.mu);
         flight.bytes = buffer;
       }
-      status = FetchInto(*ref, flight, chunk_bytes, deadline);
+      status = FetchInto(*ref, flight, buffer, chunk_bytes, deadline, early);
     }
     if (status.ok()) {
       // Readers have the bytes now; the cache write follows while the flight stays registered,
@@ -396,8 +401,17 @@ void ChunkStore::Lead(const ChunkKey& key, Flight& flight, TimePoint deadline, P
 }
 
 Status ChunkStore::FetchInto(const netfetch::ChunkRef& ref, Flight& flight,
-                             std::span<std::uint8_t> dst, TimePoint deadline) {
-  auto on_verified = [&flight](std::size_t verified) { flight.Advance(verified); };
+                             const std::shared_ptr<Buffer>& buffer, std::span<std::uint8_t> dst,
+                             TimePoint deadline, const EarlyReader* early) {
+  bool served_early = false;
+  auto on_verified = [&](std::size_t verified) {
+    flight.Advance(verified);
+    if (early != nullptr && !served_early && verified >= early->end) {
+      served_early = true;
+      if (verified < dst.size()) counters_.early_reads++;
+      (*early->serve)(ChunkData{UniqueFd(), buffer, 0});
+    }
+  };
   Status status = fetcher_->Fetch(ref, dst, deadline, on_verified);
   RememberOutcome(ref.digest, status);
   return status;

@@ -33,6 +33,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <list>
 #include <memory>
 #include <mutex>
@@ -77,6 +78,10 @@ enum class Access {
   kStream,    // Sequential: fetch the whole chunk (the next reads want the rest of it).
   kIsolated,  // A lone read: fetch only the blocks it touches, when the index lists blocks.
 };
+
+// Receives the bytes a Get asked for on the thread that fetches them, as soon as they are
+// verified, while the rest of the chunk is still arriving (see ChunkStore::Get).
+using EarlyServe = std::function<void(ChunkData data)>;
 
 // Where a chunk's replicas live and what its blocks are; asked only when the chunk must come from
 // the network.
@@ -168,8 +173,15 @@ class ChunkStore {
   // Errors: whatever the fetch gave (Unavailable, DeadlineExceeded, DataLoss, NotFound) when the
   // bytes could not be had by `deadline`; DeadlineExceeded when waiting on another's fetch ran
   // out; the same error again, at once, for a chunk whose fetch failed within failure_memory.
+  //
+  // With `early` set, a call that has to start a whole-chunk fetch runs it on the calling thread
+  // and calls *early once, as soon as the range is verified, instead of handing the fetch to a
+  // worker and waiting to be woken: a cold read is answered without two thread wake-ups. The call
+  // then returns when the fetch has ended, and may return a later failure of the fetch after
+  // *early has had the bytes; the caller tells the two apart by whether *early ran. Any other
+  // way of getting the bytes (memory, disk cache, a fetch in flight, blocks) does not call it.
   Result<ChunkData> Get(const ChunkKey& key, std::uint64_t offset, std::uint64_t length,
-                        Access access, TimePoint deadline);
+                        Access access, TimePoint deadline, const EarlyServe* early = nullptr);
 
   // Get of the whole chunk, streamed.
   Result<ChunkData> Get(const ChunkKey& key, TimePoint deadline) {
@@ -213,7 +225,14 @@ class ChunkStore {
     std::uint64_t served = 0;
   };
 
-  void Lead(const ChunkKey& key, Flight& flight, TimePoint deadline, Priority priority);
+  // A reader served from within the fetch it leads: `serve` gets bytes [0, end) of the chunk's
+  // buffer once they are verified.
+  struct EarlyReader {
+    const EarlyServe* serve = nullptr;
+    std::uint64_t end = 0;
+  };
+  void Lead(const ChunkKey& key, Flight& flight, TimePoint deadline, Priority priority,
+            const EarlyReader* early = nullptr);
   // Fetches the blocks of the chunk covering [offset, offset + length), uncached.
   Result<ChunkData> FetchIsolated(const ChunkKey& key, const index::BlockList& blocks,
                                   std::uint64_t offset, std::uint64_t length, TimePoint deadline);
@@ -237,8 +256,9 @@ class ChunkStore {
   void TrimReadyLocked();  // REQUIRES: ready_mu_ held.
   // One fetch of the chunk from its replicas, telling `flight` how much has been verified;
   // remembers a failure for failure_memory.
-  Status FetchInto(const netfetch::ChunkRef& ref, Flight& flight, std::span<std::uint8_t> dst,
-                   TimePoint deadline);
+  Status FetchInto(const netfetch::ChunkRef& ref, Flight& flight,
+                   const std::shared_ptr<Buffer>& buffer, std::span<std::uint8_t> dst,
+                   TimePoint deadline, const EarlyReader* early);
   // Marks `flight` done and wakes its readers; `ok` with null bytes: the chunk is in the cache.
   // Returns how many bytes readers took while it was in flight.
   static std::uint64_t Complete(Flight& flight, const Status& status, bool keep_bytes);

@@ -37,7 +37,8 @@ Status FileSystem::ValidateOnce(std::uint64_t file) {
 Result<std::vector<FileSystem::Part>> FileSystem::GatherRange(std::uint64_t file,
                                                               std::uint64_t offset,
                                                               std::size_t length, Access access,
-                                                              TimePoint deadline) {
+                                                              TimePoint deadline,
+                                                              const Reply* early) {
   std::vector<Part> parts;
   if (length == 0) return parts;
   CKPTFS_ASSIGN_OR_RETURN(std::vector<index::Extent> extents,
@@ -61,6 +62,9 @@ Result<std::vector<FileSystem::Part>> FileSystem::GatherRange(std::uint64_t file
       store_->Prefetch(ChunkKey{extents[i].digest, extents[i].size, extents[i].chunk_id});
     }
   }
+  if (early != nullptr && extents.size() == 1) {
+    return GatherEarly(extents.front(), offset, length, access, deadline, *early);
+  }
   for (const index::Extent& e : extents) {
     std::uint64_t from = std::max(offset, e.offset);
     std::uint64_t to = std::min(end, e.offset + e.size);
@@ -71,6 +75,29 @@ Result<std::vector<FileSystem::Part>> FileSystem::GatherRange(std::uint64_t file
                                                static_cast<std::size_t>(to - from)));
     parts.push_back(std::move(part));
   }
+  return parts;
+}
+
+Result<std::vector<FileSystem::Part>> FileSystem::GatherEarly(const index::Extent& extent,
+                                                              std::uint64_t offset,
+                                                              std::size_t length, Access access,
+                                                              TimePoint deadline,
+                                                              const Reply& early) {
+  const ChunkKey key{extent.digest, extent.size, extent.chunk_id};
+  const std::uint64_t in_chunk = offset - extent.offset;
+  bool served = false;
+  const EarlyServe serve = [&](ChunkData data) {
+    served = true;
+    // In memory (a chunk buffer being filled), so Resolve cannot fail here.
+    Result<Part> part = Resolve(key, std::move(data), in_chunk, length);
+    early({std::move(part).value()});
+  };
+  Result<ChunkData> data = store_->Get(key, in_chunk, length, access, deadline, &serve);
+  if (served) return std::vector<Part>{};
+  if (!data.ok()) return data.status();
+  CKPTFS_ASSIGN_OR_RETURN(Part part, Resolve(key, std::move(data).value(), in_chunk, length));
+  std::vector<Part> parts;
+  parts.push_back(std::move(part));
   return parts;
 }
 
@@ -169,8 +196,8 @@ std::unique_ptr<FileSystem::OpenFile> FileSystem::OpenHandle(index::Entry entry)
   return file;
 }
 
-Result<std::vector<FileSystem::Part>> FileSystem::ReadFile(OpenFile& file, std::uint64_t offset,
-                                                           std::size_t length, TimePoint deadline) {
+Status FileSystem::ReadFile(OpenFile& file, std::uint64_t offset, std::size_t length,
+                            TimePoint deadline, const Reply& reply) {
   ByteRange ahead;
   Access access = Access::kStream;
   std::uint64_t excess = 0;
@@ -184,7 +211,17 @@ Result<std::vector<FileSystem::Part>> FileSystem::ReadFile(OpenFile& file, std::
   }
   if (!ahead.empty()) PrefetchRange(file.entry.id, ahead);
   if (excess != 0) SpillIntoNextFiles(file, excess, window);
-  return GatherRange(file.entry.id, offset, length, access, deadline);
+  bool replied = false;
+  const Reply early = [&](const std::vector<Part>& parts) {
+    replied = true;
+    reply(parts);
+  };
+  Result<std::vector<Part>> parts =
+      GatherRange(file.entry.id, offset, length, access, deadline, &early);
+  if (replied) return Status::Ok();  // A failure after that is the fetch's, not this read's.
+  if (!parts.ok()) return parts.status();
+  reply(*parts);
+  return Status::Ok();
 }
 
 void FileSystem::SpillIntoNextFiles(OpenFile& file, std::uint64_t excess, std::uint64_t window) {
@@ -269,16 +306,18 @@ void ReplyError(fuse_req_t req, const Status& status, std::string_view what) {
   fuse_reply_err(req, err);
 }
 
-// Runs a handler body so that no exception reaches libfuse.
+// Runs a handler body so that no exception reaches libfuse. A body that may have replied before
+// it throws says so in `*replied`: a request is answered once, and not after its reply freed it.
 template <typename Body>
-void Guarded(fuse_req_t req, Body body) {
+void Guarded(fuse_req_t req, Body body, const bool* replied = nullptr) {
   try {
     body();
   } catch (const std::bad_alloc&) {
-    fuse_reply_err(req, ENOMEM);
+    if (replied == nullptr || !*replied) fuse_reply_err(req, ENOMEM);
   } catch (const std::exception& e) {
-    Fs(req).mutable_counters().eio_internal++;
     LogError(std::string("internal error: ") + e.what());
+    if (replied != nullptr && *replied) return;
+    Fs(req).mutable_counters().eio_internal++;
     fuse_reply_err(req, EIO);
   }
 }
@@ -460,24 +499,33 @@ void OpOpen(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
 }
 
 void OpRead(fuse_req_t req, fuse_ino_t, size_t size, off_t off, fuse_file_info* fi) {
-  Guarded(req, [&] {
-    FileSystem& fs = Fs(req);
-    auto* file = reinterpret_cast<FileSystem::OpenFile*>(fi->fh);
-    std::uint64_t file_size = file->entry.size;
-    std::uint64_t offset = static_cast<std::uint64_t>(off);
-    if (offset >= file_size || size == 0) return (void)fuse_reply_buf(req, nullptr, 0);
-    std::size_t length =
-        static_cast<std::size_t>(std::min<std::uint64_t>(size, file_size - offset));
-    TimePoint deadline = fs.clock().Now() + fs.options().read_timeout;
-    Result<std::vector<FileSystem::Part>> parts = fs.ReadFile(*file, offset, length, deadline);
-    if (!parts.ok()) {
-      fs.mutable_counters().eio_fetch++;
-      return ReplyError(req, parts.status(), "read of '" + file->entry.name + "'");
-    }
-    fs.mutable_counters().reads++;
-    fs.mutable_counters().bytes_read += length;
-    ReplyParts(req, *parts);
-  });
+  bool replied = false;
+  Guarded(
+      req,
+      [&] {
+        FileSystem& fs = Fs(req);
+        auto* file = reinterpret_cast<FileSystem::OpenFile*>(fi->fh);
+        std::uint64_t file_size = file->entry.size;
+        std::uint64_t offset = static_cast<std::uint64_t>(off);
+        if (offset >= file_size || size == 0) return (void)fuse_reply_buf(req, nullptr, 0);
+        std::size_t length =
+            static_cast<std::size_t>(std::min<std::uint64_t>(size, file_size - offset));
+        TimePoint deadline = fs.clock().Now() + fs.options().read_timeout;
+        // The reply may come from within a fetch that goes on afterwards; after it the kernel
+        // may release the handle, so nothing here touches req, fi or file once it is sent.
+        Status status = fs.ReadFile(*file, offset, length, deadline,
+                                    [&](const std::vector<FileSystem::Part>& parts) {
+                                      fs.mutable_counters().reads++;
+                                      fs.mutable_counters().bytes_read += length;
+                                      replied = true;
+                                      ReplyParts(req, parts);
+                                    });
+        if (!status.ok()) {
+          fs.mutable_counters().eio_fetch++;
+          ReplyError(req, status, "read of '" + file->entry.name + "'");
+        }
+      },
+      &replied);
 }
 
 void OpRelease(fuse_req_t req, fuse_ino_t, fuse_file_info* fi) {

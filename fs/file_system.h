@@ -141,10 +141,23 @@ class FileSystem {
     std::shared_ptr<const Buffer> owner;
     std::span<const std::uint8_t> bytes;
   };
+  // Sends the pieces of one read to whoever asked for it (the kernel, for OpRead).
+  using Reply = std::function<void(const std::vector<Part>& parts)>;
+
   // The verified chunk pieces that make up bytes [offset, offset + length) of `file`, in order,
   // fetching the chunks it spans in parallel. REQUIRES: the range lies within the file.
+  // With `early` set, a range within one chunk that has to be fetched is given to *early from
+  // within the fetch, as soon as it is verified (ChunkStore::Get); the result is then empty, or
+  // an error of the fetch that came after.
   Result<std::vector<Part>> GatherRange(std::uint64_t file, std::uint64_t offset,
-                                        std::size_t length, Access access, TimePoint deadline);
+                                        std::size_t length, Access access, TimePoint deadline,
+                                        const Reply* early = nullptr);
+
+  // GatherRange of a range within `extent`'s chunk, given to `early` from within the fetch when
+  // the chunk has to be fetched.
+  Result<std::vector<Part>> GatherEarly(const index::Extent& extent, std::uint64_t offset,
+                                        std::size_t length, Access access, TimePoint deadline,
+                                        const Reply& early);
 
   // GatherRange, copied into dst.
   Status ReadRange(std::uint64_t file, std::uint64_t offset, std::span<std::uint8_t> dst,
@@ -176,10 +189,12 @@ class FileSystem {
   std::unique_ptr<OpenFile> OpenHandle(index::Entry entry);
   // Bytes [offset, offset + length) of the open file as GatherRange gives them, after queuing the
   // readahead this read asks for, in this file and in the files after it (OpRead is this and the
-  // reply).
+  // reply). Calls `reply` exactly once with the bytes, or returns the error without calling it.
+  // A read that has to fetch its chunk gets its reply from within the fetch, on this thread, as
+  // soon as its bytes are verified; the call returns once the fetch has ended.
   // REQUIRES: length > 0 and the range lies within the file.
-  Result<std::vector<Part>> ReadFile(OpenFile& file, std::uint64_t offset, std::size_t length,
-                                     TimePoint deadline);
+  Status ReadFile(OpenFile& file, std::uint64_t offset, std::size_t length, TimePoint deadline,
+                  const Reply& reply);
 
   index::IndexReader& index() { return *index_; }
   ChunkStore& store() { return *store_; }

@@ -38,6 +38,11 @@ using testing::PatternBytes;
 using testing::PollUntil;
 using testing::TempDir;
 
+// The store's key of a chunk of `bytes` (chunk id 1).
+fs::ChunkKey KeyOf(const std::vector<std::uint8_t>& bytes) {
+  return {Sha256(bytes.data(), bytes.size()), bytes.size(), 1};
+}
+
 struct TestChunk {
   std::vector<std::uint8_t> bytes;
   ChunkKey key;
@@ -502,7 +507,7 @@ TEST_F(ChunkStore, ReaderOfTheStartOfAChunkGoesBeforeTheRestHasArrived) {
   std::vector<std::uint8_t> bytes = PatternBytes(8192, 3);
   GatedFetcher gated(bytes);
   gated.Release(4096);
-  fs::ChunkKey key{Sha256(bytes.data(), bytes.size()), bytes.size(), 1};
+  fs::ChunkKey key = KeyOf(bytes);
   auto store = std::make_unique<fs::ChunkStore>(cache_.get(), &gated, &replicas_, &clock_);
   store->Start();
   std::vector<std::uint8_t> head(4096);
@@ -519,10 +524,146 @@ TEST_F(ChunkStore, ReaderOfTheStartOfAChunkGoesBeforeTheRestHasArrived) {
   EXPECT_TRUE(PollUntil([&] { return cache_->Contains(key.digest); }));
 }
 
+// Delivers the first `prefix` bytes of a chunk, reports them verified, then fails: a replica that
+// dies in the middle of the chunk with no other replica left.
+class PrefixThenFailFetcher final : public netfetch::ChunkFetcher {
+ public:
+  PrefixThenFailFetcher(std::vector<std::uint8_t> bytes, std::size_t prefix)
+      : bytes_(std::move(bytes)), prefix_(prefix) {}
+  Status Fetch(const netfetch::ChunkRef&, std::span<std::uint8_t> dst, TimePoint,
+               const netfetch::VerifiedCallback& on_verified) override {
+    std::memcpy(dst.data(), bytes_.data(), prefix_);
+    if (on_verified) on_verified(prefix_);
+    return UnavailableError("connection reset in the middle of the chunk");
+  }
+  Status FetchBlocks(const netfetch::ChunkRef&, std::size_t, std::size_t, std::span<std::uint8_t>,
+                     TimePoint) override {
+    return InternalError("not expected");
+  }
+
+ private:
+  std::vector<std::uint8_t> bytes_;
+  std::size_t prefix_;
+};
+
+// What an EarlyServe saw: its bytes, on which thread, and how often it ran.
+struct EarlyRecord {
+  std::mutex mu;
+  int calls = 0;                   // GUARDED_BY(mu)
+  std::thread::id thread;          // GUARDED_BY(mu)
+  std::vector<std::uint8_t> head;  // GUARDED_BY(mu)
+
+  fs::EarlyServe Recorder(std::uint64_t offset, std::size_t length) {
+    return [this, offset, length](fs::ChunkData data) {
+      std::lock_guard lock(mu);
+      ++calls;
+      thread = std::this_thread::get_id();
+      const std::uint8_t* at = data.bytes->data() + (offset - data.base);
+      head.assign(at, at + length);
+    };
+  }
+  int Calls() {
+    std::lock_guard lock(mu);
+    return calls;
+  }
+};
+
+TEST_F(ChunkStore, EarlyServeGetsTheBytesFromWithinTheFetchOnTheReadersThread) {
+  std::vector<std::uint8_t> bytes = PatternBytes(8192, 3);
+  GatedFetcher gated(bytes);
+  gated.Release(4096);
+  fs::ChunkKey key = KeyOf(bytes);
+  auto store = std::make_unique<fs::ChunkStore>(cache_.get(), &gated, &replicas_, &clock_);
+  store->Start();
+  EarlyRecord early;
+  const fs::EarlyServe serve = early.Recorder(100, 1000);
+  std::thread::id reader_id;
+  std::atomic<bool> returned{false};
+  Status status;
+  std::thread reader([&] {
+    reader_id = std::this_thread::get_id();
+    status = store->Get(key, 100, 1000, fs::Access::kStream, Deadline(), &serve).status();
+    returned = true;
+  });
+  const bool served_early = PollUntil([&] { return early.Calls() == 1; });
+  // The bytes went out while the rest of the chunk was still arriving.
+  const bool returned_before_the_rest = returned.load();
+  gated.Release(bytes.size());
+  reader.join();
+  ASSERT_TRUE(served_early);
+  EXPECT_FALSE(returned_before_the_rest);
+  CKPTFS_EXPECT_OK(status);
+  std::lock_guard lock(early.mu);
+  EXPECT_EQ(early.calls, 1);
+  EXPECT_EQ(early.thread, reader_id);
+  EXPECT_EQ(early.head, std::vector<std::uint8_t>(bytes.begin() + 100, bytes.begin() + 1100));
+  EXPECT_EQ(store->counters().early_reads.load(), 1u);
+  EXPECT_TRUE(cache_->Contains(key.digest));
+}
+
+// Gets [offset, offset + length) of an 8 KiB chunk, with `early`, from a store whose fetch
+// verifies the first 4 KiB and then fails. Returns the chunk's bytes and Get's status.
+std::pair<std::vector<std::uint8_t>, Status> GetFromAFetchFailingAt4KiB(
+    fs::DiskCache* cache, fs::ReplicaSource* replicas, Clock* clock, std::uint64_t offset,
+    std::size_t length, EarlyRecord& early) {
+  std::vector<std::uint8_t> bytes = PatternBytes(8192, 4);
+  PrefixThenFailFetcher failing(bytes, 4096);
+  fs::ChunkKey key = KeyOf(bytes);
+  fs::ChunkStore store(cache, &failing, replicas, clock);
+  store.Start();
+  const fs::EarlyServe serve = early.Recorder(offset, length);
+  Status status =
+      store.Get(key, offset, length, fs::Access::kStream, clock->Now() + 1h, &serve).status();
+  return {std::move(bytes), std::move(status)};
+}
+
+TEST_F(ChunkStore, FetchFailingAfterTheEarlyServeReturnsItsErrorAndCachesNothing) {
+  EarlyRecord early;
+  auto [bytes, status] =
+      GetFromAFetchFailingAt4KiB(cache_.get(), &replicas_, &clock_, 0, 4096, early);
+  EXPECT_EQ(status.code(), StatusCode::kUnavailable);
+  std::lock_guard lock(early.mu);
+  EXPECT_EQ(early.calls, 1);
+  EXPECT_EQ(early.head, std::vector<std::uint8_t>(bytes.begin(), bytes.begin() + 4096));
+  EXPECT_FALSE(cache_->Contains(Sha256(bytes.data(), bytes.size())));
+}
+
+TEST_F(ChunkStore, FetchFailingBeforeTheRangeArrivedNeverCallsTheEarlyServe) {
+  EarlyRecord early;
+  // The range ends past the verified prefix.
+  auto [bytes, status] =
+      GetFromAFetchFailingAt4KiB(cache_.get(), &replicas_, &clock_, 4000, 200, early);
+  EXPECT_EQ(status.code(), StatusCode::kUnavailable);
+  EXPECT_EQ(early.Calls(), 0);
+}
+
+TEST_F(ChunkStore, EarlyServeIsNotUsedForAChunkInMemoryOrInTheCache) {
+  TestChunk chunk = ServedChunk(8192, 7);
+  MakeStore().Start();
+  // The first read leaves half the chunk unserved, so the chunk stays in the ready list.
+  CKPTFS_ASSERT_OK_AND_ASSIGN(std::vector<std::uint8_t> head, Read(chunk, 0, 4096));
+  EXPECT_EQ(head, Slice(chunk, 0, 4096));
+  EarlyRecord early;
+  const fs::EarlyServe serve = early.Recorder(4096, 4096);
+  CKPTFS_ASSERT_OK_AND_ASSIGN(
+      fs::ChunkData in_memory,
+      store_->Get(chunk.key, 4096, 4096, fs::Access::kStream, Deadline(), &serve));
+  EXPECT_NE(in_memory.bytes, nullptr);
+  ASSERT_TRUE(PollUntil([&] { return cache_->Contains(chunk.key.digest); }));
+  store_.reset();
+  MakeStore().Start();  // Nothing in memory: the chunk is only in the disk cache now.
+  CKPTFS_ASSERT_OK_AND_ASSIGN(
+      fs::ChunkData cached,
+      store_->Get(chunk.key, 0, 4096, fs::Access::kStream, Deadline(), &serve));
+  EXPECT_TRUE(cached.fd.valid());
+  EXPECT_EQ(early.Calls(), 0);
+  EXPECT_EQ(fetcher_.Calls(chunk.key.digest), 1);
+}
+
 TEST_F(ChunkStore, WaitingReadersWakeOnceTheirOwnBytesHaveArrived) {
   std::vector<std::uint8_t> bytes = PatternBytes(3 * 4096, 5);
   GatedFetcher gated(bytes);
-  fs::ChunkKey key{Sha256(bytes.data(), bytes.size()), bytes.size(), 1};
+  fs::ChunkKey key = KeyOf(bytes);
   // A real clock: a reader that is not woken when its bytes land runs into the deadline and fails,
   // where a fake clock's deadline would never come.
   RealClock real_clock;

@@ -117,6 +117,31 @@ TEST_F(FileSystem, ReadInsideOneChunkFetchesOnlyThatChunk) {
   EXPECT_EQ(FetchesPerChunk(), Fetched(3, 3));
 }
 
+TEST_F(FileSystem, ReadFileRepliesOnceFromWithinAFetchThatFailsAfterItsBytes) {
+  // The chunk's last block is wrong on its only replica: the fetch verifies the blocks before it,
+  // then fails.
+  const auto& chunk = file_.chunks.front();
+  std::vector<std::uint8_t> corrupt = chunk.bytes;
+  corrupt.back() ^= 0xff;
+  fetcher_.ServeAs(chunk.digest, corrupt);
+  CKPTFS_ASSERT_OK_AND_ASSIGN(index::Entry entry, index_->GetEntry(file_.id));
+  std::unique_ptr<fs::FileSystem::OpenFile> file = fs_->OpenHandle(std::move(entry));
+  std::vector<std::uint8_t> got;
+  int replies = 0;
+  auto reply = [&](const std::vector<fs::FileSystem::Part>& parts) {
+    ++replies;
+    for (const auto& part : parts) got.insert(got.end(), part.bytes.begin(), part.bytes.end());
+  };
+  CKPTFS_EXPECT_OK(fs_->ReadFile(*file, 0, 100, clock_.Now() + 1h, reply));
+  EXPECT_EQ(replies, 1);
+  EXPECT_EQ(got, Expected(0, 100));
+  // The bytes of the bad block are never served: that read fails, with no reply.
+  replies = 0;
+  Status tail = fs_->ReadFile(*file, kChunk - 100, 100, clock_.Now() + 1h, reply);
+  EXPECT_EQ(tail.code(), StatusCode::kDataLoss) << tail.ToString();
+  EXPECT_EQ(replies, 0);
+}
+
 TEST_F(FileSystem, ReadStartingAndEndingInsideChunksSpansThreeChunks) {
   ExpectReadMatches(kChunk + 10, 2 * kChunk + 10);  // Ends 20 bytes into chunk 3.
   StopStore();
@@ -371,10 +396,17 @@ class FileSystemDirectory : public ReadStackTest {
     const WrittenFile& written = files_.at(file.entry.name);
     for (std::uint64_t offset = from; offset < to; offset += kChunk / 2) {
       const std::size_t length = std::min<std::uint64_t>(kChunk / 2, to - offset);
-      CKPTFS_ASSERT_OK_AND_ASSIGN(std::vector<fs::FileSystem::Part> parts,
-                                  fs_->ReadFile(file, offset, length, clock_.Now() + 1h));
       std::vector<std::uint8_t> got;
-      for (const auto& part : parts) got.insert(got.end(), part.bytes.begin(), part.bytes.end());
+      int replies = 0;
+      CKPTFS_ASSERT_OK(fs_->ReadFile(file, offset, length, clock_.Now() + 1h,
+                                     [&](const std::vector<fs::FileSystem::Part>& parts) {
+                                       ++replies;
+                                       for (const auto& part : parts) {
+                                         got.insert(got.end(), part.bytes.begin(),
+                                                    part.bytes.end());
+                                       }
+                                     }));
+      ASSERT_EQ(replies, 1) << file.entry.name << " at " << offset;
       ASSERT_EQ(got, std::vector<std::uint8_t>(written.content.begin() + offset,
                                                written.content.begin() + offset + length))
           << file.entry.name << " at " << offset;
