@@ -47,6 +47,14 @@ Result<std::span<const std::uint8_t>> PreadAligned(int fd, std::uint64_t offset,
   return std::span<const std::uint8_t>(scratch.data() + skip, length);
 }
 
+bool RangeHasHole(int fd, std::uint64_t offset, std::uint64_t length) {
+  // The start of the first hole at or after `offset`; the end of the file counts as one, so a
+  // file system without SEEK_HOLE support reports no hole before it.
+  const off_t hole = ::lseek(fd, static_cast<off_t>(offset), SEEK_HOLE);
+  if (hole < 0) return errno == ENXIO;  // ENXIO: `offset` is at or past the end of the file.
+  return static_cast<std::uint64_t>(hole) < offset + length;
+}
+
 Status WriteAll(int fd, std::span<const std::uint8_t> bytes) {
   while (!bytes.empty()) {
     ssize_t n = ::write(fd, bytes.data(), bytes.size());

@@ -25,6 +25,11 @@ std::size_t AlignedReadSize(std::uint64_t offset, std::size_t length);
 Result<std::span<const std::uint8_t>> PreadAligned(int fd, std::uint64_t offset, std::size_t length,
                                                    std::span<std::uint8_t> scratch);
 
+// True when the file system reports a hole (bytes never written) within [offset, offset + length)
+// of `fd`; false when it does not, or cannot tell (no SEEK_HOLE support, an error). A range past
+// the end of the file counts as a hole. Costs one lseek, not a read.
+bool RangeHasHole(int fd, std::uint64_t offset, std::uint64_t length);
+
 // Writes all of `bytes` at the current position of `fd`.
 Status WriteAll(int fd, std::span<const std::uint8_t> bytes);
 

@@ -302,6 +302,8 @@ bool ChunkStore::ReadPartial(const ChunkKey& key, const index::BlockList& blocks
                              std::size_t end, std::span<std::uint8_t> dst) {
   Result<UniqueFd> fd = cache_->OpenPartial(key.digest);
   if (!fd.ok()) return false;
+  // Blocks never written are holes of the sparse file: a miss without reading and hashing them.
+  if (RangeHasHole(fd->get(), first * blocks.block_size, dst.size())) return false;
   if (!PreadExactly(fd->get(), first * blocks.block_size, dst).ok()) return false;
   // Holes and torn writes fail here; only blocks that match the index count as cached.
   for (std::size_t i = first; i < end; ++i) {

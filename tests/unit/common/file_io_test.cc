@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 #include <stdio.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cstdint>
@@ -30,6 +31,26 @@ TEST(FileIo, ReadPastTheEndIsDataLoss) {
   ASSERT_TRUE(WriteAll(fileno(file), bytes).ok());
   std::vector<std::uint8_t> back(11);
   EXPECT_EQ(PreadExactly(fileno(file), 0, back).code(), StatusCode::kDataLoss);
+  std::fclose(file);
+}
+
+// A sparse file as the disk cache writes partial chunks: blocks at their offsets, holes between.
+// (The test directory is on ext4 here, like the cache; tmpfs reports holes as well.)
+TEST(FileIo, RangeHasHoleSeesTheBlocksNeverWritten) {
+  FILE* file = std::tmpfile();
+  ASSERT_NE(file, nullptr);
+  const int fd = fileno(file);
+  constexpr std::uint64_t kBlock = 64 << 10;
+  std::vector<std::uint8_t> block(kBlock, 0xab);
+  ASSERT_EQ(::lseek(fd, 2 * kBlock, SEEK_SET), static_cast<off_t>(2 * kBlock));
+  ASSERT_TRUE(WriteAll(fd, block).ok());  // Blocks 0 and 1 are holes, block 2 is data.
+  ASSERT_EQ(::fsync(fd), 0);
+  EXPECT_TRUE(RangeHasHole(fd, 0, kBlock));
+  EXPECT_TRUE(RangeHasHole(fd, kBlock, 2 * kBlock)) << "the range starts in a hole";
+  EXPECT_FALSE(RangeHasHole(fd, 2 * kBlock, kBlock));
+  EXPECT_FALSE(RangeHasHole(fd, 2 * kBlock + 100, 1000));
+  EXPECT_TRUE(RangeHasHole(fd, 2 * kBlock, 2 * kBlock)) << "the range runs past the end";
+  EXPECT_TRUE(RangeHasHole(fd, 3 * kBlock, 1)) << "the range starts at the end";
   std::fclose(file);
 }
 
