@@ -645,10 +645,13 @@ TEST_F(ChunkStore, EarlyServeIsNotUsedForAChunkInMemoryOrInTheCache) {
   EXPECT_EQ(head, Slice(chunk, 0, 4096));
   EarlyRecord early;
   const fs::EarlyServe serve = early.Recorder(4096, 4096);
-  CKPTFS_ASSERT_OK_AND_ASSIGN(
-      fs::ChunkData in_memory,
-      store_->Get(chunk.key, 4096, 4096, fs::Access::kStream, Deadline(), &serve));
-  EXPECT_NE(in_memory.bytes, nullptr);
+  {
+    // A chunk's buffer goes back to its store's pool: it must not outlive the store.
+    CKPTFS_ASSERT_OK_AND_ASSIGN(
+        fs::ChunkData in_memory,
+        store_->Get(chunk.key, 4096, 4096, fs::Access::kStream, Deadline(), &serve));
+    EXPECT_NE(in_memory.bytes, nullptr);
+  }
   ASSERT_TRUE(PollUntil([&] { return cache_->Contains(chunk.key.digest); }));
   store_.reset();
   MakeStore().Start();  // Nothing in memory: the chunk is only in the disk cache now.
