@@ -165,7 +165,7 @@ def is_mounted(path):
 
 
 def daemon_pids(mountpoint):
-    """Pids of `ckptfs mount` processes whose command line names `mountpoint`."""
+    """Pids of `ckptfs mount` (or mount.ckptfs) processes whose command line names `mountpoint`."""
     pids = []
     wanted = {mountpoint, resolve_mountpoint(mountpoint)}
     for entry in os.listdir("/proc"):
@@ -176,8 +176,9 @@ def daemon_pids(mountpoint):
                 argv = [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
         except OSError:
             continue
-        if (argv and os.path.basename(argv[0]) == "ckptfs" and "mount" in argv
-                and wanted & set(argv)):
+        name = os.path.basename(argv[0]) if argv else ""
+        is_daemon = (name == "ckptfs" and "mount" in argv) or name == "mount.ckptfs"
+        if is_daemon and wanted & set(argv):
             pids.append(int(entry))
     return pids
 

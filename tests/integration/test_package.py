@@ -1,0 +1,86 @@
+"""The Debian package built from the build tree under test: its control fields, its files, and
+its mount helper mounting an index the way mount(8) runs it for an fstab entry.
+
+The package is built with cpack from the build directory of $CKPTFS_BIN and unpacked with
+dpkg-deb into the run's directory; nothing is installed on the machine.
+"""
+
+import gzip
+import os
+import re
+
+import pytest
+
+import ckptfs_cli
+import source_tree
+
+
+def _build_dir():
+    """The build tree of the binary under test (<build>/cli/ckptfs), so that the sanitizer run
+    packages its own build."""
+    return os.path.dirname(os.path.dirname(os.path.abspath(ckptfs_cli.ckptfs_bin())))
+
+
+@pytest.fixture(scope="module")
+def package(work_root):
+    """(path of the .deb, directory it was unpacked into)."""
+    build = _build_dir()
+    config = os.path.join(build, "CPackConfig.cmake")
+    assert os.path.isfile(config), f"{config} missing: configure the build with CMake first"
+    out = os.path.join(work_root, "package")
+    result = ckptfs_cli.run(["cpack", "--config", config, "-G", "DEB", "-B", out], timeout=300)
+    assert result.returncode == 0, result.describe()
+    debs = [f for f in os.listdir(out) if f.endswith(".deb")]
+    assert len(debs) == 1, f"expected one .deb in {out}, found {debs}"
+    deb = os.path.join(out, debs[0])
+    root = os.path.join(out, "root")
+    result = ckptfs_cli.run(["dpkg-deb", "-x", deb, root], timeout=60)
+    assert result.returncode == 0, result.describe()
+    return deb, root
+
+
+def _field(deb, name):
+    result = ckptfs_cli.run(["dpkg-deb", "-f", deb, name], timeout=30)
+    assert result.returncode == 0, result.describe()
+    return result.stdout.strip()
+
+
+def test_package_is_named_and_versioned_like_the_binary(package):
+    deb, root = package
+    version = ckptfs_cli.run([os.path.join(root, "usr/bin/ckptfs"), "--version"], timeout=30)
+    assert version.returncode == 0, version.describe()
+    assert _field(deb, "Package") == "ckptfs"
+    assert _field(deb, "Version") == version.stdout.strip()
+    assert os.path.basename(deb) == f"ckptfs_{version.stdout.strip()}_amd64.deb"
+
+
+def test_package_depends_on_fuse3_and_every_library_it_links(package):
+    deb, _ = package
+    depends = {re.sub(r"\s*\(.*\)", "", d).strip() for d in _field(deb, "Depends").split(",")}
+    assert {"fuse3", "libfuse3-3", "libcurl4", "libsqlite3-0", "libssl3", "libc6"} <= depends
+
+
+def test_package_holds_the_binary_the_mount_helper_and_the_man_page(package):
+    _, root = package
+    binary = os.path.join(root, "usr/bin/ckptfs")
+    assert os.access(binary, os.X_OK)
+    helper = os.path.join(root, "usr/sbin/mount.ckptfs")
+    assert os.readlink(helper) == "../bin/ckptfs"
+    with gzip.open(os.path.join(root, "usr/share/man/man1/ckptfs.1.gz"), "rt") as f:
+        man = f.read()
+    assert man.startswith(".TH CKPTFS 1"), man[:200]
+    assert "mount.ckptfs" in man
+
+
+def test_packaged_mount_helper_mounts_an_index_as_mount8_runs_it(package, published, mount):
+    _, root = package
+    mnt = mount(published.index, start=False, ro=True, _netdev=True, nofail=True)
+    helper = os.path.join(root, "usr/sbin/mount.ckptfs")
+    # mount(8) runs "/sbin/mount.TYPE SPEC DIR [-sfnv] -o OPTIONS" for an fstab entry.
+    result = ckptfs_cli.run([helper, published.index, mnt.mountpoint, "-n", "-o",
+                             ckptfs_cli.format_options(mnt.options)], timeout=60)
+    assert result.returncode == 0, result.describe()
+    assert ckptfs_cli.mount_fstype(mnt.mountpoint) == "fuse.ckptfs"
+    assert mnt.pids(), "no mount.ckptfs daemon found for the mountpoint"
+    for rel in ("private.key", "model.ckpt.index"):
+        assert source_tree.sha256_file(mnt.path(rel)) == published.tree.sha256[rel]
