@@ -13,8 +13,9 @@ fi
 
 export DEBIAN_FRONTEND=noninteractive
 apt-get update
+# dpkg-dev and file: the .deb target (cpack runs dpkg-shlibdeps on the files `file` says are ELF).
 apt-get install -y --no-install-recommends \
-  build-essential cmake pkg-config \
+  build-essential cmake pkg-config dpkg-dev file \
   libfuse3-dev fuse3 libcurl4-openssl-dev libsqlite3-dev libssl-dev \
   googletest libgtest-dev libcli11-dev nlohmann-json3-dev \
   nginx-light sqlite3 curl ca-certificates \
