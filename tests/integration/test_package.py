@@ -21,9 +21,21 @@ def _build_dir():
     return os.path.dirname(os.path.dirname(os.path.abspath(ckptfs_cli.ckptfs_bin())))
 
 
+def _control_fields(deb):
+    """The control file's single-line fields, {name: value}, from one `dpkg-deb -f`."""
+    result = ckptfs_cli.run(["dpkg-deb", "-f", deb], timeout=30)
+    assert result.returncode == 0, result.describe()
+    fields = {}
+    for line in result.stdout.splitlines():
+        if line and not line[0].isspace() and ":" in line:
+            name, value = line.split(":", 1)
+            fields[name] = value.strip()
+    return fields
+
+
 @pytest.fixture(scope="module")
 def package(work_root):
-    """(path of the .deb, directory it was unpacked into)."""
+    """(path of the .deb, directory it was unpacked into, its control fields)."""
     build = _build_dir()
     config = os.path.join(build, "CPackConfig.cmake")
     assert os.path.isfile(config), f"{config} missing: configure the build with CMake first"
@@ -36,32 +48,26 @@ def package(work_root):
     root = os.path.join(out, "root")
     result = ckptfs_cli.run(["dpkg-deb", "-x", deb, root], timeout=60)
     assert result.returncode == 0, result.describe()
-    return deb, root
-
-
-def _field(deb, name):
-    result = ckptfs_cli.run(["dpkg-deb", "-f", deb, name], timeout=30)
-    assert result.returncode == 0, result.describe()
-    return result.stdout.strip()
+    return deb, root, _control_fields(deb)
 
 
 def test_package_is_named_and_versioned_like_the_binary(package):
-    deb, root = package
+    deb, root, control = package
     version = ckptfs_cli.run([os.path.join(root, "usr/bin/ckptfs"), "--version"], timeout=30)
     assert version.returncode == 0, version.describe()
-    assert _field(deb, "Package") == "ckptfs"
-    assert _field(deb, "Version") == version.stdout.strip()
+    assert control["Package"] == "ckptfs"
+    assert control["Version"] == version.stdout.strip()
     assert os.path.basename(deb) == f"ckptfs_{version.stdout.strip()}_amd64.deb"
 
 
 def test_package_depends_on_fuse3_and_every_library_it_links(package):
-    deb, _ = package
-    depends = {re.sub(r"\s*\(.*\)", "", d).strip() for d in _field(deb, "Depends").split(",")}
+    _, _, control = package
+    depends = {re.sub(r"\s*\(.*\)", "", d).strip() for d in control["Depends"].split(",")}
     assert {"fuse3", "libfuse3-3", "libcurl4", "libsqlite3-0", "libssl3", "libc6"} <= depends
 
 
 def test_package_holds_the_binary_the_mount_helper_and_the_man_page(package):
-    _, root = package
+    _, root, _ = package
     binary = os.path.join(root, "usr/bin/ckptfs")
     assert os.access(binary, os.X_OK)
     helper = os.path.join(root, "usr/sbin/mount.ckptfs")
@@ -73,7 +79,7 @@ def test_package_holds_the_binary_the_mount_helper_and_the_man_page(package):
 
 
 def test_packaged_mount_helper_mounts_an_index_as_mount8_runs_it(package, published, mount):
-    _, root = package
+    _, root, _ = package
     mnt = mount(published.index, start=False, ro=True, _netdev=True, nofail=True)
     helper = os.path.join(root, "usr/sbin/mount.ckptfs")
     # mount(8) runs "/sbin/mount.TYPE SPEC DIR [-sfnv] -o OPTIONS" for an fstab entry.
