@@ -96,7 +96,8 @@ std::string FormatStats(const StatsSources& stats) {
   Lines(out, "memory.")
       .Add("chunk_bytes", stats.memory.bytes)
       .Add("chunk_budget_bytes", stats.memory.budget_bytes)
-      .Add("ready_chunks", stats.memory.ready_chunks);
+      .Add("ready_chunks", stats.memory.ready_chunks)
+      .Add("spare_bytes", stats.memory.spare_bytes);
   for (const netfetch::NodeHealth& node : stats.nodes) {
     const double speed = std::isfinite(node.bytes_per_second) && node.bytes_per_second > 0
                              ? std::round(node.bytes_per_second)

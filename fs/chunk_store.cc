@@ -63,10 +63,12 @@ ChunkStore::ChunkStore(DiskCache* cache, netfetch::ChunkFetcher* fetcher, Replic
 
 void ChunkStore::Start() {
   if (options_.chunk_size != 0) {
+    const std::uint64_t size = AlignedReadSize(0, options_.chunk_size);
     std::lock_guard lock(spare_mu_);
-    while (spare_.size() < static_cast<std::size_t>(options_.max_spare)) {
-      auto buffer = std::make_unique<Buffer>(AlignedReadSize(0, options_.chunk_size));
+    while (spare_bytes_ + size <= options_.max_spare_bytes) {
+      auto buffer = std::make_unique<Buffer>(size);
       std::memset(buffer->data(), 0, buffer->size());
+      spare_bytes_ += size;
       spare_.push_back(std::move(buffer));
     }
   }
@@ -112,9 +114,11 @@ ChunkStore::~ChunkStore() {
 
 ChunkStore::Memory ChunkStore::memory() const {
   std::lock_guard lock(ready_mu_);
+  std::lock_guard spare_lock(spare_mu_);
   return {.bytes = ready_bytes_ + inflight_bytes_,
           .budget_bytes = options_.memory_bytes,
-          .ready_chunks = ready_.size()};
+          .ready_chunks = ready_.size(),
+          .spare_bytes = spare_bytes_};
 }
 
 Result<ChunkData> ChunkStore::Get(const ChunkKey& key, std::uint64_t offset, std::uint64_t length,
@@ -448,6 +452,7 @@ std::shared_ptr<Buffer> ChunkStore::TakeBuffer(std::size_t size) {
     if (fits != spare_.end()) {
       buffer = std::move(*fits);
       spare_.erase(fits);
+      spare_bytes_ -= size;
     }
   }
   if (buffer == nullptr) buffer = std::make_unique<Buffer>(size);
@@ -456,18 +461,22 @@ std::shared_ptr<Buffer> ChunkStore::TakeBuffer(std::size_t size) {
 }
 
 void ChunkStore::GiveBack(std::unique_ptr<Buffer> buffer) {
+  if (buffer->size() > options_.max_spare_bytes) return;
   std::lock_guard lock(spare_mu_);
-  if (spare_.size() < static_cast<std::size_t>(options_.max_spare)) {
-    spare_.push_back(std::move(buffer));
-    return;
+  // Full: make room by dropping smaller buffers, since the larger ones fit the common (whole)
+  // chunks; a buffer that would need a larger one dropped is freed instead.
+  while (spare_bytes_ + buffer->size() > options_.max_spare_bytes) {
+    auto smallest =
+        std::min_element(spare_.begin(), spare_.end(),
+                         [](const std::unique_ptr<Buffer>& a, const std::unique_ptr<Buffer>& b) {
+                           return a->size() < b->size();
+                         });
+    if (smallest == spare_.end() || (*smallest)->size() >= buffer->size()) return;
+    spare_bytes_ -= (*smallest)->size();
+    spare_.erase(smallest);
   }
-  // Full: keep the larger buffers, which fit the common (whole) chunks.
-  auto smallest =
-      std::min_element(spare_.begin(), spare_.end(),
-                       [](const std::unique_ptr<Buffer>& a, const std::unique_ptr<Buffer>& b) {
-                         return a->size() < b->size();
-                       });
-  if ((*smallest)->size() < buffer->size()) *smallest = std::move(buffer);
+  spare_bytes_ += buffer->size();
+  spare_.push_back(std::move(buffer));
 }
 
 void ChunkStore::ReleaseBufferBytes(std::uint64_t bytes) {

@@ -14,8 +14,9 @@
 //
 // Memory: chunk buffers being fetched or loaded plus the ready list stay within `memory_bytes`
 // (the ready list gives way, oldest first; fetches in flight are bounded by `max_inflight`), plus
-// at most `max_spare` idle buffers and whatever readers hold while they reply. A ready chunk
-// leaves the list once its bytes have all been served (the kernel's page cache has them then).
+// at most `max_spare_bytes` of idle buffers and whatever readers hold while they reply. A ready
+// chunk leaves the list once its bytes have all been served (the kernel's page cache has them
+// then).
 //
 // The blocks an isolated read fetched go to the chunk's partial file in the disk cache after the
 // read has its bytes, on a thread of its own (at most `max_pending_block_writes` bytes waiting;
@@ -102,7 +103,10 @@ struct ChunkStoreOptions {
   int foreground_reserve = 2;  // Slots background fetches leave free.
   // Chunk buffers in flight plus the ready list of fetched chunks not yet served.
   std::uint64_t memory_bytes = 64ull << 20;
-  int max_spare = 4;  // Idle buffers kept for reuse instead of being freed and mapped again.
+  // Idle buffers kept for reuse instead of being freed and mapped again, in bytes rather than
+  // buffers so that the memory bound does not grow with the chunk size (4 buffers of the default
+  // 4 MiB chunk, 1 of 16 MiB, none of a larger one).
+  std::uint64_t max_spare_bytes = 16ull << 20;
   // When set, Start() fills the spare list with buffers of this size whose pages are already
   // present: the first fetches of a fresh mount do not wait for a megabyte of page faults each.
   std::uint64_t chunk_size = 0;
@@ -210,6 +214,7 @@ class ChunkStore {
     std::uint64_t bytes = 0;         // Buffers being filled plus fetched chunks not yet served.
     std::uint64_t budget_bytes = 0;  // memory_bytes.
     std::uint64_t ready_chunks = 0;  // Fetched chunks waiting in memory.
+    std::uint64_t spare_bytes = 0;   // Idle buffers kept for reuse, max_spare_bytes at most.
   };
   Memory memory() const;
 
@@ -307,8 +312,9 @@ class ChunkStore {
   std::unordered_map<Digest, std::shared_ptr<Flight>, DigestHash> flights_;  // GUARDED_BY
 
   // Lock order: slots_mu_ before queue_mu_ (AcquireSlot reads stopping_).
-  std::mutex spare_mu_;
-  std::vector<std::unique_ptr<Buffer>> spare_;  // GUARDED_BY(spare_mu_); at most max_spare.
+  mutable std::mutex spare_mu_;
+  std::vector<std::unique_ptr<Buffer>> spare_;  // GUARDED_BY(spare_mu_)
+  std::uint64_t spare_bytes_ = 0;               // GUARDED_BY(spare_mu_); <= max_spare_bytes.
 
   std::mutex failures_mu_;
   struct Failure {

@@ -91,6 +91,8 @@ def test_stats_list_every_group_and_node_and_the_daemon_memory(published, mount)
     # Nothing fetched yet: no chunk buffer in use, against the configured budget.
     assert values["memory.chunk_budget_bytes"] == 32 << 20, values
     assert values["memory.chunk_bytes"] == 0 and values["memory.ready_chunks"] == 0, values
+    # Idle buffers made at start, 16 MiB whatever the chunk size: four of the default 4 MiB.
+    assert values["memory.spare_bytes"] == 16 << 20, values
     assert values["daemon.rss_bytes"] > 0, values
     assert values["daemon.peak_rss_bytes"] >= values["daemon.rss_bytes"], values
 

@@ -60,7 +60,7 @@ struct NumberedCounters {
             .store = store,
             .fetch = fetch,
             .cache = {.used_bytes = 41, .capacity_bytes = 42, .entries = 43},
-            .memory = {.bytes = 44, .budget_bytes = 45, .ready_chunks = 46},
+            .memory = {.bytes = 44, .budget_bytes = 45, .ready_chunks = 46, .spare_bytes = 47},
             .nodes = {{.id = 1,
                        .name = "n1",
                        .in_flight = 2,
@@ -131,6 +131,7 @@ TEST(FormatStats, WritesEveryNumberAsANameValueLineInAStableOrder) {
             "memory.chunk_bytes 44\n"
             "memory.chunk_budget_bytes 45\n"
             "memory.ready_chunks 46\n"
+            "memory.spare_bytes 47\n"
             "node.n1.in_flight 2\n"
             "node.n1.bytes_per_second 123457\n"
             "node.n1.consecutive_failures 0\n"
@@ -146,7 +147,7 @@ TEST(FormatStats, WritesEveryNumberAsANameValueLineInAStableOrder) {
 TEST(FormatStats, AMountWithoutNodesHasNoNodeLines) {
   const std::string text = FormatStats(ZeroCounters().Sources());
   EXPECT_EQ(text.find("node."), std::string::npos) << text;
-  EXPECT_NE(text.find("\nmemory.ready_chunks 0\ndaemon.rss_bytes 0\n"), std::string::npos) << text;
+  EXPECT_NE(text.find("\nmemory.spare_bytes 0\ndaemon.rss_bytes 0\n"), std::string::npos) << text;
 }
 
 TEST(FormatStats, NodeNamesWithSpacesOrPercentStayOneField) {
@@ -179,7 +180,7 @@ TEST(FormatStats, EveryLineIsANameAndANonNegativeInteger) {
     at = end + 1;
     ++lines;
   }
-  EXPECT_EQ(lines, 6 + 14 + 10 + 3 + 3 + 2 * 4 + 2);
+  EXPECT_EQ(lines, 6 + 14 + 10 + 3 + 4 + 2 * 4 + 2);
 }
 
 TEST(ParseProcStatus, ReadsVmRssAndVmHwmInBytes) {

@@ -342,6 +342,45 @@ TEST_F(ChunkStore, MemoryShowsBuffersInFlightAndChunksWaitingToBeRead) {
   EXPECT_EQ(store_->memory().bytes, 4096u);
 }
 
+TEST_F(ChunkStore, StartKeepsSpareBuffersUpToABoundInBytesWhateverTheChunkSize) {
+  MakeStore({.max_spare_bytes = 64 << 10, .chunk_size = 16 << 10}).Start();
+  EXPECT_EQ(store_->memory().spare_bytes, 64u << 10);  // Four of 16 KiB.
+  MakeStore({.max_spare_bytes = 64 << 10, .chunk_size = 64 << 10}).Start();
+  EXPECT_EQ(store_->memory().spare_bytes, 64u << 10);  // One.
+  MakeStore({.max_spare_bytes = 64 << 10, .chunk_size = 128 << 10}).Start();
+  EXPECT_EQ(store_->memory().spare_bytes, 0u);  // A chunk larger than the bound keeps none.
+}
+
+TEST_F(ChunkStore, ReturnedBuffersStayWithinTheSpareBoundPreferringLargerOnes) {
+  // A budget of one chunk: the ready list lets go of each chunk as the next is fetched, so the
+  // buffers go back once `held` drops them, all but the last one fetched.
+  MakeStore({.memory_bytes = 4096, .max_spare_bytes = 8192});
+  {
+    std::vector<fs::ChunkData> held;
+    for (std::uint64_t seed = 1; seed <= 4; ++seed) {
+      CKPTFS_ASSERT_OK_AND_ASSIGN(fs::ChunkData data,
+                                  store_->Get(ServedChunk(4096, seed).key, Deadline()));
+      held.push_back(std::move(data));
+    }
+    EXPECT_EQ(store_->memory().spare_bytes, 0u);
+  }
+  EXPECT_EQ(store_->memory().spare_bytes, 8192u);  // Of three returned, two kept.
+  CKPTFS_ASSERT_OK_AND_ASSIGN(auto larger, ReadAll(ServedChunk(8192, 4)));
+  EXPECT_EQ(store_->memory().spare_bytes, 8192u);  // The two small ones gave way to it.
+  // The larger buffer is reused for a chunk of its size, so none is left idle while it is held.
+  fetcher_.Hold();
+  TestChunk next = ServedChunk(8192, 5);
+  Result<std::vector<std::uint8_t>> read = InternalError("not run");
+  Readers readers(fetcher_);
+  readers.Start([&] { read = ReadAll(next); });
+  ASSERT_TRUE(fetcher_.WaitForHeld(1));
+  EXPECT_EQ(store_->memory().spare_bytes, 0u);
+  fetcher_.Release();
+  readers.Join();
+  ASSERT_TRUE(read.ok()) << read.status().ToString();
+  EXPECT_EQ(store_->memory().spare_bytes, 8192u);
+}
+
 TEST_F(ChunkStore, PrefetchThenReadCausesOneFetch) {
   MakeStore().Start();
   TestChunk chunk = ServedChunk(4096, 1);
