@@ -89,8 +89,11 @@ struct IndexWriter::Impl {
     // 21 s instead of 13 s). The file itself is an ordinary rollback-mode database; the journal
     // mode is not stored in it. synchronous=FULL makes COMMIT fsync the file before the caller
     // renames it. The page cache is raised so that a large build spills less often.
+    // 16 KiB pages, set before the first table: a `blocks` row of a 4 MiB chunk (2 KiB of digests)
+    // left room for only one row in a 4 KiB page, half of it empty; 16 KiB pages hold seven, and
+    // a 100 GiB model's index shrinks from 108 to 63 MB. Readers take the page size from the file.
     return sql::Exec(db.get(),
-                     "PRAGMA journal_mode=MEMORY; PRAGMA synchronous=FULL;"
+                     "PRAGMA page_size=16384; PRAGMA journal_mode=MEMORY; PRAGMA synchronous=FULL;"
                      "PRAGMA cache_size=-65536; BEGIN;");
   }
 

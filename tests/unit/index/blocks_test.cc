@@ -4,6 +4,8 @@
 #include <gtest/gtest.h>
 
 #include <cstdint>
+#include <filesystem>
+#include <fstream>
 #include <string>
 #include <vector>
 
@@ -72,6 +74,39 @@ TEST_F(IndexBlocks, DigestsLiveInTheirOwnTableNotInChunks) {
   // chunks is back to (id, digest, size), so that its rows stay small.
   EXPECT_FALSE(ExecSqlForTesting(path_, "SELECT blocks FROM chunks").ok());
   Must(ExecSqlForTesting(path_, "SELECT chunk, digests FROM blocks"));
+}
+
+// The page size as SQLite's file header records it (offset 16, big-endian; 1 means 65536).
+std::uint32_t PageSizeOf(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  unsigned char header[18] = {};
+  in.read(reinterpret_cast<char*>(header), sizeof(header));
+  const std::uint32_t size = (std::uint32_t{header[16]} << 8) | header[17];
+  return size == 1 ? 65536 : size;
+}
+
+TEST(IndexWriterPages, BlockDigestsOfManyChunksShareAPage) {
+  // 2 KiB of digests per chunk, as a 4 MiB chunk with 64 KiB blocks has.
+  constexpr std::uint64_t kBigChunk = 4 << 20;
+  constexpr std::uint64_t kBigBlock = 64 << 10;
+  constexpr int kChunks = 700;
+  TempDir dir;
+  const std::string path = dir.Path("index.db");
+  {
+    auto writer = Must(IndexWriter::Create(path, kBigChunk, kBigBlock));
+    std::vector<Digest> blocks(kBigChunk / kBigBlock);
+    for (int i = 0; i < kChunks; ++i) {
+      for (std::size_t k = 0; k < blocks.size(); ++k) {
+        const std::uint64_t seed = static_cast<std::uint64_t>(i) * blocks.size() + k;
+        blocks[k] = Sha256(&seed, sizeof(seed));
+      }
+      Must(writer->AddChunk(Sha256(&i, sizeof(i)), kBigChunk, blocks));
+    }
+    Must(writer->Finish(IndexStats{}));
+  }
+  EXPECT_EQ(PageSizeOf(path), 16384u);
+  // One row per 4 KiB page, as before, took at least 4 KiB per chunk for the digests alone.
+  EXPECT_LT(std::filesystem::file_size(path), kChunks * 3000u);
 }
 
 TEST_F(IndexBlocks, VersionOneIndexOpensAndHasNoBlocks) {
