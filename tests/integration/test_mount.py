@@ -319,6 +319,25 @@ def test_fstab_style_options_are_accepted(published, mount):
     assert source_tree.sha256_file(mnt.path("private.key")) == published.tree.sha256["private.key"]
 
 
+@pytest.mark.parametrize("options,warned", [
+    ({}, False),                                   # 64 MiB: 16 chunks of 4 MiB, 10 fetches.
+    ({"memory_cache": "16M"}, True),               # 4 chunks for 10 fetches.
+    ({"memory_cache": "16M", "fetchers": 2}, False),  # 4 chunks for 4 fetches.
+])
+def test_a_memory_cache_too_small_for_the_fetches_is_warned_about(published, mount, options,
+                                                                   warned):
+    mnt = mount(published.index, **options)
+    warnings = [line for line in mnt.result.stderr_lines() if "memory_cache=" in line]
+    if warned:
+        assert len(warnings) == 1, mnt.result.describe()
+        assert "holds 4 chunks of 4.0 MiB, fewer than the 10 fetches" in warnings[0], warnings
+        assert "memory_cache=40M or more" in warnings[0], warnings
+    else:
+        assert warnings == [], mnt.result.describe()
+    # A warning, not a refusal: the mount serves.
+    assert source_tree.sha256_file(mnt.path("private.key")) == published.tree.sha256["private.key"]
+
+
 def _stop_by(how, mnt):
     if how in ("fusermount3", "umount"):
         args = ["fusermount3", "-u", mnt.mountpoint] if how == "fusermount3" else [
