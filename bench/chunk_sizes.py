@@ -33,15 +33,14 @@ import time
 
 import netlimit
 from ckindex import ChunkMap
-from common import (MiB, GiB, Cleanup, Interrupted, MeasureFailed, install_signal_handlers, log,
-                    median, percentile, run, run_bounded)
+from common import (MiB, GiB, Cleanup, Interrupted, MeasureFailed, ReaderJobs,
+                    install_signal_handlers, log, median, percentile, run, sync_and_drop_caches)
 from mounts import CkptfsMount, fresh_dir
-from servers import NginxNode, clear_logs, settle_logs, traffic
+from servers import NginxNode, clear_logs, publish_argv, settle_logs, traffic
 from source import BIG, make_source, small_name
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
-READER = os.path.join(HERE, "reader.py")
 
 
 class Sweep:
@@ -55,7 +54,7 @@ class Sweep:
         self.values = {s: {} for s in self.sizes}
         self.nodes = []
         self.maps = {}
-        self._job = 0
+        self._jobs = ReaderJobs(os.path.join(self.work, "jobs"))
         self._peak = 0.0
         self.big_bytes = args.big_mib * MiB
         self.small_files = [small_name(i) for i in range(args.small_count)]
@@ -82,12 +81,9 @@ class Sweep:
             self.nodes.append(node)
         for size in self.sizes:
             index = self.index(size)
-            argv = [self.binary, "publish", os.path.join(self.work, "src"), "-o", index,
-                    "--replicas", "2", "--chunk-size", size]
-            for n in self.nodes:
-                argv += ["--node", f"{n.name}={n.url}", "--store", f"{n.name}={n.root}"]
             t0 = time.monotonic()
-            run(argv, timeout=1800)
+            run(publish_argv(self.binary, os.path.join(self.work, "src"), index, self.nodes, size),
+                timeout=1800)
             self.maps[size] = ChunkMap(index)
             chunks = sum(len(e) for e in self.maps[size].files.values())
             self.put(size, "publish_s", time.monotonic() - t0)
@@ -102,18 +98,6 @@ class Sweep:
         self.values[size].setdefault(metric, []).append(value)
 
     # --- measurements ---------------------------------------------------------------------------
-
-    def reader(self, job, timeout, mount):
-        self._job += 1
-        path = os.path.join(self.work, "jobs", f"job-{self._job}.json")
-        with open(path, "w") as f:
-            json.dump(job, f)
-        os.sync()
-        out, err = run_bounded([sys.executable, READER, path], timeout, mount.abort)
-        try:
-            return json.loads(out.strip().splitlines()[-1])
-        except (IndexError, ValueError) as e:
-            raise MeasureFailed(f"reader printed no result: {err.strip()[-300:]}") from e
 
     def mount(self, size):
         cache = os.path.join(self.work, "cache", size)
@@ -139,7 +123,7 @@ class Sweep:
             paths = [os.path.join(m.mnt, f) for f in files]
             clear_logs(self.nodes)
             cpu0 = m.cpu()
-            r = self.reader({"mode": "seq", "files": paths, "drop": True}, 600, m)
+            r = self._jobs.run({"mode": "seq", "files": paths, "drop": True}, 600, m)
             cpu = m.cpu() - cpu0
             settle_logs(self.nodes)
             _gets, sent = traffic(self.nodes)
@@ -152,9 +136,7 @@ class Sweep:
     def curl(self, size):
         gets = netlimit.gets_for_files(self.maps[size], [BIG],
                                        {n.name: n.url for n in self.nodes})
-        os.sync()
-        with open("/proc/sys/vm/drop_caches", "w") as f:
-            f.write("3\n")
+        sync_and_drop_caches()
         seconds = netlimit.fetch(gets, streams=8)
         self.put(size, "curl_big", self.big_bytes / MiB / seconds)
 
@@ -162,7 +144,7 @@ class Sweep:
         m = self.mount(size)
         try:
             clear_logs(self.nodes)
-            r = self.reader({"mode": "random", "file": os.path.join(m.mnt, BIG),
+            r = self._jobs.run({"mode": "random", "file": os.path.join(m.mnt, BIG),
                              "offsets": self.offsets, "size": 4096, "drop": True}, 600, m)
             settle_logs(self.nodes)
             _gets, sent = traffic(self.nodes)
@@ -178,7 +160,8 @@ class Sweep:
         m = self.mount(size)
         try:
             files = [os.path.join(m.mnt, f) for f in self.small_files[-5:]]
-            r = self.reader({"mode": "ttfb", "root": m.mnt, "files": files, "drop": True}, 120, m)
+            r = self._jobs.run({"mode": "ttfb", "root": m.mnt, "files": files, "drop": True},
+                               120, m)
         finally:
             self.unmount(size, m)
         self.put(size, "first_byte_ms", median(r["ttfb"]) * 1000)
@@ -270,7 +253,8 @@ def main(argv):
     finally:
         cleanup.run_all()
         shutil.rmtree(sweep.work, ignore_errors=True)
-    print(f"\nChunk-size sweep, {args.runs} run(s), {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    print(f"\nChunk-size sweep, {args.runs} run(s), {when}, "
           f"{(time.monotonic() - t0) / 60:.1f} min; median (each run)\n")
     print(sweep.table())
     if args.out_json:

@@ -4,6 +4,7 @@ Everything here is single-threaded (the bench runs one measurement at a time) ex
 function says otherwise.
 """
 
+import json
 import os
 import signal
 import subprocess
@@ -126,6 +127,35 @@ def run_bounded(cmd, timeout, on_timeout=None, env=None):
         tail = (err or "").strip().splitlines()[-6:]
         raise MeasureFailed(f"worker exited {proc.returncode}: {' | '.join(tail)}")
     return out, err
+
+
+class ReaderJobs:
+    """Runs reader.py jobs, each as its own process from a numbered job file in `jobs_dir`.
+
+    A job that outlives its timeout is killed and `mount`'s FUSE connection aborted. Returns the
+    reader's one JSON result.
+    """
+
+    READER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "reader.py")
+
+    def __init__(self, jobs_dir):
+        self.jobs_dir = jobs_dir
+        self._count = 0
+
+    def run(self, job, timeout, mount=None):
+        self._count += 1
+        path = os.path.join(self.jobs_dir, f"job-{self._count}.json")
+        os.makedirs(self.jobs_dir, exist_ok=True)
+        with open(path, "w") as f:
+            json.dump(job, f)
+        if job.get("drop"):
+            os.sync()  # Write-back outside the worker's clock and timeout.
+        on_timeout = mount.abort if mount is not None else None
+        out, err = run_bounded([sys.executable, self.READER, path], timeout, on_timeout)
+        try:
+            return json.loads(out.strip().splitlines()[-1])
+        except (IndexError, ValueError) as e:
+            raise MeasureFailed(f"reader printed no result: {err.strip()[-300:]}") from e
 
 
 def _kill_group(proc):

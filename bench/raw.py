@@ -5,20 +5,16 @@ Metric ids are "<workload>.<system>.<what>"; report.py names and formats them.
 """
 
 import hashlib
-import json
 import os
 import random
-import sys
-import time
 
 import netlimit
-from common import GiB, MeasureFailed, MiB, log, median, percentile, run_bounded, sync_and_drop_caches
+from common import (GiB, MeasureFailed, MiB, ReaderJobs, log, median, percentile,
+                    sync_and_drop_caches)
 from mounts import CkptfsMount, HttpdirfsMount, RcloneMount, fresh_dir
 from servers import clear_logs, settle_logs, traffic
 from source import BIG, small_name
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-READER = os.path.join(HERE, "reader.py")
 PEERS = ("httpdirfs", "rclone")
 
 
@@ -49,7 +45,7 @@ class RawBench:
         self.ttfb_warm = [small_name((i * n // cfg.ttfb_files + 7) % n)
                           for i in range(cfg.ttfb_files)]
         self.skip = {}  # peer -> reason, once a peer failed (it is not retried in later runs)
-        self._job = 0
+        self._jobs = ReaderJobs(os.path.join(self.work, "jobs"))
 
     # ---- plumbing -------------------------------------------------------------------------
 
@@ -63,19 +59,7 @@ class RawBench:
 
     def worker(self, job, timeout, mount=None):
         """Runs reader.py on a job; a timeout aborts `mount`'s FUSE connection."""
-        self._job += 1
-        path = os.path.join(self.work, "jobs", f"job-{self._job}.json")
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "w") as f:
-            json.dump(job, f)
-        if job.get("drop"):
-            os.sync()  # Write-back outside the worker's clock and timeout.
-        on_timeout = mount.abort if mount is not None else None
-        out, err = run_bounded([sys.executable, READER, path], timeout, on_timeout)
-        try:
-            return json.loads(out.strip().splitlines()[-1])
-        except (IndexError, ValueError) as e:
-            raise MeasureFailed(f"reader printed no result: {err.strip()[-300:]}") from e
+        return self._jobs.run(job, timeout, mount)
 
     def read_timeout(self, nbytes):
         """Generous bound for reading nbytes: a reader under 16 MiB/s is recorded as hung."""

@@ -27,7 +27,7 @@ from mounts import abort_fuse, mount_info
 from raw import RawBench
 from report import chart, console_table, markdown
 from results import Results
-from servers import NginxNode
+from servers import NginxNode, publish_argv
 from source import make_source
 from tfstage import TfStage
 
@@ -197,10 +197,8 @@ def publish(cfg, nodes, res, fresh_source):
     for n in nodes:
         shutil.rmtree(n.root, ignore_errors=True)
         os.makedirs(n.root)
-    argv = [cfg.binary, "publish", os.path.join(cfg.workdir, "src"), "-o", cfg.index,
-            "--replicas", "2", "--chunk-size", cfg.chunk_size]
-    for n in nodes:
-        argv += ["--node", f"{n.name}={n.url}", "--store", f"{n.name}={n.root}"]
+    argv = publish_argv(cfg.binary, os.path.join(cfg.workdir, "src"), cfg.index, nodes,
+                        cfg.chunk_size)
     t0 = time.monotonic()
     cp = run(argv, timeout=1800)
     res.meta["publish_seconds"] = time.monotonic() - t0

@@ -182,3 +182,12 @@ def traffic(nodes):
                 gets += 1
                 sent += nbytes
     return gets, sent
+
+
+def publish_argv(binary, src, index, nodes, chunk_size, replicas=2):
+    """`ckptfs publish` of `src` into `index`, each node's objects written into its root."""
+    argv = [binary, "publish", src, "-o", index, "--replicas", str(replicas),
+            "--chunk-size", chunk_size]
+    for n in nodes:
+        argv += ["--node", f"{n.name}={n.url}", "--store", f"{n.name}={n.root}"]
+    return argv

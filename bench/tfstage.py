@@ -12,6 +12,7 @@ import netlimit
 from ckindex import ChunkMap
 from common import MeasureFailed, MiB, log, run, run_bounded
 from mounts import CkptfsMount, fresh_dir
+from servers import publish_argv
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 WORKER = os.path.join(HERE, "tf_worker.py")
@@ -82,11 +83,8 @@ class TfStage:
         log("tf: " + ", ".join(f"{rel} {n / MiB:.0f} MiB" for rel, n in sizes.items()))
 
     def publish(self):
-        argv = [self.cfg.binary, "publish", self.src, "-o", self.index, "--replicas", "2",
-                "--chunk-size", self.cfg.chunk_size]
-        for n in self.nodes:
-            argv += ["--node", f"{n.name}={n.url}", "--store", f"{n.name}={n.root}"]
-        run(argv, timeout=1800)
+        run(publish_argv(self.cfg.binary, self.src, self.index, self.nodes, self.cfg.chunk_size),
+            timeout=1800)
 
     def run_once(self, run_no):
         mounts = {}
