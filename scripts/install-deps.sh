@@ -13,12 +13,13 @@ fi
 
 export DEBIAN_FRONTEND=noninteractive
 apt-get update
-# dpkg-dev and file: the .deb target (cpack runs dpkg-shlibdeps on the files `file` says are ELF).
+# dpkg-dev and file: the .deb target (cpack runs dpkg-shlibdeps on the files `file` says are ELF);
+# lintian: the package test checks the .deb with it.
 apt-get install -y --no-install-recommends \
   build-essential cmake pkg-config dpkg-dev file \
   libfuse3-dev fuse3 libcurl4-openssl-dev libsqlite3-dev libssl-dev \
   googletest libgtest-dev libcli11-dev nlohmann-json3-dev \
-  nginx-light sqlite3 curl ca-certificates \
+  nginx-light sqlite3 curl ca-certificates lintian \
   python3 python3-venv clang-format psmisc procps util-linux diffutils
 
 # The tests start their own nginx processes on free ports; a packaged nginx service that apt may

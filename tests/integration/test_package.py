@@ -66,16 +66,59 @@ def test_package_depends_on_fuse3_and_every_library_it_links(package):
     assert {"fuse3", "libfuse3-3", "libcurl4", "libsqlite3-0", "libssl3", "libc6"} <= depends
 
 
-def test_package_holds_the_binary_the_mount_helper_and_the_man_page(package):
+def _gunzip_text(path):
+    with gzip.open(path, "rt") as f:
+        return f.read()
+
+
+def test_package_holds_the_binary_the_mount_helper_and_their_man_pages(package):
     _, root, _ = package
     binary = os.path.join(root, "usr/bin/ckptfs")
     assert os.access(binary, os.X_OK)
     helper = os.path.join(root, "usr/sbin/mount.ckptfs")
     assert os.readlink(helper) == "../bin/ckptfs"
-    with gzip.open(os.path.join(root, "usr/share/man/man1/ckptfs.1.gz"), "rt") as f:
-        man = f.read()
+    man = _gunzip_text(os.path.join(root, "usr/share/man/man1/ckptfs.1.gz"))
     assert man.startswith(".TH CKPTFS 1"), man[:200]
     assert "mount.ckptfs" in man
+    man8 = _gunzip_text(os.path.join(root, "usr/share/man/man8/mount.ckptfs.8.gz"))
+    assert man8.startswith(".TH MOUNT.CKPTFS 8"), man8[:200]
+    assert "fstab" in man8
+
+
+def test_package_has_a_copyright_file_with_the_notice_of_the_code_compiled_in(package):
+    _, root, _ = package
+    with open(os.path.join(root, "usr/share/doc/ckptfs/copyright")) as f:
+        copyright_text = f.read()
+    assert "the ckptfs developers" in copyright_text
+    # CLI11 is header-only, so its code is in the binary and its BSD licence asks for its notice.
+    assert "University of Cincinnati" in copyright_text
+    assert "Redistributions in binary form must reproduce" in copyright_text
+
+
+def test_package_changelog_is_for_the_packaged_version(package):
+    _, root, control = package
+    changelog = _gunzip_text(os.path.join(root, "usr/share/doc/ckptfs/changelog.gz"))
+    first = changelog.splitlines()[0]
+    assert first.startswith(f"ckptfs ({control['Version']}) "), first
+
+
+def test_packaged_binary_has_a_read_only_global_offset_table(package):
+    _, root, _ = package
+    binary = os.path.join(root, "usr/bin/ckptfs")
+    dynamic = ckptfs_cli.run(["readelf", "-dW", binary], timeout=30)
+    assert dynamic.returncode == 0, dynamic.describe()
+    assert re.search(r"\(FLAGS\).*\bBIND_NOW\b|\(BIND_NOW\)", dynamic.stdout), dynamic.stdout
+    segments = ckptfs_cli.run(["readelf", "-lW", binary], timeout=30)
+    assert segments.returncode == 0, segments.describe()
+    assert "GNU_RELRO" in segments.stdout
+
+
+def test_lintian_finds_no_error_or_warning_in_the_package(package):
+    deb, _, _ = package
+    result = ckptfs_cli.run(["lintian", "--fail-on", "error,warning", deb], timeout=300)
+    assert result.returncode == 0, result.describe()
+    tags = [line for line in result.stdout.splitlines() if line[:2] in ("E:", "W:")]
+    assert not tags, tags
 
 
 def test_packaged_mount_helper_mounts_an_index_as_mount8_runs_it(package, published, mount):
