@@ -57,7 +57,10 @@ def test_package_is_named_and_versioned_like_the_binary(package):
     assert version.returncode == 0, version.describe()
     assert control["Package"] == "ckptfs"
     assert control["Version"] == version.stdout.strip()
-    assert os.path.basename(deb) == f"ckptfs_{version.stdout.strip()}_amd64.deb"
+    arch = ckptfs_cli.run(["dpkg", "--print-architecture"], timeout=30)
+    assert arch.returncode == 0, arch.describe()
+    assert control["Architecture"] == arch.stdout.strip()
+    assert os.path.basename(deb) == f"ckptfs_{version.stdout.strip()}_{arch.stdout.strip()}.deb"
 
 
 def test_package_depends_on_fuse3_and_every_library_it_links(package):
