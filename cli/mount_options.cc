@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <charconv>
 #include <cmath>
 #include <cstdlib>
 #include <set>
@@ -17,6 +18,18 @@ const std::set<std::string>& FstabNoOps() {
       "ro",     "defaults", "_netdev",  "noauto", "auto",   "user", "nouser",
       "nofail", "noatime",  "relatime", "nodev",  "nosuid", "exec", "noexec"};
   return kNoOps;
+}
+
+// A whole number in [low, high] for option `key`.
+Result<int> ParseCount(const std::string& key, const std::string& value, int low, int high) {
+  int n = 0;
+  const char* end = value.data() + value.size();
+  const auto [ptr, ec] = std::from_chars(value.data(), end, n);
+  if (ec != std::errc() || ptr != end || n < low || n > high) {
+    return InvalidArgumentError(key + " must be a whole number between " + std::to_string(low) +
+                                " and " + std::to_string(high) + ", not '" + value + "'");
+  }
+  return n;
 }
 
 Status ApplyOne(const std::string& key, const std::string& value, bool has_value,
@@ -45,9 +58,10 @@ Status ApplyOne(const std::string& key, const std::string& value, bool has_value
     options.timeout = std::chrono::duration_cast<Duration>(std::chrono::duration<double>(seconds));
   } else if (key == "fetchers") {
     CKPTFS_RETURN_IF_ERROR(need_value());
-    CKPTFS_ASSIGN_OR_RETURN(std::uint64_t n, ParseSize(value));
-    if (n < 1 || n > 64) return InvalidArgumentError("fetchers must be between 1 and 64");
-    options.fetch_threads = static_cast<int>(n);
+    CKPTFS_ASSIGN_OR_RETURN(options.fetch_threads, ParseCount(key, value, 1, 64));
+  } else if (key == "fetch_parts") {
+    CKPTFS_RETURN_IF_ERROR(need_value());
+    CKPTFS_ASSIGN_OR_RETURN(options.fetch_parts, ParseCount(key, value, 1, 16));
   } else if (key == "kernel_readahead") {
     CKPTFS_RETURN_IF_ERROR(need_value());
     CKPTFS_ASSIGN_OR_RETURN(options.kernel_readahead, ParseSize(value));

@@ -29,6 +29,9 @@ struct MountOptions {
   // A file read from its start to its end continues its readahead into the next files of its
   // directory (dir_readahead=0|1).
   bool dir_readahead = true;
+  // A chunk fetched while no other fetch is under way is fetched as up to this many parallel
+  // Range GETs (fetch_parts=N; 1: one GET always).
+  int fetch_parts = 4;
 };
 
 // Applies one comma-separated -o list (may be called once per -o). Unknown options and bad values

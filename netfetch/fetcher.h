@@ -15,6 +15,18 @@
 // and the overall deadline. With block digests, a failover resumes on the next replica with a
 // Range GET from the end of the verified prefix instead of starting over. Bytes that were not
 // verified are never reported as such.
+//
+// Lone fetches in parts. A whole-chunk Fetch that starts while no other Fetch of this fetcher is
+// under way (a file read on its own, the first chunk of a read) and that one GET would take long
+// over (RetryOptions::split_after, at the fastest speed measured from the chunk's nodes) is split
+// into up to RetryOptions::lone_fetch_parts Range GETs of consecutive runs of blocks, sent at
+// once, each on its own thread and, where the replicas allow, to different nodes: where one
+// connection is slow (a long round trip, a server that caps each connection) parts multiply
+// it, and they are received and hashed on several cores. Each part fails over on its own. The
+// verified prefix reported to on_verified grows block by block with the first part, then part
+// by part. A fast single stream is left alone: on a box whose cores are the limit, parts only
+// move the first bytes later. While other fetches run, connections and cores are busy already,
+// and a chunk stays one GET.
 // Thread safety: Fetch and FetchBlocks may be called from many threads at once.
 #pragma once
 
@@ -110,6 +122,14 @@ struct RetryOptions {
   // Pause between rounds when every replica failed, doubling up to max_backoff.
   Duration round_pause = std::chrono::milliseconds(100);
   std::uint64_t jitter_seed = 0x5eed;
+  // A lone Fetch (see the top of this file) is split into at most this many parts; 1: never.
+  int lone_fetch_parts = 4;
+  // No part is shorter than this, so a small chunk is split into fewer parts, or none.
+  std::uint64_t min_part_bytes = 1ull << 20;
+  // Only a chunk that one GET would take at least this long to bring is split. A chunk none of
+  // whose nodes has been measured yet counts as instant (one GET measures them); zero splits
+  // every lone fetch.
+  Duration split_after = std::chrono::milliseconds(20);
 };
 
 // Counters for `ckptfs stats` and the logs.
@@ -125,6 +145,7 @@ struct FetchCounters {
   std::atomic<std::uint64_t> range_fetches{0};         // FetchBlocks calls.
   std::atomic<std::uint64_t> range_bytes_fetched{0};   // Verified bytes delivered by FetchBlocks.
   std::atomic<std::uint64_t> failed_range_fetches{0};  // FetchBlocks that failed at the deadline.
+  std::atomic<std::uint64_t> split_fetches{0};  // Lone Fetch calls split into parallel parts.
 
   // Calls visit(name, value) for each counter, in the order above; the names are the ones
   // `ckptfs stats` shows.
@@ -140,6 +161,7 @@ struct FetchCounters {
     visit("range_fetches", range_fetches.load());
     visit("range_bytes_fetched", range_bytes_fetched.load());
     visit("failed_range_fetches", failed_range_fetches.load());
+    visit("split_fetches", split_fetches.load());
   }
 };
 
@@ -175,11 +197,19 @@ class RetryingFetcher final : public ChunkFetcher {
   struct NodeState;
   class Verifier;
   NodeState* FindNode(std::int64_t id);
-  std::vector<NodeState*> OrderReplicas(const ChunkRef& chunk);
+  // Best replica first; `*healthy` (if given) is told how many lead the list not backing off.
+  std::vector<NodeState*> OrderReplicas(const ChunkRef& chunk, std::size_t* healthy = nullptr);
   // Rounds over the replicas until `verifier` has all of its bytes or the deadline passes.
-  // `what` names the bytes in the final error.
+  // `what` names the bytes in the final error. The first round starts with `first_choice` if it
+  // holds a replica (the parts of one fetch start on different nodes).
   Status RunRounds(const ChunkRef& chunk, Verifier& verifier, TimePoint deadline,
-                   const std::string& what);
+                   const std::string& what, NodeState* first_choice = nullptr);
+  // How many parts a Fetch of `chunk` is split into, given how many Fetch calls are under way
+  // counting this one, and the speed measured from its nodes; 1: not split.
+  std::size_t LoneFetchParts(const ChunkRef& chunk, int fetches_under_way);
+  // Fetch of `chunk` as `parts` parallel Range GETs (REQUIRES: parts > 1, block digests).
+  Status FetchInParts(const ChunkRef& chunk, std::span<std::uint8_t> dst, TimePoint deadline,
+                      const VerifiedCallback& on_verified, std::size_t parts);
   // One GET (or Range GET, resuming after the verified prefix) from `node`, verifying as the
   // body arrives; updates the node's health.
   Status TryReplica(NodeState& node, const ChunkRef& chunk, Verifier& verifier, TimePoint deadline);
@@ -194,6 +224,7 @@ class RetryingFetcher final : public ChunkFetcher {
   mutable std::mutex mu_;  // Guards the health fields of nodes_ and rng_.
   std::mt19937_64 rng_;
   FetchCounters counters_;
+  std::atomic<int> fetches_under_way_{0};  // Fetch calls running now.
 };
 
 // "<base>/chunks/<hh>/<hex>".

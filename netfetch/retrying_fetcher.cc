@@ -1,8 +1,12 @@
 #include <algorithm>
+#include <condition_variable>
 #include <limits>
+#include <mutex>
 #include <optional>
 #include <random>
 #include <string>
+#include <system_error>
+#include <thread>
 #include <utility>
 
 #include "common/log.h"
@@ -18,16 +22,21 @@ constexpr double kThroughputWeight = 0.3;
 // A zero pause would spin through rounds without letting time pass.
 constexpr Duration kMinRoundPause = std::chrono::milliseconds(1);
 
-// Keeps a node's in-flight count right on every exit path of a transport call.
+// Keeps an in-flight count (a node's requests, the fetcher's Fetch calls) right on every exit
+// path.
 class InFlightGuard {
  public:
-  explicit InFlightGuard(std::atomic<int>& count) : count_(count) { ++count_; }
+  explicit InFlightGuard(std::atomic<int>& count) : count_(count), on_entry_(++count) {}
   ~InFlightGuard() { --count_; }
   InFlightGuard(const InFlightGuard&) = delete;
   InFlightGuard& operator=(const InFlightGuard&) = delete;
 
+  // The count just after this guard entered, itself included.
+  int on_entry() const { return on_entry_; }
+
  private:
   std::atomic<int>& count_;
+  const int on_entry_;
 };
 
 double Seconds(Duration d) { return std::chrono::duration<double>(d).count(); }
@@ -159,13 +168,105 @@ Status RetryingFetcher::Fetch(const ChunkRef& chunk, std::span<std::uint8_t> dst
                                 hex + " of " + std::to_string(chunk.size) + " bytes");
   }
   CKPTFS_RETURN_IF_ERROR(CheckBlockList(chunk));
-  Verifier verifier(chunk, 0, dst, on_verified);
-  Status status = RunRounds(chunk, verifier, deadline, "chunk " + hex);
+  const InFlightGuard under_way(fetches_under_way_);
+  Status status;
+  if (const std::size_t parts = LoneFetchParts(chunk, under_way.on_entry()); parts > 1) {
+    status = FetchInParts(chunk, dst, deadline, on_verified, parts);
+  } else {
+    Verifier verifier(chunk, 0, dst, on_verified);
+    status = RunRounds(chunk, verifier, deadline, "chunk " + hex);
+  }
   if (status.ok()) {
     counters_.bytes_fetched += dst.size();
   } else if (status.code() == StatusCode::kDeadlineExceeded) {
     ++counters_.failed_fetches;
   }
+  return status;
+}
+
+std::size_t RetryingFetcher::LoneFetchParts(const ChunkRef& chunk, int fetches_under_way) {
+  if (fetches_under_way != 1 || chunk.blocks.empty() || options_.lone_fetch_parts <= 1) return 1;
+  if (options_.split_after > Duration::zero()) {
+    double fastest = 0;  // Bytes per second; 0: no node of the chunk measured.
+    {
+      std::lock_guard lock(mu_);
+      for (std::int64_t id : chunk.nodes) {
+        if (const NodeState* node = FindNode(id)) {
+          fastest = std::max(fastest, node->bytes_per_second);
+        }
+      }
+    }
+    if (fastest <= 0 || static_cast<double>(chunk.size) / fastest < Seconds(options_.split_after)) {
+      return 1;
+    }
+  }
+  const std::uint64_t min_part = std::max<std::uint64_t>(options_.min_part_bytes, 1);
+  const std::uint64_t most = std::min<std::uint64_t>(
+      static_cast<std::uint64_t>(options_.lone_fetch_parts), chunk.blocks.size());
+  return static_cast<std::size_t>(std::clamp<std::uint64_t>(chunk.size / min_part, 1, most));
+}
+
+Status RetryingFetcher::FetchInParts(const ChunkRef& chunk, std::span<std::uint8_t> dst,
+                                     TimePoint deadline, const VerifiedCallback& on_verified,
+                                     std::size_t parts) {
+  ++counters_.split_fetches;
+  const std::string hex = chunk.digest.Hex();
+  // Whole blocks per part, the first parts taking one more when they do not divide evenly.
+  std::vector<ByteRange> ranges;
+  ranges.reserve(parts);
+  const std::size_t blocks = chunk.blocks.size();
+  for (std::size_t k = 0, first = 0; k < parts; ++k) {
+    const std::size_t count = blocks / parts + (k < blocks % parts ? 1 : 0);
+    ranges.push_back(BlockBytes(chunk, first, first + count));
+    first += count;
+  }
+  // Part k starts on the k-th healthy replica, round robin, so that parts share out the nodes.
+  // The order is taken once: parts starting together would all see the same nodes idle.
+  std::size_t healthy = 0;
+  const std::vector<NodeState*> order = OrderReplicas(chunk, &healthy);
+  const auto run_part = [&](std::size_t k, const VerifiedCallback& progress) {
+    Verifier verifier(chunk, ranges[k].offset, dst.subspan(ranges[k].offset, ranges[k].length),
+                      progress);
+    return RunRounds(chunk, verifier, deadline, "part " + std::to_string(k) + " of chunk " + hex,
+                     healthy > 0 ? order[k % healthy] : nullptr);
+  };
+  static const VerifiedCallback kNobody;
+  std::mutex mu;
+  std::condition_variable part_done;
+  std::vector<std::optional<Status>> results(parts);  // GUARDED_BY(mu)
+  std::vector<std::thread> helpers;
+  helpers.reserve(parts - 1);
+  for (std::size_t k = 1; k < parts; ++k) {
+    try {
+      helpers.emplace_back([&, k] {
+        Status status = run_part(k, kNobody);
+        {
+          std::lock_guard lock(mu);
+          results[k] = std::move(status);
+        }
+        part_done.notify_all();
+      });
+    } catch (const std::system_error&) {
+      break;  // No thread to be had: the parts left run on this thread, after the first.
+    }
+  }
+  // The first part runs here, so that on_verified follows it block by block: it is the prefix
+  // that a reader of the chunk's start is waiting for.
+  Status status = run_part(0, on_verified);
+  for (std::size_t k = 1; k < parts; ++k) {
+    Status part;
+    if (k <= helpers.size()) {
+      std::unique_lock lock(mu);
+      part_done.wait(lock, [&] { return results[k].has_value(); });
+      part = *results[k];
+    } else if (status.ok()) {
+      part = run_part(k, kNobody);
+    }
+    if (!status.ok()) continue;  // Still waiting for the helpers, which write into dst.
+    status = std::move(part);
+    if (status.ok() && on_verified) on_verified(ranges[k].offset + ranges[k].length);
+  }
+  for (std::thread& helper : helpers) helper.join();
   return status;
 }
 
@@ -202,8 +303,11 @@ Status RetryingFetcher::FetchBlocks(const ChunkRef& chunk, std::size_t first_blo
 }
 
 Status RetryingFetcher::RunRounds(const ChunkRef& chunk, Verifier& verifier, TimePoint deadline,
-                                  const std::string& what) {
+                                  const std::string& what, NodeState* first_choice) {
   std::vector<NodeState*> replicas = OrderReplicas(chunk);
+  if (auto it = std::find(replicas.begin(), replicas.end(), first_choice); it != replicas.end()) {
+    std::rotate(replicas.begin(), it, it + 1);
+  }
   if (replicas.empty()) {
     return NotFoundError("chunk " + chunk.digest.Hex() + " has no replica on a known node");
   }
@@ -246,7 +350,8 @@ RetryingFetcher::NodeState* RetryingFetcher::FindNode(std::int64_t id) {
   return nullptr;
 }
 
-std::vector<RetryingFetcher::NodeState*> RetryingFetcher::OrderReplicas(const ChunkRef& chunk) {
+std::vector<RetryingFetcher::NodeState*> RetryingFetcher::OrderReplicas(const ChunkRef& chunk,
+                                                                        std::size_t* healthy) {
   struct Candidate {
     NodeState* node;
     bool backing_off;
@@ -280,6 +385,10 @@ std::vector<RetryingFetcher::NodeState*> RetryingFetcher::OrderReplicas(const Ch
                      if (a.in_flight != b.in_flight) return a.in_flight < b.in_flight;
                      return a.speed > b.speed;
                    });
+  if (healthy != nullptr) {
+    *healthy = static_cast<std::size_t>(std::count_if(
+        candidates.begin(), candidates.end(), [](const Candidate& c) { return !c.backing_off; }));
+  }
   std::vector<NodeState*> ordered;
   ordered.reserve(candidates.size());
   for (const Candidate& c : candidates) ordered.push_back(c.node);

@@ -12,6 +12,7 @@ Popen handle is the server itself: SIGTERM stops it, SIGKILL is the fallback. Th
 once and kept across stop()/start(), because the index records the node's URL.
 """
 
+import collections
 import ctypes
 import os
 import re
@@ -54,6 +55,7 @@ http {{
     server {{
         listen 127.0.0.1:{port};
         server_name localhost;
+        {limit_rate}
         root {dir}/www;
         client_max_body_size 0;
 
@@ -100,7 +102,9 @@ def require_nginx():
 class NginxNode:
     """One nginx node. Not thread safe: drive it from the test's thread."""
 
-    def __init__(self, name, directory, port=None):
+    def __init__(self, name, directory, port=None, limit_rate=None):
+        """limit_rate (nginx syntax, "16m"): caps what each connection is sent per second, like a
+        store that limits every connection, or a link with a long round trip."""
         require_nginx()
         self.name = name
         self.dir = os.path.abspath(directory)
@@ -109,7 +113,8 @@ class NginxNode:
         for sub in ("www", "tmp"):
             os.makedirs(os.path.join(self.dir, sub), exist_ok=True)
         with open(self.conf_path, "w") as f:
-            f.write(_CONFIG.format(dir=self.dir, port=self.port))
+            f.write(_CONFIG.format(dir=self.dir, port=self.port,
+                                   limit_rate=f"limit_rate {limit_rate};" if limit_rate else ""))
         open(self.access_log, "a").close()
 
     @property
@@ -251,6 +256,18 @@ def settle_range_gets(nodes):
     return {node.name: node.range_gets() for node in nodes}
 
 
+def settle_chunk_bytes(nodes):
+    """Body bytes sent of each chunk object, whole and Range GETs together, once the logs are
+    quiet: {hex digest: bytes}. A chunk fetched once, in one GET or as parallel parts (a lone
+    fetch), shows exactly its size."""
+    settle_chunk_gets(nodes)
+    sent = collections.Counter()
+    for node in nodes:
+        for digest, n in node.chunk_gets() + node.range_gets():
+            sent[digest] += n
+    return sent
+
+
 def settle_chunk_gets(nodes, quiet=0.7, limit=10.0):
     """Chunk GETs per node once the access logs stopped growing for `quiet` seconds.
 
@@ -258,7 +275,7 @@ def settle_chunk_gets(nodes, quiet=0.7, limit=10.0):
     read returns; waiting for a quiet period catches both.
     """
     def snapshot():
-        return {node.name: node.chunk_gets() for node in nodes}
+        return {node.name: (node.chunk_gets(), node.range_gets()) for node in nodes}
 
     last = snapshot()
     stable_since = time.monotonic()
@@ -270,4 +287,4 @@ def settle_chunk_gets(nodes, quiet=0.7, limit=10.0):
             last, stable_since = now, time.monotonic()
         elif time.monotonic() - stable_since >= quiet:
             break
-    return last
+    return {name: whole for name, (whole, _) in last.items()}

@@ -13,7 +13,7 @@ import pytest
 import ckptfs_cli
 import source_tree
 from index_db import IndexDb
-from nginx_node import settle_chunk_gets, settle_range_gets
+from nginx_node import settle_chunk_bytes, settle_chunk_gets, settle_range_gets
 from source_tree import MiB
 
 SHARDS = 12
@@ -50,12 +50,9 @@ def _read_in_order(mnt, files, count):
 
 
 def _fetched(cluster):
-    """{digest: GET count} of whole-chunk GETs, once the logs are quiet."""
-    counts = {}
-    for gets in settle_chunk_gets(cluster).values():
-        for digest, _ in gets:
-            counts[digest] = counts.get(digest, 0) + 1
-    return counts
+    """{digest: times fetched} once the logs are quiet, as bytes sent over the chunk size: a
+    chunk fetched once, in one GET or as parallel parts, counts 1."""
+    return {digest: sent / CHUNK for digest, sent in settle_chunk_bytes(cluster).items()}
 
 
 def test_reading_files_in_order_fetches_the_next_files_before_they_are_opened(

@@ -20,7 +20,7 @@ TEST(MountOptions, AcceptsEveryOptionAndSetsItsField) {
   CKPTFS_ASSERT_OK(ApplyMountOptionList(
       "cache_dir=/var/tmp/c,cache_size=2G,node.n1=http://127.0.0.1:8080,timeout=2.5,"
       "allow_other,debug,fetchers=4,readahead=8M,memory_cache=32M,index_cache=0,"
-      "dir_readahead=0",
+      "dir_readahead=0,fetch_parts=2",
       options));
   EXPECT_EQ(options.cache_dir, "/var/tmp/c");
   EXPECT_EQ(options.cache_size, 2ull << 30);
@@ -34,6 +34,7 @@ TEST(MountOptions, AcceptsEveryOptionAndSetsItsField) {
   EXPECT_EQ(options.memory_cache, 32ull << 20);
   EXPECT_EQ(options.index_cache, 0u);
   EXPECT_FALSE(options.dir_readahead);
+  EXPECT_EQ(options.fetch_parts, 2);
 }
 
 TEST(MountOptions, DefaultsAreKeptForOptionsNotGiven) {
@@ -131,12 +132,25 @@ TEST(MountOptions, RejectsBadTimeoutsAndFetcherCounts) {
   EXPECT_FALSE(ApplyMountOptionList("timeout=soon", options).ok());
   ExpectRejected("fetchers=0", "fetchers");
   ExpectRejected("fetchers=65", "fetchers");
-  EXPECT_FALSE(ApplyMountOptionList("fetchers=many", options).ok());
+  ExpectRejected("fetchers=many", "fetchers");
+  ExpectRejected("fetchers=4k", "fetchers");
+}
+
+TEST(MountOptions, FetchPartsIsBetweenOneAndSixteen) {
+  MountOptions options;
+  EXPECT_EQ(options.fetch_parts, 4);
+  CKPTFS_ASSERT_OK(ApplyMountOptionList("fetch_parts=1", options));
+  EXPECT_EQ(options.fetch_parts, 1);
+  CKPTFS_ASSERT_OK(ApplyMountOptionList("fetch_parts=16", options));
+  EXPECT_EQ(options.fetch_parts, 16);
+  ExpectRejected("fetch_parts=0", "fetch_parts");
+  ExpectRejected("fetch_parts=17", "fetch_parts");
+  ExpectRejected("fetch_parts=all", "fetch_parts");
 }
 
 TEST(MountOptions, RejectsMissingValues) {
   for (const char* key : {"cache_dir", "cache_size", "timeout", "fetchers", "readahead",
-                          "dir_readahead", "node.n1"}) {
+                          "dir_readahead", "fetch_parts", "node.n1"}) {
     ExpectRejected(key, key);
     ExpectRejected(std::string(key) + "=", key);
   }

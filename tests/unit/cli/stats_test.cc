@@ -53,6 +53,7 @@ struct NumberedCounters {
     fetch.range_fetches = 38;
     fetch.range_bytes_fetched = 39;
     fetch.failed_range_fetches = 40;
+    fetch.split_fetches = 140;
   }
 
   StatsSources Sources() const {
@@ -125,6 +126,7 @@ TEST(FormatStats, WritesEveryNumberAsANameValueLineInAStableOrder) {
             "fetch.range_fetches 38\n"
             "fetch.range_bytes_fetched 39\n"
             "fetch.failed_range_fetches 40\n"
+            "fetch.split_fetches 140\n"
             "cache.used_bytes 41\n"
             "cache.capacity_bytes 42\n"
             "cache.entries 43\n"
@@ -180,7 +182,7 @@ TEST(FormatStats, EveryLineIsANameAndANonNegativeInteger) {
     at = end + 1;
     ++lines;
   }
-  EXPECT_EQ(lines, 6 + 14 + 10 + 3 + 4 + 2 * 4 + 2);
+  EXPECT_EQ(lines, 6 + 14 + 11 + 3 + 4 + 2 * 4 + 2);
 }
 
 TEST(ParseProcStatus, ReadsVmRssAndVmHwmInBytes) {

@@ -12,6 +12,7 @@
 #include "tests/support/fake_clock.h"
 #include "tests/support/pattern_bytes.h"
 #include "tests/support/scripted_transport.h"
+#include "tests/support/test_chunk.h"
 
 namespace ckptfs {
 namespace {
@@ -20,42 +21,23 @@ using namespace std::chrono_literals;
 using netfetch::ChunkRef;
 using netfetch::ChunkUrl;
 using netfetch::NodeEndpoint;
+using testing::CorruptedAt;
 using testing::FakeClock;
+using testing::MakeTestChunk;
 using testing::PatternBytes;
 using testing::ScriptedRange;
 using testing::ScriptedResponse;
 using testing::ScriptedTransport;
+using testing::TestChunk;
 
 constexpr std::uint64_t kBlock = 4096;
 // Three blocks: 4096, 4096 and a 1808-byte tail.
 constexpr std::uint64_t kSize = 10000;
 
-struct TestChunk {
-  std::vector<std::uint8_t> bytes;
-  ChunkRef ref;
-};
-
-// A chunk with block digests computed here, slice by slice.
+// A chunk with block digests of kBlock bytes, or none.
 TestChunk MakeChunk(std::uint32_t seed, std::vector<std::int64_t> nodes, bool with_blocks = true,
                     std::size_t size = kSize) {
-  TestChunk chunk;
-  chunk.bytes = PatternBytes(size, seed);
-  chunk.ref.digest = Sha256(chunk.bytes.data(), chunk.bytes.size());
-  chunk.ref.size = size;
-  chunk.ref.nodes = std::move(nodes);
-  if (with_blocks) {
-    chunk.ref.block_size = kBlock;
-    for (std::size_t at = 0; at < size; at += kBlock) {
-      chunk.ref.blocks.push_back(Sha256(chunk.bytes.data() + at, std::min(kBlock, size - at)));
-    }
-  }
-  return chunk;
-}
-
-// Flips one byte at `at`.
-std::vector<std::uint8_t> CorruptedAt(std::vector<std::uint8_t> bytes, std::size_t at) {
-  bytes[at] ^= 0x01;
-  return bytes;
+  return MakeTestChunk(seed, std::move(nodes), size, with_blocks ? kBlock : 0);
 }
 
 class BlockFetch : public ::testing::Test {
