@@ -1,7 +1,5 @@
 #include <algorithm>
-#include <condition_variable>
 #include <limits>
-#include <mutex>
 #include <optional>
 #include <random>
 #include <string>
@@ -231,21 +229,13 @@ Status RetryingFetcher::FetchInParts(const ChunkRef& chunk, std::span<std::uint8
                      healthy > 0 ? order[k % healthy] : nullptr);
   };
   static const VerifiedCallback kNobody;
-  std::mutex mu;
-  std::condition_variable part_done;
-  std::vector<std::optional<Status>> results(parts);  // GUARDED_BY(mu)
+  // Helper thread k - 1 runs part k and writes results[k]; joining it is what makes that visible.
+  std::vector<Status> results(parts);
   std::vector<std::thread> helpers;
   helpers.reserve(parts - 1);
   for (std::size_t k = 1; k < parts; ++k) {
     try {
-      helpers.emplace_back([&, k] {
-        Status status = run_part(k, kNobody);
-        {
-          std::lock_guard lock(mu);
-          results[k] = std::move(status);
-        }
-        part_done.notify_all();
-      });
+      helpers.emplace_back([&, k] { results[k] = run_part(k, kNobody); });
     } catch (const std::system_error&) {
       break;  // No thread to be had: the parts left run on this thread, after the first.
     }
@@ -254,19 +244,15 @@ Status RetryingFetcher::FetchInParts(const ChunkRef& chunk, std::span<std::uint8
   // that a reader of the chunk's start is waiting for.
   Status status = run_part(0, on_verified);
   for (std::size_t k = 1; k < parts; ++k) {
-    Status part;
     if (k <= helpers.size()) {
-      std::unique_lock lock(mu);
-      part_done.wait(lock, [&] { return results[k].has_value(); });
-      part = *results[k];
+      helpers[k - 1].join();  // Even after a failure: the helpers write into dst.
     } else if (status.ok()) {
-      part = run_part(k, kNobody);
+      results[k] = run_part(k, kNobody);
     }
-    if (!status.ok()) continue;  // Still waiting for the helpers, which write into dst.
-    status = std::move(part);
+    if (!status.ok()) continue;
+    status = results[k];
     if (status.ok() && on_verified) on_verified(ranges[k].offset + ranges[k].length);
   }
-  for (std::thread& helper : helpers) helper.join();
   return status;
 }
 

@@ -11,8 +11,7 @@
 #include "netfetch/fetcher.h"
 #include "tests/support/fake_clock.h"
 #include "tests/support/pattern_bytes.h"
-#include "tests/support/scripted_transport.h"
-#include "tests/support/test_chunk.h"
+#include "tests/support/scripted_fetcher_test.h"
 
 namespace ckptfs {
 namespace {
@@ -25,6 +24,7 @@ using testing::CorruptedAt;
 using testing::FakeClock;
 using testing::MakeTestChunk;
 using testing::PatternBytes;
+using testing::ScriptedFetcherTest;
 using testing::ScriptedRange;
 using testing::ScriptedResponse;
 using testing::ScriptedTransport;
@@ -40,31 +40,7 @@ TestChunk MakeChunk(std::uint32_t seed, std::vector<std::int64_t> nodes, bool wi
   return MakeTestChunk(seed, std::move(nodes), size, with_blocks ? kBlock : 0);
 }
 
-class BlockFetch : public ::testing::Test {
- protected:
-  std::unique_ptr<netfetch::RetryingFetcher> MakeFetcher() {
-    return std::make_unique<netfetch::RetryingFetcher>(nodes_, &transport_, &clock_);
-  }
-  static std::string Url(std::int64_t id, const TestChunk& chunk) {
-    return ChunkUrl("http://node" + std::to_string(id), chunk.ref.digest);
-  }
-  void Serve(std::int64_t id, const TestChunk& chunk) {
-    transport_.SetResponse(Url(id, chunk), ScriptedResponse::Body(chunk.bytes));
-  }
-  // Fetches the whole chunk, recording every on_verified call.
-  Status Fetch(netfetch::RetryingFetcher& fetcher, const TestChunk& chunk, Duration budget = 1h) {
-    out_.assign(chunk.ref.size, 0);
-    verified_.clear();
-    return fetcher.Fetch(chunk.ref, out_, clock_.Now() + budget,
-                         [this](std::size_t n) { verified_.push_back(n); });
-  }
-
-  FakeClock clock_;
-  ScriptedTransport transport_{&clock_};
-  std::vector<NodeEndpoint> nodes_ = {{1, "node1", "http://node1"}, {2, "node2", "http://node2"}};
-  std::vector<std::uint8_t> out_;
-  std::vector<std::size_t> verified_;
-};
+class BlockFetch : public ScriptedFetcherTest {};
 
 TEST_F(BlockFetch, EachBlockIsReportedVerifiedAsSoonAsItHasArrived) {
   TestChunk chunk = MakeChunk(1, {1});

@@ -14,8 +14,7 @@
 #include "netfetch/fetcher.h"
 #include "tests/support/fake_clock.h"
 #include "tests/support/pattern_bytes.h"
-#include "tests/support/scripted_transport.h"
-#include "tests/support/test_chunk.h"
+#include "tests/support/scripted_fetcher_test.h"
 
 namespace ckptfs {
 namespace {
@@ -29,6 +28,7 @@ using testing::CorruptedAt;
 using testing::FakeClock;
 using testing::MakeTestChunk;
 using testing::PatternBytes;
+using testing::ScriptedFetcherTest;
 using testing::ScriptedRange;
 using testing::ScriptedResponse;
 using testing::ScriptedTransport;
@@ -57,36 +57,13 @@ Ranges Sorted(Ranges ranges) {
   return ranges;
 }
 
-class FetchParts : public ::testing::Test {
+class FetchParts : public ScriptedFetcherTest {
  protected:
   FetchParts() {
     options_.lone_fetch_parts = 4;
     options_.min_part_bytes = kBlock;
     options_.split_after = Duration::zero();  // Split every lone fetch, measured or not.
   }
-  std::unique_ptr<netfetch::RetryingFetcher> MakeFetcher() {
-    return std::make_unique<netfetch::RetryingFetcher>(nodes_, &transport_, &clock_, options_);
-  }
-  static std::string Url(std::int64_t id, const TestChunk& chunk) {
-    return ChunkUrl("http://node" + std::to_string(id), chunk.ref.digest);
-  }
-  void Serve(std::int64_t id, const TestChunk& chunk, Duration delay = Duration::zero()) {
-    transport_.SetResponse(Url(id, chunk), ScriptedResponse::Body(chunk.bytes, delay));
-  }
-  // Fetches the whole chunk into out_, recording every on_verified call in verified_.
-  Status Fetch(netfetch::RetryingFetcher& fetcher, const TestChunk& chunk, Duration budget = 1h) {
-    out_.assign(chunk.ref.size, 0);
-    verified_.clear();
-    return fetcher.Fetch(chunk.ref, out_, clock_.Now() + budget,
-                         [this](std::size_t n) { verified_.push_back(n); });
-  }
-
-  FakeClock clock_;
-  ScriptedTransport transport_{&clock_};
-  std::vector<NodeEndpoint> nodes_ = {{1, "node1", "http://node1"}, {2, "node2", "http://node2"}};
-  RetryOptions options_;
-  std::vector<std::uint8_t> out_;
-  std::vector<std::size_t> verified_;
 };
 
 TEST_F(FetchParts, ALoneFetchIsRangeGetsOfWholeBlocksAlternatingOverTheReplicas) {
