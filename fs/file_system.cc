@@ -186,14 +186,31 @@ std::uint64_t WindowHandoff::Take(std::uint64_t file) {
   return window;
 }
 
-std::unique_ptr<FileSystem::OpenFile> FileSystem::OpenHandle(index::Entry entry) {
+FileSystem::OpenFile* FileSystem::OpenHandle(index::Entry entry) {
   auto file = std::make_unique<OpenFile>();
   std::uint64_t window = handoff_.Take(entry.id);
   file->readahead = window != 0 ? Readahead::Inherited(options_.readahead, window)
                                 : Readahead(options_.readahead);
   file->spill.file = entry.id;
   file->entry = std::move(entry);
-  return file;
+  OpenFile* handle = file.get();
+  std::lock_guard lock(open_mu_);
+  open_files_.emplace(handle, std::move(file));
+  return handle;
+}
+
+void FileSystem::CloseHandle(OpenFile* file) {
+  std::unique_ptr<OpenFile> closed;  // Freed outside the lock.
+  std::lock_guard lock(open_mu_);
+  auto it = open_files_.find(file);
+  if (it == open_files_.end()) return;
+  closed = std::move(it->second);
+  open_files_.erase(it);
+}
+
+std::size_t FileSystem::open_handles() const {
+  std::lock_guard lock(open_mu_);
+  return open_files_.size();
 }
 
 Status FileSystem::ReadFile(OpenFile& file, std::uint64_t offset, std::size_t length,
@@ -489,12 +506,12 @@ void OpOpen(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
       fs.mutable_counters().eio_invalid++;
       return ReplyError(req, valid, "open of '" + entry->name + "' rejected");
     }
-    std::unique_ptr<FileSystem::OpenFile> file = fs.OpenHandle(std::move(entry).value());
-    fi->fh = reinterpret_cast<std::uint64_t>(file.get());
+    FileSystem::OpenFile* file = fs.OpenHandle(std::move(entry).value());
+    fi->fh = reinterpret_cast<std::uint64_t>(file);
     fi->keep_cache = 1;  // Immutable content: pages cached by earlier opens stay valid.
     // ENOENT: the open was interrupted and the kernel dropped it, so no RELEASE will free the
     // handle. Otherwise the handle is the kernel's until RELEASE.
-    if (fuse_reply_open(req, fi) != -ENOENT) (void)file.release();
+    if (fuse_reply_open(req, fi) == -ENOENT) fs.CloseHandle(file);
   });
 }
 
@@ -529,7 +546,7 @@ void OpRead(fuse_req_t req, fuse_ino_t, size_t size, off_t off, fuse_file_info* 
 }
 
 void OpRelease(fuse_req_t req, fuse_ino_t, fuse_file_info* fi) {
-  delete reinterpret_cast<FileSystem::OpenFile*>(fi->fh);
+  Fs(req).CloseHandle(reinterpret_cast<FileSystem::OpenFile*>(fi->fh));
   fuse_reply_err(req, 0);
 }
 

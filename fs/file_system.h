@@ -29,6 +29,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <unordered_map>
 #include <unordered_set>
 #include <utility>
 
@@ -185,8 +186,14 @@ class FileSystem {
     SpillCursor spill;  // GUARDED_BY(spill_mu)
   };
   // A handle for `entry`, a regular file that passed validation; its readahead continues the
-  // stream that read ahead into it, if any.
-  std::unique_ptr<OpenFile> OpenHandle(index::Entry entry);
+  // stream that read ahead into it, if any. The file system owns it until CloseHandle (the
+  // kernel's RELEASE); handles never released, because a signal ended the session before the
+  // kernel's RELEASE was read, are freed with the file system.
+  OpenFile* OpenHandle(index::Entry entry);
+  // Frees a handle of OpenHandle. REQUIRES: no read of it is running or will start.
+  void CloseHandle(OpenFile* file);
+  // Handles opened and not yet closed.
+  std::size_t open_handles() const;
   // Bytes [offset, offset + length) of the open file as GatherRange gives them, after queuing the
   // readahead this read asks for, in this file and in the files after it (OpRead is this and the
   // reply). Calls `reply` exactly once with the bytes, or returns the error without calling it.
@@ -238,6 +245,8 @@ class FileSystem {
   std::mutex scratch_mu_;
   std::vector<std::unique_ptr<Buffer>> scratch_;  // GUARDED_BY(scratch_mu_)
   WindowHandoff handoff_;
+  mutable std::mutex open_mu_;
+  std::unordered_map<OpenFile*, std::unique_ptr<OpenFile>> open_files_;  // GUARDED_BY(open_mu_)
 };
 
 }  // namespace ckptfs::fs

@@ -266,11 +266,11 @@ class Mount:
                                      self.result.describe())
         if not wait_until(lambda: is_mounted(self.mountpoint), timeout):
             raise AssertionError(f"{self.mountpoint} is not a mount {timeout}s after "
-                                 f"`ckptfs mount` {self._output()}")
+                                 f"`ckptfs mount` {self.output()}")
         if not stat_returns(self.mountpoint, timeout):
             self.kill_daemons()
             raise AssertionError(f"stat({self.mountpoint}) hung for {timeout}s: the daemon does "
-                                 f"not answer FUSE requests {self._output()}")
+                                 f"not answer FUSE requests {self.output()}")
         return self
 
     def kill_daemons(self):
@@ -289,9 +289,9 @@ class Mount:
                         timeout)
         if not ok or self.proc.poll() is not None:
             raise AssertionError(f"foreground mount did not come up (exit {self.proc.poll()}) "
-                                 f"{self._output()}")
+                                 f"{self.output()}")
 
-    def _output(self):
+    def output(self):
         if self.result is not None:
             return "\n" + self.result.describe()
         try:

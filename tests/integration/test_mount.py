@@ -368,7 +368,7 @@ def test_unmount_leaves_no_mount_and_the_daemon_exits(published, mount, how, for
     assert ckptfs_cli.wait_until(lambda: not mnt.pids(), 15), f"daemon still up: {mnt.pids()}"
     if mnt.proc is not None:
         code = mnt.proc.wait(timeout=5)
-        assert code == 0, f"foreground ckptfs exited with {code} after {how}"
+        assert code == 0, f"foreground ckptfs exited with {code} after {how} {mnt.output()}"
 
 
 def test_relative_paths_work_and_sigterm_still_unmounts(published, test_dir, request):

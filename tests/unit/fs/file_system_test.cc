@@ -125,7 +125,7 @@ TEST_F(FileSystem, ReadFileRepliesOnceFromWithinAFetchThatFailsAfterItsBytes) {
   corrupt.back() ^= 0xff;
   fetcher_.ServeAs(chunk.digest, corrupt);
   CKPTFS_ASSERT_OK_AND_ASSIGN(index::Entry entry, index_->GetEntry(file_.id));
-  std::unique_ptr<fs::FileSystem::OpenFile> file = fs_->OpenHandle(std::move(entry));
+  fs::FileSystem::OpenFile* file = fs_->OpenHandle(std::move(entry));
   std::vector<std::uint8_t> got;
   int replies = 0;
   auto reply = [&](const std::vector<fs::FileSystem::Part>& parts) {
@@ -140,6 +140,20 @@ TEST_F(FileSystem, ReadFileRepliesOnceFromWithinAFetchThatFailsAfterItsBytes) {
   Status tail = fs_->ReadFile(*file, kChunk - 100, 100, clock_.Now() + 1h, reply);
   EXPECT_EQ(tail.code(), StatusCode::kDataLoss) << tail.ToString();
   EXPECT_EQ(replies, 0);
+}
+
+TEST_F(FileSystem, OpenHandlesAreOwnedUntilClosedAndFreedWithTheFileSystem) {
+  // A signal can end the session before the kernel's RELEASE of a handle is read: the file
+  // system still owns that handle, and frees it with itself (the sanitizer build checks leaks).
+  CKPTFS_ASSERT_OK_AND_ASSIGN(index::Entry entry, index_->GetEntry(file_.id));
+  fs::FileSystem::OpenFile* released = fs_->OpenHandle(entry);
+  fs::FileSystem::OpenFile* kept = fs_->OpenHandle(std::move(entry));
+  EXPECT_NE(released, kept);
+  EXPECT_EQ(fs_->open_handles(), 2u);
+  fs_->CloseHandle(released);
+  EXPECT_EQ(fs_->open_handles(), 1u);
+  EXPECT_EQ(kept->entry.id, file_.id);
+  fs_.reset();
 }
 
 TEST_F(FileSystem, ReadStartingAndEndingInsideChunksSpansThreeChunks) {
@@ -385,7 +399,7 @@ class FileSystemDirectory : public ReadStackTest {
     return writer.AddEntry(entry);
   }
 
-  std::unique_ptr<fs::FileSystem::OpenFile> Open(const std::string& name) {
+  fs::FileSystem::OpenFile* Open(const std::string& name) {
     Result<index::Entry> entry = index_->GetEntry(files_.at(name).id);
     EXPECT_TRUE(entry.ok()) << entry.status().ToString();
     return fs_->OpenHandle(std::move(entry).value());
