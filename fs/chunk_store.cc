@@ -95,6 +95,11 @@ ChunkStore::~ChunkStore() {
     std::lock_guard lock(queue_mu_);
     stopping_ = true;
   }
+  {
+    std::lock_guard lock(ready_mu_);
+    room_stopping_ = true;
+  }
+  room_cv_.notify_all();
   queue_cv_.notify_all();
   foreground_cv_.notify_all();
   { std::lock_guard lock(slots_mu_); }
@@ -362,7 +367,7 @@ void ChunkStore::ForegroundLoop() {
 }
 
 void ChunkStore::Lead(const ChunkKey& key, Flight& flight, TimePoint deadline, Priority priority,
-                      const EarlyReader* early) {
+                      const EarlyReader* early, std::uint64_t* room) {
   Status status;
   bool kept = false;
   if (cache_->Contains(key.digest)) {
@@ -373,7 +378,7 @@ void ChunkStore::Lead(const ChunkKey& key, Flight& flight, TimePoint deadline, P
                  : UnavailableError("shutting down");
   } else {
     counters_.fetches++;
-    std::shared_ptr<Buffer> buffer = TakeBuffer(key.size);
+    std::shared_ptr<Buffer> buffer = TakeBuffer(key.size, room);
     std::span<std::uint8_t> chunk_bytes = buffer->span().first(key.size);
     Result<netfetch::ChunkRef> ref = Locate(key);
     if (!ref.ok()) {
@@ -436,11 +441,15 @@ std::uint64_t ChunkStore::Complete(Flight& flight, const Status& status, bool ke
   return served;
 }
 
-std::shared_ptr<Buffer> ChunkStore::TakeBuffer(std::size_t size) {
+std::shared_ptr<Buffer> ChunkStore::TakeBuffer(std::size_t size, std::uint64_t* room) {
   // Whole blocks, so that a disk load can read the chunk's file with O_DIRECT.
   size = AlignedReadSize(0, size);
   {
     std::lock_guard lock(ready_mu_);
+    if (room != nullptr) {
+      reserved_bytes_ -= *room;
+      *room = 0;
+    }
     inflight_bytes_ += size;
     TrimReadyLocked();
   }
@@ -480,8 +489,11 @@ void ChunkStore::GiveBack(std::unique_ptr<Buffer> buffer) {
 }
 
 void ChunkStore::ReleaseBufferBytes(std::uint64_t bytes) {
-  std::lock_guard lock(ready_mu_);
-  inflight_bytes_ -= bytes;
+  {
+    std::lock_guard lock(ready_mu_);
+    inflight_bytes_ -= bytes;
+  }
+  room_cv_.notify_all();
 }
 
 std::shared_ptr<const Buffer> ChunkStore::FindReady(const Digest& digest) {
@@ -493,14 +505,19 @@ std::shared_ptr<const Buffer> ChunkStore::FindReady(const Digest& digest) {
 
 void ChunkStore::AddReady(const Digest& digest, std::uint64_t size,
                           std::shared_ptr<const Buffer> bytes, std::uint64_t served) {
-  std::lock_guard lock(ready_mu_);
-  inflight_bytes_ -= bytes->size();
-  // Served whole while it was arriving: the page cache has it, the disk cache will.
-  if (served >= size || ready_index_.contains(digest)) return;
-  ready_bytes_ += bytes->size();
-  ready_.push_front(Ready{digest, std::move(bytes), size, served});
-  ready_index_[digest] = ready_.begin();
-  TrimReadyLocked();
+  const TimePoint now = clock_->Now();
+  {
+    std::lock_guard lock(ready_mu_);
+    inflight_bytes_ -= bytes->size();
+    // Served whole while it was arriving: the page cache has it, the disk cache will.
+    if (served < size && !ready_index_.contains(digest)) {
+      ready_bytes_ += bytes->size();
+      ready_.push_front(Ready{digest, std::move(bytes), size, served, now});
+      ready_index_[digest] = ready_.begin();
+      TrimReadyLocked();
+    }
+  }
+  room_cv_.notify_all();
 }
 
 void ChunkStore::TrimReadyLocked() {
@@ -509,6 +526,35 @@ void ChunkStore::TrimReadyLocked() {
     ready_index_.erase(ready_.back().digest);
     ready_.pop_back();
   }
+}
+
+std::optional<std::uint64_t> ChunkStore::WaitForRoom(std::uint64_t size) {
+  // Staleness is a matter of the clock, which nobody signals: look again at least this often.
+  constexpr Duration kRecheck = std::chrono::milliseconds(100);
+  size = AlignedReadSize(0, size);
+  std::unique_lock lock(ready_mu_);
+  for (;;) {
+    if (room_stopping_) return std::nullopt;
+    const bool fits =
+        ready_bytes_ + inflight_bytes_ + reserved_bytes_ + size <= options_.memory_bytes;
+    const Duration left = ready_.empty()
+                              ? Duration::zero()
+                              : ready_.back().added + options_.stale_after - clock_->Now();
+    if (fits || left <= Duration::zero()) {
+      reserved_bytes_ += size;
+      return size;
+    }
+    room_cv_.wait_for(lock, std::min(left, kRecheck));
+  }
+}
+
+void ChunkStore::ReturnRoom(std::uint64_t bytes) {
+  if (bytes == 0) return;
+  {
+    std::lock_guard lock(ready_mu_);
+    reserved_bytes_ -= bytes;
+  }
+  room_cv_.notify_all();
 }
 
 void ChunkStore::Served(const Digest& digest, std::uint64_t bytes) {
@@ -528,6 +574,8 @@ void ChunkStore::Served(const Digest& digest, std::uint64_t bytes) {
   ready_bytes_ -= ready.bytes->size();
   ready_.erase(it->second);
   ready_index_.erase(it);
+  lock.unlock();
+  room_cv_.notify_all();
 }
 
 bool ChunkStore::AcquireSlot(Priority priority, TimePoint deadline) {
@@ -611,26 +659,40 @@ void ChunkStore::PrefetchLoop() {
       queue_cv_.wait(lock, [&] { return stopping_ || !queue_.empty(); });
       if (stopping_) return;
       key = queue_.front();
-      queue_.pop_front();
-      queued_.erase(key.digest);
     }
-    if (FindReady(key.digest) != nullptr) continue;
-    if (cache_->Contains(key.digest)) {
-      LoadFromDisk(key);
-      continue;
+    // Room first, then the queue's front (by then perhaps another key): the chunk a stream
+    // needs soonest is the one that goes when room comes.
+    std::optional<std::uint64_t> room = WaitForRoom(key.size);
+    if (!room.has_value()) return;
+    bool taken = false;
+    {
+      std::lock_guard lock(queue_mu_);
+      if (stopping_) return;
+      if (!queue_.empty()) {
+        key = queue_.front();
+        queue_.pop_front();
+        queued_.erase(key.digest);
+        taken = true;
+      }
     }
-    auto [flight, started] = FlightFor(key.digest);
-    if (!started) continue;
-    Lead(key, *flight, clock_->Now() + options_.prefetch_timeout, Priority::kBackground);
+    if (taken && FindReady(key.digest) == nullptr) {
+      if (cache_->Contains(key.digest)) {
+        LoadFromDisk(key, &*room);
+      } else if (auto [flight, started] = FlightFor(key.digest); started) {
+        Lead(key, *flight, clock_->Now() + options_.prefetch_timeout, Priority::kBackground,
+             nullptr, &*room);
+      }
+    }
+    ReturnRoom(*room);  // Whatever no buffer took.
   }
 }
 
-void ChunkStore::LoadFromDisk(const ChunkKey& key) {
+void ChunkStore::LoadFromDisk(const ChunkKey& key, std::uint64_t* room) {
   auto [flight, started] = FlightFor(key.digest);
   if (!started) return;
   bool loaded = false;
   if (AcquireSlot(Priority::kBackground, clock_->Now() + options_.prefetch_timeout)) {
-    std::shared_ptr<Buffer> buffer = TakeBuffer(key.size);
+    std::shared_ptr<Buffer> buffer = TakeBuffer(key.size, room);
     {
       std::lock_guard lock(flight->mu);
       flight->bytes = buffer;

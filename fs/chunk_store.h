@@ -13,7 +13,10 @@
 // foreground reads are not starved by readahead.
 //
 // Memory: chunk buffers being fetched or loaded plus the ready list stay within `memory_bytes`
-// (the ready list gives way, oldest first; fetches in flight are bounded by `max_inflight`), plus
+// (the ready list gives way to a reader's fetch, oldest first; fetches in flight are bounded by
+// `max_inflight`). Background work waits for room instead of pushing out fetched chunks that no
+// reader has taken yet, which are the ones a stream reads next, unless the oldest of them has
+// waited `stale_after` (its reader went elsewhere). Plus
 // at most `max_spare_bytes` of idle buffers and whatever readers hold while they reply. A ready
 // chunk leaves the list once its bytes have all been served (the kernel's page cache has them
 // then).
@@ -38,6 +41,7 @@
 #include <list>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <span>
 #include <thread>
 #include <unordered_map>
@@ -118,6 +122,10 @@ struct ChunkStoreOptions {
   // failed readahead page with a read of its own; without this, an unavailable chunk would hold
   // the reader for twice the deadline.
   Duration failure_memory = std::chrono::seconds(2);
+  // A fetched chunk no reader has taken for this long may give way to readahead. Below it,
+  // readahead waits for readers to take what it fetched: pushing those chunks out sent half of
+  // a cold sequential read back to the disk cache.
+  Duration stale_after = std::chrono::seconds(2);
 };
 
 struct ChunkStoreCounters {
@@ -228,6 +236,7 @@ class ChunkStore {
     std::shared_ptr<const Buffer> bytes;
     std::uint64_t size = 0;
     std::uint64_t served = 0;
+    TimePoint added;
   };
 
   // A reader served from within the fetch it leads: `serve` gets bytes [0, end) of the chunk's
@@ -236,8 +245,9 @@ class ChunkStore {
     const EarlyServe* serve = nullptr;
     std::uint64_t end = 0;
   };
+  // `room`: what WaitForRoom set aside for a background job's buffer (TakeBuffer uses it up).
   void Lead(const ChunkKey& key, Flight& flight, TimePoint deadline, Priority priority,
-            const EarlyReader* early = nullptr);
+            const EarlyReader* early = nullptr, std::uint64_t* room = nullptr);
   // Fetches the blocks of the chunk covering [offset, offset + length), uncached.
   Result<ChunkData> FetchIsolated(const ChunkKey& key, const index::BlockList& blocks,
                                   std::uint64_t offset, std::uint64_t length, TimePoint deadline);
@@ -251,7 +261,7 @@ class ChunkStore {
   Result<netfetch::ChunkRef> Locate(const ChunkKey& key, index::BlockList blocks);
   // Reads a cached chunk whole into memory (the ready list) as a flight readers can join. Runs
   // on a prefetch thread.
-  void LoadFromDisk(const ChunkKey& key);
+  void LoadFromDisk(const ChunkKey& key, std::uint64_t* room);
   Status ReadFromDisk(const ChunkKey& key, Buffer& buffer, Flight& flight);
   std::shared_ptr<const Buffer> FindReady(const Digest& digest);
   // `served`: bytes readers took while the chunk was arriving.
@@ -259,6 +269,13 @@ class ChunkStore {
                 std::uint64_t served);
   // Drops the oldest ready chunks while memory in use exceeds the budget.
   void TrimReadyLocked();  // REQUIRES: ready_mu_ held.
+  // Waits until background work may take a buffer of `size` bytes: the budget has room for it
+  // beside the chunks in memory, in flight and set aside, the ready list is empty, or its oldest
+  // chunk has waited stale_after. Then sets the room aside (reserved_bytes_) and returns its
+  // size, for TakeBuffer to use and ReturnRoom to give back what it did not; nullopt when the
+  // store is stopping.
+  std::optional<std::uint64_t> WaitForRoom(std::uint64_t size);
+  void ReturnRoom(std::uint64_t bytes);
   // One fetch of the chunk from its replicas, telling `flight` how much has been verified;
   // remembers a failure for failure_memory.
   Status FetchInto(const netfetch::ChunkRef& ref, Flight& flight,
@@ -278,7 +295,9 @@ class ChunkStore {
   // A buffer of at least `size` bytes that goes back to the spare list when the last user drops
   // it: chunk-sized buffers are reused instead of being mapped, zeroed and unmapped per fetch.
   // Counts toward memory_bytes until handed to the ready list or dropped (ReleaseBufferBytes).
-  std::shared_ptr<Buffer> TakeBuffer(std::size_t size);
+  // `room`, when set, is budget that WaitForRoom set aside for this buffer: it becomes the
+  // buffer's share instead of being counted twice.
+  std::shared_ptr<Buffer> TakeBuffer(std::size_t size, std::uint64_t* room = nullptr);
   void GiveBack(std::unique_ptr<Buffer> buffer);
   void ReleaseBufferBytes(std::uint64_t bytes);
   bool AcquireSlot(Priority priority, TimePoint deadline);
@@ -307,6 +326,9 @@ class ChunkStore {
   std::unordered_map<Digest, std::list<Ready>::iterator, DigestHash> ready_index_;  // GUARDED_BY
   std::uint64_t ready_bytes_ = 0;     // GUARDED_BY(ready_mu_)
   std::uint64_t inflight_bytes_ = 0;  // GUARDED_BY(ready_mu_): buffers being filled.
+  std::uint64_t reserved_bytes_ = 0;  // GUARDED_BY(ready_mu_): set aside by WaitForRoom.
+  std::condition_variable room_cv_;   // Chunk memory was freed, or stopping.
+  bool room_stopping_ = false;        // GUARDED_BY(ready_mu_)
 
   std::mutex flights_mu_;
   std::unordered_map<Digest, std::shared_ptr<Flight>, DigestHash> flights_;  // GUARDED_BY

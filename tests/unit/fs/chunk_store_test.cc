@@ -289,23 +289,46 @@ TEST_F(ChunkStore, ChunkServedWholeLeavesMemoryAndIsReadFromTheCache) {
   EXPECT_EQ(fetcher_.Calls(chunk.key.digest), 1);
 }
 
-TEST_F(ChunkStore, ReadyChunksStayWithinTheMemoryBudgetOldestLeavingFirst) {
-  ChunkStoreOptions options;
-  options.memory_bytes = 3 * 8192;
-  MakeStore(options).Start();
+TEST_F(ChunkStore, ReadaheadWaitsForReadersToTakeWhatItFetchedInsteadOfPushingItOut) {
+  MakeStore({.memory_bytes = 3 * 8192}).Start();
   std::vector<TestChunk> chunks;
   for (std::uint64_t i = 0; i < 5; ++i) chunks.push_back(ServedChunk(8192, i + 1));
-  for (const TestChunk& c : chunks) {
-    store_->Prefetch(c.key);
-    ASSERT_TRUE(PollUntil([&] { return cache_->Contains(c.key.digest); }));
+  for (const TestChunk& c : chunks) store_->Prefetch(c.key);
+  for (std::size_t i = 0; i < 3; ++i) {
+    ASSERT_TRUE(PollUntil([&] { return cache_->Contains(chunks[i].key.digest); })) << i;
   }
-  // The first two were pushed out of memory by the last three; all five are on disk.
+  // The budget holds three chunks, none read yet: the fourth waits rather than push out the
+  // first, which a stream reads next.
+  EXPECT_FALSE(PollUntil([&] { return fetcher_.Calls(chunks[3].key.digest) > 0; }, 300ms));
+  // Each chunk read whole leaves memory and lets one more in.
+  for (std::size_t i = 0; i < chunks.size(); ++i) {
+    CKPTFS_ASSERT_OK_AND_ASSIGN(auto read, Read(chunks[i], 0, 8192));
+    EXPECT_EQ(read, chunks[i].bytes) << i;
+    if (i + 3 < chunks.size()) {
+      ASSERT_TRUE(PollUntil([&] { return cache_->Contains(chunks[i + 3].key.digest); })) << i;
+    }
+  }
+  EXPECT_EQ(store_->counters().memory_hits.load(), 5u);
+  EXPECT_EQ(store_->counters().cache_hits.load(), 0u);
+  for (const TestChunk& c : chunks) EXPECT_EQ(fetcher_.Calls(c.key.digest), 1);
+}
+
+TEST_F(ChunkStore, ReadaheadPushesOutTheOldestChunkOnceNoReaderTookItForStaleAfter) {
+  MakeStore({.memory_bytes = 2 * 8192}).Start();
+  std::vector<TestChunk> chunks;
+  for (std::uint64_t i = 0; i < 3; ++i) chunks.push_back(ServedChunk(8192, i + 1));
+  for (const TestChunk& c : chunks) store_->Prefetch(c.key);
+  ASSERT_TRUE(PollUntil([&] { return cache_->Contains(chunks[1].key.digest); }));
+  EXPECT_FALSE(PollUntil([&] { return fetcher_.Calls(chunks[2].key.digest) > 0; }, 300ms));
+  // Its reader went elsewhere: after stale_after the oldest gives way.
+  clock_.Advance(fs::ChunkStoreOptions{}.stale_after);
+  ASSERT_TRUE(PollUntil([&] { return cache_->Contains(chunks[2].key.digest); }));
   for (std::size_t i = 0; i < chunks.size(); ++i) {
     CKPTFS_ASSERT_OK_AND_ASSIGN(auto read, Read(chunks[i], 0, 100));
-    EXPECT_EQ(read, Slice(chunks[i], 0, 100));
+    EXPECT_EQ(read, Slice(chunks[i], 0, 100)) << i;
   }
-  EXPECT_EQ(store_->counters().cache_hits.load(), 2u);
-  EXPECT_EQ(store_->counters().memory_hits.load(), 3u);
+  EXPECT_EQ(store_->counters().cache_hits.load(), 1u);  // The first, pushed out.
+  EXPECT_EQ(store_->counters().memory_hits.load(), 2u);
   for (const TestChunk& c : chunks) EXPECT_EQ(fetcher_.Calls(c.key.digest), 1);
 }
 
