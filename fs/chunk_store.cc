@@ -512,7 +512,7 @@ void ChunkStore::AddReady(const Digest& digest, std::uint64_t size,
     // Served whole while it was arriving: the page cache has it, the disk cache will.
     if (served < size && !ready_index_.contains(digest)) {
       ready_bytes_ += bytes->size();
-      ready_.push_front(Ready{digest, std::move(bytes), size, served, now});
+      ready_.push_front(Ready{digest, std::move(bytes), size, served, now, now});
       ready_index_[digest] = ready_.begin();
       TrimReadyLocked();
     }
@@ -529,20 +529,33 @@ void ChunkStore::TrimReadyLocked() {
 }
 
 std::optional<std::uint64_t> ChunkStore::WaitForRoom(std::uint64_t size) {
-  // Staleness is a matter of the clock, which nobody signals: look again at least this often.
+  // Giving way is a matter of the clock, which nobody signals: look again at least this often.
   constexpr Duration kRecheck = std::chrono::milliseconds(100);
   size = AlignedReadSize(0, size);
   std::unique_lock lock(ready_mu_);
   for (;;) {
     if (room_stopping_) return std::nullopt;
-    const bool fits =
-        ready_bytes_ + inflight_bytes_ + reserved_bytes_ + size <= options_.memory_bytes;
-    const Duration left = ready_.empty()
-                              ? Duration::zero()
-                              : ready_.back().added + options_.stale_after - clock_->Now();
-    if (fits || left <= Duration::zero()) {
+    const std::uint64_t used = ready_bytes_ + inflight_bytes_ + reserved_bytes_;
+    // A budget smaller than one chunk still lets one in at a time.
+    if (used == 0 || used + size <= options_.memory_bytes) {
       reserved_bytes_ += size;
       return size;
+    }
+    // The ready chunk that gives way first (the older one of a tie): readers are done with it,
+    // or never came.
+    auto first = ready_.end();
+    TimePoint first_at = TimePoint::max();
+    for (auto it = ready_.begin(); it != ready_.end(); ++it) {
+      const TimePoint at =
+          it->served > 0 ? it->touched + options_.left_after : it->added + options_.stale_after;
+      if (at <= first_at) std::tie(first, first_at) = std::tie(it, at);
+    }
+    const Duration left = first_at - clock_->Now();
+    if (left <= Duration::zero()) {
+      ready_bytes_ -= first->bytes->size();
+      ready_index_.erase(first->digest);
+      ready_.erase(first);
+      continue;
     }
     room_cv_.wait_for(lock, std::min(left, kRecheck));
   }
@@ -570,6 +583,7 @@ void ChunkStore::Served(const Digest& digest, std::uint64_t bytes) {
   }
   Ready& ready = *it->second;
   ready.served += bytes;
+  ready.touched = clock_->Now();
   if (ready.served < ready.size) return;
   ready_bytes_ -= ready.bytes->size();
   ready_.erase(it->second);
@@ -651,39 +665,40 @@ void ChunkStore::Prefetch(const ChunkKey& key) {
   queue_cv_.notify_one();
 }
 
+std::optional<ChunkKey> ChunkStore::TakeQueued(std::uint64_t* room) {
+  std::lock_guard admission(admission_mu_);
+  ChunkKey key;
+  {
+    std::unique_lock lock(queue_mu_);
+    queue_cv_.wait(lock, [&] { return stopping_ || !queue_.empty(); });
+    if (stopping_) return std::nullopt;
+    key = queue_.front();
+  }
+  std::optional<std::uint64_t> reserved = WaitForRoom(key.size);
+  if (!reserved.has_value()) return std::nullopt;
+  *room = *reserved;
+  std::lock_guard lock(queue_mu_);
+  // Only the admitted thread takes from the queue, which others only append to: its front is
+  // still `key`.
+  queue_.pop_front();
+  queued_.erase(key.digest);
+  return key;
+}
+
 void ChunkStore::PrefetchLoop() {
   for (;;) {
-    ChunkKey key;
-    {
-      std::unique_lock lock(queue_mu_);
-      queue_cv_.wait(lock, [&] { return stopping_ || !queue_.empty(); });
-      if (stopping_) return;
-      key = queue_.front();
-    }
-    // Room first, then the queue's front (by then perhaps another key): the chunk a stream
-    // needs soonest is the one that goes when room comes.
-    std::optional<std::uint64_t> room = WaitForRoom(key.size);
-    if (!room.has_value()) return;
-    bool taken = false;
-    {
-      std::lock_guard lock(queue_mu_);
-      if (stopping_) return;
-      if (!queue_.empty()) {
-        key = queue_.front();
-        queue_.pop_front();
-        queued_.erase(key.digest);
-        taken = true;
+    std::uint64_t room = 0;
+    std::optional<ChunkKey> key = TakeQueued(&room);
+    if (!key.has_value()) return;
+    if (FindReady(key->digest) == nullptr) {
+      if (cache_->Contains(key->digest)) {
+        LoadFromDisk(*key, &room);
+      } else if (auto [flight, started] = FlightFor(key->digest); started) {
+        Lead(*key, *flight, clock_->Now() + options_.prefetch_timeout, Priority::kBackground,
+             nullptr, &room);
       }
     }
-    if (taken && FindReady(key.digest) == nullptr) {
-      if (cache_->Contains(key.digest)) {
-        LoadFromDisk(key, &*room);
-      } else if (auto [flight, started] = FlightFor(key.digest); started) {
-        Lead(key, *flight, clock_->Now() + options_.prefetch_timeout, Priority::kBackground,
-             nullptr, &*room);
-      }
-    }
-    ReturnRoom(*room);  // Whatever no buffer took.
+    ReturnRoom(room);  // Whatever no buffer took.
   }
 }
 

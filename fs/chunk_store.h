@@ -15,8 +15,9 @@
 // Memory: chunk buffers being fetched or loaded plus the ready list stay within `memory_bytes`
 // (the ready list gives way to a reader's fetch, oldest first; fetches in flight are bounded by
 // `max_inflight`). Background work waits for room instead of pushing out fetched chunks that no
-// reader has taken yet, which are the ones a stream reads next, unless the oldest of them has
-// waited `stale_after` (its reader went elsewhere). Plus
+// reader has taken yet, which are the ones a stream reads next; a chunk gives way to it once
+// readers are done with it (read part of it, then left it alone for `left_after`) or never came
+// (unread for `stale_after`). Plus
 // at most `max_spare_bytes` of idle buffers and whatever readers hold while they reply. A ready
 // chunk leaves the list once its bytes have all been served (the kernel's page cache has them
 // then).
@@ -122,10 +123,14 @@ struct ChunkStoreOptions {
   // failed readahead page with a read of its own; without this, an unavailable chunk would hold
   // the reader for twice the deadline.
   Duration failure_memory = std::chrono::seconds(2);
-  // A fetched chunk no reader has taken for this long may give way to readahead. Below it,
-  // readahead waits for readers to take what it fetched: pushing those chunks out sent half of
-  // a cold sequential read back to the disk cache.
+  // Readahead waits for readers to take what it fetched (pushing those chunks out sent half of
+  // a cold sequential read back to the disk cache), but not for ever: a fetched chunk no reader
+  // has read any of for stale_after, or that readers read part of and then left alone for
+  // left_after, gives way. Readers do not always take all of a chunk from memory: a memory-mapped
+  // loader's page faults read around the fault, some of it as isolated reads before the chunk
+  // was fetched whole.
   Duration stale_after = std::chrono::seconds(2);
+  Duration left_after = std::chrono::milliseconds(250);
 };
 
 struct ChunkStoreCounters {
@@ -237,6 +242,7 @@ class ChunkStore {
     std::uint64_t size = 0;
     std::uint64_t served = 0;
     TimePoint added;
+    TimePoint touched;  // The last time a reader took bytes of it.
   };
 
   // A reader served from within the fetch it leads: `serve` gets bytes [0, end) of the chunk's
@@ -270,12 +276,16 @@ class ChunkStore {
   // Drops the oldest ready chunks while memory in use exceeds the budget.
   void TrimReadyLocked();  // REQUIRES: ready_mu_ held.
   // Waits until background work may take a buffer of `size` bytes: the budget has room for it
-  // beside the chunks in memory, in flight and set aside, the ready list is empty, or its oldest
-  // chunk has waited stale_after. Then sets the room aside (reserved_bytes_) and returns its
-  // size, for TakeBuffer to use and ReturnRoom to give back what it did not; nullopt when the
-  // store is stopping.
+  // beside the chunks in memory, in flight and set aside, or nothing else is there; meanwhile
+  // drops ready chunks that give way (stale_after, left_after). Then sets the room aside
+  // (reserved_bytes_) and returns its size, for TakeBuffer to use and ReturnRoom to give back
+  // what it did not; nullopt when the store is stopping.
   std::optional<std::uint64_t> WaitForRoom(std::uint64_t size);
   void ReturnRoom(std::uint64_t bytes);
+  // The next queued key, taken once the budget has room for its buffer (WaitForRoom, which sets
+  // `*room` aside); nullopt when the store is stopping. One thread at a time waits here, so that
+  // the room one chunk frees goes to one fetch, of the key at the queue's front when it comes.
+  std::optional<ChunkKey> TakeQueued(std::uint64_t* room);
   // One fetch of the chunk from its replicas, telling `flight` how much has been verified;
   // remembers a failure for failure_memory.
   Status FetchInto(const netfetch::ChunkRef& ref, Flight& flight,
@@ -349,6 +359,9 @@ class ChunkStore {
   std::condition_variable slots_cv_;
   int inflight_ = 0;  // GUARDED_BY(slots_mu_)
 
+  // Held by the one prefetch thread waiting for work and room (TakeQueued). Lock order:
+  // admission_mu_ before queue_mu_ and ready_mu_.
+  std::mutex admission_mu_;
   std::mutex queue_mu_;
   std::condition_variable queue_cv_;
   std::deque<ChunkKey> queue_;                     // GUARDED_BY(queue_mu_)

@@ -178,6 +178,24 @@ def test_sequential_read_fetches_each_chunk_of_the_file_once(published, mount):
     assert not wrong, f"chunks of the file not sent exactly once (bytes, size): {wrong}"
 
 
+def test_a_sequential_read_takes_every_chunk_from_memory_not_back_from_the_disk_cache(
+        published, mount):
+    # A budget of four chunks, two of them fetched ahead at a time: readahead must wait for the
+    # reader to take what it fetched. Pushing those chunks out of memory (the oldest first, the
+    # ones a stream reads next) sent reads back to the disk cache.
+    with published.db() as db:
+        chunks = len(db.extents(BIG))
+    mnt = mount(published.index, cache_size="1G", memory_cache="16M", fetchers="2",
+                dir_readahead="0")
+
+    assert source_tree.sha256_file(mnt.path(BIG), block=MiB) == published.tree.sha256[BIG]
+
+    stats = ckptfs_cli.mount_stats(mnt.mountpoint)
+    assert stats["store.cache_hits"] == 0, stats
+    assert stats["store.disk_loads"] == 0, stats
+    assert stats["store.fetches"] == chunks, stats
+
+
 def test_concurrent_readers_get_correct_bytes_and_share_fetches(published, mount):
     mnt = mount(published.index, cache_size="1G")
     ranges = [(i * (5 * MiB // 2) + 12345 + i * 1000, 8 * MiB) for i in range(8)]

@@ -313,14 +313,36 @@ TEST_F(ChunkStore, ReadaheadWaitsForReadersToTakeWhatItFetchedInsteadOfPushingIt
   for (const TestChunk& c : chunks) EXPECT_EQ(fetcher_.Calls(c.key.digest), 1);
 }
 
-TEST_F(ChunkStore, ReadaheadPushesOutTheOldestChunkOnceNoReaderTookItForStaleAfter) {
+TEST_F(ChunkStore, ReadaheadTakesTheRoomOfAChunkReadersReadPartOfAndThenLeft) {
   MakeStore({.memory_bytes = 2 * 8192}).Start();
   std::vector<TestChunk> chunks;
   for (std::uint64_t i = 0; i < 3; ++i) chunks.push_back(ServedChunk(8192, i + 1));
   for (const TestChunk& c : chunks) store_->Prefetch(c.key);
   ASSERT_TRUE(PollUntil([&] { return cache_->Contains(chunks[1].key.digest); }));
+  CKPTFS_ASSERT_OK(Read(chunks[1], 0, 100));
   EXPECT_FALSE(PollUntil([&] { return fetcher_.Calls(chunks[2].key.digest) > 0; }, 300ms));
-  // Its reader went elsewhere: after stale_after the oldest gives way.
+  // Nobody took more of the second chunk for left_after: it gives way, not the unread first.
+  clock_.Advance(fs::ChunkStoreOptions{}.left_after);
+  ASSERT_TRUE(PollUntil([&] { return cache_->Contains(chunks[2].key.digest); }));
+  CKPTFS_ASSERT_OK_AND_ASSIGN(auto first, Read(chunks[0], 0, 100));
+  EXPECT_EQ(first, Slice(chunks[0], 0, 100));
+  CKPTFS_ASSERT_OK_AND_ASSIGN(auto rest, Read(chunks[1], 100, 8092));
+  EXPECT_EQ(rest, Slice(chunks[1], 100, 8092));
+  CKPTFS_ASSERT_OK_AND_ASSIGN(auto third, Read(chunks[2], 0, 100));
+  EXPECT_EQ(third, Slice(chunks[2], 0, 100));
+  EXPECT_EQ(store_->counters().cache_hits.load(), 1u);   // The rest of the second.
+  EXPECT_EQ(store_->counters().memory_hits.load(), 3u);  // Its start, the first, the third.
+  for (const TestChunk& c : chunks) EXPECT_EQ(fetcher_.Calls(c.key.digest), 1);
+}
+
+TEST_F(ChunkStore, ReadaheadTakesTheRoomOfTheOldestChunkNoReaderCameForInStaleAfter) {
+  MakeStore({.memory_bytes = 2 * 8192}).Start();
+  std::vector<TestChunk> chunks;
+  for (std::uint64_t i = 0; i < 3; ++i) chunks.push_back(ServedChunk(8192, i + 1));
+  for (const TestChunk& c : chunks) store_->Prefetch(c.key);
+  ASSERT_TRUE(PollUntil([&] { return cache_->Contains(chunks[1].key.digest); }));
+  clock_.Advance(fs::ChunkStoreOptions{}.left_after);  // Only for chunks read in part.
+  EXPECT_FALSE(PollUntil([&] { return fetcher_.Calls(chunks[2].key.digest) > 0; }, 300ms));
   clock_.Advance(fs::ChunkStoreOptions{}.stale_after);
   ASSERT_TRUE(PollUntil([&] { return cache_->Contains(chunks[2].key.digest); }));
   for (std::size_t i = 0; i < chunks.size(); ++i) {
