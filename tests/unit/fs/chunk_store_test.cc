@@ -313,12 +313,21 @@ TEST_F(ChunkStore, ReadaheadWaitsForReadersToTakeWhatItFetchedInsteadOfPushingIt
   for (const TestChunk& c : chunks) EXPECT_EQ(fetcher_.Calls(c.key.digest), 1);
 }
 
-TEST_F(ChunkStore, ReadaheadTakesTheRoomOfAChunkReadersReadPartOfAndThenLeft) {
-  MakeStore({.memory_bytes = 2 * 8192}).Start();
+// A store whose budget holds two chunks of 8 KiB, asked to prefetch three: the first two are
+// fetched, the third waits for room.
+class ChunkStoreRoom : public ChunkStore {
+ protected:
+  void PrefetchOneMoreThanTwoFit(std::vector<TestChunk>& chunks) {
+    MakeStore({.memory_bytes = 2 * 8192}).Start();
+    for (std::uint64_t i = 0; i < 3; ++i) chunks.push_back(ServedChunk(8192, i + 1));
+    for (const TestChunk& c : chunks) store_->Prefetch(c.key);
+    ASSERT_TRUE(PollUntil([&] { return cache_->Contains(chunks[1].key.digest); }));
+  }
+};
+
+TEST_F(ChunkStoreRoom, ReadaheadTakesTheRoomOfAChunkReadersReadPartOfAndThenLeft) {
   std::vector<TestChunk> chunks;
-  for (std::uint64_t i = 0; i < 3; ++i) chunks.push_back(ServedChunk(8192, i + 1));
-  for (const TestChunk& c : chunks) store_->Prefetch(c.key);
-  ASSERT_TRUE(PollUntil([&] { return cache_->Contains(chunks[1].key.digest); }));
+  ASSERT_NO_FATAL_FAILURE(PrefetchOneMoreThanTwoFit(chunks));
   CKPTFS_ASSERT_OK(Read(chunks[1], 0, 100));
   EXPECT_FALSE(PollUntil([&] { return fetcher_.Calls(chunks[2].key.digest) > 0; }, 300ms));
   // Nobody took more of the second chunk for left_after: it gives way, not the unread first.
@@ -335,12 +344,9 @@ TEST_F(ChunkStore, ReadaheadTakesTheRoomOfAChunkReadersReadPartOfAndThenLeft) {
   for (const TestChunk& c : chunks) EXPECT_EQ(fetcher_.Calls(c.key.digest), 1);
 }
 
-TEST_F(ChunkStore, ReadaheadTakesTheRoomOfTheOldestChunkNoReaderCameForInStaleAfter) {
-  MakeStore({.memory_bytes = 2 * 8192}).Start();
+TEST_F(ChunkStoreRoom, ReadaheadTakesTheRoomOfTheOldestChunkNoReaderCameForInStaleAfter) {
   std::vector<TestChunk> chunks;
-  for (std::uint64_t i = 0; i < 3; ++i) chunks.push_back(ServedChunk(8192, i + 1));
-  for (const TestChunk& c : chunks) store_->Prefetch(c.key);
-  ASSERT_TRUE(PollUntil([&] { return cache_->Contains(chunks[1].key.digest); }));
+  ASSERT_NO_FATAL_FAILURE(PrefetchOneMoreThanTwoFit(chunks));
   clock_.Advance(fs::ChunkStoreOptions{}.left_after);  // Only for chunks read in part.
   EXPECT_FALSE(PollUntil([&] { return fetcher_.Calls(chunks[2].key.digest) > 0; }, 300ms));
   clock_.Advance(fs::ChunkStoreOptions{}.stale_after);
