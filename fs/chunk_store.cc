@@ -548,7 +548,10 @@ std::optional<std::uint64_t> ChunkStore::WaitForRoom(std::uint64_t size) {
     for (auto it = ready_.begin(); it != ready_.end(); ++it) {
       const TimePoint at =
           it->served > 0 ? it->touched + options_.left_after : it->added + options_.stale_after;
-      if (at <= first_at) std::tie(first, first_at) = std::tie(it, at);
+      if (at <= first_at) {
+        first = it;
+        first_at = at;
+      }
     }
     const Duration left = first_at - clock_->Now();
     if (left <= Duration::zero()) {
