@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <iterator>
 #include <tuple>
 
 #include "common/file_io.h"
@@ -520,11 +521,15 @@ void ChunkStore::AddReady(const Digest& digest, std::uint64_t size,
   room_cv_.notify_all();
 }
 
+void ChunkStore::DropReadyLocked(std::list<Ready>::iterator it) {
+  ready_bytes_ -= it->bytes->size();
+  ready_index_.erase(it->digest);
+  ready_.erase(it);
+}
+
 void ChunkStore::TrimReadyLocked() {
   while (!ready_.empty() && ready_bytes_ + inflight_bytes_ > options_.memory_bytes) {
-    ready_bytes_ -= ready_.back().bytes->size();
-    ready_index_.erase(ready_.back().digest);
-    ready_.pop_back();
+    DropReadyLocked(std::prev(ready_.end()));
   }
 }
 
@@ -555,9 +560,7 @@ std::optional<std::uint64_t> ChunkStore::WaitForRoom(std::uint64_t size) {
     }
     const Duration left = first_at - clock_->Now();
     if (left <= Duration::zero()) {
-      ready_bytes_ -= first->bytes->size();
-      ready_index_.erase(first->digest);
-      ready_.erase(first);
+      DropReadyLocked(first);
       continue;
     }
     room_cv_.wait_for(lock, std::min(left, kRecheck));
@@ -588,9 +591,7 @@ void ChunkStore::Served(const Digest& digest, std::uint64_t bytes) {
   ready.served += bytes;
   ready.touched = clock_->Now();
   if (ready.served < ready.size) return;
-  ready_bytes_ -= ready.bytes->size();
-  ready_.erase(it->second);
-  ready_index_.erase(it);
+  DropReadyLocked(it->second);
   lock.unlock();
   room_cv_.notify_all();
 }

@@ -273,6 +273,8 @@ class ChunkStore {
   // `served`: bytes readers took while the chunk was arriving.
   void AddReady(const Digest& digest, std::uint64_t size, std::shared_ptr<const Buffer> bytes,
                 std::uint64_t served);
+  // Takes one chunk off the ready list and its bytes off ready_bytes_.
+  void DropReadyLocked(std::list<Ready>::iterator it);  // REQUIRES: ready_mu_ held.
   // Drops the oldest ready chunks while memory in use exceeds the budget.
   void TrimReadyLocked();  // REQUIRES: ready_mu_ held.
   // Waits until background work may take a buffer of `size` bytes: the budget has room for it
