@@ -141,6 +141,7 @@ Result<ChunkData> ChunkStore::Get(const ChunkKey& key, std::uint64_t offset, std
     if (flight == nullptr) {
       if (Result<UniqueFd> fd = cache_->OpenChunk(key.digest, key.size); fd.ok()) {
         counters_.cache_hits++;
+        ForgetDeliveriesIfAskedAgain(key.digest);
         return ChunkData{std::move(fd).value(), nullptr, 0};
       }
       if (Status failed = RecentFailure(key.digest); !failed.ok()) return failed;
@@ -511,6 +512,7 @@ void ChunkStore::AddReady(const Digest& digest, std::uint64_t size,
     std::lock_guard lock(ready_mu_);
     inflight_bytes_ -= bytes->size();
     // Served whole while it was arriving: the page cache has it, the disk cache will.
+    if (served >= size) RememberDeliveredLocked(digest);
     if (served < size && !ready_index_.contains(digest)) {
       ready_bytes_ += bytes->size();
       ready_.push_front(Ready{digest, std::move(bytes), size, served, now, now});
@@ -519,6 +521,32 @@ void ChunkStore::AddReady(const Digest& digest, std::uint64_t size,
     }
   }
   room_cv_.notify_all();
+}
+
+void ChunkStore::RememberDeliveredLocked(const Digest& digest) {
+  if (options_.remembered_deliveries == 0 || !delivered_.insert(digest).second) return;
+  delivered_order_.push_back(digest);
+  if (delivered_order_.size() > options_.remembered_deliveries) {
+    delivered_.erase(delivered_order_.front());
+    delivered_order_.pop_front();
+  }
+}
+
+void ChunkStore::ForgetDeliveriesIfAskedAgain(const Digest& digest) {
+  std::lock_guard lock(ready_mu_);
+  if (!delivered_.contains(digest)) return;
+  // Readers had this chunk whole and ask for it again: the page cache has lost it, and most
+  // likely the chunks read around it too. The record no longer says what the kernel holds.
+  delivered_.clear();
+  delivered_order_.clear();
+}
+
+bool ChunkStore::Delivered(const Digest& digest) {
+  {
+    std::lock_guard lock(ready_mu_);
+    if (!delivered_.contains(digest)) return false;
+  }
+  return cache_->Contains(digest);
 }
 
 void ChunkStore::DropReadyLocked(std::list<Ready>::iterator it) {
@@ -591,6 +619,7 @@ void ChunkStore::Served(const Digest& digest, std::uint64_t bytes) {
   ready.served += bytes;
   ready.touched = clock_->Now();
   if (ready.served < ready.size) return;
+  RememberDeliveredLocked(digest);
   DropReadyLocked(it->second);
   lock.unlock();
   room_cv_.notify_all();
@@ -651,6 +680,10 @@ void ChunkStore::RememberOutcome(const Digest& digest, const Status& status) {
 
 void ChunkStore::Prefetch(const ChunkKey& key) {
   if (FindReady(key.digest) != nullptr) return;
+  if (Delivered(key.digest)) {
+    counters_.prefetch_skipped++;
+    return;
+  }
   {
     std::lock_guard lock(flights_mu_);
     if (flights_.contains(key.digest)) return;
@@ -695,7 +728,9 @@ void ChunkStore::PrefetchLoop() {
     std::optional<ChunkKey> key = TakeQueued(&room);
     if (!key.has_value()) return;
     if (FindReady(key->digest) == nullptr) {
-      if (cache_->Contains(key->digest)) {
+      if (Delivered(key->digest)) {
+        counters_.prefetch_skipped++;  // A reader overtook readahead.
+      } else if (cache_->Contains(key->digest)) {
         LoadFromDisk(*key, &room);
       } else if (auto [flight, started] = FlightFor(key->digest); started) {
         Lead(*key, *flight, clock_->Now() + options_.prefetch_timeout, Priority::kBackground,

@@ -9,8 +9,13 @@
 //
 // Prefetch() queues background work (readahead): a fetch for a chunk that is not cached, a load
 // from disk into memory for one that is, so that a sequential reader finds its next chunks in
-// memory either way. Background fetches never take the last `foreground_reserve` fetch slots, so
-// foreground reads are not starved by readahead.
+// memory either way. A cached chunk whose every byte readers have had lately is not loaded: the
+// kernel's page cache has it, and loading it again would take the room of chunks readers still
+// need (concurrent readers of a directory's files, each spilling its readahead into the next
+// files, asked for loads of files another reader had just read). A reader asking for such a
+// chunk again shows that the page cache has lost it; the store then forgets them all.
+// Background fetches never take the last `foreground_reserve` fetch slots, so foreground reads
+// are not starved by readahead.
 //
 // Memory: chunk buffers being fetched or loaded plus the ready list stay within `memory_bytes`
 // (the ready list gives way to a reader's fetch, oldest first; fetches in flight are bounded by
@@ -116,6 +121,9 @@ struct ChunkStoreOptions {
   // present: the first fetches of a fresh mount do not wait for a megabyte of page faults each.
   std::uint64_t chunk_size = 0;
   std::size_t max_queued_prefetches = 512;
+  // Chunks remembered as delivered whole (every byte served to readers), the oldest forgotten
+  // first: 1024 of the default 4 MiB chunk cover 4 GiB, about what a page cache holds.
+  std::size_t remembered_deliveries = 1024;
   // Bytes of fetched blocks waiting to be written to partial files; a write beyond it is skipped.
   std::uint64_t max_pending_block_writes = 8ull << 20;
   Duration prefetch_timeout = std::chrono::seconds(30);
@@ -146,6 +154,7 @@ struct ChunkStoreCounters {
   std::atomic<std::uint64_t> cache_write_errors{0};
   std::atomic<std::uint64_t> prefetch_queued{0};
   std::atomic<std::uint64_t> prefetch_dropped{0};
+  std::atomic<std::uint64_t> prefetch_skipped{0};      // Cached chunks readers have had whole.
   std::atomic<std::uint64_t> block_writes{0};          // Fetched blocks written to partial files.
   std::atomic<std::uint64_t> block_writes_skipped{0};  // Not written: the writer was behind.
 
@@ -165,6 +174,7 @@ struct ChunkStoreCounters {
     visit("cache_write_errors", cache_write_errors.load());
     visit("prefetch_queued", prefetch_queued.load());
     visit("prefetch_dropped", prefetch_dropped.load());
+    visit("prefetch_skipped", prefetch_skipped.load());
     visit("block_writes", block_writes.load());
     visit("block_writes_skipped", block_writes_skipped.load());
   }
@@ -209,8 +219,9 @@ class ChunkStore {
   Status Read(const ChunkKey& key, std::uint64_t offset, std::span<std::uint8_t> dst,
               TimePoint deadline, Access access = Access::kStream);
 
-  // Queues background work unless the chunk is in memory, in flight or already queued: a fetch,
-  // or a load from the disk cache when it is cached. Never blocks. A full queue drops the request.
+  // Queues background work unless the chunk is in memory, in flight or already queued, or
+  // readers have had all of it lately (Delivered): a fetch, or a load from the disk cache when it
+  // is cached. Never blocks. A full queue drops the request.
   void Prefetch(const ChunkKey& key);
 
   // Tells the store that `bytes` of a chunk it handed out from memory have reached a reader; once
@@ -273,6 +284,14 @@ class ChunkStore {
   // `served`: bytes readers took while the chunk was arriving.
   void AddReady(const Digest& digest, std::uint64_t size, std::shared_ptr<const Buffer> bytes,
                 std::uint64_t served);
+  // Remembers that readers have had every byte of the chunk.
+  void RememberDeliveredLocked(const Digest& digest);
+  // Called when a reader reads the chunk from the disk cache: forgets every delivery when this
+  // chunk was one, since then the page cache has lost what the record says it holds.
+  void ForgetDeliveriesIfAskedAgain(const Digest& digest);
+  // Whether readers have had every byte of the chunk lately and the disk cache has it: the
+  // kernel's page cache should too, so readahead leaves it alone.
+  bool Delivered(const Digest& digest);
   // Takes one chunk off the ready list and its bytes off ready_bytes_.
   void DropReadyLocked(std::list<Ready>::iterator it);  // REQUIRES: ready_mu_ held.
   // Drops the oldest ready chunks while memory in use exceeds the budget.
@@ -336,11 +355,13 @@ class ChunkStore {
   mutable std::mutex ready_mu_;
   std::list<Ready> ready_;                                                          // GUARDED_BY
   std::unordered_map<Digest, std::list<Ready>::iterator, DigestHash> ready_index_;  // GUARDED_BY
-  std::uint64_t ready_bytes_ = 0;     // GUARDED_BY(ready_mu_)
-  std::uint64_t inflight_bytes_ = 0;  // GUARDED_BY(ready_mu_): buffers being filled.
-  std::uint64_t reserved_bytes_ = 0;  // GUARDED_BY(ready_mu_): set aside by WaitForRoom.
-  std::condition_variable room_cv_;   // Chunk memory was freed, or stopping.
-  bool room_stopping_ = false;        // GUARDED_BY(ready_mu_)
+  std::uint64_t ready_bytes_ = 0;       // GUARDED_BY(ready_mu_)
+  std::uint64_t inflight_bytes_ = 0;    // GUARDED_BY(ready_mu_): buffers being filled.
+  std::uint64_t reserved_bytes_ = 0;    // GUARDED_BY(ready_mu_): set aside by WaitForRoom.
+  std::condition_variable room_cv_;     // Chunk memory was freed, or stopping.
+  bool room_stopping_ = false;          // GUARDED_BY(ready_mu_)
+  std::deque<Digest> delivered_order_;  // GUARDED_BY(ready_mu_), oldest first.
+  std::unordered_set<Digest, DigestHash> delivered_;  // GUARDED_BY(ready_mu_)
 
   std::mutex flights_mu_;
   std::unordered_map<Digest, std::shared_ptr<Flight>, DigestHash> flights_;  // GUARDED_BY

@@ -41,8 +41,9 @@ struct NumberedCounters {
     store.cache_write_errors = 20;
     store.prefetch_queued = 21;
     store.prefetch_dropped = 22;
-    store.block_writes = 23;
-    store.block_writes_skipped = 24;
+    store.prefetch_skipped = 23;
+    store.block_writes = 24;
+    store.block_writes_skipped = 25;
     fetch.fetches = 31;
     fetch.attempts = 32;
     fetch.failed_attempts = 33;
@@ -114,8 +115,9 @@ TEST(FormatStats, WritesEveryNumberAsANameValueLineInAStableOrder) {
             "store.cache_write_errors 20\n"
             "store.prefetch_queued 21\n"
             "store.prefetch_dropped 22\n"
-            "store.block_writes 23\n"
-            "store.block_writes_skipped 24\n"
+            "store.prefetch_skipped 23\n"
+            "store.block_writes 24\n"
+            "store.block_writes_skipped 25\n"
             "fetch.fetches 31\n"
             "fetch.attempts 32\n"
             "fetch.failed_attempts 33\n"
@@ -182,7 +184,7 @@ TEST(FormatStats, EveryLineIsANameAndANonNegativeInteger) {
     at = end + 1;
     ++lines;
   }
-  EXPECT_EQ(lines, 6 + 14 + 11 + 3 + 4 + 2 * 4 + 2);
+  EXPECT_EQ(lines, 6 + 15 + 11 + 3 + 4 + 2 * 4 + 2);
 }
 
 TEST(ParseProcStatus, ReadsVmRssAndVmHwmInBytes) {

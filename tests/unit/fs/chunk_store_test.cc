@@ -454,11 +454,12 @@ TEST_F(ChunkStore, PrefetchedChunkIsReadFromMemory) {
   EXPECT_EQ(fetcher_.Calls(chunk.key.digest), 1);
 }
 
-TEST_F(ChunkStore, PrefetchOfACachedChunkLoadsItFromDiskWithoutAFetch) {
+TEST_F(ChunkStore, PrefetchOfAChunkAnEarlierMountCachedLoadsItFromDiskWithoutAFetch) {
   MakeStore();
   TestChunk chunk = ServedChunk(5000, 1);
   CKPTFS_ASSERT_OK(ReadAll(chunk));  // Served whole: on disk, no longer in memory.
   ASSERT_TRUE(PollUntil([&] { return cache_->Contains(chunk.key.digest); }));
+  MakeStore();  // A new mount of the same cache: its readers have not had the chunk.
   store_->Prefetch(chunk.key);
   EXPECT_EQ(store_->counters().prefetch_queued.load(), 1u);
   store_->Start();
@@ -467,6 +468,68 @@ TEST_F(ChunkStore, PrefetchOfACachedChunkLoadsItFromDiskWithoutAFetch) {
   EXPECT_EQ(read, chunk.bytes);
   EXPECT_EQ(store_->counters().memory_hits.load(), 1u);
   EXPECT_EQ(fetcher_.Calls(chunk.key.digest), 1);
+}
+
+TEST_F(ChunkStore, PrefetchOfACachedChunkReadersHadWholeIsSkipped) {
+  MakeStore();
+  TestChunk chunk = ServedChunk(5000, 1);
+  CKPTFS_ASSERT_OK(ReadAll(chunk));  // Served whole: the page cache has it.
+  ASSERT_TRUE(PollUntil([&] { return cache_->Contains(chunk.key.digest); }));
+  store_->Prefetch(chunk.key);
+  EXPECT_EQ(store_->counters().prefetch_queued.load(), 0u);
+  EXPECT_EQ(store_->counters().prefetch_skipped.load(), 1u);
+  store_->Start();
+  store_.reset();
+  EXPECT_EQ(fetcher_.Calls(chunk.key.digest), 1);
+}
+
+TEST_F(ChunkStore, QueuedPrefetchThatAReaderOvertookIsNotLoadedBackFromDisk) {
+  MakeStore();  // Not started: the prefetch stays queued while the reader fetches.
+  TestChunk chunk = ServedChunk(5000, 1);
+  store_->Prefetch(chunk.key);
+  CKPTFS_ASSERT_OK(ReadAll(chunk));  // The reader's own fetch, served whole.
+  ASSERT_TRUE(PollUntil([&] { return cache_->Contains(chunk.key.digest); }));
+  store_->Start();
+  ASSERT_TRUE(PollUntil([&] { return store_->counters().prefetch_skipped.load() == 1u; }));
+  EXPECT_EQ(store_->counters().disk_loads.load(), 0u);
+  EXPECT_EQ(store_->memory().ready_chunks, 0u);
+  EXPECT_EQ(fetcher_.Calls(chunk.key.digest), 1);
+}
+
+TEST_F(ChunkStore, ReadersAskingAgainForAChunkTheyHadWholeBringBackDiskLoads) {
+  MakeStore();
+  TestChunk first = ServedChunk(5000, 1);
+  TestChunk second = ServedChunk(5000, 2);
+  CKPTFS_ASSERT_OK(ReadAll(first));
+  CKPTFS_ASSERT_OK(ReadAll(second));
+  ASSERT_TRUE(PollUntil(
+      [&] { return cache_->Contains(first.key.digest) && cache_->Contains(second.key.digest); }));
+  // The page cache lost the first chunk (and, most likely, the second): it is read again.
+  CKPTFS_ASSERT_OK_AND_ASSIGN(auto again, ReadAll(first));
+  EXPECT_EQ(again, first.bytes);
+  EXPECT_EQ(store_->counters().cache_hits.load(), 1u);
+  store_->Prefetch(second.key);
+  EXPECT_EQ(store_->counters().prefetch_skipped.load(), 0u);
+  store_->Start();
+  ASSERT_TRUE(PollUntil([&] { return store_->counters().disk_loads.load() == 1u; }));
+  EXPECT_EQ(fetcher_.Calls(second.key.digest), 1);
+}
+
+TEST_F(ChunkStore, OnlyTheLatestChunksReadersHadWholeAreRemembered) {
+  MakeStore({.remembered_deliveries = 1});
+  TestChunk older = ServedChunk(5000, 1);
+  TestChunk newer = ServedChunk(5000, 2);
+  CKPTFS_ASSERT_OK(ReadAll(older));
+  CKPTFS_ASSERT_OK(ReadAll(newer));  // Pushes `older` out of the record.
+  ASSERT_TRUE(PollUntil(
+      [&] { return cache_->Contains(older.key.digest) && cache_->Contains(newer.key.digest); }));
+  store_->Prefetch(newer.key);
+  store_->Prefetch(older.key);
+  EXPECT_EQ(store_->counters().prefetch_skipped.load(), 1u);
+  EXPECT_EQ(store_->counters().prefetch_queued.load(), 1u);
+  store_->Start();
+  ASSERT_TRUE(PollUntil([&] { return store_->counters().disk_loads.load() == 1u; }));
+  EXPECT_EQ(fetcher_.Calls(older.key.digest), 1);
 }
 
 TEST_F(ChunkStore, PrefetchOfAChunkInMemoryDoesNothing) {
