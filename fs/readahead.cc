@@ -1,6 +1,7 @@
 #include "fs/readahead.h"
 
 #include <algorithm>
+#include <utility>
 
 namespace ckptfs::fs {
 
@@ -8,35 +9,37 @@ Readahead Readahead::Inherited(ReadaheadOptions options, std::uint64_t window) {
   Readahead readahead(options);
   // A run that has read nothing yet at offset 0: the first read continues it.
   readahead.started_ = true;
-  readahead.inherited_ = std::min(window, options.max_window);
-  readahead.window_ = readahead.inherited_;
+  readahead.run_.inherited = std::min(window, options.max_window);
+  readahead.run_.window = readahead.run_.inherited;
   return readahead;
 }
 
 ByteRange Readahead::OnRead(std::uint64_t offset, std::uint64_t length, std::uint64_t file_size) {
   std::uint64_t end = offset + length;
-  bool sequential =
-      started_ && offset + options_.slack >= run_end_ && offset <= run_end_ + options_.slack;
-  if (sequential) {
-    run_end_ = std::max(run_end_, end);
+  if (started_ && Continues(run_, offset)) {
+    run_.end = std::max(run_.end, end);
+  } else if (started_ && has_broken_ && Continues(broken_, offset)) {
+    std::swap(run_, broken_);  // Back to the stream after a read elsewhere.
+    run_.end = std::max(run_.end, end);
   } else {
-    run_begin_ = offset;
-    run_end_ = end;
-    prefetched_to_ = end;
-    window_ = 0;
-    inherited_ = 0;
+    if (started_ && (!has_broken_ || run_.end - run_.begin >= broken_.end - broken_.begin)) {
+      broken_ = run_;
+      has_broken_ = true;
+    }
+    run_ = Run{.begin = offset, .end = end, .prefetched_to = end};
   }
   started_ = true;
   past_eof_ = 0;
-  std::uint64_t run = run_end_ - run_begin_;
-  if (run < StartAfter() && inherited_ == 0) return {};
-  window_ = std::min(options_.max_window, inherited_ + 2 * run);
-  if (FromTheStart() && run_end_ + window_ > file_size) {
-    past_eof_ = run_end_ + window_ - std::max(file_size, run_end_);
+  std::uint64_t run = run_.end - run_.begin;
+  if (run < StartAfter() && run_.inherited == 0) return {};
+  run_.window = std::min(options_.max_window, run_.inherited + 2 * run);
+  if (FromTheStart() && run_.end + run_.window > file_size) {
+    past_eof_ = run_.end + run_.window - std::max(file_size, run_.end);
   }
-  ByteRange range{std::max(prefetched_to_, run_end_), std::min(file_size, run_end_ + window_)};
+  ByteRange range{std::max(run_.prefetched_to, run_.end),
+                  std::min(file_size, run_.end + run_.window)};
   if (range.empty()) return {};
-  prefetched_to_ = range.end;
+  run_.prefetched_to = range.end;
   return range;
 }
 

@@ -10,6 +10,13 @@
 // megabytes of sequential page-fault reads (the kernel reads around each fault): that is still
 // one lazy lookup, not a stream.
 //
+// One read away from a stream does not end it: the run it broke is kept, and a read that
+// continues it resumes it with its window. Copying a tensor out of a memory-mapped file touches
+// the tensor's last page before its first (a large memcpy loads both ends first), so each
+// tensor of a safetensors load_file began with a page-fault read 64 MiB ahead, which closed the
+// window and sent the next 8 MiB of the stream out as isolated reads. The longer of the broken
+// run and the one before it is kept, so a lone read cannot push out a stream.
+//
 // Across files: checkpoint loaders and copy tools read a directory's files one after another, so
 // the window of a run from the start of a file may reach past its end. TakeExcess() reports that
 // part, for the caller to spend on the following files; Inherited() starts the Readahead of such
@@ -59,26 +66,37 @@ class Readahead {
   // max_window in total over the object's life, however often the reader starts over.
   std::uint64_t TakeExcess();
 
-  std::uint64_t window() const { return window_; }
+  std::uint64_t window() const { return run_.window; }
 
   // Whether the last read belongs to a stream: a run from the start of the file, or one that has
   // read start_after_seek bytes. Otherwise it is a lone read (a seek, a random access, a lazy load
   // of one tensor), which should fetch only what it touches.
-  bool streaming() const { return FromTheStart() || run_end_ - run_begin_ >= StartAfter(); }
+  bool streaming() const { return FromTheStart() || run_.end - run_.begin >= StartAfter(); }
 
  private:
+  // A sequential run of reads and what it has handed out.
+  struct Run {
+    std::uint64_t begin = 0;          // Where the run started.
+    std::uint64_t end = 0;            // Furthest byte the run has read.
+    std::uint64_t prefetched_to = 0;  // End of what was already handed out for prefetching.
+    std::uint64_t window = 0;
+    std::uint64_t inherited = 0;  // Window the run brought from an earlier file; 0 after a seek.
+  };
+
+  // Whether a read at `offset` continues `run`.
+  bool Continues(const Run& run, std::uint64_t offset) const {
+    return offset + options_.slack >= run.end && offset <= run.end + options_.slack;
+  }
   // Within slack of offset 0: the kernel's first requests may arrive slightly out of order.
-  bool FromTheStart() const { return run_begin_ <= options_.slack; }
+  bool FromTheStart() const { return run_.begin <= options_.slack; }
   std::uint64_t StartAfter() const {
     return FromTheStart() ? options_.start_after : options_.start_after_seek;
   }
 
   ReadaheadOptions options_;
-  std::uint64_t run_begin_ = 0;      // Where the current sequential run started.
-  std::uint64_t run_end_ = 0;        // Furthest byte the run has read.
-  std::uint64_t prefetched_to_ = 0;  // End of what was already handed out for prefetching.
-  std::uint64_t window_ = 0;
-  std::uint64_t inherited_ = 0;     // Window the run brought from an earlier file; 0 after a seek.
+  Run run_;     // The run the last read belongs to.
+  Run broken_;  // The run before it, which a read may resume.
+  bool has_broken_ = false;
   std::uint64_t past_eof_ = 0;      // How far the window of a run from the start reaches past EOF.
   std::uint64_t excess_taken_ = 0;  // Bytes past EOF TakeExcess() already returned.
   bool started_ = false;

@@ -114,6 +114,49 @@ TEST_F(Readahead, SeekResetsTheRun) {
   EXPECT_EQ(range.end, far + 3 * options_.start_after_seek);
 }
 
+TEST_F(Readahead, OneReadElsewhereDoesNotEndTheStream) {
+  // A memcpy of a memory-mapped tensor faults on its last page first: one read far ahead, then
+  // the stream goes on where it was.
+  const std::uint64_t file_size = kGiB;
+  std::uint64_t offset = 0;
+  ByteRange last;
+  for (; offset < 8 * kMiB; offset += kRead) {
+    if (ByteRange r = readahead_.OnRead(offset, kRead, file_size); !r.empty()) last = r;
+  }
+  const std::uint64_t window = readahead_.window();
+  ASSERT_GT(window, 0u);
+  EXPECT_TRUE(readahead_.OnRead(200 * kMiB, kRead, file_size).empty());
+  EXPECT_FALSE(readahead_.streaming()) << "the far read itself is a lone read";
+  ByteRange next = readahead_.OnRead(offset, kRead, file_size);
+  EXPECT_TRUE(readahead_.streaming());
+  EXPECT_EQ(readahead_.window(), window) << "the stream came back with its window";
+  EXPECT_EQ(next.begin, last.end) << "nothing handed out twice, nothing skipped";
+  EXPECT_EQ(next.end, offset + kRead + window);
+}
+
+TEST_F(Readahead, LoneReadsCannotPushOutTheStreamTheyInterrupted) {
+  const std::uint64_t file_size = kGiB;
+  std::uint64_t offset = 0;
+  for (; offset < 8 * kMiB; offset += kRead) readahead_.OnRead(offset, kRead, file_size);
+  const std::uint64_t window = readahead_.window();
+  for (std::uint64_t far : {300 * kMiB, 100 * kMiB, 700 * kMiB}) {
+    EXPECT_TRUE(readahead_.OnRead(far, kRead, file_size).empty()) << far;
+  }
+  EXPECT_FALSE(readahead_.OnRead(offset, kRead, file_size).empty());
+  EXPECT_EQ(readahead_.window(), window);
+}
+
+TEST_F(Readahead, ASeekThatTheReaderFollowsIsANewRun) {
+  const std::uint64_t file_size = kGiB;
+  std::uint64_t offset = 0;
+  for (; offset < 8 * kMiB; offset += kRead) readahead_.OnRead(offset, kRead, file_size);
+  const std::uint64_t far = 500 * kMiB;
+  readahead_.OnRead(far, kRead, file_size);
+  readahead_.OnRead(far + kRead, kRead, file_size);
+  EXPECT_EQ(readahead_.window(), 0u) << "the new run has not read start_after_seek yet";
+  EXPECT_FALSE(readahead_.streaming());
+}
+
 TEST_F(Readahead, BackwardSeekBeyondSlackResetsTheRun) {
   for (std::uint64_t offset = 0; offset < 8 * kMiB; offset += kRead) {
     readahead_.OnRead(offset, kRead, kGiB);
