@@ -188,13 +188,31 @@ def targets():
     return t
 
 
+# Runs whose values differ by more than this factor do not agree on a verdict: on a VM one side of
+# a ratio can be slowed several-fold by the host (a 1 GiB download took 0.74 s in one run and
+# 2.4-2.8 s in the next two), and the median of three such ratios says more about the host than
+# about ckptfs.
+UNSTEADY_SPREAD = 2.0
+
+
+def unsteady(per_run):
+    vals = [v for v in per_run if v is not None]
+    return len(vals) > 1 and min(vals) > 0 and max(vals) / min(vals) > UNSTEADY_SPREAD
+
+
 def evaluate(res):
-    """[(label, median, per-run values, goal, verdict)] with verdict 'met', 'NOT MET' or 'n/a'."""
+    """[(label, median, per-run values, goal, verdict)] with verdict 'met', 'NOT MET', 'UNSTEADY'
+    (the runs differ more than UNSTEADY_SPREAD-fold, so the median decides nothing) or 'n/a'."""
     out = []
     for label, fn, goal, check, unit in targets():
         per_run = [fn(res, k) for k in range(res.runs)]
         med = median(per_run)
-        verdict = "n/a" if med is None else ("met" if check(med) else "NOT MET")
+        if med is None:
+            verdict = "n/a"
+        elif unsteady(per_run):
+            verdict = "UNSTEADY"
+        else:
+            verdict = "met" if check(med) else "NOT MET"
         out.append((label, med, per_run, goal, verdict, unit))
     return out
 
@@ -250,7 +268,7 @@ def markdown(res, chart_name):
     ]
     for label, med, per_run, goal, verdict, unit in evaluate(res):
         runs = ", ".join(fmt(v, unit) for v in per_run)
-        verdict_md = f"**{verdict}**" if verdict == "NOT MET" else verdict
+        verdict_md = f"**{verdict}**" if verdict in ("NOT MET", "UNSTEADY") else verdict
         lines.append(f"| {label} | {with_unit(med, unit)} | {runs} | {goal} | {verdict_md} |")
     lines.append("")
     for title, rows in measurement_rows(res):
