@@ -103,3 +103,22 @@ def test_partial_reads_fetch_nothing_of_the_siblings(shards, cluster, mount):
     assert touched, "nothing was fetched, so the test proved nothing"
     assert touched <= set(digest[middle]) | set(digest[head]), (
         f"chunks of other files fetched: whole {whole}, ranges {ranges}")
+
+
+def test_readahead_does_not_load_back_a_file_the_mount_has_just_served_whole(
+        shards, cluster, mount):
+    # Concurrent readers of a directory spill their readahead into files another reader has
+    # just read. Such a file is in the page cache; loading its chunk back from the disk cache
+    # into memory would only take the room of chunks readers still need.
+    files, index, digest = shards
+    mnt = mount(index)
+    with open(mnt.path(_name(3)), "rb") as f:
+        assert f.read() == files[_name(3)]
+
+    _read_in_order(mnt, files, 3)  # Their readahead reaches shard 3 again.
+
+    stats = ckptfs_cli.mount_stats(mnt.mountpoint)
+    assert stats["store.disk_loads"] == 0, stats
+    assert stats["store.prefetch_skipped"] >= 1, stats
+    fetched = _fetched(cluster)
+    assert fetched.get(digest[_name(3)][0]) == 1, f"shard 3 fetched more than once: {fetched}"
