@@ -14,7 +14,7 @@
 // continues it resumes it with its window. Copying a tensor out of a memory-mapped file touches
 // the tensor's last page before its first (a large memcpy loads both ends first), so each
 // tensor of a safetensors load_file began with a page-fault read 64 MiB ahead, which closed the
-// window and sent the next 8 MiB of the stream out as isolated reads. The longer of the broken
+// window and sent the next 7 MiB of the stream out as isolated reads. The longer of the broken
 // run and the one before it is kept, so a lone read cannot push out a stream.
 //
 // Across files: checkpoint loaders and copy tools read a directory's files one after another, so
