@@ -65,6 +65,11 @@ def _random_rows():
     return "Random 4 KiB reads of the big file, cold", rows
 
 
+# The link rates of the shaped-link stage (bench/shaped_link.py): one that a 2-core client can
+# fill, and one near its CPU bound.
+SHAPED_RATES = ("4gbit", "8gbit")
+
+
 def sections(meta):
     big = meta.get("big_label", "big file")
     small = meta.get("small_label", "small files")
@@ -91,6 +96,14 @@ def sections(meta):
             ("rss.tf_first", "TensorFlow first tensor", "MiB"),
             ("rss.st_load", "safetensors load_file", "MiB"),
             ("rss.st_first", "safetensors first tensor", "MiB"),
+        ]),
+        ("Cold read over a shaped link (bench/shaped_link.py: a private network namespace whose "
+         "loopback tc tbf limits to the rate; one random file of 1 GiB, 256 MiB with --quick; R=2; "
+         "fresh cache)", [
+            row for rate in SHAPED_RATES for row in (
+                (f"shaped.{rate}.curl", f"{rate}: parallel curl, 8 streams, chunk objects",
+                 "MiB/s"),
+                (f"shaped.{rate}.ckptfs", f"{rate}: ckptfs cold", "MiB/s"))
         ]),
         ("TensorFlow and safetensors (loader venv)", [
             ("tf.restore.ckptfs", "TF Checkpoint.read (full restore) from a cold mount", "s"),
@@ -180,6 +193,10 @@ def targets():
         ("safetensors load_file from cold mount / download-then-load",
          lambda r, k: _ratio(r.get("st.load.ckptfs", k), r.get("st.load.download", k)),
          "<= 1.2", lambda v: v <= 1.2, "x"),
+        *((f"cold seq / parallel curl over a shaped {rate} link (extra)",
+           lambda r, k, rate=rate: _ratio(r.get(f"shaped.{rate}.ckptfs", k),
+                                          r.get(f"shaped.{rate}.curl", k)),
+           ">= 0.9", lambda v: v >= 0.9, "x") for rate in SHAPED_RATES),
         # The bound is 64 MiB plus the configured memory cache; the bench mounts with the
         # default memory_cache (64M), which holds chunks in flight and fetched ahead.
         ("daemon peak RSS (max over stages), memory_cache=64M", _rss_max,

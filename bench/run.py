@@ -25,7 +25,7 @@ from common import (GiB, MeasureFailed, MiB, Cleanup, Interrupted, elapsed_secon
                     install_signal_handlers, log, run, terminate_pid)
 from mounts import abort_fuse, mount_info
 from raw import RawBench
-from report import chart, console_table, markdown
+from report import SHAPED_RATES, chart, console_table, markdown
 from results import Results
 from servers import NginxNode, publish_argv
 from source import make_source
@@ -53,6 +53,7 @@ class Config:
         self.chunk_size = "4M"
         self.tf_bytes = (128 * MiB) if args.quick else 1 * GiB
         self.tf_timeout = 900 if args.quick else 1500
+        self.shaped_bytes = (256 * MiB) if args.quick else 1 * GiB
         self.loaders_venv = os.path.abspath(args.loaders_venv)
         self.peers = [p for p in ("httpdirfs", "rclone") if p not in args.skip]
         self.skip = set(args.skip)
@@ -71,7 +72,8 @@ def parse_args(argv):
     p.add_argument("--reuse", action="store_true",
                    help="reuse data and published chunks kept by an earlier --keep run")
     p.add_argument("--skip", action="append", default=[],
-                   choices=["httpdirfs", "rclone", "tf"], help="leave a system or stage out")
+                   choices=["httpdirfs", "rclone", "tf", "shaped"],
+                   help="leave a system or stage out")
     p.add_argument("--random-reads", type=int, help="number of random 4 KiB reads")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--loaders-venv", default=os.path.join(REPO, ".venv-loaders"))
@@ -261,6 +263,54 @@ def bench(cfg, res, cleanup):
     except MeasureFailed as e:
         res.problem(f"ckptfs: verification read failed: {e}")
     tf_stage(cfg, res, cleanup, nodes)
+    shaped_stage(cfg, res)
+
+
+def shaped_stage(cfg, res):
+    """bench/shaped_link.py at SHAPED_RATES, which cleans up its own namespace, nodes and file."""
+    if "shaped" in cfg.skip:
+        res.stage_notes["shaped link"] = "not run: --skip shaped"
+        return
+    out = os.path.join(cfg.workdir, "shaped.json")
+    argv = [sys.executable, os.path.join(HERE, "shaped_link.py"), "--bin", cfg.binary,
+            "--rates", ",".join(SHAPED_RATES), "--runs", str(cfg.runs),
+            "--size-mib", str(cfg.shaped_bytes // MiB), "--json", out]
+    log(f"shaped link stage: {', '.join(SHAPED_RATES)}, {cfg.runs} run(s) each")
+    try:
+        run_shaped_link(argv, timeout=1800)
+        with open(out) as f:
+            measured = json.load(f)
+    except (MeasureFailed, OSError, ValueError) as e:
+        res.stage_notes["shaped link"] = f"not run: {e}"
+        log(f"shaped link stage failed: {e}")
+        return
+    for rate, sides in measured.items():
+        for side, values in sides.items():
+            for r, v in enumerate(values):
+                res.put(f"shaped.{rate}.{side}", r, v)
+        log(f"  {rate}: curl {res.med(f'shaped.{rate}.curl'):,.0f}, "
+            f"ckptfs {res.med(f'shaped.{rate}.ckptfs'):,.0f} MiB/s")
+
+
+def run_shaped_link(argv, timeout):
+    """Runs shaped_link.py; on timeout or interruption asks it to stop (SIGTERM, on which it
+    removes its namespace, mount and nodes) before killing it."""
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        _, err = proc.communicate(timeout=timeout)
+    except BaseException as e:
+        proc.terminate()
+        try:
+            proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if isinstance(e, subprocess.TimeoutExpired):
+            raise MeasureFailed(f"shaped_link.py timed out after {timeout:.0f} s") from e
+        raise
+    if proc.returncode != 0:
+        raise MeasureFailed(f"shaped_link.py exited {proc.returncode}: {err.strip()[-800:]}")
 
 
 def tf_stage(cfg, res, cleanup, nodes):

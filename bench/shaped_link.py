@@ -14,6 +14,7 @@ the namespace, the mount and the nodes go away at the end, also on failure.
 """
 
 import argparse
+import json
 import os
 import shutil
 import signal
@@ -44,6 +45,7 @@ def parse_args(argv):
                    help="comma-separated tc rates for the namespace's loopback")
     p.add_argument("--size-mib", type=int, default=1024, help="size of the file read")
     p.add_argument("--runs", type=int, default=3, help="runs per rate (median shown)")
+    p.add_argument("--json", help="also write {rate: {curl: [MiB/s...], ckptfs: [...]}} here")
     p.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
@@ -141,14 +143,19 @@ def measure(args):
                        check=True, stdout=subprocess.DEVNULL)
         gets = netlimit.gets_for_files(ckindex.ChunkMap(index), [FILE])
         print(f"{'rate':>8} {'curl MiB/s':>26} {'ckptfs MiB/s':>26} {'ratio':>6}", flush=True)
+        results = {}
         for rate in args.rates.split(","):
             shape(rate)
             curl, ckptfs = [], []
             for _ in range(args.runs):
                 curl.append(curl_mibps(gets, size))
                 ckptfs.append(ckptfs_mibps(binary, index, work, size))
+            results[rate] = {"curl": curl, "ckptfs": ckptfs}
             print(f"{rate:>8} {row(curl):>26} {row(ckptfs):>26} "
                   f"{statistics.median(k / c for k, c in zip(ckptfs, curl)):6.2f}", flush=True)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(results, f)
     finally:
         ignore_signals()
         for node in nodes:
