@@ -542,11 +542,8 @@ void ChunkStore::ForgetDeliveriesIfAskedAgain(const Digest& digest) {
 }
 
 bool ChunkStore::Delivered(const Digest& digest) {
-  {
-    std::lock_guard lock(ready_mu_);
-    if (!delivered_.contains(digest)) return false;
-  }
-  return cache_->Contains(digest);
+  std::lock_guard lock(ready_mu_);
+  return delivered_.contains(digest);
 }
 
 void ChunkStore::DropReadyLocked(std::list<Ready>::iterator it) {
@@ -680,7 +677,7 @@ void ChunkStore::RememberOutcome(const Digest& digest, const Status& status) {
 
 void ChunkStore::Prefetch(const ChunkKey& key) {
   if (FindReady(key.digest) != nullptr) return;
-  if (Delivered(key.digest)) {
+  if (Delivered(key.digest) && cache_->Contains(key.digest)) {
     counters_.prefetch_skipped++;
     return;
   }
@@ -728,13 +725,15 @@ void ChunkStore::PrefetchLoop() {
     std::optional<ChunkKey> key = TakeQueued(&room);
     if (!key.has_value()) return;
     if (FindReady(key->digest) == nullptr) {
-      if (Delivered(key->digest)) {
+      if (!cache_->Contains(key->digest)) {
+        if (auto [flight, started] = FlightFor(key->digest); started) {
+          Lead(*key, *flight, clock_->Now() + options_.prefetch_timeout, Priority::kBackground,
+               nullptr, &room);
+        }
+      } else if (Delivered(key->digest)) {
         counters_.prefetch_skipped++;  // A reader overtook readahead.
-      } else if (cache_->Contains(key->digest)) {
+      } else {
         LoadFromDisk(*key, &room);
-      } else if (auto [flight, started] = FlightFor(key->digest); started) {
-        Lead(*key, *flight, clock_->Now() + options_.prefetch_timeout, Priority::kBackground,
-             nullptr, &room);
       }
     }
     ReturnRoom(room);  // Whatever no buffer took.

@@ -219,9 +219,9 @@ class ChunkStore {
   Status Read(const ChunkKey& key, std::uint64_t offset, std::span<std::uint8_t> dst,
               TimePoint deadline, Access access = Access::kStream);
 
-  // Queues background work unless the chunk is in memory, in flight or already queued, or
-  // readers have had all of it lately (Delivered): a fetch, or a load from the disk cache when it
-  // is cached. Never blocks. A full queue drops the request.
+  // Queues background work unless the chunk is in memory, in flight or already queued, or cached
+  // with readers having had all of it lately (Delivered): a fetch, or a load from the disk cache
+  // when it is cached. Never blocks. A full queue drops the request.
   void Prefetch(const ChunkKey& key);
 
   // Tells the store that `bytes` of a chunk it handed out from memory have reached a reader; once
@@ -289,8 +289,8 @@ class ChunkStore {
   // Called when a reader reads the chunk from the disk cache: forgets every delivery when this
   // chunk was one, since then the page cache has lost what the record says it holds.
   void ForgetDeliveriesIfAskedAgain(const Digest& digest);
-  // Whether readers have had every byte of the chunk lately and the disk cache has it: the
-  // kernel's page cache should too, so readahead leaves it alone.
+  // Whether readers have had every byte of the chunk lately: the kernel's page cache should have
+  // it, so readahead does not load it back while the disk cache has it.
   bool Delivered(const Digest& digest);
   // Takes one chunk off the ready list and its bytes off ready_bytes_.
   void DropReadyLocked(std::list<Ready>::iterator it);  // REQUIRES: ready_mu_ held.

@@ -18,21 +18,17 @@ ByteRange Readahead::OnRead(std::uint64_t offset, std::uint64_t length, std::uin
   std::uint64_t end = offset + length;
   if (started_ && Continues(run_, offset)) {
     run_.end = std::max(run_.end, end);
-  } else if (started_ && has_broken_ && Continues(broken_, offset)) {
-    std::swap(run_, broken_);  // Back to the stream after a read elsewhere.
+  } else if (started_ && broken_ && Continues(*broken_, offset)) {
+    std::swap(run_, *broken_);  // Back to the stream after a read elsewhere.
     run_.end = std::max(run_.end, end);
   } else {
-    if (started_ && (!has_broken_ || run_.end - run_.begin >= broken_.end - broken_.begin)) {
-      broken_ = run_;
-      has_broken_ = true;
-    }
+    if (started_ && (!broken_ || run_.length() >= broken_->length())) broken_ = run_;
     run_ = Run{.begin = offset, .end = end, .prefetched_to = end};
   }
   started_ = true;
   past_eof_ = 0;
-  std::uint64_t run = run_.end - run_.begin;
-  if (run < StartAfter() && run_.inherited == 0) return {};
-  run_.window = std::min(options_.max_window, run_.inherited + 2 * run);
+  if (run_.length() < StartAfter() && run_.inherited == 0) return {};
+  run_.window = std::min(options_.max_window, run_.inherited + 2 * run_.length());
   if (FromTheStart() && run_.end + run_.window > file_size) {
     past_eof_ = run_.end + run_.window - std::max(file_size, run_.end);
   }

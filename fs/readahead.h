@@ -27,6 +27,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 
 namespace ckptfs::fs {
 
@@ -71,7 +72,7 @@ class Readahead {
   // Whether the last read belongs to a stream: a run from the start of the file, or one that has
   // read start_after_seek bytes. Otherwise it is a lone read (a seek, a random access, a lazy load
   // of one tensor), which should fetch only what it touches.
-  bool streaming() const { return FromTheStart() || run_.end - run_.begin >= StartAfter(); }
+  bool streaming() const { return FromTheStart() || run_.length() >= StartAfter(); }
 
  private:
   // A sequential run of reads and what it has handed out.
@@ -81,6 +82,7 @@ class Readahead {
     std::uint64_t prefetched_to = 0;  // End of what was already handed out for prefetching.
     std::uint64_t window = 0;
     std::uint64_t inherited = 0;  // Window the run brought from an earlier file; 0 after a seek.
+    std::uint64_t length() const { return end - begin; }
   };
 
   // Whether a read at `offset` continues `run`.
@@ -94,9 +96,8 @@ class Readahead {
   }
 
   ReadaheadOptions options_;
-  Run run_;     // The run the last read belongs to.
-  Run broken_;  // The run before it, which a read may resume.
-  bool has_broken_ = false;
+  Run run_;                         // The run the last read belongs to.
+  std::optional<Run> broken_;       // The run before it, which a read may resume.
   std::uint64_t past_eof_ = 0;      // How far the window of a run from the start reaches past EOF.
   std::uint64_t excess_taken_ = 0;  // Bytes past EOF TakeExcess() already returned.
   bool started_ = false;
