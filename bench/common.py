@@ -93,19 +93,20 @@ def run(cmd, timeout, check=True, env=None, cwd=None):
     return cp
 
 
-def run_bounded(cmd, timeout, on_timeout=None, env=None):
+def run_bounded(cmd, timeout, on_timeout=None, env=None, stop_grace=0):
     """Runs a worker in its own process group; returns (stdout, stderr).
 
     On timeout the group is SIGKILLed and on_timeout() runs (for example aborting a FUSE
     connection so that a reader stuck in the kernel can exit), then MeasureFailed is raised.
-    A non-zero exit also raises MeasureFailed.
+    A non-zero exit also raises MeasureFailed. With stop_grace, the group first gets SIGTERM and
+    that many seconds to clean up (a worker that made a network namespace removes it).
     """
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        _kill_group(proc)
+        _stop_group(proc, stop_grace)
         if on_timeout is not None:
             try:
                 on_timeout()
@@ -117,7 +118,7 @@ def run_bounded(cmd, timeout, on_timeout=None, env=None):
             log(f"worker {proc.pid} still not gone 20 s after SIGKILL (stuck in the kernel)")
         raise MeasureFailed(f"timed out after {timeout:.0f} s") from None
     except BaseException:
-        _kill_group(proc)
+        _stop_group(proc, stop_grace)
         try:
             proc.communicate(timeout=20)
         except subprocess.TimeoutExpired:
@@ -156,6 +157,16 @@ class ReaderJobs:
             return json.loads(out.strip().splitlines()[-1])
         except (IndexError, ValueError) as e:
             raise MeasureFailed(f"reader printed no result: {err.strip()[-300:]}") from e
+
+
+def _stop_group(proc, grace):
+    if grace > 0:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=grace)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            pass
+    _kill_group(proc)  # Whatever is left of the group.
 
 
 def _kill_group(proc):

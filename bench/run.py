@@ -22,7 +22,7 @@ import time
 
 from ckindex import ChunkMap
 from common import (GiB, MeasureFailed, MiB, Cleanup, Interrupted, elapsed_seconds,
-                    install_signal_handlers, log, run, terminate_pid)
+                    install_signal_handlers, log, run, run_bounded, terminate_pid)
 from mounts import abort_fuse, mount_info
 from raw import RawBench
 from report import SHAPED_RATES, chart, console_table, markdown
@@ -277,7 +277,8 @@ def shaped_stage(cfg, res):
             "--size-mib", str(cfg.shaped_bytes // MiB), "--json", out]
     log(f"shaped link stage: {', '.join(SHAPED_RATES)}, {cfg.runs} run(s) each")
     try:
-        run_shaped_link(argv, timeout=1800)
+        # SIGTERM first: shaped_link.py then removes its namespace, mount and nodes.
+        run_bounded(argv, timeout=1800, stop_grace=120)
         with open(out) as f:
             measured = json.load(f)
     except (MeasureFailed, OSError, ValueError) as e:
@@ -290,27 +291,6 @@ def shaped_stage(cfg, res):
                 res.put(f"shaped.{rate}.{side}", r, v)
         log(f"  {rate}: curl {res.med(f'shaped.{rate}.curl'):,.0f}, "
             f"ckptfs {res.med(f'shaped.{rate}.ckptfs'):,.0f} MiB/s")
-
-
-def run_shaped_link(argv, timeout):
-    """Runs shaped_link.py; on timeout or interruption asks it to stop (SIGTERM, on which it
-    removes its namespace, mount and nodes) before killing it."""
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    try:
-        _, err = proc.communicate(timeout=timeout)
-    except BaseException as e:
-        proc.terminate()
-        try:
-            proc.wait(timeout=120)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        if isinstance(e, subprocess.TimeoutExpired):
-            raise MeasureFailed(f"shaped_link.py timed out after {timeout:.0f} s") from e
-        raise
-    if proc.returncode != 0:
-        raise MeasureFailed(f"shaped_link.py exited {proc.returncode}: {err.strip()[-800:]}")
 
 
 def tf_stage(cfg, res, cleanup, nodes):

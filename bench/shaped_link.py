@@ -16,6 +16,7 @@ the namespace, the mount and the nodes go away at the end, also on failure.
 import argparse
 import json
 import os
+import random
 import shutil
 import signal
 import statistics
@@ -31,11 +32,12 @@ import ckindex  # noqa: E402
 import netlimit  # noqa: E402
 import reader  # noqa: E402
 import servers  # noqa: E402
-from common import install_signal_handlers, sync_and_drop_caches  # noqa: E402
+from common import MiB, install_signal_handlers, sync_and_drop_caches  # noqa: E402
 from mounts import CkptfsMount  # noqa: E402
+from source import write_random  # noqa: E402
 
-MiB = 1 << 20
 FILE = "model.bin"
+SEED = 1
 
 
 def parse_args(argv):
@@ -91,13 +93,6 @@ def ignore_signals():
         signal.signal(sig, signal.SIG_IGN)
 
 
-def write_random_file(path, size):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "wb") as f:
-        for _ in range(size // MiB):
-            f.write(os.urandom(MiB))
-
-
 def shape(rate):
     subprocess.run(["tc", "qdisc", "replace", "dev", "lo", "root", "tbf", "rate", rate,
                     "burst", "4mb", "latency", "100ms"], check=True)
@@ -133,7 +128,7 @@ def measure(args):
     os.chmod(work, 0o755)  # nginx's workers (an unprivileged user) serve files under it.
     nodes = []
     try:
-        write_random_file(os.path.join(work, "src", FILE), size)
+        write_random(os.path.join(work, "src", FILE), size, random.Random(SEED))
         for i in range(3):
             nodes.append(servers.NginxNode(f"n{i}", os.path.join(work, f"node{i}"),
                                            os.path.join(work, f"node{i}", "www")))

@@ -25,7 +25,8 @@ def spec_of(cfg):
             "small_bytes": cfg.small_bytes, "seed": cfg.seed}
 
 
-def _write_random(path, size, rng):
+def write_random(path, size, rng):
+    """Writes `size` bytes from `rng` (a random.Random) to `path`; returns their SHA-256."""
     h = hashlib.sha256()
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "wb") as f:
@@ -56,9 +57,9 @@ def make_source(src_dir, manifest_path, cfg, reuse):
     files = {}
     log(f"source: writing {cfg.big_bytes / MiB:.0f} MiB + {cfg.small_count} x "
         f"{cfg.small_bytes / MiB:.0f} MiB of random bytes")
-    files[BIG] = _write_random(os.path.join(src_dir, BIG), cfg.big_bytes, rng)
+    files[BIG] = write_random(os.path.join(src_dir, BIG), cfg.big_bytes, rng)
     for i in range(cfg.small_count):
-        files[small_name(i)] = _write_random(os.path.join(src_dir, small_name(i)),
+        files[small_name(i)] = write_random(os.path.join(src_dir, small_name(i)),
                                              cfg.small_bytes, rng)
     with open(manifest_path, "w") as f:
         json.dump({"spec": spec, "files": files}, f)
