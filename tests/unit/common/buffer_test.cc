@@ -1,0 +1,72 @@
+#include "common/buffer.h"
+
+#include <gtest/gtest.h>
+
+#include <cstdint>
+#include <fstream>
+#include <sstream>
+#include <string>
+
+namespace ckptfs {
+namespace {
+
+std::uintptr_t Address(const Buffer& buffer) {
+  return reinterpret_cast<std::uintptr_t>(buffer.data());
+}
+
+// The VmFlags line of the mapping in /proc/self/smaps that holds `address`; empty if none does.
+std::string VmFlagsAt(std::uintptr_t address) {
+  std::ifstream smaps("/proc/self/smaps");
+  std::string line;
+  bool inside = false;
+  while (std::getline(smaps, line)) {
+    std::uintptr_t begin = 0;
+    std::uintptr_t end = 0;
+    char dash = 0;
+    std::istringstream range(line);
+    // A mapping's header line is "begin-end perms ..."; the lines under it are "Name: value".
+    if (range >> std::hex >> begin >> dash >> end && dash == '-') {
+      inside = begin <= address && address < end;
+    } else if (inside && line.rfind("VmFlags:", 0) == 0) {
+      return line;
+    }
+  }
+  return "";
+}
+
+TEST(Buffer, SmallBufferStartsOnAPageBoundary) {
+  Buffer buffer(1u << 20);
+  EXPECT_EQ(Address(buffer) % kBufferAlignment, 0u);
+  EXPECT_EQ(buffer.size(), 1u << 20);
+}
+
+TEST(Buffer, ChunkSizedBufferStartsOnAHugePageBoundary) {
+  Buffer buffer(4u << 20);
+  EXPECT_EQ(Address(buffer) % kHugePageSize, 0u);
+  EXPECT_EQ(buffer.span().size(), 4u << 20);
+}
+
+TEST(Buffer, ChunkSizedBufferAsksForHugePages) {
+  Buffer buffer(4u << 20);
+  EXPECT_NE(VmFlagsAt(Address(buffer)).find(" hg"), std::string::npos);
+  EXPECT_NE(VmFlagsAt(Address(buffer) + (4u << 20) - 1).find(" hg"), std::string::npos);
+}
+
+TEST(Buffer, TailShorterThanAHugePageKeepsSmallPages) {
+  Buffer buffer(3u << 20);
+  EXPECT_NE(VmFlagsAt(Address(buffer)).find(" hg"), std::string::npos);
+  const std::string tail = VmFlagsAt(Address(buffer) + kHugePageSize);
+  ASSERT_FALSE(tail.empty());
+  EXPECT_EQ(tail.find(" hg"), std::string::npos);
+}
+
+TEST(Buffer, BytesAreWritableToTheEnd) {
+  Buffer buffer(kHugePageSize + 4096);
+  buffer.data()[0] = 1;
+  buffer.data()[buffer.size() - 1] = 2;
+  EXPECT_EQ(buffer.span().front(), 1);
+  EXPECT_EQ(buffer.span().back(), 2);
+}
+
+}  // namespace
+}  // namespace ckptfs
