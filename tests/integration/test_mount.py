@@ -196,6 +196,47 @@ def test_a_sequential_read_takes_every_chunk_from_memory_not_back_from_the_disk_
     assert stats["store.fetches"] == chunks, stats
 
 
+def _peak_rss_per_pass(mnt, published, passes):
+    """Reads the 300 MiB file `passes` times, the page cache dropped before each; the daemon's
+    peak RSS after each pass."""
+    peaks = []
+    for _ in range(passes):
+        ckptfs_cli.drop_page_cache()
+        assert source_tree.sha256_file(mnt.path(BIG), block=MiB) == published.tree.sha256[BIG]
+        peaks.append(ckptfs_cli.mount_stats(mnt.mountpoint)["daemon.peak_rss_bytes"])
+    return peaks
+
+
+@pytest.mark.parametrize("cache_size", ["64M", "1G"])
+def test_daemon_memory_does_not_grow_with_the_bytes_read(published, mount, monkeypatch,
+                                                         cache_size):
+    # Under AddressSanitizer freed memory waits in a quarantine of up to 256 MiB, which would
+    # make the sanitizer build's RSS grow with the bytes read; without it, RSS is the daemon's.
+    monkeypatch.setenv("ASAN_OPTIONS",
+                       os.environ.get("ASAN_OPTIONS", "") + ":quarantine_size_mb=0")
+    # A 64 MiB disk cache cannot hold the file: every pass fetches every chunk again (and evicts).
+    # With 1 GiB the first pass fetches and the others load chunks ahead from the disk cache.
+    mnt = mount(published.index, cache_size=cache_size, memory_cache="16M", fetchers="2",
+                dir_readahead="0")
+
+    peaks = _peak_rss_per_pass(mnt, published, 4)
+
+    stats = ckptfs_cli.mount_stats(mnt.mountpoint)
+    with published.db() as db:
+        chunks = len(db.extents(BIG))
+    if cache_size == "64M":
+        assert stats["store.fetches"] == 4 * chunks, stats
+    else:
+        assert stats["store.fetches"] == chunks and stats["store.disk_loads"] > 0, stats
+    # The first two passes fill the memory budget and the buffer pools (the second, through the
+    # disk cache, also the pool for replies read from it). Two chunks of slack for the
+    # allocator; keeping one buffer per chunk read would add 600 MiB.
+    growth = peaks[3] - peaks[1]
+    assert growth <= 8 * MiB, (
+        f"peak RSS per pass {[round(p / MiB, 1) for p in peaks]} MiB: "
+        f"{growth / MiB:.1f} MiB more after two more passes")
+
+
 def test_concurrent_readers_get_correct_bytes_and_share_fetches(published, mount):
     mnt = mount(published.index, cache_size="1G")
     ranges = [(i * (5 * MiB // 2) + 12345 + i * 1000, 8 * MiB) for i in range(8)]
