@@ -524,7 +524,7 @@ void ChunkStore::AddReady(const Digest& digest, std::uint64_t size,
 }
 
 void ChunkStore::RememberDeliveredLocked(const Digest& digest) {
-  if (options_.remembered_deliveries == 0 || !delivered_.insert(digest).second) return;
+  if (!delivered_.insert(digest).second) return;
   delivered_order_.push_back(digest);
   if (delivered_order_.size() > options_.remembered_deliveries) {
     delivered_.erase(delivered_order_.front());
@@ -578,10 +578,7 @@ std::optional<std::uint64_t> ChunkStore::WaitForRoom(std::uint64_t size) {
     for (auto it = ready_.begin(); it != ready_.end(); ++it) {
       const TimePoint at =
           it->served > 0 ? it->touched + options_.left_after : it->added + options_.stale_after;
-      if (at <= first_at) {
-        first = it;
-        first_at = at;
-      }
+      if (at <= first_at) std::tie(first, first_at) = std::tie(it, at);
     }
     const Duration left = first_at - clock_->Now();
     if (left <= Duration::zero()) {
