@@ -119,6 +119,14 @@ struct RetryOptions {
   // max_backoff, with +-25% jitter. It is still tried when every other replica failed.
   Duration initial_backoff = std::chrono::milliseconds(200);
   Duration max_backoff = std::chrono::seconds(5);
+  // A failure that took long to show costs that long to every fetch that tries the node: a node
+  // that accepts connections but has stopped answering fails only at the transport's low-speed
+  // limit, one whose packets go nowhere at its connect timeout. Such a node is backed off for at
+  // least slow_failure_factor times the failed attempt's duration, at most
+  // max_slow_failure_backoff (jitter as above), so that it costs the reads a stall now and then
+  // rather than one every max_backoff. A failure that shows at once keeps the short backoff.
+  double slow_failure_factor = 10;
+  Duration max_slow_failure_backoff = std::chrono::seconds(60);
   // Pause between rounds when every replica failed, doubling up to max_backoff.
   Duration round_pause = std::chrono::milliseconds(100);
   std::uint64_t jitter_seed = 0x5eed;
@@ -214,7 +222,11 @@ class RetryingFetcher final : public ChunkFetcher {
   // body arrives; updates the node's health.
   Status TryReplica(NodeState& node, const ChunkRef& chunk, Verifier& verifier, TimePoint deadline);
   void RecordSuccess(NodeState& node, std::uint64_t bytes, Duration took);
-  void RecordFailure(NodeState& node, const Status& error);
+  // `took`: how long the failed attempt ran.
+  void RecordFailure(NodeState& node, const Status& error, Duration took);
+  // The least backoff after an attempt that failed after `took` (RetryOptions::
+  // slow_failure_factor).
+  Duration SlowFailureBackoff(Duration took) const;
   Duration Jitter(Duration d);  // REQUIRES: mu_ held (uses rng_).
 
   Transport* transport_;

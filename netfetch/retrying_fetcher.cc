@@ -425,7 +425,7 @@ Status RetryingFetcher::TryReplica(NodeState& node, const ChunkRef& chunk, Verif
     ++counters_.failed_attempts;
     status = status.WithContext("node " + node.endpoint.name);
     LogDebug("fetch attempt failed: " + status.ToString());
-    RecordFailure(node, status);
+    RecordFailure(node, status, took);
     return status;
   }
   RecordSuccess(node, rest.size(), took);
@@ -454,7 +454,7 @@ void RetryingFetcher::RecordSuccess(NodeState& node, std::uint64_t bytes, Durati
   }
 }
 
-void RetryingFetcher::RecordFailure(NodeState& node, const Status& error) {
+void RetryingFetcher::RecordFailure(NodeState& node, const Status& error, Duration took) {
   const TimePoint now = clock_->Now();
   bool was_healthy = false;
   {
@@ -463,12 +463,18 @@ void RetryingFetcher::RecordFailure(NodeState& node, const Status& error) {
     const int failures = ++node.consecutive_failures;
     Duration backoff = options_.initial_backoff;
     for (int i = 1; i < failures && backoff < options_.max_backoff; ++i) backoff *= 2;
-    node.not_before = now + Jitter(std::min(backoff, options_.max_backoff));
+    backoff = std::max(std::min(backoff, options_.max_backoff), SlowFailureBackoff(took));
+    node.not_before = std::max(node.not_before, now + Jitter(backoff));
   }
   if (was_healthy) {
     LogWarning("node " + node.endpoint.name + " (" + node.endpoint.url +
                ") is failing; trying other replicas first: " + error.ToString());
   }
+}
+
+Duration RetryingFetcher::SlowFailureBackoff(Duration took) const {
+  const std::chrono::duration<double> scaled(options_.slow_failure_factor * Seconds(took));
+  return std::min(std::chrono::duration_cast<Duration>(scaled), options_.max_slow_failure_backoff);
 }
 
 Duration RetryingFetcher::Jitter(Duration d) {

@@ -412,6 +412,75 @@ TEST_F(RetryingFetcher, HealthShowsRepeatedFailuresThenRecovery) {
   EXPECT_NEAR(recovered.bytes_per_second, 4096 / 0.020, 1.0);
 }
 
+// A node that accepts the request and then sends nothing fails only when the transport gives up
+// on it: every fetch that tries it waits that long.
+Status Stalled(const std::string& url) {
+  return UnavailableError("transfer from " + url + " stalled below the low-speed limit");
+}
+
+TEST_F(RetryingFetcher, NodeWhoseFailureTookLongIsBackedOffInProportion) {
+  TestChunk chunk = MakeChunk(33, {1, 2});
+  transport_.Enqueue(Url(1, chunk), ScriptedResponse::Error(Stalled(Url(1, chunk)), 3s));
+  Serve(1, chunk);
+  Serve(2, chunk);
+  auto fetcher = MakeFetcher();
+  std::vector<std::uint8_t> out;
+  ASSERT_TRUE(Fetch(*fetcher, chunk, &out).ok());  // node1 stalls for 3 s, node2 serves.
+  ASSERT_EQ(transport_.Calls(Url(1, chunk)), 1);
+
+  // Past the longest backoff a quick failure earns (max_backoff + 25% jitter), a node that cost
+  // 3 s is still tried last: slow_failure_factor (10) x 3 s, less 25% jitter, is 22.5 s.
+  ASSERT_EQ(options_.slow_failure_factor, 10);
+  clock_.Advance(options_.max_backoff * 2);
+  EXPECT_TRUE(HealthOf(*fetcher, 1).backing_off);
+  ASSERT_TRUE(Fetch(*fetcher, chunk, &out).ok());
+  EXPECT_EQ(transport_.Calls(Url(1, chunk)), 1) << "the stalled node was asked again";
+
+  // 30 s plus 25% jitter after the failure, it comes first again.
+  clock_.Advance(40s - options_.max_backoff * 2);
+  EXPECT_FALSE(HealthOf(*fetcher, 1).backing_off);
+  ASSERT_TRUE(Fetch(*fetcher, chunk, &out).ok());
+  EXPECT_EQ(transport_.CallOrder().back(), Url(1, chunk));
+  EXPECT_EQ(out, chunk.bytes);
+}
+
+TEST_F(RetryingFetcher, BackoffAfterASlowFailureIsCapped) {
+  TestChunk chunk = MakeChunk(34, {1, 2});
+  // Hangs until the attempt timeout (10 s) cuts it: 10 x 10 s would be 100 s.
+  transport_.Enqueue(Url(1, chunk), ScriptedResponse::Body(chunk.bytes, 1h));
+  Serve(1, chunk);
+  Serve(2, chunk);
+  auto fetcher = MakeFetcher();
+  std::vector<std::uint8_t> out;
+  ASSERT_TRUE(Fetch(*fetcher, chunk, &out).ok());
+  ASSERT_EQ(transport_.Timeouts(Url(1, chunk)), std::vector<Duration>{options_.attempt_timeout});
+
+  clock_.Advance(options_.max_slow_failure_backoff * 3 / 4 - 1s);
+  EXPECT_TRUE(HealthOf(*fetcher, 1).backing_off);
+  clock_.Advance(options_.max_slow_failure_backoff / 2 + 2s);  // Past the cap plus 25% jitter.
+  EXPECT_FALSE(HealthOf(*fetcher, 1).backing_off);
+}
+
+TEST_F(RetryingFetcher, AQuickFailureDoesNotShortenTheBackoffOfASlowOne) {
+  TestChunk chunk = MakeChunk(35, {1, 2});
+  transport_.Enqueue(Url(1, chunk), ScriptedResponse::Error(Stalled(Url(1, chunk)), 3s));
+  auto fetcher = MakeFetcher();
+  Serve(2, chunk);
+  std::vector<std::uint8_t> out;
+  ASSERT_TRUE(Fetch(*fetcher, chunk, &out).ok());  // node1 stalls, node2 serves.
+
+  // node2 fails at once, so node1 is asked although it is backing off, and fails at once too.
+  FailOnce(2, chunk);
+  FailOnce(1, chunk);
+  Serve(1, chunk);
+  ASSERT_TRUE(Fetch(*fetcher, chunk, &out).ok());
+  ASSERT_EQ(transport_.Calls(Url(1, chunk)), 2);
+
+  clock_.Advance(options_.max_backoff * 2);
+  EXPECT_TRUE(HealthOf(*fetcher, 1).backing_off) << "the quick failure cut the backoff short";
+  EXPECT_EQ(HealthOf(*fetcher, 1).consecutive_failures, 2);
+}
+
 TEST_F(RetryingFetcher, HealthCountsTheRequestsInFlight) {
   TestChunk chunk = MakeChunk(32, {3});
   Serve(3, chunk);
