@@ -168,11 +168,23 @@ class NginxNode:
             f"nginx node {self.name} did not listen on {self.port} within {timeout}s:\n"
             f"{self._diagnostics()}")
 
+    def freeze(self):
+        """Stops nginx in its tracks (SIGSTOP), like a server that hangs: the kernel still accepts
+        connections and requests on its port, but nothing answers them until thaw()."""
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def thaw(self):
+        """Lets a frozen nginx run again (SIGCONT)."""
+        if self.running:
+            self.proc.send_signal(signal.SIGCONT)
+
     def stop(self, timeout=10.0):
-        """Stops nginx (SIGTERM, then SIGKILL); afterwards the port refuses connections."""
+        """Stops nginx (SIGTERM, then SIGKILL), frozen or not; afterwards the port refuses
+        connections."""
         if self.proc is None:
             return
         if self.proc.poll() is None:
+            self.thaw()  # A stopped process would leave SIGTERM pending.
             self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(timeout=timeout)

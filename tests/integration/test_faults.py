@@ -7,14 +7,18 @@ import time
 
 import pytest
 
+import ckptfs_cli
 import source_tree
 from nginx_node import settle_chunk_gets
 from source_tree import BIG, MiB
 
 
 def _read_all_and_compare(mnt, tree):
-    wrong = [rel for rel in tree.files()
-             if source_tree.sha256_file(mnt.path(rel)) != tree.sha256[rel]]
+    _read_all_and_compare_files(mnt, tree, tree.files())
+
+
+def _read_all_and_compare_files(mnt, tree, files):
+    wrong = [rel for rel in files if source_tree.sha256_file(mnt.path(rel)) != tree.sha256[rel]]
     assert not wrong, f"files read back differently: {wrong}"
 
 
@@ -144,3 +148,35 @@ def test_unavailable_chunk_gives_eio_in_time_then_recovers(published, mount):
             time.sleep(0.5)
     print(f"recovered after {attempts} attempt(s)")
     assert data == expected
+
+
+def test_a_frozen_node_costs_one_stall_then_is_passed_over(published, mount):
+    """A node that hangs (its port still takes connections and requests, nothing answers) fails
+    an attempt only at the transport's low-speed limit, 3 s. The mount must then leave it for
+    long, not try it again every few hundred milliseconds and stall each time."""
+    with published.db() as db:
+        frozen = published.node(db.extents(BIG)[0].nodes[0])  # The first node the read asks.
+    mnt = mount(published.index)
+    frozen.freeze()
+    try:
+        assert source_tree.sha256_file(mnt.path(BIG)) == published.tree.sha256[BIG]
+        after_big = ckptfs_cli.mount_stats(mnt.mountpoint)
+        failed = after_big["fetch.failed_attempts"]
+        print(f"{frozen.name} frozen: {failed} failed attempt(s) reading {BIG}")
+        assert failed >= 1, f"the frozen node was never tried, so this proved nothing: {after_big}"
+        assert after_big[f"node.{frozen.name}.backing_off"] == 1, after_big
+
+        # Longer than any backoff a quick failure earns (max_backoff 5 s plus 25% jitter).
+        time.sleep(6.5)
+        later = ckptfs_cli.mount_stats(mnt.mountpoint)
+        assert later[f"node.{frozen.name}.backing_off"] == 1, (
+            f"a node that stalled for 3 s is asked again {6.5} s later: {later}")
+
+        others = [rel for rel in published.tree.files() if rel != BIG]
+        _read_all_and_compare_files(mnt, published.tree, others)
+        end = ckptfs_cli.mount_stats(mnt.mountpoint)
+        assert end["fetch.failed_attempts"] == failed, (
+            f"the frozen node stalled reads again while backing off: {end}")
+        assert end["fs.eio_fetch"] == 0, end
+    finally:
+        frozen.thaw()
