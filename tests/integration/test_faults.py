@@ -154,8 +154,11 @@ def test_a_frozen_node_costs_one_stall_then_is_passed_over(published, mount):
     """A node that hangs (its port still takes connections and requests, nothing answers) fails
     an attempt only at the transport's low-speed limit, 3 s. The mount must then leave it for
     long, not try it again every few hundred milliseconds and stall each time."""
+    others = [rel for rel in published.tree.files() if rel != BIG]
     with published.db() as db:
         frozen = published.node(db.extents(BIG)[0].nodes[0])  # The first node the read asks.
+        held = sum(frozen.name in e.nodes for rel in others for e in db.extents(rel))
+    assert held > 0, f"{frozen.name} holds no chunk of the other files, so they prove nothing"
     mnt = mount(published.index)
     frozen.freeze()
     try:
@@ -166,13 +169,12 @@ def test_a_frozen_node_costs_one_stall_then_is_passed_over(published, mount):
         assert failed >= 1, f"the frozen node was never tried, so this proved nothing: {after_big}"
         assert after_big[f"node.{frozen.name}.backing_off"] == 1, after_big
 
-        # Longer than any backoff a quick failure earns (max_backoff 5 s plus 25% jitter).
-        time.sleep(6.5)
+        pause = 6.5  # Longer than any backoff a quick failure earns (5 s plus 25% jitter).
+        time.sleep(pause)
         later = ckptfs_cli.mount_stats(mnt.mountpoint)
         assert later[f"node.{frozen.name}.backing_off"] == 1, (
-            f"a node that stalled for 3 s is asked again {6.5} s later: {later}")
+            f"a node that stalled for 3 s is asked again {pause} s later: {later}")
 
-        others = [rel for rel in published.tree.files() if rel != BIG]
         _read_all_and_compare_files(mnt, published.tree, others)
         end = ckptfs_cli.mount_stats(mnt.mountpoint)
         assert end["fetch.failed_attempts"] == failed, (
