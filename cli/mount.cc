@@ -57,7 +57,8 @@ Result<std::string> FetchIndex(const std::string& url, const std::string& cache_
   Status got = transport.GetToFile(url, tmp, timeout);
   if (!got.ok()) {
     ::unlink(tmp.c_str());
-    return got.WithContext("cannot download index " + url);
+    // Network errors name the URL already; a local file error names the file it could not write.
+    return got.WithContext("cannot download the index");
   }
   if (::rename(tmp.c_str(), path.c_str()) != 0) return ErrnoStatus(errno, "cannot store index");
   return path;

@@ -9,6 +9,7 @@ import signal
 import sqlite3
 import stat
 import subprocess
+import time
 
 import pytest
 
@@ -323,6 +324,36 @@ def test_write_operations_fail_with_erofs(published, mount, operation):
     assert sorted(os.listdir(mnt.mountpoint)) == sorted(os.listdir(published.tree.root))
 
 
+@pytest.mark.parametrize("failure,cause", [
+    ("missing", "HTTP 404"),          # The server has no such file.
+    ("stopped", "Couldn't connect"),  # Nothing listens on the port.
+    ("frozen", "Operation too slow"),  # The port takes the request; nothing answers.
+])
+def test_an_index_url_that_cannot_be_downloaded_is_refused_with_one_line(published, mount,
+                                                                          nginx_node, failure,
+                                                                          cause):
+    node = nginx_node("index-server")
+    url = f"{node.url}/indexes/ckpt.index"
+    if failure != "missing":
+        served = os.path.join(node.store_dir, "indexes", "ckpt.index")
+        os.makedirs(os.path.dirname(served), exist_ok=True)
+        shutil.copyfile(published.index, served)
+    if failure == "stopped":
+        node.stop()
+    elif failure == "frozen":
+        node.freeze()
+    try:
+        start = time.monotonic()
+        line = _assert_mount_refused(mount(url, start=False))
+        elapsed = time.monotonic() - start
+    finally:
+        node.thaw()
+    assert line.startswith("ckptfs: cannot download the index: ") and cause in line, line
+    assert line.count(url) == 1, f"the URL should be named once: {line}"
+    print(f"{failure}: refused in {elapsed:.1f} s: {line}")
+    assert elapsed < 30, f"refused only after {elapsed:.1f} s"
+
+
 def _bad_index(kind, good, path):
     if kind == "garbage_bytes":
         source_tree.write_file(path, source_tree.random_bytes(31, 65536))
@@ -356,6 +387,7 @@ def _assert_mount_refused(mnt):
     assert len(lines) == 1 and lines[0].startswith("ckptfs: "), result.describe()
     assert not ckptfs_cli.is_mounted(mnt.mountpoint), "mounted despite the error"
     assert ckptfs_cli.wait_until(lambda: not mnt.pids(), 5), f"daemon still up: {mnt.pids()}"
+    return lines[0]
 
 
 @pytest.mark.parametrize("kind", [
