@@ -6,6 +6,7 @@
 #include <malloc.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <sys/sysmacros.h>
 #include <unistd.h>
 
@@ -89,7 +90,7 @@ struct FuseArgs {
   fuse_args args{};
 
   explicit FuseArgs(const MountOptions& options, const std::string& fsname) {
-    std::string opts = "ro,default_permissions,subtype=ckptfs,fsname=" + fsname;
+    std::string opts = "ro,default_permissions,auto_unmount,subtype=ckptfs,fsname=" + fsname;
     if (options.allow_other) opts += ",allow_other";
     storage = {"ckptfs", "-o", opts};
     if (options.debug) storage.push_back("-d");
@@ -324,6 +325,29 @@ void WarnIfMemoryLimitsFetches(std::uint64_t memory_cache, std::uint64_t chunk_s
              std::to_string(enough_mib) + "M or more avoids it)");
 }
 
+// A directory, and not a FUSE mount whose daemon is gone: mounting on top of one would hide it
+// but leave it in the mount table.
+Status CheckMountpoint(const std::string& mountpoint) {
+  struct stat st;
+  struct statfs fs;
+  // stat() of a dead mount's root may still be answered from cached attributes; statfs() always
+  // asks the daemon.
+  if (::stat(mountpoint.c_str(), &st) != 0 || ::statfs(mountpoint.c_str(), &fs) != 0) {
+    // Left by a daemon that died without its auto_unmount watchdog; ECONNABORTED while the
+    // kernel is still tearing the connection down.
+    if (errno == ENOTCONN || errno == ECONNABORTED) {
+      return FailedPreconditionError("mountpoint " + mountpoint +
+                                     " is a dead FUSE mount; unmount it first (fusermount3 -u " +
+                                     mountpoint + ")");
+    }
+    return ErrnoStatus(errno, "mountpoint " + mountpoint);
+  }
+  if (!S_ISDIR(st.st_mode)) {
+    return InvalidArgumentError("mountpoint " + mountpoint + " is not a directory");
+  }
+  return Status::Ok();
+}
+
 }  // namespace
 
 Status Mount(const MountOptions& options) {
@@ -335,13 +359,7 @@ Status Mount(const MountOptions& options) {
   // rather than in the first read.
   const std::uint8_t nothing[1] = {0};
   (void)Sha256(nothing, 0);
-  struct stat st;
-  if (::stat(options.mountpoint.c_str(), &st) != 0) {
-    return ErrnoStatus(errno, "mountpoint " + options.mountpoint);
-  }
-  if (!S_ISDIR(st.st_mode)) {
-    return InvalidArgumentError("mountpoint " + options.mountpoint + " is not a directory");
-  }
+  CKPTFS_RETURN_IF_ERROR(CheckMountpoint(options.mountpoint));
   if (options.debug) SetLogLevel(LogLevel::kDebug);
   MountedFs m;
   std::string cache_dir = options.cache_dir.empty() ? DefaultCacheDir() : options.cache_dir;

@@ -164,10 +164,9 @@ def is_mounted(path):
     return mount_fstype(path) is not None
 
 
-def daemon_pids(mountpoint):
-    """Pids of `ckptfs mount` (or mount.ckptfs) processes whose command line names `mountpoint`."""
+def pids_where(matches):
+    """Pids of the processes (other than this one) whose argv, a list of str, `matches`."""
     pids = []
-    wanted = {mountpoint, resolve_mountpoint(mountpoint)}
     for entry in os.listdir("/proc"):
         if not entry.isdigit() or int(entry) == os.getpid():
             continue
@@ -176,11 +175,20 @@ def daemon_pids(mountpoint):
                 argv = [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
         except OSError:
             continue
-        name = os.path.basename(argv[0]) if argv else ""
-        is_daemon = (name == "ckptfs" and "mount" in argv) or name == "mount.ckptfs"
-        if is_daemon and wanted & set(argv):
+        if argv and matches(argv):
             pids.append(int(entry))
     return pids
+
+
+def daemon_pids(mountpoint):
+    """Pids of `ckptfs mount` (or mount.ckptfs) processes whose command line names `mountpoint`."""
+    wanted = {mountpoint, resolve_mountpoint(mountpoint)}
+
+    def is_daemon(argv):
+        name = os.path.basename(argv[0])
+        return (((name == "ckptfs" and "mount" in argv) or name == "mount.ckptfs") and
+                bool(wanted & set(argv)))
+    return pids_where(is_daemon)
 
 
 def parse_stats(text):

@@ -462,6 +462,61 @@ def test_unmount_leaves_no_mount_and_the_daemon_exits(published, mount, how, for
         assert code == 0, f"foreground ckptfs exited with {code} after {how} {mnt.output()}"
 
 
+@pytest.mark.parametrize("foreground", [False, True])
+def test_a_killed_daemon_leaves_no_dead_mount_and_the_mountpoint_mounts_again(published, mount,
+                                                                             foreground):
+    # A daemon that dies without unmounting (SIGKILL, a crash, the OOM killer) must not leave a
+    # mount whose every access fails with ENOTCONN until someone unmounts it by hand.
+    mnt = mount(published.index, foreground=foreground)
+    name = "model.ckpt.index"
+    expected = published.tree.read(name, 0, 100)
+    assert pread_file(mnt.path(name), 0, 100) == expected
+    assert mnt.pids(), "no ckptfs daemon found for the mountpoint"
+
+    mnt.kill_daemons()
+
+    assert ckptfs_cli.wait_until(lambda: not ckptfs_cli.is_mounted(mnt.mountpoint), 15), (
+        "the killed daemon left its mount behind")
+    assert os.listdir(mnt.mountpoint) == [], "the mountpoint is not the empty directory again"
+    if mnt.proc is not None:
+        assert mnt.proc.wait(timeout=5) == -signal.SIGKILL
+    mnt.start()
+    assert pread_file(mnt.path(name), 0, 100) == expected
+
+
+def _watchdogs_of(mountpoint):
+    """Pids of the fusermount3 processes that watch `mountpoint` (libfuse's auto_unmount)."""
+    return ckptfs_cli.pids_where(
+        lambda argv: os.path.basename(argv[0]) == "fusermount3" and mountpoint in argv)
+
+
+def test_a_dead_mount_left_on_the_mountpoint_is_refused_with_how_to_clear_it(published, mount):
+    mnt = mount(published.index)
+    watchdogs = _watchdogs_of(mnt.mountpoint)
+    assert watchdogs, "no fusermount3 watches the mount"
+    for pid in watchdogs:  # Without its watchdog, a killed daemon leaves a dead mount.
+        os.kill(pid, signal.SIGKILL)
+    mnt.kill_daemons()
+    assert ckptfs_cli.wait_until(lambda: not mnt.pids(), 15), f"daemon still up: {mnt.pids()}"
+    with pytest.raises(OSError) as dead:
+        os.listdir(mnt.mountpoint)
+    # ECONNABORTED while the kernel is still tearing the connection down, ENOTCONN after.
+    assert dead.value.errno in (errno.ENOTCONN, errno.ECONNABORTED), repr(dead.value)
+
+    result = ckptfs_cli.run(ckptfs_cli.mount_args(mnt.index, mnt.mountpoint, mnt.options),
+                            timeout=60)
+    assert result.returncode != 0, result.describe()
+    lines = result.stderr_lines()
+    assert len(lines) == 1, result.describe()
+    assert "is a dead FUSE mount" in lines[0] and f"fusermount3 -u {mnt.mountpoint}" in lines[0], (
+        lines[0])
+    # What the line says to do clears it.
+    cleared = ckptfs_cli.run(["fusermount3", "-u", mnt.mountpoint], timeout=30)
+    assert cleared.returncode == 0, cleared.describe()
+    mnt.start()
+    assert source_tree.sha256_file(mnt.path("private.key")) == published.tree.sha256["private.key"]
+
+
 def test_relative_paths_work_and_sigterm_still_unmounts(published, test_dir, request):
     # The daemon runs with "/" as its working directory: the index, the cache directory and the
     # mountpoint given relative to the caller's directory must still be found, and the unmount
@@ -484,16 +539,8 @@ def test_relative_paths_work_and_sigterm_still_unmounts(published, test_dir, req
     assert ckptfs_cli.wait_until(lambda: os.listdir(tmp) == [], timeout=20), os.listdir(tmp)
 
     def daemons():  # This daemon's command line names only relative paths.
-        found = []
-        for pid in filter(str.isdigit, os.listdir("/proc")):
-            try:
-                with open(f"/proc/{pid}/cmdline", "rb") as f:
-                    argv = f.read().split(b"\0")
-            except OSError:
-                continue
-            if b"ckpt.index" in argv and b"cache_dir=cache" in argv:
-                found.append(int(pid))
-        return found
+        return ckptfs_cli.pids_where(lambda argv: "ckpt.index" in argv and
+                                     "cache_dir=cache" in argv)
 
     pids = daemons()
     assert len(pids) == 1, f"expected one daemon for {mountpoint}, found {pids}"
