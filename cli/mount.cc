@@ -19,12 +19,12 @@
 #include <fstream>
 #include <memory>
 #include <mutex>
-#include <sstream>
 #include <stop_token>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "cli/mount_table.h"
 #include "cli/stats.h"
 #include "common/clock.h"
 #include "common/digest.h"
@@ -40,6 +40,9 @@
 namespace ckptfs::cli {
 
 namespace {
+
+// The kernel's name for the file system type of our mounts: "fuse." and the subtype below.
+constexpr char kFsType[] = "fuse.ckptfs";
 
 bool IsUrl(const std::string& s) {
   return s.rfind("http://", 0) == 0 || s.rfind("https://", 0) == 0;
@@ -198,26 +201,14 @@ void LockCode() {
   LogDebug("locked " + FormatSize(locked) + " of code in memory");
 }
 
-// "major:minor" of the file system mounted at `resolved` (an absolute path), from mountinfo: a
-// stat() of the mountpoint would wait on this very process.
-std::string MountDevice(const char* resolved) {
-  std::ifstream mountinfo("/proc/self/mountinfo");
-  std::string line, device;
-  // Fields: id parent major:minor root mountpoint ...; the last match is the newest mount.
-  while (std::getline(mountinfo, line)) {
-    std::istringstream fields(line);
-    std::string id, parent, dev, root, point;
-    if (fields >> id >> parent >> dev >> root >> point && point == resolved) device = dev;
-  }
-  return device;
-}
-
 // Sets the kernel readahead of the mount. The kernel takes the smaller of this and what the INIT
 // reply offered when it processes that reply, so it is set after INIT and checked once more.
 // Best effort: only root may write the knob.
 void SetKernelReadahead(const char* resolved, std::uint64_t bytes) {
-  std::string device = MountDevice(resolved);
-  if (device.empty() || bytes == 0) return;
+  // mountinfo, not stat(): a stat() of the mountpoint would wait on this very process.
+  const std::vector<MountEntry> mounts = CurrentMountsAt(resolved);
+  if (mounts.empty() || bytes == 0) return;
+  const std::string& device = mounts.back().device;
   std::string knob = "/sys/class/bdi/" + device + "/read_ahead_kb";
   std::string want = std::to_string(bytes / 1024);
   for (int attempt = 0; attempt < 5; ++attempt) {
@@ -325,16 +316,24 @@ void WarnIfMemoryLimitsFetches(std::uint64_t memory_cache, std::uint64_t chunk_s
              std::to_string(enough_mib) + "M or more avoids it)");
 }
 
-// A directory, and not a FUSE mount whose daemon is gone: mounting on top of one would hide it
-// but leave it in the mount table.
+// A directory that has no ckptfs mount on it already (a second one would go on top and hide
+// it, most likely from a repeated command) and is not a dead FUSE mount.
 Status CheckMountpoint(const std::string& mountpoint) {
+  // Read from the mount table first: a ckptfs mount there may be dead or not answering.
+  CKPTFS_ASSIGN_OR_RETURN(const std::string path, ResolveMountpoint(mountpoint));
+  const std::vector<MountEntry> mounts = CurrentMountsAt(path);
+  if (!mounts.empty() && mounts.back().fs_type == kFsType) {
+    return FailedPreconditionError("mountpoint " + mountpoint +
+                                   " already has a ckptfs mount on it; unmount that first "
+                                   "(fusermount3 -u " +
+                                   mountpoint + ")");
+  }
   struct stat st;
   struct statfs fs;
   // stat() of a dead mount's root may still be answered from cached attributes; statfs() always
   // asks the daemon.
   if (::stat(mountpoint.c_str(), &st) != 0 || ::statfs(mountpoint.c_str(), &fs) != 0) {
-    // Left by a daemon that died without its auto_unmount watchdog; ECONNABORTED while the
-    // kernel is still tearing the connection down.
+    // ECONNABORTED while the kernel is still tearing the connection down.
     if (errno == ENOTCONN || errno == ECONNABORTED) {
       return FailedPreconditionError("mountpoint " + mountpoint +
                                      " is a dead FUSE mount; unmount it first (fusermount3 -u " +

@@ -143,21 +143,27 @@ def resolve_mountpoint(path):
     return os.path.join(os.path.realpath(os.path.dirname(path)), os.path.basename(path))
 
 
-def mount_fstype(path):
-    """The filesystem type mounted exactly at `path`, or None.
+def mounts_at(path):
+    """The filesystem types mounted exactly at `path`, topmost last.
 
     Reads /proc/self/mountinfo rather than os.path.ismount(): a FUSE mount whose daemon died
     ("Transport endpoint is not connected") makes lstat fail, and ismount() then says False.
     """
     path = resolve_mountpoint(path)
-    found = None
+    found = []
     with open("/proc/self/mountinfo") as f:
         for line in f:
             fields = line.split()
             sep = fields.index("-")
             if unescape_mount_field(fields[4]) == path:
-                found = fields[sep + 1]
+                found.append(fields[sep + 1])
     return found
+
+
+def mount_fstype(path):
+    """The filesystem type mounted exactly at `path` (the topmost), or None."""
+    found = mounts_at(path)
+    return found[-1] if found else None
 
 
 def is_mounted(path):

@@ -490,30 +490,44 @@ def _watchdogs_of(mountpoint):
         lambda argv: os.path.basename(argv[0]) == "fusermount3" and mountpoint in argv)
 
 
-def test_a_dead_mount_left_on_the_mountpoint_is_refused_with_how_to_clear_it(published, mount):
+@pytest.mark.parametrize("state", ["serving", "stopped", "dead"])
+def test_a_second_mount_on_a_ckptfs_mount_is_refused_with_how_to_clear_it(published, mount,
+                                                                          state):
+    # A repeated `ckptfs mount` would go on top of the first and hide it. The mount there may
+    # also have a stopped daemon (SIGSTOP: any access to it would hang) or a dead one (its
+    # fusermount3 watchdog killed first, so the killed daemon's mount stays).
     mnt = mount(published.index)
-    watchdogs = _watchdogs_of(mnt.mountpoint)
-    assert watchdogs, "no fusermount3 watches the mount"
-    for pid in watchdogs:  # Without its watchdog, a killed daemon leaves a dead mount.
-        os.kill(pid, signal.SIGKILL)
-    mnt.kill_daemons()
-    assert ckptfs_cli.wait_until(lambda: not mnt.pids(), 15), f"daemon still up: {mnt.pids()}"
-    with pytest.raises(OSError) as dead:
-        os.listdir(mnt.mountpoint)
-    # ECONNABORTED while the kernel is still tearing the connection down, ENOTCONN after.
-    assert dead.value.errno in (errno.ENOTCONN, errno.ECONNABORTED), repr(dead.value)
-
-    result = ckptfs_cli.run(ckptfs_cli.mount_args(mnt.index, mnt.mountpoint, mnt.options),
-                            timeout=60)
+    if state == "dead":
+        watchdogs = _watchdogs_of(mnt.mountpoint)
+        assert watchdogs, "no fusermount3 watches the mount"
+        for pid in watchdogs:
+            os.kill(pid, signal.SIGKILL)
+        mnt.kill_daemons()
+        assert ckptfs_cli.wait_until(lambda: not mnt.pids(), 15), f"daemon up: {mnt.pids()}"
+        with pytest.raises(OSError) as dead:
+            os.listdir(mnt.mountpoint)
+        # ECONNABORTED while the kernel is still tearing the connection down, ENOTCONN after.
+        assert dead.value.errno in (errno.ENOTCONN, errno.ECONNABORTED), repr(dead.value)
+    stopped = mnt.pids() if state == "stopped" else []
+    for pid in stopped:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        result = ckptfs_cli.run(ckptfs_cli.mount_args(mnt.index, mnt.mountpoint, mnt.options),
+                                timeout=60)
+    finally:
+        for pid in stopped:
+            os.kill(pid, signal.SIGCONT)
     assert result.returncode != 0, result.describe()
     lines = result.stderr_lines()
     assert len(lines) == 1, result.describe()
-    assert "is a dead FUSE mount" in lines[0] and f"fusermount3 -u {mnt.mountpoint}" in lines[0], (
-        lines[0])
-    # What the line says to do clears it.
-    cleared = ckptfs_cli.run(["fusermount3", "-u", mnt.mountpoint], timeout=30)
-    assert cleared.returncode == 0, cleared.describe()
-    mnt.start()
+    assert "already has a ckptfs mount on it" in lines[0], lines[0]
+    assert f"fusermount3 -u {mnt.mountpoint}" in lines[0], lines[0]
+    assert ckptfs_cli.mounts_at(mnt.mountpoint) == ["fuse.ckptfs"], "a second mount went on top"
+
+    if state == "dead":  # What the line says to do clears it.
+        cleared = ckptfs_cli.run(["fusermount3", "-u", mnt.mountpoint], timeout=30)
+        assert cleared.returncode == 0, cleared.describe()
+        mnt.start()
     assert source_tree.sha256_file(mnt.path("private.key")) == published.tree.sha256["private.key"]
 
 
