@@ -22,7 +22,8 @@ struct ChunkStore::Flight {
   // done if the fetch failed, or OK without a fetch (the chunk was in the cache).
   std::shared_ptr<const Buffer> bytes;  // GUARDED_BY(mu)
   std::uint64_t verified = 0;           // GUARDED_BY(mu)
-  std::uint64_t served = 0;             // GUARDED_BY(mu): bytes readers took before it ended.
+  // GUARDED_BY(mu): bytes readers took (Served) until the chunk joined the ready list.
+  std::uint64_t served = 0;
   // The fewest verified bytes a waiting reader needs. Progress wakes the waiters only once it
   // gets there, not at every 64 KiB block: a reader of a 1 MiB piece would wake 16 times.
   std::uint64_t wake_at = kNobodyWaits;  // GUARDED_BY(mu)
@@ -395,9 +396,9 @@ void ChunkStore::Lead(const ChunkKey& key, Flight& flight, TimePoint deadline, P
     if (status.ok()) {
       // Readers have the bytes now; the cache write follows while the flight stays registered,
       // so nobody starts a second fetch of a chunk that is between the two.
-      std::uint64_t served = Complete(flight, status, /*keep_bytes=*/true);
+      Complete(flight, status, /*keep_bytes=*/true);
       kept = true;
-      AddReady(key.digest, key.size, buffer, served);
+      AddReady(key.digest, key.size, buffer, flight);
       Status cached = cache_->Insert(key.digest, chunk_bytes);
       if (!cached.ok()) {
         counters_.cache_write_errors++;
@@ -430,17 +431,14 @@ Status ChunkStore::FetchInto(const netfetch::ChunkRef& ref, Flight& flight,
   return status;
 }
 
-std::uint64_t ChunkStore::Complete(Flight& flight, const Status& status, bool keep_bytes) {
-  std::uint64_t served = 0;
+void ChunkStore::Complete(Flight& flight, const Status& status, bool keep_bytes) {
   {
     std::lock_guard lock(flight.mu);
     flight.done = true;
     flight.status = status;
     if (!keep_bytes) flight.bytes = nullptr;
-    served = flight.served;
   }
   flight.cv.notify_all();
-  return served;
 }
 
 std::shared_ptr<Buffer> ChunkStore::TakeBuffer(std::size_t size, std::uint64_t* room) {
@@ -506,10 +504,15 @@ std::shared_ptr<const Buffer> ChunkStore::FindReady(const Digest& digest) {
 }
 
 void ChunkStore::AddReady(const Digest& digest, std::uint64_t size,
-                          std::shared_ptr<const Buffer> bytes, std::uint64_t served) {
+                          std::shared_ptr<const Buffer> bytes, Flight& flight) {
   const TimePoint now = clock_->Now();
   {
     std::lock_guard lock(ready_mu_);
+    std::uint64_t served = 0;
+    {
+      std::lock_guard flight_lock(flight.mu);
+      served = flight.served;
+    }
     inflight_bytes_ -= bytes->size();
     // Served whole while it was arriving: the page cache has it, the disk cache will.
     if (served >= size) RememberDeliveredLocked(digest);
@@ -602,7 +605,8 @@ void ChunkStore::Served(const Digest& digest, std::uint64_t bytes) {
   std::unique_lock lock(ready_mu_);
   auto it = ready_index_.find(digest);
   if (it == ready_index_.end()) {
-    lock.unlock();
+    // Counted on the flight, still under ready_mu_: AddReady takes the count under it too, so a
+    // report that comes as the fetch ends is in the count or finds the chunk in the list.
     if (std::shared_ptr<Flight> flight = FindFlight(digest)) {
       std::lock_guard flight_lock(flight->mu);
       flight->served += bytes;
@@ -749,8 +753,8 @@ void ChunkStore::LoadFromDisk(const ChunkKey& key, std::uint64_t* room) {
     }
     if (ReadFromDisk(key, *buffer, *flight).ok()) {
       counters_.disk_loads++;
-      std::uint64_t served = Complete(*flight, Status::Ok(), /*keep_bytes=*/true);
-      AddReady(key.digest, key.size, std::move(buffer), served);
+      Complete(*flight, Status::Ok(), /*keep_bytes=*/true);
+      AddReady(key.digest, key.size, std::move(buffer), *flight);
       loaded = true;
     } else {
       ReleaseBufferBytes(buffer->size());

@@ -281,9 +281,11 @@ class ChunkStore {
   void LoadFromDisk(const ChunkKey& key, std::uint64_t* room);
   Status ReadFromDisk(const ChunkKey& key, Buffer& buffer, Flight& flight);
   std::shared_ptr<const Buffer> FindReady(const Digest& digest);
-  // `served`: bytes readers took while the chunk was arriving.
+  // Puts the chunk `flight` brought into the ready list, with the bytes readers took from the
+  // flight (Served counts them there until the chunk is in the list; both under ready_mu_, so
+  // no report falls between the two).
   void AddReady(const Digest& digest, std::uint64_t size, std::shared_ptr<const Buffer> bytes,
-                std::uint64_t served);
+                Flight& flight);
   // Remembers that readers have had every byte of the chunk.
   void RememberDeliveredLocked(const Digest& digest);
   // Called when a reader reads the chunk from the disk cache: forgets every delivery when this
@@ -313,8 +315,7 @@ class ChunkStore {
                    const std::shared_ptr<Buffer>& buffer, std::span<std::uint8_t> dst,
                    TimePoint deadline, const EarlyReader* early);
   // Marks `flight` done and wakes its readers; `ok` with null bytes: the chunk is in the cache.
-  // Returns how many bytes readers took while it was in flight.
-  static std::uint64_t Complete(Flight& flight, const Status& status, bool keep_bytes);
+  static void Complete(Flight& flight, const Status& status, bool keep_bytes);
   std::shared_ptr<Flight> FindFlight(const Digest& digest);
   // The flight of `digest`, and whether this call started it (the caller then leads it and
   // ends it with EndFlight).

@@ -754,6 +754,49 @@ TEST_F(ChunkStore, EarlyServeGetsTheBytesFromWithinTheFetchOnTheReadersThread) {
   EXPECT_TRUE(cache_->Contains(key.digest));
 }
 
+// The FUSE layer reports what it served (Served) after its reply, on its own thread, which can
+// be while the fetch that served it early is ending: after the flight completed, before the chunk
+// joined the ready list. Bytes reported in that gap must still count, or a chunk served whole
+// stays in memory as if readers still needed it, and is not remembered as delivered. The gap is
+// short, so each round sends its report a little later than the one before.
+TEST_F(ChunkStore, BytesServedWhileTheFetchEndsStillCount) {
+  MakeStore().Start();
+  constexpr int kRounds = 3000;
+  constexpr std::size_t kSize = 16 << 10;
+  std::vector<TestChunk> chunks;
+  for (int round = 0; round < kRounds; ++round) {
+    chunks.push_back(ServedChunk(kSize, static_cast<std::uint64_t>(round) + 1));
+  }
+  std::atomic<int> served{-1};    // The latest round whose early serve ran.
+  std::atomic<int> reported{-1};  // The latest round whose bytes were reported.
+  std::atomic<bool> abandoned{false};
+  // Stands for the FUSE thread that replied. It spins rather than sleeps, so that its report
+  // lands within microseconds of the early serve.
+  std::thread reporter([&] {
+    for (int round = 0; round < kRounds && !abandoned; ++round) {
+      while (served.load() < round && !abandoned) {
+      }
+      for (int spin = 0; spin < round % 512; ++spin) {
+        std::atomic_signal_fence(std::memory_order_seq_cst);
+      }
+      store_->Served(chunks[round].key.digest, kSize);
+      reported = round;
+    }
+  });
+  Status failed;
+  for (int round = 0; round < kRounds && failed.ok(); ++round) {
+    const fs::EarlyServe serve = [&served, round](fs::ChunkData) { served = round; };
+    failed =
+        store_->Get(chunks[round].key, 0, kSize, fs::Access::kStream, Deadline(), &serve).status();
+    while (failed.ok() && reported.load() < round) {
+    }
+  }
+  abandoned = true;
+  reporter.join();
+  CKPTFS_ASSERT_OK(failed);
+  EXPECT_EQ(store_->memory().ready_chunks, 0u) << "chunks served whole still held in memory";
+}
+
 // Gets [offset, offset + length) of an 8 KiB chunk, with `early`, from a store whose fetch
 // verifies the first 4 KiB and then fails. Returns the chunk's bytes and Get's status.
 std::pair<std::vector<std::uint8_t>, Status> GetFromAFetchFailingAt4KiB(
