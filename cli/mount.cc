@@ -329,10 +329,10 @@ Status CheckMountpoint(const std::string& mountpoint) {
                                    mountpoint + ")");
   }
   struct stat st;
-  struct statfs fs;
+  struct statfs fs_info;
   // stat() of a dead mount's root may still be answered from cached attributes; statfs() always
   // asks the daemon.
-  if (::stat(mountpoint.c_str(), &st) != 0 || ::statfs(mountpoint.c_str(), &fs) != 0) {
+  if (::stat(mountpoint.c_str(), &st) != 0 || ::statfs(mountpoint.c_str(), &fs_info) != 0) {
     // ECONNABORTED while the kernel is still tearing the connection down.
     if (errno == ENOTCONN || errno == ECONNABORTED) {
       return FailedPreconditionError("mountpoint " + mountpoint +
