@@ -771,11 +771,11 @@ TEST_F(ChunkStore, BytesServedWhileTheFetchEndsStillCount) {
   std::atomic<int> reported{-1};  // The latest round whose bytes were reported.
   std::atomic<bool> abandoned{false};
   // Stands for the FUSE thread that replied. It spins rather than sleeps, so that its report
-  // lands within microseconds of the early serve.
+  // lands within microseconds of the early serve; yielding, so that tests run beside it still
+  // get the cores.
   std::thread reporter([&] {
     for (int round = 0; round < kRounds && !abandoned; ++round) {
-      while (served.load() < round && !abandoned) {
-      }
+      while (served.load() < round && !abandoned) std::this_thread::yield();
       for (int spin = 0; spin < round % 512; ++spin) {
         std::atomic_signal_fence(std::memory_order_seq_cst);
       }
@@ -788,8 +788,7 @@ TEST_F(ChunkStore, BytesServedWhileTheFetchEndsStillCount) {
     const fs::EarlyServe serve = [&served, round](fs::ChunkData) { served = round; };
     failed =
         store_->Get(chunks[round].key, 0, kSize, fs::Access::kStream, Deadline(), &serve).status();
-    while (failed.ok() && reported.load() < round) {
-    }
+    while (failed.ok() && reported.load() < round) std::this_thread::yield();
   }
   abandoned = true;
   reporter.join();
