@@ -21,6 +21,7 @@
 #include <mutex>
 #include <stop_token>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <vector>
 
@@ -41,8 +42,8 @@ namespace ckptfs::cli {
 
 namespace {
 
-// The kernel's name for the file system type of our mounts: "fuse." and the subtype below.
-constexpr char kFsType[] = "fuse.ckptfs";
+// Our mounts' subtype; the kernel names their file system type "fuse." and this.
+constexpr std::string_view kSubtype = "ckptfs";
 
 bool IsUrl(const std::string& s) {
   return s.rfind("http://", 0) == 0 || s.rfind("https://", 0) == 0;
@@ -93,7 +94,8 @@ struct FuseArgs {
   fuse_args args{};
 
   explicit FuseArgs(const MountOptions& options, const std::string& fsname) {
-    std::string opts = "ro,default_permissions,auto_unmount,subtype=ckptfs,fsname=" + fsname;
+    std::string opts = "ro,default_permissions,auto_unmount,subtype=" + std::string(kSubtype) +
+                       ",fsname=" + fsname;
     if (options.allow_other) opts += ",allow_other";
     storage = {"ckptfs", "-o", opts};
     if (options.debug) storage.push_back("-d");
@@ -322,7 +324,7 @@ Status CheckMountpoint(const std::string& mountpoint) {
   // Read from the mount table first: a ckptfs mount there may be dead or not answering.
   CKPTFS_ASSIGN_OR_RETURN(const std::string path, ResolveMountpoint(mountpoint));
   const std::vector<MountEntry> mounts = CurrentMountsAt(path);
-  if (!mounts.empty() && mounts.back().fs_type == kFsType) {
+  if (!mounts.empty() && mounts.back().fs_type == "fuse." + std::string(kSubtype)) {
     return FailedPreconditionError("mountpoint " + mountpoint +
                                    " already has a ckptfs mount on it; unmount that first "
                                    "(fusermount3 -u " +

@@ -18,7 +18,7 @@ ByteRange Readahead::OnRead(std::uint64_t offset, std::uint64_t length, std::uin
   std::uint64_t end = offset + length;
   if (started_ && Continues(run_, offset)) {
     run_.end = std::max(run_.end, end);
-  } else if (started_ && broken_ && Continues(*broken_, offset)) {
+  } else if (broken_ && Continues(*broken_, offset)) {  // Only a started run breaks.
     std::swap(run_, *broken_);  // Back to the stream after a read elsewhere.
     run_.end = std::max(run_.end, end);
   } else {
