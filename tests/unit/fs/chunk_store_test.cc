@@ -588,7 +588,9 @@ TEST_F(ChunkStore, DestructorReturnsWhilePrefetchesAreQueued) {
   ASSERT_TRUE(fetcher_.WaitForHeld(2));  // Both workers busy, the rest queued.
 
   // The destructor may wait for the fetches in progress, never for the queue to drain. It runs
-  // on its own thread; held fetches are let through one at a time until it has returned.
+  // on its own thread; held fetches are let through one at a time until it has returned, paced
+  // so that a destructor thread the scheduler starts late (two busy cores under ctest -j2) does
+  // not find the queue drained by the test itself.
   auto destroyed = std::make_shared<std::promise<void>>();
   std::future<void> done = destroyed->get_future();
   std::thread([store = store_.release(), destroyed] {
@@ -601,6 +603,7 @@ TEST_F(ChunkStore, DestructorReturnsWhilePrefetchesAreQueued) {
     if (fetcher_.WaitForHeld(1, 10ms)) {
       fetcher_.Allow(1);
       if (!fetcher_.WaitForPermitsUsed()) break;
+      std::this_thread::sleep_for(2ms);
     }
   }
   if (done.wait_for(0s) != std::future_status::ready) {
