@@ -36,6 +36,25 @@ struct EasyDeleter {
 };
 using EasyHandle = std::unique_ptr<CURL, EasyDeleter>;
 
+struct MultiDeleter {
+  void operator()(CURLM* handle) const { curl_multi_cleanup(handle); }
+};
+using MultiHandle = std::unique_ptr<CURLM, MultiDeleter>;
+
+// An easy handle and the multi handle that runs its transfers, which keeps their connections.
+// Members are destroyed in reverse: the easy handle (never left attached) before the multi.
+struct HandlePair {
+  MultiHandle multi;
+  EasyHandle easy;
+
+  static HandlePair Make() {
+    HandlePair pair{MultiHandle(curl_multi_init()), EasyHandle(curl_easy_init())};
+    if (!pair.multi || !pair.easy) return {};
+    return pair;
+  }
+  explicit operator bool() const { return multi && easy; }
+};
+
 struct HeaderListDeleter {
   void operator()(curl_slist* list) const { curl_slist_free_all(list); }
 };
@@ -162,7 +181,7 @@ int SeekInSpan(void* userdata, curl_off_t offset, int origin) {
   return CURL_SEEKFUNC_OK;
 }
 
-// What one curl_easy_perform did.
+// What one transfer did.
 struct Outcome {
   CURLcode rc = CURLE_OK;
   long http_code = 0;
@@ -170,13 +189,88 @@ struct Outcome {
   std::string error;  // curl's own words when rc != CURLE_OK.
 };
 
-Outcome Perform(CURL* handle, const char* error_buffer) {
+// Follows whether a transfer still receives (or sends) bytes, from curl's own counters.
+class StallWatch {
+ public:
+  StallWatch(CURL* handle, Duration stall_timeout, std::chrono::steady_clock::time_point start)
+      : handle_(handle), stall_timeout_(stall_timeout), last_progress_(start) {}
+
+  // Notes any byte moved since the last call; returns true once none has for the stall timeout.
+  bool Stalled(std::chrono::steady_clock::time_point now) {
+    if (stall_timeout_ <= Duration::zero()) return false;
+    curl_off_t body = 0;
+    curl_off_t sent = 0;
+    long headers = 0;
+    curl_easy_getinfo(handle_, CURLINFO_SIZE_DOWNLOAD_T, &body);
+    curl_easy_getinfo(handle_, CURLINFO_SIZE_UPLOAD_T, &sent);
+    curl_easy_getinfo(handle_, CURLINFO_HEADER_SIZE, &headers);
+    const curl_off_t moved = body + sent + headers;
+    if (moved != moved_) {
+      moved_ = moved;
+      last_progress_ = now;
+    }
+    return now - last_progress_ >= stall_timeout_;
+  }
+
+  // How long a wait may last before Stalled must be asked again, at most `longest`.
+  Duration Left(std::chrono::steady_clock::time_point now, Duration longest) const {
+    if (stall_timeout_ <= Duration::zero()) return longest;
+    return std::clamp<Duration>(last_progress_ + stall_timeout_ - now, Duration::zero(), longest);
+  }
+
+ private:
+  CURL* const handle_;
+  const Duration stall_timeout_;
+  std::chrono::steady_clock::time_point last_progress_;
+  curl_off_t moved_ = 0;
+};
+
+// Runs the transfer set up on `pair.easy` to its end, or until no byte has moved for
+// `stall_timeout` (zero: no such limit), which ends it as CURLE_OPERATION_TIMEDOUT.
+Outcome Perform(const HandlePair& pair, const char* error_buffer, Duration stall_timeout) {
+  // curl_easy_perform waits at most this long between looks as well.
+  constexpr Duration kLongestWait = std::chrono::seconds(1);
+  CURL* const easy = pair.easy.get();
+  CURLM* const multi = pair.multi.get();
   Outcome out;
-  auto start = std::chrono::steady_clock::now();
-  out.rc = curl_easy_perform(handle);
+  const auto start = std::chrono::steady_clock::now();
+  if (curl_multi_add_handle(multi, easy) != CURLM_OK) {
+    out.rc = CURLE_FAILED_INIT;
+    out.error = "curl_multi_add_handle failed";
+    return out;
+  }
+  StallWatch watch(easy, stall_timeout, start);
+  while (true) {
+    int running = 0;
+    CURLMcode mc = curl_multi_perform(multi, &running);
+    if (mc == CURLM_OK && running == 0) {
+      int queued = 0;
+      const CURLMsg* msg = curl_multi_info_read(multi, &queued);
+      out.rc = msg != nullptr && msg->msg == CURLMSG_DONE ? msg->data.result : CURLE_FAILED_INIT;
+      break;
+    }
+    const auto now = std::chrono::steady_clock::now();
+    if (mc == CURLM_OK && watch.Stalled(now)) {
+      out.rc = CURLE_OPERATION_TIMEDOUT;
+      out.error = "nothing received for " + std::to_string(ToMillis(stall_timeout)) + " ms";
+      break;
+    }
+    const auto wait = std::chrono::ceil<std::chrono::milliseconds>(watch.Left(now, kLongestWait));
+    if (mc == CURLM_OK) {
+      // curl shortens the wait to its own next timer.
+      mc = curl_multi_poll(multi, nullptr, 0, static_cast<int>(wait.count()), nullptr);
+    }
+    if (mc != CURLM_OK) {
+      out.rc = CURLE_FAILED_INIT;
+      out.error = curl_multi_strerror(mc);
+      break;
+    }
+  }
+  // Mid-transfer, this closes the connection: it cannot be reused.
+  curl_multi_remove_handle(multi, easy);
   out.elapsed = std::chrono::steady_clock::now() - start;
-  out.http_code = ResponseCode(handle);
-  if (out.rc != CURLE_OK) {
+  out.http_code = ResponseCode(easy);
+  if (out.rc != CURLE_OK && out.error.empty()) {
     out.error = error_buffer[0] != '\0' ? error_buffer : curl_easy_strerror(out.rc);
   }
   return out;
@@ -204,21 +298,21 @@ Status HttpError(const std::string& method, const std::string& url, long code) {
 struct CurlTransport::Impl {
   explicit Impl(const CurlOptions& opts) : options(opts) {}
 
-  // Hands out an idle handle, or a new one when every handle is busy; nullptr when curl cannot
-  // allocate one.
-  EasyHandle Borrow() {
+  // Hands out an idle pair of handles, or a new one when every pair is busy; an empty pair when
+  // curl cannot allocate one.
+  HandlePair Borrow() {
     {
       std::lock_guard lock(mu);
       if (!idle.empty()) {
-        EasyHandle handle = std::move(idle.back());
+        HandlePair handle = std::move(idle.back());
         idle.pop_back();
         return handle;
       }
     }
-    return EasyHandle(curl_easy_init());
+    return HandlePair::Make();
   }
 
-  void Return(EasyHandle handle) {
+  void Return(HandlePair handle) {
     std::lock_guard lock(mu);
     idle.push_back(std::move(handle));
   }
@@ -261,21 +355,23 @@ struct CurlTransport::Impl {
     }
     Lease(const Lease&) = delete;
     Lease& operator=(const Lease&) = delete;
-    CURL* get() const { return handle_.get(); }
+    // Null when no handle could be had.
+    CURL* get() const { return handle_.easy.get(); }
+    const HandlePair& pair() const { return handle_; }
 
    private:
     Impl& impl_;
-    EasyHandle handle_;
+    HandlePair handle_;
   };
 
   CurlOptions options;
   std::mutex mu;
-  std::vector<EasyHandle> idle;  // Guarded by mu.
+  std::vector<HandlePair> idle;  // Guarded by mu.
 };
 
 namespace {
 
-Status NoHandle() { return InternalError("curl_easy_init failed"); }
+Status NoHandle() { return InternalError("curl could not allocate a handle"); }
 Status BadOption(const std::string& url) { return InternalError(url + ": curl refused an option"); }
 
 }  // namespace
@@ -283,27 +379,28 @@ Status BadOption(const std::string& url) { return InternalError(url + ": curl re
 CurlTransport::CurlTransport(CurlOptions options) : impl_(std::make_unique<Impl>(options)) {
   // One handle up front: the common case needs it anyway, and it is made on the constructing
   // thread rather than on whichever worker calls first.
-  EasyHandle first(curl_easy_init());
+  HandlePair first = HandlePair::Make();
   if (first) impl_->Return(std::move(first));
 }
 
 CurlTransport::~CurlTransport() = default;
 
-Status CurlTransport::Get(const std::string& url, std::span<std::uint8_t> dst, Duration timeout,
-                          const ProgressCallback& progress) {
-  return GetInto(url, std::nullopt, dst, timeout, progress);
+Status CurlTransport::Get(const std::string& url, std::span<std::uint8_t> dst,
+                          const RequestLimits& limits, const ProgressCallback& progress) {
+  return GetInto(url, std::nullopt, dst, limits, progress);
 }
 
 Status CurlTransport::GetRange(const std::string& url, std::uint64_t offset,
-                               std::span<std::uint8_t> dst, Duration timeout,
+                               std::span<std::uint8_t> dst, const RequestLimits& limits,
                                const ProgressCallback& progress) {
   if (dst.empty()) return InvalidArgumentError(url + ": empty range requested");
-  return GetInto(url, offset, dst, timeout, progress);
+  return GetInto(url, offset, dst, limits, progress);
 }
 
 Status CurlTransport::GetInto(const std::string& url, std::optional<std::uint64_t> offset,
-                              std::span<std::uint8_t> dst, Duration timeout,
+                              std::span<std::uint8_t> dst, const RequestLimits& limits,
                               const ProgressCallback& progress) {
+  const Duration timeout = limits.timeout;
   if (timeout <= Duration::zero()) return DeadlineExceededError(url + ": no time left to try");
   Impl::Lease lease(*impl_);
   CURL* handle = lease.get();
@@ -325,7 +422,7 @@ Status CurlTransport::GetInto(const std::string& url, std::optional<std::uint64_
   }
   const std::string what = offset ? "bytes " + range + " of " + url : url;
 
-  Outcome out = Perform(handle, error_buffer);
+  Outcome out = Perform(lease.pair(), error_buffer, limits.stall_timeout);
   const std::string n = std::to_string(dst.size());
   if (sink.abandoned) {
     return DataLossError("transfer of " + what + " abandoned by the caller after " +
@@ -373,7 +470,7 @@ Status CurlTransport::Put(const std::string& url, std::span<const std::uint8_t> 
   curl_easy_setopt(handle, CURLOPT_SEEKDATA, &source);
   curl_easy_setopt(handle, CURLOPT_WRITEFUNCTION, DiscardBody);
 
-  Outcome out = Perform(handle, error_buffer);
+  Outcome out = Perform(lease.pair(), error_buffer, Duration::zero());
   // The handle outlives `headers`; make sure it no longer points at the list.
   curl_easy_setopt(handle, CURLOPT_HTTPHEADER, nullptr);
   if (out.rc != CURLE_OK) return TransferError(url, out, timeout);
@@ -401,7 +498,7 @@ Status CurlTransport::GetToFile(const std::string& url, const std::string& path,
   curl_easy_setopt(handle, CURLOPT_WRITEFUNCTION, WriteToFile);
   curl_easy_setopt(handle, CURLOPT_WRITEDATA, &sink);
 
-  Outcome out = Perform(handle, error_buffer);
+  Outcome out = Perform(lease.pair(), error_buffer, Duration::zero());
   if (sink.write_errno != 0) return ErrnoStatus(sink.write_errno, "write " + path);
   if (out.rc != CURLE_OK && !sink.filter.discarding) return TransferError(url, out, timeout);
   if (!Is2xx(out.http_code)) return HttpError("GET", url, out.http_code);

@@ -1,7 +1,10 @@
 // CurlTransport: Transport over libcurl (the OpenSSL build), with connections kept alive.
 //
-// Keeps a pool of easy handles; a call borrows one for its duration, so a handle is never used by
-// two threads at once and each handle keeps its connections to the nodes it talked to.
+// Keeps a pool of easy handles, each with a multi handle of its own that runs its transfers; a
+// call borrows one for its duration, so a handle is never used by two threads at once and each
+// keeps its connections to the nodes it talked to. The transfer is driven by our own loop rather
+// than curl_easy_perform, whose waits only end at curl's own timers (a second apart while a
+// transfer is idle), so that a stalled request (RequestLimits::stall_timeout) is given up on time.
 // REQUIRES: curl_global_init() was called once by main before any thread started.
 #pragma once
 
@@ -29,19 +32,20 @@ class CurlTransport final : public Transport {
 
   using Transport::Get;
   using Transport::GetRange;
-  Status Get(const std::string& url, std::span<std::uint8_t> dst, Duration timeout,
+  Status Get(const std::string& url, std::span<std::uint8_t> dst, const RequestLimits& limits,
              const ProgressCallback& progress) override;
   // CURLOPT_RANGE; the status is checked before any body byte is delivered, so a 200 (the whole
   // object) never lands in dst.
   Status GetRange(const std::string& url, std::uint64_t offset, std::span<std::uint8_t> dst,
-                  Duration timeout, const ProgressCallback& progress) override;
+                  const RequestLimits& limits, const ProgressCallback& progress) override;
   Status Put(const std::string& url, std::span<const std::uint8_t> body, Duration timeout) override;
   Status GetToFile(const std::string& url, const std::string& path, Duration timeout) override;
 
  private:
   // One GET into dst; a range GET from `offset` when given.
   Status GetInto(const std::string& url, std::optional<std::uint64_t> offset,
-                 std::span<std::uint8_t> dst, Duration timeout, const ProgressCallback& progress);
+                 std::span<std::uint8_t> dst, const RequestLimits& limits,
+                 const ProgressCallback& progress);
 
   struct Impl;
   std::unique_ptr<Impl> impl_;

@@ -115,6 +115,12 @@ struct NodeEndpoint {
 struct RetryOptions {
   // The longest one attempt may take; also bounded by what is left of the deadline.
   Duration attempt_timeout = std::chrono::seconds(10);
+  // An attempt that receives nothing for this long is given up (RequestLimits::stall_timeout)
+  // when a replica not backing off is left to try in the round; the last such replica is waited
+  // for up to the transport's low-speed limit, so that servers that are all slow to answer are
+  // still read from. Zero: never. A node that has stopped answering then costs a read this much
+  // once, not the low-speed limit's seconds.
+  Duration stall_timeout = std::chrono::seconds(1);
   // After a failure a node is tried last for this long, doubling per consecutive failure up to
   // max_backoff, with +-25% jitter. It is still tried when every other replica failed.
   Duration initial_backoff = std::chrono::milliseconds(200);
@@ -125,6 +131,7 @@ struct RetryOptions {
   // least slow_failure_factor times the failed attempt's duration, at most
   // max_slow_failure_backoff (jitter as above), so that it costs the reads a stall now and then
   // rather than one every max_backoff. A failure that shows at once keeps the short backoff.
+  // The least backoff doubles with each further consecutive failure.
   double slow_failure_factor = 10;
   Duration max_slow_failure_backoff = std::chrono::seconds(60);
   // Pause between rounds when every replica failed, doubling up to max_backoff.
@@ -219,14 +226,15 @@ class RetryingFetcher final : public ChunkFetcher {
   Status FetchInParts(const ChunkRef& chunk, std::span<std::uint8_t> dst, TimePoint deadline,
                       const VerifiedCallback& on_verified, std::size_t parts);
   // One GET (or Range GET, resuming after the verified prefix) from `node`, verifying as the
-  // body arrives; updates the node's health.
-  Status TryReplica(NodeState& node, const ChunkRef& chunk, Verifier& verifier, TimePoint deadline);
+  // body arrives; updates the node's health. `stall_timeout` as in RequestLimits.
+  Status TryReplica(NodeState& node, const ChunkRef& chunk, Verifier& verifier, TimePoint deadline,
+                    Duration stall_timeout);
   void RecordSuccess(NodeState& node, std::uint64_t bytes, Duration took);
   // `took`: how long the failed attempt ran.
   void RecordFailure(NodeState& node, const Status& error, Duration took);
-  // The least backoff after an attempt that failed after `took` (RetryOptions::
-  // slow_failure_factor).
-  Duration SlowFailureBackoff(Duration took) const;
+  // The least backoff after an attempt that failed after `took`, the node's `failures`-th failure
+  // in a row (RetryOptions::slow_failure_factor).
+  Duration SlowFailureBackoff(Duration took, int failures) const;
   Duration Jitter(Duration d);  // REQUIRES: mu_ held (uses rng_).
 
   Transport* transport_;

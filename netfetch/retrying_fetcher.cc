@@ -1,4 +1,5 @@
 #include <algorithm>
+#include <cmath>
 #include <limits>
 #include <optional>
 #include <random>
@@ -290,7 +291,8 @@ Status RetryingFetcher::FetchBlocks(const ChunkRef& chunk, std::size_t first_blo
 
 Status RetryingFetcher::RunRounds(const ChunkRef& chunk, Verifier& verifier, TimePoint deadline,
                                   const std::string& what, NodeState* first_choice) {
-  std::vector<NodeState*> replicas = OrderReplicas(chunk);
+  std::size_t healthy = 0;
+  std::vector<NodeState*> replicas = OrderReplicas(chunk, &healthy);
   if (auto it = std::find(replicas.begin(), replicas.end(), first_choice); it != replicas.end()) {
     std::rotate(replicas.begin(), it, it + 1);
   }
@@ -300,9 +302,12 @@ Status RetryingFetcher::RunRounds(const ChunkRef& chunk, Verifier& verifier, Tim
   std::string last_error = "none: the deadline had passed before the first attempt";
   Duration pause = std::max(options_.round_pause, kMinRoundPause);
   while (true) {
-    for (NodeState* node : replicas) {
+    for (std::size_t i = 0; i < replicas.size(); ++i) {
       if (clock_->Now() >= deadline) break;
-      Status status = TryReplica(*node, chunk, verifier, deadline);
+      // Healthy replicas lead the order (a rotated first choice is one of them).
+      const bool another_healthy = i + 1 < healthy;
+      Status status = TryReplica(*replicas[i], chunk, verifier, deadline,
+                                 another_healthy ? options_.stall_timeout : Duration::zero());
       if (status.ok()) return status;
       last_error = status.ToString();
     }
@@ -310,7 +315,7 @@ Status RetryingFetcher::RunRounds(const ChunkRef& chunk, Verifier& verifier, Tim
     if (left <= Duration::zero()) break;
     clock_->SleepFor(std::min(pause, left));
     pause = std::min(pause * 2, std::max(options_.max_backoff, kMinRoundPause));
-    replicas = OrderReplicas(chunk);  // Health changed during the round.
+    replicas = OrderReplicas(chunk, &healthy);  // Health changed during the round.
   }
   return DeadlineExceededError("no replica of " + what +
                                " delivered within the deadline; last error: " + last_error);
@@ -382,9 +387,9 @@ std::vector<RetryingFetcher::NodeState*> RetryingFetcher::OrderReplicas(const Ch
 }
 
 Status RetryingFetcher::TryReplica(NodeState& node, const ChunkRef& chunk, Verifier& verifier,
-                                   TimePoint deadline) {
+                                   TimePoint deadline, Duration stall_timeout) {
   const TimePoint start = clock_->Now();
-  const Duration timeout = std::min(options_.attempt_timeout, deadline - start);
+  const RequestLimits limits{std::min(options_.attempt_timeout, deadline - start), stall_timeout};
   const std::string url = ChunkUrl(node.endpoint.url, chunk.digest);
   verifier.StartAttempt();
   const std::size_t from = verifier.verified();
@@ -402,8 +407,8 @@ Status RetryingFetcher::TryReplica(NodeState& node, const ChunkRef& chunk, Verif
   Status status;
   {
     InFlightGuard in_flight(node.in_flight);
-    status = whole ? transport_->Get(url, rest, timeout, progress)
-                   : transport_->GetRange(url, verifier.base() + from, rest, timeout, progress);
+    status = whole ? transport_->Get(url, rest, limits, progress)
+                   : transport_->GetRange(url, verifier.base() + from, rest, limits, progress);
   }
   const Duration took = clock_->Now() - start;
   // A transport need not report every byte: what it returned OK is verified here.
@@ -463,7 +468,7 @@ void RetryingFetcher::RecordFailure(NodeState& node, const Status& error, Durati
     const int failures = ++node.consecutive_failures;
     Duration backoff = options_.initial_backoff;
     for (int i = 1; i < failures && backoff < options_.max_backoff; ++i) backoff *= 2;
-    backoff = std::max(std::min(backoff, options_.max_backoff), SlowFailureBackoff(took));
+    backoff = std::max(std::min(backoff, options_.max_backoff), SlowFailureBackoff(took, failures));
     node.not_before = std::max(node.not_before, now + Jitter(backoff));
   }
   if (was_healthy) {
@@ -472,9 +477,14 @@ void RetryingFetcher::RecordFailure(NodeState& node, const Status& error, Durati
   }
 }
 
-Duration RetryingFetcher::SlowFailureBackoff(Duration took) const {
-  const std::chrono::duration<double> scaled(options_.slow_failure_factor * Seconds(took));
-  return std::min(std::chrono::duration_cast<Duration>(scaled), options_.max_slow_failure_backoff);
+Duration RetryingFetcher::SlowFailureBackoff(Duration took, int failures) const {
+  // In seconds, as a double, so that many doublings cannot overflow a Duration.
+  const double seconds =
+      options_.slow_failure_factor * Seconds(took) * std::exp2(std::clamp(failures - 1, 0, 30));
+  if (!(seconds < Seconds(options_.max_slow_failure_backoff))) {
+    return options_.max_slow_failure_backoff;
+  }
+  return std::chrono::duration_cast<Duration>(std::chrono::duration<double>(seconds));
 }
 
 Duration RetryingFetcher::Jitter(Duration d) {

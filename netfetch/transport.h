@@ -23,6 +23,17 @@ namespace ckptfs::netfetch {
 // into dst. A transport may call it any number of times; `received` only grows.
 using ProgressCallback = std::function<bool(std::size_t received)>;
 
+// What one request may take.
+struct RequestLimits {
+  Duration timeout{};  // The whole request.
+  // Given up as Unavailable once no byte has arrived for this long, whether the answer has not
+  // started (connecting included) or stops within the body; zero: no such limit, only the
+  // transport's own low-speed limit. Meant for a caller that has another server to turn to:
+  // a server that has stopped answering is then left after this, not after the low-speed
+  // limit's seconds.
+  Duration stall_timeout{};
+};
+
 class Transport {
  public:
   virtual ~Transport() = default;
@@ -30,13 +41,18 @@ class Transport {
   // GETs `url` into `dst`; the body must be exactly dst.size() bytes. `progress` (may be empty)
   // follows the body as it lands, see ProgressCallback.
   // Errors: Unavailable (cannot connect, HTTP error status, connection reset, too slow: below
-  // the low-speed limit), DataLoss (body shorter or longer than dst, or abandoned by
-  // `progress`), DeadlineExceeded (the whole request took longer than `timeout`). The message
-  // names the URL and the cause. Bytes of dst past what `progress` was told are unspecified.
-  virtual Status Get(const std::string& url, std::span<std::uint8_t> dst, Duration timeout,
-                     const ProgressCallback& progress) = 0;
+  // the low-speed limit, or stalled past limits.stall_timeout), DataLoss (body shorter or longer
+  // than dst, or abandoned by `progress`), DeadlineExceeded (the whole request took longer than
+  // limits.timeout). The message names the URL and the cause. Bytes of dst past what `progress`
+  // was told are unspecified.
+  virtual Status Get(const std::string& url, std::span<std::uint8_t> dst,
+                     const RequestLimits& limits, const ProgressCallback& progress) = 0;
+  Status Get(const std::string& url, std::span<std::uint8_t> dst, Duration timeout,
+             const ProgressCallback& progress) {
+    return Get(url, dst, RequestLimits{timeout}, progress);
+  }
   Status Get(const std::string& url, std::span<std::uint8_t> dst, Duration timeout) {
-    return Get(url, dst, timeout, ProgressCallback());
+    return Get(url, dst, RequestLimits{timeout}, ProgressCallback());
   }
 
   // GETs bytes [offset, offset + dst.size()) of `url` into `dst` with one request carrying
@@ -45,10 +61,14 @@ class Transport {
   // (saying so), and nothing of that body lands in dst. Other errors and `progress` as for Get.
   // InvalidArgument for an empty dst.
   virtual Status GetRange(const std::string& url, std::uint64_t offset, std::span<std::uint8_t> dst,
-                          Duration timeout, const ProgressCallback& progress) = 0;
+                          const RequestLimits& limits, const ProgressCallback& progress) = 0;
+  Status GetRange(const std::string& url, std::uint64_t offset, std::span<std::uint8_t> dst,
+                  Duration timeout, const ProgressCallback& progress) {
+    return GetRange(url, offset, dst, RequestLimits{timeout}, progress);
+  }
   Status GetRange(const std::string& url, std::uint64_t offset, std::span<std::uint8_t> dst,
                   Duration timeout) {
-    return GetRange(url, offset, dst, timeout, ProgressCallback());
+    return GetRange(url, offset, dst, RequestLimits{timeout}, ProgressCallback());
   }
 
   // PUTs `body` to `url` (a WebDAV-style server such as nginx with dav_methods PUT). Any 2xx is

@@ -7,7 +7,9 @@
 // by the timeout and the call returns DeadlineExceeded). Bodies are checked against the size the
 // caller expects exactly as CurlTransport does (short or long → DataLoss), so the fetcher sees
 // the real contract. A URL with no script answers like a missing object: HTTP 404, Unavailable.
-// Every call is counted per URL, with the timeout it was given and, for GetRange, its range.
+// Every call is counted per URL, with the timeout (and stall timeout) it was given and, for
+// GetRange, its range. A response made with Silent() sends nothing for its delay: a call with a
+// shorter stall timeout gives up after that (Unavailable) as CurlTransport does.
 //
 // GetRange answers from the same script: the response body is the whole object, and the call
 // gets bytes [offset, offset + dst.size()) of it, as nginx would (206); a range past the end of
@@ -44,21 +46,32 @@ struct ScriptedResponse {
   std::vector<std::uint8_t> body;
   Duration delay{0};           // How long the fake request takes.
   bool ignores_range = false;  // GetRange gets a 200: Unavailable.
+  // Nothing arrives during `delay`: a call whose stall timeout is shorter ends after that.
+  bool silent = false;
   // With an OK status: after this many body bytes of the call landed in dst, the connection
   // "breaks" (Unavailable). Lets a test cut a transfer in the middle of a block.
   std::optional<std::size_t> break_after;
 
   static ScriptedResponse Body(std::vector<std::uint8_t> bytes, Duration delay = Duration{0}) {
-    return {Status::Ok(), std::move(bytes), delay, false, std::nullopt};
+    return {Status::Ok(), std::move(bytes), delay, false, false, std::nullopt};
   }
   static ScriptedResponse Error(Status status, Duration delay = Duration{0}) {
-    return {std::move(status), {}, delay, false, std::nullopt};
+    return {std::move(status), {}, delay, false, false, std::nullopt};
   }
   static ScriptedResponse IgnoringRange(std::vector<std::uint8_t> bytes) {
-    return {Status::Ok(), std::move(bytes), Duration{0}, true, std::nullopt};
+    return {Status::Ok(), std::move(bytes), Duration{0}, true, false, std::nullopt};
   }
   static ScriptedResponse BreakingAfter(std::vector<std::uint8_t> bytes, std::size_t n) {
-    return {Status::Ok(), std::move(bytes), Duration{0}, false, n};
+    return {Status::Ok(), std::move(bytes), Duration{0}, false, false, n};
+  }
+  // A server that has stopped answering: nothing for `delay`, then `status` (say, the
+  // transport's low-speed abort).
+  static ScriptedResponse Silent(Duration delay, Status status) {
+    return {std::move(status), {}, delay, false, true, std::nullopt};
+  }
+  // A server slow to start its answer: nothing for `delay`, then the body.
+  static ScriptedResponse SlowToAnswer(std::vector<std::uint8_t> bytes, Duration delay) {
+    return {Status::Ok(), std::move(bytes), delay, false, true, std::nullopt};
   }
 };
 
@@ -123,23 +136,31 @@ class ScriptedTransport final : public netfetch::Transport {
     auto it = scripts_.find(url);
     return it == scripts_.end() ? std::vector<Duration>{} : it->second.timeouts;
   }
+  // The stall timeout of every call to `url`, oldest first (zero for a call without one).
+  std::vector<Duration> StallTimeouts(const std::string& url) const {
+    std::lock_guard lock(mu_);
+    auto it = scripts_.find(url);
+    return it == scripts_.end() ? std::vector<Duration>{} : it->second.stall_timeouts;
+  }
 
   using netfetch::Transport::Get;
   using netfetch::Transport::GetRange;
 
-  Status Get(const std::string& url, std::span<std::uint8_t> dst, Duration timeout,
+  Status Get(const std::string& url, std::span<std::uint8_t> dst,
+             const netfetch::RequestLimits& limits,
              const netfetch::ProgressCallback& progress) override {
-    ScriptedResponse response = Answer(url, timeout, std::nullopt);
-    if (Status late = Elapse(url, response.delay, timeout); !late.ok()) return late;
+    ScriptedResponse response = Answer(url, limits, std::nullopt);
+    if (Status late = Elapse(url, response, limits); !late.ok()) return late;
     if (!response.status.ok()) return response.status;
     return Deliver(url, response, response.body, dst, progress);
   }
 
   Status GetRange(const std::string& url, std::uint64_t offset, std::span<std::uint8_t> dst,
-                  Duration timeout, const netfetch::ProgressCallback& progress) override {
+                  const netfetch::RequestLimits& limits,
+                  const netfetch::ProgressCallback& progress) override {
     if (dst.empty()) return InvalidArgumentError(url + ": empty range requested");
-    ScriptedResponse response = Answer(url, timeout, ScriptedRange{offset, dst.size()});
-    if (Status late = Elapse(url, response.delay, timeout); !late.ok()) return late;
+    ScriptedResponse response = Answer(url, limits, ScriptedRange{offset, dst.size()});
+    if (Status late = Elapse(url, response, limits); !late.ok()) return late;
     if (!response.status.ok()) return response.status;
     if (response.ignores_range) {
       return UnavailableError("HTTP 200 instead of 206 from GET " + url +
@@ -165,7 +186,7 @@ class ScriptedTransport final : public netfetch::Transport {
   }
 
   Status GetToFile(const std::string& url, const std::string& path, Duration timeout) override {
-    ScriptedResponse response = Answer(url, timeout, std::nullopt);
+    ScriptedResponse response = Answer(url, netfetch::RequestLimits{timeout}, std::nullopt);
     if (Status late = Elapse(url, response.delay, timeout); !late.ok()) return late;
     if (!response.status.ok()) return response.status;
     std::ofstream out(path, std::ios::binary | std::ios::trunc);
@@ -181,6 +202,7 @@ class ScriptedTransport final : public netfetch::Transport {
     std::deque<ScriptedResponse> queue;
     std::optional<ScriptedResponse> fixed;
     std::vector<Duration> timeouts;                    // One per call.
+    std::vector<Duration> stall_timeouts;              // One per call.
     std::vector<std::optional<ScriptedRange>> ranges;  // One per call.
   };
 
@@ -218,13 +240,13 @@ class ScriptedTransport final : public netfetch::Transport {
   }
 
   // Records the call and takes its response; runs the hook.
-  ScriptedResponse Answer(const std::string& url, Duration timeout,
+  ScriptedResponse Answer(const std::string& url, const netfetch::RequestLimits& limits,
                           std::optional<ScriptedRange> range) {
     std::function<void(const std::string&)> hook;
     ScriptedResponse response;
     {
       std::lock_guard lock(mu_);
-      Script& script = Record(url, timeout);
+      Script& script = Record(url, limits.timeout, limits.stall_timeout);
       script.ranges.push_back(range);
       hook = on_call_;
       if (!script.queue.empty()) {
@@ -245,7 +267,7 @@ class ScriptedTransport final : public netfetch::Transport {
     std::optional<ScriptedResponse> response;
     {
       std::lock_guard lock(mu_);
-      Script& script = Record(url, timeout);
+      Script& script = Record(url, timeout, Duration::zero());
       script.ranges.push_back(std::nullopt);
       hook = on_call_;
       if (!script.queue.empty()) {
@@ -259,11 +281,25 @@ class ScriptedTransport final : public netfetch::Transport {
     return response;
   }
 
-  Script& Record(const std::string& url, Duration timeout) {  // REQUIRES: mu_ held.
+  // REQUIRES: mu_ held.
+  Script& Record(const std::string& url, Duration timeout, Duration stall_timeout) {
     Script& script = scripts_[url];
     script.timeouts.push_back(timeout);
+    script.stall_timeouts.push_back(stall_timeout);
     call_order_.push_back(url);
     return script;
+  }
+
+  // As below; a silent response is also cut short at the stall timeout, if that comes first.
+  Status Elapse(const std::string& url, const ScriptedResponse& response,
+                const netfetch::RequestLimits& limits) {
+    const Duration stall = limits.stall_timeout;
+    if (response.silent && stall > Duration::zero() && stall < response.delay &&
+        stall < limits.timeout) {
+      if (clock_ != nullptr) clock_->Advance(stall);
+      return UnavailableError(url + ": nothing received within the stall timeout (scripted)");
+    }
+    return Elapse(url, response.delay, limits.timeout);
   }
 
   // Lets the fake request take `delay`, cut short at `timeout` as a real transport would.

@@ -11,8 +11,10 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <filesystem>
 #include <fstream>
+#include <mutex>
 #include <random>
 #include <set>
 #include <sstream>
@@ -81,12 +83,23 @@ class SilentServer {
   int port_ = 0;
 };
 
+// What a OneShotServer sends: `bytes`, after a pause.
+struct Piece {
+  std::chrono::milliseconds pause{0};
+  std::string bytes;
+};
+
 // A server on 127.0.0.1 that answers one request, whatever it asks for, with `response` (a whole
 // HTTP response, "Connection: close"), then closes. Stands in for a server that ignores Range,
-// which nginx never is.
+// which nginx never is. Given pieces, it sends them in turn, each after its pause, and then
+// closes, or with `hold_open` keeps the connection open and silent until it is destroyed: a
+// server that is slow, or stops in the middle of a body.
 class OneShotServer {
  public:
-  explicit OneShotServer(std::string response) : response_(std::move(response)) {
+  explicit OneShotServer(std::string response)
+      : OneShotServer({Piece{std::chrono::milliseconds(0), std::move(response)}}, false) {}
+  OneShotServer(std::vector<Piece> pieces, bool hold_open)
+      : pieces_(std::move(pieces)), hold_open_(hold_open) {
     fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     sockaddr_in addr{};
     addr.sin_family = AF_INET;
@@ -101,6 +114,11 @@ class OneShotServer {
   }
   ~OneShotServer() {
     if (thread_.joinable()) {
+      {
+        std::lock_guard lock(mu_);
+        stopping_ = true;
+      }
+      cv_.notify_all();
       ::shutdown(fd_, SHUT_RDWR);  // Wakes accept() if no request came.
       thread_.join();
     }
@@ -109,6 +127,7 @@ class OneShotServer {
   bool ok() const { return port_ != 0; }
   std::string url() const { return "http://127.0.0.1:" + std::to_string(port_); }
   // Waits until the server has answered; returns the request it received (headers only).
+  // REQUIRES: not hold_open.
   std::string WaitForRequest() {
     if (thread_.joinable()) thread_.join();
     return request_;
@@ -124,18 +143,31 @@ class OneShotServer {
       if (n <= 0) break;
       request_.append(buffer, static_cast<std::size_t>(n));
     }
-    for (std::size_t done = 0; done < response_.size();) {
-      ssize_t n = ::write(conn, response_.data() + done, response_.size() - done);
-      if (n <= 0) break;
-      done += static_cast<std::size_t>(n);
+    for (const Piece& piece : pieces_) {
+      if (Stopped(piece.pause)) break;
+      for (std::size_t done = 0; done < piece.bytes.size();) {
+        ssize_t n = ::write(conn, piece.bytes.data() + done, piece.bytes.size() - done);
+        if (n <= 0) break;
+        done += static_cast<std::size_t>(n);
+      }
     }
+    if (hold_open_) Stopped(std::chrono::hours(1));
     ::close(conn);
   }
+  // Waits up to `d`; true if the server is being destroyed.
+  bool Stopped(std::chrono::milliseconds d) {
+    std::unique_lock lock(mu_);
+    return cv_.wait_for(lock, d, [this] { return stopping_; });
+  }
 
-  std::string response_;
+  const std::vector<Piece> pieces_;
+  const bool hold_open_;
   std::string request_;  // Written by the thread before it ends; read after join.
   int fd_ = -1;
   int port_ = 0;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool stopping_ = false;  // Guarded by mu_.
   std::thread thread_;
 };
 
@@ -280,6 +312,61 @@ TEST(CurlTransportLowSpeed, StalledTransferIsUnavailableBeforeTheTimeout) {
   // Too slow is the node's fault, worth another replica; the caller's time has not run out.
   EXPECT_EQ(status.code(), StatusCode::kUnavailable) << status.ToString();
   EXPECT_LT(took, 20s);
+}
+
+// With a low-speed limit too long to matter, only the stall timeout can end these transfers.
+netfetch::CurlOptions PatientOptions() {
+  netfetch::CurlOptions options;
+  options.low_speed_time = 30s;
+  return options;
+}
+
+TEST(CurlTransportStall, ServerThatNeverAnswersIsLeftAtTheStallTimeout) {
+  netfetch::CurlTransport transport(PatientOptions());
+  SilentServer silent;
+  ASSERT_TRUE(silent.ok());
+  std::vector<std::uint8_t> dst(10);
+  auto start = std::chrono::steady_clock::now();
+  Status status = transport.Get(silent.url() + "/x", dst, netfetch::RequestLimits{60s, 300ms}, {});
+  auto took = std::chrono::steady_clock::now() - start;
+  EXPECT_EQ(status.code(), StatusCode::kUnavailable) << status.ToString();
+  EXPECT_NE(status.message().find("nothing received for 300 ms"), std::string::npos)
+      << status.ToString();
+  EXPECT_LT(took, 10s);
+}
+
+TEST(CurlTransportStall, BodyThatStopsIsLeftAtTheStallTimeoutWithWhatArrivedReported) {
+  OneShotServer server(
+      {{0ms, "HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n" + std::string(40, 'a')}},
+      /*hold_open=*/true);
+  ASSERT_TRUE(server.ok());
+  netfetch::CurlTransport transport(PatientOptions());
+  std::vector<std::uint8_t> dst(100);
+  std::size_t reported = 0;
+  auto start = std::chrono::steady_clock::now();
+  Status status = transport.Get(server.url() + "/x", dst, netfetch::RequestLimits{60s, 300ms},
+                                [&](std::size_t received) {
+                                  reported = received;
+                                  return true;
+                                });
+  auto took = std::chrono::steady_clock::now() - start;
+  EXPECT_EQ(status.code(), StatusCode::kUnavailable) << status.ToString();
+  EXPECT_NE(status.message().find("nothing received"), std::string::npos) << status.ToString();
+  EXPECT_EQ(reported, 40u);
+  EXPECT_LT(took, 10s);
+}
+
+TEST(CurlTransportStall, TransferThatKeepsMovingIsNotCutHoweverLongItTakes) {
+  // One byte every 100 ms for 1.2 s: longer in all than the stall timeout, never silent as long.
+  std::vector<Piece> pieces = {{0ms, "HTTP/1.1 200 OK\r\nContent-Length: 12\r\n\r\n"}};
+  for (char c : std::string("abcdefghijkl")) pieces.push_back({100ms, std::string(1, c)});
+  OneShotServer server(std::move(pieces), /*hold_open=*/false);
+  ASSERT_TRUE(server.ok());
+  netfetch::CurlTransport transport(PatientOptions());
+  std::vector<std::uint8_t> dst(12);
+  Status status = transport.Get(server.url() + "/x", dst, netfetch::RequestLimits{60s, 400ms}, {});
+  ASSERT_TRUE(status.ok()) << status.ToString();
+  EXPECT_EQ(std::string(dst.begin(), dst.end()), "abcdefghijkl");
 }
 
 TEST_F(CurlTransport, NonPositiveTimeoutSendsNoRequest) {

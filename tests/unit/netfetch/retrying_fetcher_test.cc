@@ -481,6 +481,67 @@ TEST_F(RetryingFetcher, AQuickFailureDoesNotShortenTheBackoffOfASlowOne) {
   EXPECT_EQ(HealthOf(*fetcher, 1).consecutive_failures, 2);
 }
 
+TEST_F(RetryingFetcher, ANodeThatSendsNothingIsLeftAtTheStallTimeoutForAHealthyReplica) {
+  TestChunk chunk = MakeChunk(36, {1, 2});
+  // Without a stall timeout the node would be left only at the low-speed abort, 3 s in.
+  transport_.SetResponse(Url(1, chunk), ScriptedResponse::Silent(3s, Stalled(Url(1, chunk))));
+  Serve(2, chunk);
+  auto fetcher = MakeFetcher();
+  std::vector<std::uint8_t> out;
+  const TimePoint start = clock_.Now();
+  ASSERT_TRUE(Fetch(*fetcher, chunk, &out).ok());
+  EXPECT_EQ(out, chunk.bytes);
+  ASSERT_EQ(options_.stall_timeout, 1s);
+  EXPECT_EQ(clock_.Now() - start, 1s);
+  EXPECT_EQ(transport_.StallTimeouts(Url(1, chunk)), std::vector<Duration>{1s});
+  EXPECT_EQ(transport_.StallTimeouts(Url(2, chunk)), std::vector<Duration>{0s})
+      << "the last healthy replica is given time to answer";
+  // Its silence cost 1 s, so it is passed over for 10 x 1 s, less 25% jitter.
+  clock_.Advance(7s);
+  EXPECT_TRUE(HealthOf(*fetcher, 1).backing_off);
+}
+
+TEST_F(RetryingFetcher, WhenEveryReplicaIsSlowToAnswerTheLastHealthyOneIsWaitedFor) {
+  TestChunk chunk = MakeChunk(37, {1, 2, 3});
+  for (std::int64_t id : {1, 2, 3}) {
+    transport_.SetResponse(Url(id, chunk), ScriptedResponse::SlowToAnswer(chunk.bytes, 2s));
+  }
+  auto fetcher = MakeFetcher();
+  std::vector<std::uint8_t> out;
+  const TimePoint start = clock_.Now();
+  ASSERT_TRUE(Fetch(*fetcher, chunk, &out).ok());
+  EXPECT_EQ(out, chunk.bytes);
+  EXPECT_EQ(clock_.Now() - start, 4s) << "1 s each on node1 and node2, then node3's answer";
+  EXPECT_EQ(transport_.StallTimeouts(Url(1, chunk)), std::vector<Duration>{1s});
+  EXPECT_EQ(transport_.StallTimeouts(Url(2, chunk)), std::vector<Duration>{1s});
+  EXPECT_EQ(transport_.StallTimeouts(Url(3, chunk)), std::vector<Duration>{0s});
+
+  // With node1 and node2 backing off, node3 is the only healthy replica and is waited for,
+  // and a replica asked only because every healthy one failed is waited for too.
+  ASSERT_TRUE(Fetch(*fetcher, chunk, &out).ok());
+  EXPECT_EQ(transport_.StallTimeouts(Url(3, chunk)), (std::vector<Duration>{0s, 0s}));
+  EXPECT_EQ(transport_.TotalCalls(), 4);
+}
+
+TEST_F(RetryingFetcher, EachFurtherSlowFailureInARowDoublesTheBackoff) {
+  TestChunk chunk = MakeChunk(38, {1, 2});
+  transport_.Enqueue(Url(1, chunk), ScriptedResponse::Error(Stalled(Url(1, chunk)), 2s));
+  transport_.Enqueue(Url(1, chunk), ScriptedResponse::Error(Stalled(Url(1, chunk)), 2s));
+  Serve(1, chunk);
+  Serve(2, chunk);
+  auto fetcher = MakeFetcher();
+  std::vector<std::uint8_t> out;
+  ASSERT_TRUE(Fetch(*fetcher, chunk, &out).ok());  // node1: 2 s, so 20 s (15-25 s).
+  clock_.Advance(26s);
+  ASSERT_FALSE(HealthOf(*fetcher, 1).backing_off);
+  ASSERT_TRUE(Fetch(*fetcher, chunk, &out).ok());  // node1 again, 2 s: now 40 s (30-50 s).
+  ASSERT_EQ(transport_.Calls(Url(1, chunk)), 2);
+  clock_.Advance(26s);
+  EXPECT_TRUE(HealthOf(*fetcher, 1).backing_off) << "the second slow failure was not doubled";
+  clock_.Advance(25s);
+  EXPECT_FALSE(HealthOf(*fetcher, 1).backing_off);
+}
+
 TEST_F(RetryingFetcher, HealthCountsTheRequestsInFlight) {
   TestChunk chunk = MakeChunk(32, {3});
   Serve(3, chunk);
