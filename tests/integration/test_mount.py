@@ -1,6 +1,7 @@
 """`ckptfs mount`: the tree as published, lazy reads, caching, options, unmounting, read-only."""
 
 import collections
+import ctypes
 import concurrent.futures
 import errno
 import os
@@ -379,6 +380,18 @@ def _bad_index(kind, good, path):
         db.close()
 
 
+def _assert_refused_leaving(mnt, mounts):
+    """Runs the mount of `mnt` again; asserts it fails with one line and leaves the mount table
+    at the mountpoint as `mounts` (fs types, bottom first). Returns the line."""
+    result = ckptfs_cli.run(ckptfs_cli.mount_args(mnt.index, mnt.mountpoint, mnt.options),
+                            timeout=60)
+    assert result.returncode != 0, result.describe()
+    lines = result.stderr_lines()
+    assert len(lines) == 1 and lines[0].startswith("ckptfs: "), result.describe()
+    assert ckptfs_cli.mounts_at(mnt.mountpoint) == mounts, "a second mount went on top"
+    return lines[0]
+
+
 def _assert_mount_refused(mnt):
     args = ckptfs_cli.mount_args(mnt.index, mnt.mountpoint, mnt.options)
     result = ckptfs_cli.run(args, timeout=60)
@@ -512,22 +525,54 @@ def test_a_second_mount_on_a_ckptfs_mount_is_refused_with_how_to_clear_it(publis
     for pid in stopped:
         os.kill(pid, signal.SIGSTOP)
     try:
-        result = ckptfs_cli.run(ckptfs_cli.mount_args(mnt.index, mnt.mountpoint, mnt.options),
-                                timeout=60)
+        line = _assert_refused_leaving(mnt, ["fuse.ckptfs"])
     finally:
         for pid in stopped:
             os.kill(pid, signal.SIGCONT)
-    assert result.returncode != 0, result.describe()
-    lines = result.stderr_lines()
-    assert len(lines) == 1, result.describe()
-    assert "already has a ckptfs mount on it" in lines[0], lines[0]
-    assert f"fusermount3 -u {mnt.mountpoint}" in lines[0], lines[0]
-    assert ckptfs_cli.mounts_at(mnt.mountpoint) == ["fuse.ckptfs"], "a second mount went on top"
+    assert "already has a ckptfs mount on it" in line, line
+    assert f"fusermount3 -u {mnt.mountpoint}" in line, line
 
     if state == "dead":  # What the line says to do clears it.
         cleared = ckptfs_cli.run(["fusermount3", "-u", mnt.mountpoint], timeout=30)
         assert cleared.returncode == 0, cleared.describe()
         mnt.start()
+    assert source_tree.sha256_file(mnt.path("private.key")) == published.tree.sha256["private.key"]
+
+
+def _mount_dead_fuse(mountpoint, subtype):
+    """Mounts a FUSE filesystem of type fuse.SUBTYPE on `mountpoint` whose daemon is gone at
+    once: the /dev/fuse descriptor is closed before any request, so every access to the mount
+    fails with ENOTCONN, as after a crashed FUSE daemon of any kind."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = os.open("/dev/fuse", os.O_RDWR)
+    try:
+        options = f"fd={fd},rootmode=40000,user_id=0,group_id=0".encode()
+        if libc.mount(subtype.encode(), mountpoint.encode(), f"fuse.{subtype}".encode(), 0,
+                      options) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"mount(2) of a fuse.{subtype} on {mountpoint}: {os.strerror(err)}")
+    finally:
+        os.close(fd)
+
+
+def test_a_mount_on_a_dead_fuse_mount_of_another_kind_is_refused_with_how_to_clear_it(
+        published, mount, request):
+    # Not a ckptfs mount, so the mount table alone does not refuse it: the mount itself is asked.
+    mnt = mount(published.index, start=False)
+    _mount_dead_fuse(mnt.mountpoint, "otherfs")
+    request.addfinalizer(lambda: ckptfs_cli.run(["fusermount3", "-uz", mnt.mountpoint],
+                                                timeout=30))
+    with pytest.raises(OSError) as dead:
+        os.statvfs(mnt.mountpoint)
+    assert dead.value.errno == errno.ENOTCONN, repr(dead.value)
+
+    line = _assert_refused_leaving(mnt, ["fuse.otherfs"])
+    assert "is a dead FUSE mount" in line, line
+    assert f"fusermount3 -u {mnt.mountpoint}" in line, line
+
+    cleared = ckptfs_cli.run(["fusermount3", "-u", mnt.mountpoint], timeout=30)
+    assert cleared.returncode == 0, cleared.describe()
+    mnt.start()
     assert source_tree.sha256_file(mnt.path("private.key")) == published.tree.sha256["private.key"]
 
 
