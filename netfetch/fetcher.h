@@ -11,10 +11,11 @@
 //
 // RetryingFetcher is the real one: it owns replica order (healthy nodes first, then the node with
 // the fewest requests in flight, then the faster one), failover on any error (connection refused,
-// timeout, HTTP error, short body, wrong SHA-256), per-node backoff after failures with jitter,
-// and the overall deadline. With block digests, a failover resumes on the next replica with a
-// Range GET from the end of the verified prefix instead of starting over. Bytes that were not
-// verified are never reported as such.
+// timeout, nothing received for RetryOptions::stall_timeout while another replica is healthy, HTTP
+// error, short body, wrong SHA-256), per-node backoff after failures with jitter, and the overall
+// deadline. With block digests, a failover resumes on the next replica with a Range GET from the
+// end of the verified prefix instead of starting over. Bytes that were not verified are never
+// reported as such.
 //
 // Lone fetches in parts. A whole-chunk Fetch that starts while no other Fetch of this fetcher is
 // under way (a file read on its own, the first chunk of a read) and that one GET would take long
