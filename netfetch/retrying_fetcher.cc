@@ -304,7 +304,9 @@ Status RetryingFetcher::RunRounds(const ChunkRef& chunk, Verifier& verifier, Tim
   while (true) {
     for (std::size_t i = 0; i < replicas.size(); ++i) {
       if (clock_->Now() >= deadline) break;
-      // Healthy replicas lead the order (a rotated first choice is one of them).
+      // Healthy replicas lead the order. A first choice that has begun to back off since its
+      // part was given it, rotated to the front, shifts them by one: then one attempt fewer
+      // gets the stall timeout, the safe side.
       const bool another_healthy = i + 1 < healthy;
       Status status = TryReplica(*replicas[i], chunk, verifier, deadline,
                                  another_healthy ? options_.stall_timeout : Duration::zero());
