@@ -141,11 +141,11 @@ int Main(int argc, char** argv) {
   mnt->add_option("index", index, "Index file or http(s) URL")->required();
   mnt->add_option("mountpoint", mountpoint, "Directory to mount on")->required();
   mnt->add_flag("-f,--foreground", foreground, "Stay in the foreground");
-  mnt->add_option(
-      "-o", mount_opts,
-      "Options: cache_dir=DIR, cache_size=SIZE, node.NAME=URL, timeout=SECONDS, "
-      "fetchers=N, fetch_parts=N, readahead=SIZE, dir_readahead=0|1, memory_cache=SIZE, "
-      "index_cache=SIZE, kernel_readahead=SIZE, allow_other, debug");
+  mnt->add_option("-o", mount_opts,
+                  "Options: cache_dir=DIR, cache_size=SIZE, node.NAME=URL, timeout=SECONDS, "
+                  "stall_timeout=SECONDS, fetchers=N, fetch_parts=N, readahead=SIZE, "
+                  "dir_readahead=0|1, memory_cache=SIZE, "
+                  "index_cache=SIZE, kernel_readahead=SIZE, allow_other, debug");
 
   std::string stats_mountpoint;
   CLI::App* stats = app.add_subcommand(

@@ -378,6 +378,7 @@ Status Mount(const MountOptions& options) {
   netfetch::RetryOptions retry;
   retry.attempt_timeout = std::min<Duration>(retry.attempt_timeout, options.timeout);
   retry.lone_fetch_parts = options.fetch_parts;
+  retry.stall_timeout = options.stall_timeout;
   m.fetcher = std::make_unique<netfetch::RetryingFetcher>(std::move(endpoints), m.transport.get(),
                                                           &m.clock, retry);
   fs::FileSystemOptions fs_options;

@@ -20,6 +20,13 @@ const std::set<std::string>& FstabNoOps() {
   return kNoOps;
 }
 
+// A positive number of seconds for option `key`.
+Result<Duration> ParseDuration(const std::string& key, const std::string& value) {
+  Result<double> seconds = ParseSeconds(value);
+  if (!seconds.ok()) return seconds.status().WithContext(key);
+  return std::chrono::duration_cast<Duration>(std::chrono::duration<double>(*seconds));
+}
+
 // A whole number in [low, high] for option `key`.
 Result<int> ParseCount(const std::string& key, const std::string& value, int low, int high) {
   int n = 0;
@@ -54,8 +61,14 @@ Status ApplyOne(const std::string& key, const std::string& value, bool has_value
     CKPTFS_ASSIGN_OR_RETURN(options.cache_size, ParseSize(value));
   } else if (key == "timeout") {
     CKPTFS_RETURN_IF_ERROR(need_value());
-    CKPTFS_ASSIGN_OR_RETURN(double seconds, ParseSeconds(value));
-    options.timeout = std::chrono::duration_cast<Duration>(std::chrono::duration<double>(seconds));
+    CKPTFS_ASSIGN_OR_RETURN(options.timeout, ParseDuration(key, value));
+  } else if (key == "stall_timeout") {
+    CKPTFS_RETURN_IF_ERROR(need_value());
+    if (value == "0") {
+      options.stall_timeout = Duration::zero();
+    } else {
+      CKPTFS_ASSIGN_OR_RETURN(options.stall_timeout, ParseDuration(key, value));
+    }
   } else if (key == "fetchers") {
     CKPTFS_RETURN_IF_ERROR(need_value());
     CKPTFS_ASSIGN_OR_RETURN(options.fetch_threads, ParseCount(key, value, 1, 64));

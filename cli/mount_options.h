@@ -19,6 +19,9 @@ struct MountOptions {
   std::uint64_t cache_size = 10ull << 30;
   std::map<std::string, std::string> node_urls;  // node.NAME=URL overrides.
   Duration timeout = std::chrono::seconds(20);
+  // A request that receives nothing for this long is left for another healthy replica
+  // (stall_timeout=SECONDS; 0: only the low-speed limit), RetryOptions::stall_timeout.
+  Duration stall_timeout = std::chrono::seconds(1);
   bool allow_other = false;
   bool debug = false;
   int fetch_threads = 8;

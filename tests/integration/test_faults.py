@@ -150,17 +150,20 @@ def test_unavailable_chunk_gives_eio_in_time_then_recovers(published, mount):
     assert data == expected
 
 
-def test_a_frozen_node_costs_one_short_stall_then_is_passed_over(published, mount):
+@pytest.mark.parametrize("stall_ms", [None, 800], ids=["default", "stall_timeout=0.8"])
+def test_a_frozen_node_costs_one_short_stall_then_is_passed_over(published, mount, stall_ms):
     """A node that hangs (its port still takes connections and requests, nothing answers) is
-    left once nothing has come from it for the stall timeout, 1 s, while another replica can take
-    over, not at the transport's low-speed limit, 3 s. The mount must then leave it for 10 times
-    that, not try it again after a quick failure's few hundred milliseconds and stall again."""
+    left once nothing has come from it for the stall timeout, 1 s unless the mount says
+    otherwise, while another replica can take over, not at the transport's low-speed limit, 3 s.
+    The mount must then leave it for 10 times that, not try it again after a quick failure's few
+    hundred milliseconds and stall again."""
     others = [rel for rel in published.tree.files() if rel != BIG]
     with published.db() as db:
         frozen = published.node(db.extents(BIG)[0].nodes[0])  # The first node the read asks.
         held = sum(frozen.name in e.nodes for rel in others for e in db.extents(rel))
     assert held > 0, f"{frozen.name} holds no chunk of the other files, so they prove nothing"
-    mnt = mount(published.index, foreground=True)  # Its log is the test's to read.
+    options = {} if stall_ms is None else {"stall_timeout": stall_ms / 1000}
+    mnt = mount(published.index, foreground=True, **options)  # Its log is the test's to read.
     frozen.freeze()
     try:
         assert source_tree.sha256_file(mnt.path(BIG)) == published.tree.sha256[BIG]
@@ -170,7 +173,8 @@ def test_a_frozen_node_costs_one_short_stall_then_is_passed_over(published, moun
         assert failed >= 1, f"the frozen node was never tried, so this proved nothing: {after_big}"
         assert after_big[f"node.{frozen.name}.backing_off"] == 1, after_big
         log = mnt.output()
-        assert f"node {frozen.name}" in log and "nothing received for 1000 ms" in log, (
+        expected = f"nothing received for {stall_ms or 1000} ms"
+        assert f"node {frozen.name}" in log and expected in log, (
             f"the attempt on the frozen node did not end at the stall timeout: {log}")
 
         # Longer than the backoff `failed` quick failures in a row earn (200 ms doubling, +25%).
@@ -178,7 +182,8 @@ def test_a_frozen_node_costs_one_short_stall_then_is_passed_over(published, moun
         time.sleep(pause)
         later = ckptfs_cli.mount_stats(mnt.mountpoint)
         assert later[f"node.{frozen.name}.backing_off"] == 1, (
-            f"a node that stalled for 1 s is asked again {pause:.2f} s later: {later}")
+            f"a node that stalled for {stall_ms or 1000} ms is asked again {pause:.2f} s later: "
+            f"{later}")
 
         _read_all_and_compare_files(mnt, published.tree, others)
         end = ckptfs_cli.mount_stats(mnt.mountpoint)

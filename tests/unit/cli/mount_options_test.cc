@@ -20,7 +20,7 @@ TEST(MountOptions, AcceptsEveryOptionAndSetsItsField) {
   CKPTFS_ASSERT_OK(ApplyMountOptionList(
       "cache_dir=/var/tmp/c,cache_size=2G,node.n1=http://127.0.0.1:8080,timeout=2.5,"
       "allow_other,debug,fetchers=4,readahead=8M,memory_cache=32M,index_cache=0,"
-      "dir_readahead=0,fetch_parts=2",
+      "dir_readahead=0,fetch_parts=2,stall_timeout=0.25",
       options));
   EXPECT_EQ(options.cache_dir, "/var/tmp/c");
   EXPECT_EQ(options.cache_size, 2ull << 30);
@@ -35,6 +35,7 @@ TEST(MountOptions, AcceptsEveryOptionAndSetsItsField) {
   EXPECT_EQ(options.index_cache, 0u);
   EXPECT_FALSE(options.dir_readahead);
   EXPECT_EQ(options.fetch_parts, 2);
+  EXPECT_EQ(options.stall_timeout, 250ms);
 }
 
 TEST(MountOptions, DefaultsAreKeptForOptionsNotGiven) {
@@ -44,6 +45,7 @@ TEST(MountOptions, DefaultsAreKeptForOptionsNotGiven) {
   EXPECT_EQ(options.cache_dir, defaults.cache_dir);
   EXPECT_EQ(options.cache_size, defaults.cache_size);
   EXPECT_EQ(options.timeout, defaults.timeout);
+  EXPECT_EQ(options.stall_timeout, 1s);
   EXPECT_FALSE(options.allow_other);
   EXPECT_EQ(options.fetch_threads, defaults.fetch_threads);
   EXPECT_EQ(options.readahead, defaults.readahead);
@@ -127,13 +129,24 @@ TEST(MountOptions, RejectsBadSizes) {
 
 TEST(MountOptions, RejectsBadTimeoutsAndFetcherCounts) {
   MountOptions options;
-  EXPECT_FALSE(ApplyMountOptionList("timeout=0", options).ok());
-  EXPECT_FALSE(ApplyMountOptionList("timeout=-3", options).ok());
-  EXPECT_FALSE(ApplyMountOptionList("timeout=soon", options).ok());
+  ExpectRejected("timeout=0", "timeout");
+  ExpectRejected("timeout=-3", "timeout");
+  ExpectRejected("timeout=soon", "timeout");
   ExpectRejected("fetchers=0", "fetchers");
   ExpectRejected("fetchers=65", "fetchers");
   ExpectRejected("fetchers=many", "fetchers");
   ExpectRejected("fetchers=4k", "fetchers");
+}
+
+TEST(MountOptions, StallTimeoutIsPositiveSecondsOrZeroForNone) {
+  MountOptions options;
+  CKPTFS_ASSERT_OK(ApplyMountOptionList("stall_timeout=3", options));
+  EXPECT_EQ(options.stall_timeout, 3s);
+  CKPTFS_ASSERT_OK(ApplyMountOptionList("stall_timeout=0", options));
+  EXPECT_EQ(options.stall_timeout, 0s);
+  ExpectRejected("stall_timeout=-1", "stall_timeout");
+  ExpectRejected("stall_timeout=soon", "stall_timeout");
+  ExpectRejected("stall_timeout=0s", "stall_timeout");
 }
 
 TEST(MountOptions, FetchPartsIsBetweenOneAndSixteen) {
@@ -149,8 +162,8 @@ TEST(MountOptions, FetchPartsIsBetweenOneAndSixteen) {
 }
 
 TEST(MountOptions, RejectsMissingValues) {
-  for (const char* key : {"cache_dir", "cache_size", "timeout", "fetchers", "readahead",
-                          "dir_readahead", "fetch_parts", "node.n1"}) {
+  for (const char* key : {"cache_dir", "cache_size", "timeout", "stall_timeout", "fetchers",
+                          "readahead", "dir_readahead", "fetch_parts", "node.n1"}) {
     ExpectRejected(key, key);
     ExpectRejected(std::string(key) + "=", key);
   }
