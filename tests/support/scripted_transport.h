@@ -8,8 +8,9 @@
 // caller expects exactly as CurlTransport does (short or long → DataLoss), so the fetcher sees
 // the real contract. A URL with no script answers like a missing object: HTTP 404, Unavailable.
 // Every call is counted per URL, with the timeout (and stall timeout) it was given and, for
-// GetRange, its range. A response made with Silent() sends nothing for its delay: a call with a
-// shorter stall timeout gives up after that (Unavailable) as CurlTransport does.
+// GetRange, its range. A response made with Silent() or SlowToAnswer() sends nothing for its
+// delay: a call with a shorter stall timeout gives up after that (Unavailable) as CurlTransport
+// does.
 //
 // GetRange answers from the same script: the response body is the whole object, and the call
 // gets bytes [offset, offset + dst.size()) of it, as nginx would (206); a range past the end of
