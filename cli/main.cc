@@ -144,8 +144,8 @@ int Main(int argc, char** argv) {
   mnt->add_option("-o", mount_opts,
                   "Options: cache_dir=DIR, cache_size=SIZE, node.NAME=URL, timeout=SECONDS, "
                   "stall_timeout=SECONDS, fetchers=N, fetch_parts=N, readahead=SIZE, "
-                  "dir_readahead=0|1, memory_cache=SIZE, "
-                  "index_cache=SIZE, kernel_readahead=SIZE, allow_other, debug");
+                  "dir_readahead=0|1, memory_cache=SIZE, index_cache=SIZE, "
+                  "kernel_readahead=SIZE, allow_other, debug");
 
   std::string stats_mountpoint;
   CLI::App* stats = app.add_subcommand(
