@@ -107,7 +107,11 @@ std::string FormatStats(const StatsSources& stats) {
         .Add("bytes_per_second", static_cast<std::uint64_t>(speed))
         .Add("consecutive_failures",
              static_cast<std::uint64_t>(std::max(node.consecutive_failures, 0)))
-        .Add("backing_off", node.backing_off ? 1 : 0);
+        .Add("backing_off", node.backing_off ? 1 : 0)
+        .Add("backoff_ms",
+             static_cast<std::uint64_t>(std::chrono::ceil<std::chrono::milliseconds>(
+                                            std::max(node.backoff_left, Duration::zero()))
+                                            .count()));
   }
   Lines(out, "daemon.")
       .Add("rss_bytes", stats.daemon.rss_bytes)

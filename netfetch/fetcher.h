@@ -189,6 +189,7 @@ struct NodeHealth {
   int consecutive_failures = 0;  // Failed attempts since its last success.
   bool backing_off = false;      // Tried after the other replicas until its backoff ends.
   double bytes_per_second = 0;   // Average over verified transfers; 0 = not measured yet.
+  Duration backoff_left{};       // How long it is still backing off; zero when it is not.
 };
 
 class RetryingFetcher final : public ChunkFetcher {

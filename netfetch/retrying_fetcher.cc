@@ -329,8 +329,10 @@ std::vector<NodeHealth> RetryingFetcher::Health() const {
   health.reserve(nodes_.size());
   std::lock_guard lock(mu_);
   for (const auto& node : nodes_) {
+    const bool backing_off = now < node->not_before;
     health.push_back({node->endpoint.id, node->endpoint.name, node->in_flight.load(),
-                      node->consecutive_failures, now < node->not_before, node->bytes_per_second});
+                      node->consecutive_failures, backing_off, node->bytes_per_second,
+                      backing_off ? node->not_before - now : Duration::zero()});
   }
   return health;
 }

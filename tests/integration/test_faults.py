@@ -179,6 +179,9 @@ def test_a_frozen_node_costs_one_short_stall_then_is_passed_over(published, moun
 
         # Longer than the backoff `failed` quick failures in a row earn (200 ms doubling, +25%).
         pause = min(0.2 * 2 ** (failed - 1), 5.0) * 1.25 + 0.5
+        left_ms = after_big[f"node.{frozen.name}.backoff_ms"]
+        assert left_ms > pause * 1000, (
+            f"the frozen node's backoff ends in {left_ms} ms, as if its failure had been quick")
         time.sleep(pause)
         later = ckptfs_cli.mount_stats(mnt.mountpoint)
         assert later[f"node.{frozen.name}.backing_off"] == 1, (

@@ -74,7 +74,8 @@ struct NumberedCounters {
                        .in_flight = 0,
                        .consecutive_failures = 3,
                        .backing_off = true,
-                       .bytes_per_second = 0}},
+                       .bytes_per_second = 0,
+                       .backoff_left = std::chrono::microseconds(2'500'001)}},
             .daemon = {.rss_bytes = 51, .peak_rss_bytes = 52}};
   }
 };
@@ -140,10 +141,12 @@ TEST(FormatStats, WritesEveryNumberAsANameValueLineInAStableOrder) {
             "node.n1.bytes_per_second 123457\n"
             "node.n1.consecutive_failures 0\n"
             "node.n1.backing_off 0\n"
+            "node.n1.backoff_ms 0\n"
             "node.n2.in_flight 0\n"
             "node.n2.bytes_per_second 0\n"
             "node.n2.consecutive_failures 3\n"
             "node.n2.backing_off 1\n"
+            "node.n2.backoff_ms 2501\n"
             "daemon.rss_bytes 51\n"
             "daemon.peak_rss_bytes 52\n");
 }
@@ -168,6 +171,7 @@ TEST(FormatStats, EveryLineIsANameAndANonNegativeInteger) {
   StatsSources s = numbered.Sources();
   s.nodes[0].in_flight = -1;  // Cannot happen; must still print as a number.
   s.nodes[0].bytes_per_second = std::numeric_limits<double>::infinity();
+  s.nodes[1].backoff_left = -std::chrono::seconds(1);  // Cannot happen either.
   const std::string text = FormatStats(s);
   std::size_t at = 0;
   int lines = 0;
@@ -184,7 +188,7 @@ TEST(FormatStats, EveryLineIsANameAndANonNegativeInteger) {
     at = end + 1;
     ++lines;
   }
-  EXPECT_EQ(lines, 6 + 15 + 11 + 3 + 4 + 2 * 4 + 2);
+  EXPECT_EQ(lines, 6 + 15 + 11 + 3 + 4 + 2 * 5 + 2);
 }
 
 TEST(ParseProcStatus, ReadsVmRssAndVmHwmInBytes) {

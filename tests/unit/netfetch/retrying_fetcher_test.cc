@@ -496,9 +496,17 @@ TEST_F(RetryingFetcher, ANodeThatSendsNothingIsLeftAtTheStallTimeoutForAHealthyR
   EXPECT_EQ(transport_.StallTimeouts(Url(1, chunk)), std::vector<Duration>{1s});
   EXPECT_EQ(transport_.StallTimeouts(Url(2, chunk)), std::vector<Duration>{0s})
       << "the last healthy replica is given time to answer";
-  // Its silence cost 1 s, so it is passed over for 10 x 1 s, less 25% jitter.
+  // Its silence cost 1 s, so it is passed over for 10 x 1 s, +-25% jitter.
+  const Duration left = HealthOf(*fetcher, 1).backoff_left;
+  EXPECT_GE(left, 7500ms);
+  EXPECT_LE(left, 12500ms);
+  EXPECT_EQ(HealthOf(*fetcher, 2).backoff_left, 0s);
   clock_.Advance(7s);
   EXPECT_TRUE(HealthOf(*fetcher, 1).backing_off);
+  EXPECT_EQ(HealthOf(*fetcher, 1).backoff_left, left - 7s);
+  clock_.Advance(left - 7s);
+  EXPECT_FALSE(HealthOf(*fetcher, 1).backing_off);
+  EXPECT_EQ(HealthOf(*fetcher, 1).backoff_left, 0s);
 }
 
 TEST_F(RetryingFetcher, WhenEveryReplicaIsSlowToAnswerTheLastHealthyOneIsWaitedFor) {
