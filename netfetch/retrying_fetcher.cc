@@ -1,5 +1,4 @@
 #include <algorithm>
-#include <cmath>
 #include <limits>
 #include <optional>
 #include <random>
@@ -39,6 +38,13 @@ class InFlightGuard {
 };
 
 double Seconds(Duration d) { return std::chrono::duration<double>(d).count(); }
+
+// `base` doubled for each failure in a row after the first, at most `cap`.
+Duration DoubledPerFailure(Duration base, int failures, Duration cap) {
+  Duration d = std::min(base, cap);
+  for (int i = 1; i < failures && d > Duration::zero() && d < cap; ++i) d = std::min(d * 2, cap);
+  return d;
+}
 
 }  // namespace
 
@@ -470,9 +476,9 @@ void RetryingFetcher::RecordFailure(NodeState& node, const Status& error, Durati
     std::lock_guard lock(mu_);
     was_healthy = node.consecutive_failures == 0;
     const int failures = ++node.consecutive_failures;
-    Duration backoff = options_.initial_backoff;
-    for (int i = 1; i < failures && backoff < options_.max_backoff; ++i) backoff *= 2;
-    backoff = std::max(std::min(backoff, options_.max_backoff), SlowFailureBackoff(took, failures));
+    const Duration backoff =
+        std::max(DoubledPerFailure(options_.initial_backoff, failures, options_.max_backoff),
+                 SlowFailureBackoff(took, failures));
     node.not_before = std::max(node.not_before, now + Jitter(backoff));
   }
   if (was_healthy) {
@@ -482,13 +488,14 @@ void RetryingFetcher::RecordFailure(NodeState& node, const Status& error, Durati
 }
 
 Duration RetryingFetcher::SlowFailureBackoff(Duration took, int failures) const {
-  // In seconds, as a double, so that many doublings cannot overflow a Duration.
-  const double seconds =
-      options_.slow_failure_factor * Seconds(took) * std::exp2(std::clamp(failures - 1, 0, 30));
-  if (!(seconds < Seconds(options_.max_slow_failure_backoff))) {
-    return options_.max_slow_failure_backoff;
-  }
-  return std::chrono::duration_cast<Duration>(std::chrono::duration<double>(seconds));
+  const Duration cap = options_.max_slow_failure_backoff;
+  // Capped as a double first: a Duration cannot hold every product.
+  const double seconds = options_.slow_failure_factor * Seconds(took);
+  const Duration base =
+      seconds < Seconds(cap)
+          ? std::chrono::duration_cast<Duration>(std::chrono::duration<double>(seconds))
+          : cap;
+  return DoubledPerFailure(base, failures, cap);
 }
 
 Duration RetryingFetcher::Jitter(Duration d) {
