@@ -111,7 +111,8 @@ std::string FormatStats(const StatsSources& stats) {
         .Add("backoff_ms",
              static_cast<std::uint64_t>(std::chrono::ceil<std::chrono::milliseconds>(
                                             std::max(node.backoff_left, Duration::zero()))
-                                            .count()));
+                                            .count()))
+        .Add("awaiting_probe", node.awaiting_probe ? 1 : 0);
   }
   Lines(out, "daemon.")
       .Add("rss_bytes", stats.daemon.rss_bytes)

@@ -28,18 +28,26 @@
 // by part. A fast single stream is left alone: on a box whose cores are the limit, parts only
 // move the first bytes later. While other fetches run, connections and cores are busy already,
 // and a chunk stays one GET.
-// Thread safety: Fetch and FetchBlocks may be called from many threads at once.
+// Probes. A node whose attempt failed slowly (a stall, a timeout) would cost the next read that
+// asks it as much again, so when its backoff ends reads still pass it over until a probe, sent
+// on a thread of the fetcher's own, has had an answer from it (RetryOptions::slow_failure).
+// Thread safety: Fetch and FetchBlocks may be called from many threads at once. The destructor
+// waits for a probe under way (bounded by the stall timeout, or the attempt timeout).
 #pragma once
 
 #include <atomic>
+#include <condition_variable>
 #include <cstddef>
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <memory>
 #include <mutex>
 #include <random>
 #include <span>
+#include <stop_token>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "common/clock.h"
@@ -135,6 +143,15 @@ struct RetryOptions {
   // The least backoff doubles with each further consecutive failure.
   double slow_failure_factor = 10;
   Duration max_slow_failure_backoff = std::chrono::seconds(60);
+  // A failed attempt that took at least this long is slow: a read that tried the node again
+  // would likely wait as long. Such a node is not handed to reads again when its backoff ends
+  // (probe_slow_nodes): a probe, one 1-byte Range GET of the object that failed, sent on the
+  // fetcher's own thread once a read would ask the node, must answer first. Until it has, the
+  // node is still backing off (tried only when every other replica failed); a failed probe
+  // backs it off again as a failed attempt does, so a node that stays hung costs reads no
+  // further stall. A fetch from the node, or a probe, that succeeds ends that.
+  Duration slow_failure = std::chrono::milliseconds(100);
+  bool probe_slow_nodes = true;
   // Pause between rounds when every replica failed, doubling up to max_backoff.
   Duration round_pause = std::chrono::milliseconds(100);
   std::uint64_t jitter_seed = 0x5eed;
@@ -162,6 +179,8 @@ struct FetchCounters {
   std::atomic<std::uint64_t> range_bytes_fetched{0};   // Verified bytes delivered by FetchBlocks.
   std::atomic<std::uint64_t> failed_range_fetches{0};  // FetchBlocks that failed at the deadline.
   std::atomic<std::uint64_t> split_fetches{0};  // Lone Fetch calls split into parallel parts.
+  std::atomic<std::uint64_t> probes{0};         // Probes of slow nodes (RetryOptions).
+  std::atomic<std::uint64_t> failed_probes{0};
 
   // Calls visit(name, value) for each counter, in the order above; the names are the ones
   // `ckptfs stats` shows.
@@ -178,6 +197,8 @@ struct FetchCounters {
     visit("range_bytes_fetched", range_bytes_fetched.load());
     visit("failed_range_fetches", failed_range_fetches.load());
     visit("split_fetches", split_fetches.load());
+    visit("probes", probes.load());
+    visit("failed_probes", failed_probes.load());
   }
 };
 
@@ -190,6 +211,9 @@ struct NodeHealth {
   bool backing_off = false;      // Tried after the other replicas until its backoff ends.
   double bytes_per_second = 0;   // Average over verified transfers; 0 = not measured yet.
   Duration backoff_left{};       // How long it is still backing off; zero when it is not.
+  // It failed slowly: reads go back to it only once a probe answers (RetryOptions::slow_failure).
+  // Backing off while this holds, even when backoff_left is zero.
+  bool awaiting_probe = false;
 };
 
 class RetryingFetcher final : public ChunkFetcher {
@@ -232,12 +256,19 @@ class RetryingFetcher final : public ChunkFetcher {
   Status TryReplica(NodeState& node, const ChunkRef& chunk, Verifier& verifier, TimePoint deadline,
                     Duration stall_timeout);
   void RecordSuccess(NodeState& node, std::uint64_t bytes, Duration took);
-  // `took`: how long the failed attempt ran.
-  void RecordFailure(NodeState& node, const Status& error, Duration took);
+  // `took`: how long the failed attempt (or probe: `ends_probe`) on `url` ran.
+  void RecordFailure(NodeState& node, const Status& error, Duration took, const std::string& url,
+                     bool ends_probe = false);
   // The least backoff after an attempt that failed after `took`, the node's `failures`-th failure
   // in a row (RetryOptions::slow_failure_factor).
   Duration SlowFailureBackoff(Duration took, int failures) const;
   Duration Jitter(Duration d);  // REQUIRES: mu_ held (uses rng_).
+  // Queues a probe of `node`, starting the probe thread the first time. REQUIRES: mu_ held.
+  void QueueProbe(NodeState& node);
+  // The probe thread: probes the queued nodes one at a time until stopped.
+  void RunProbes(std::stop_token stop);
+  // One probe of `node` at `url`; updates the node's health.
+  void Probe(NodeState& node, const std::string& url);
 
   Transport* transport_;
   Clock* clock_;
@@ -247,6 +278,9 @@ class RetryingFetcher final : public ChunkFetcher {
   std::mt19937_64 rng_;
   FetchCounters counters_;
   std::atomic<int> fetches_under_way_{0};  // Fetch calls running now.
+  std::deque<NodeState*> probe_queue_;     // Guarded by mu_.
+  std::condition_variable_any probe_wake_;
+  std::jthread prober_;  // Last, so that it stops before the members it uses go.
 };
 
 // "<base>/chunks/<hh>/<hex>".

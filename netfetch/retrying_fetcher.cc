@@ -57,6 +57,12 @@ struct RetryingFetcher::NodeState {
   int consecutive_failures = 0;
   TimePoint not_before{};       // Backing off (tried last) until then.
   double bytes_per_second = 0;  // Average over verified transfers; 0 = not measured yet.
+  // Failed slowly since its last success: backing off until a probe of probe_url answers.
+  bool awaiting_probe = false;
+  bool probe_queued = false;  // Queued or running.
+  std::string probe_url;      // The object of its latest slow failure.
+
+  bool BackingOff(TimePoint now) const { return now < not_before || awaiting_probe; }
 };
 
 RetryingFetcher::RetryingFetcher(std::vector<NodeEndpoint> nodes, Transport* transport,
@@ -66,7 +72,11 @@ RetryingFetcher::RetryingFetcher(std::vector<NodeEndpoint> nodes, Transport* tra
   for (NodeEndpoint& node : nodes) nodes_.push_back(std::make_unique<NodeState>(std::move(node)));
 }
 
-RetryingFetcher::~RetryingFetcher() = default;
+RetryingFetcher::~RetryingFetcher() {
+  // Before the members the probe thread uses go; a probe under way ends at its own limits.
+  prober_.request_stop();
+  if (prober_.joinable()) prober_.join();
+}
 
 // Verifies the bytes of one fetch as they land in dst: dst holds chunk bytes [base, base +
 // dst.size()), base on a block boundary. Each byte is hashed once, right after the transport
@@ -335,10 +345,9 @@ std::vector<NodeHealth> RetryingFetcher::Health() const {
   health.reserve(nodes_.size());
   std::lock_guard lock(mu_);
   for (const auto& node : nodes_) {
-    const bool backing_off = now < node->not_before;
     health.push_back({node->endpoint.id, node->endpoint.name, node->in_flight.load(),
-                      node->consecutive_failures, backing_off, node->bytes_per_second,
-                      backing_off ? node->not_before - now : Duration::zero()});
+                      node->consecutive_failures, node->BackingOff(now), node->bytes_per_second,
+                      std::max(node->not_before - now, Duration::zero()), node->awaiting_probe});
   }
   return health;
 }
@@ -371,11 +380,12 @@ std::vector<RetryingFetcher::NodeState*> RetryingFetcher::OrderReplicas(const Ch
       bool seen = std::any_of(candidates.begin(), candidates.end(),
                               [node](const Candidate& c) { return c.node == node; });
       if (node == nullptr || seen) continue;
-      candidates.push_back(
-          {node,
-           now<node->not_before, node->not_before, node->in_flight.load(), node->bytes_per_second> 0
-               ? node->bytes_per_second
-               : kUnmeasured});
+      // A read would ask it now, were it not for the probe: time to send one.
+      if (node->awaiting_probe && now >= node->not_before && !node->probe_queued) {
+        QueueProbe(*node);
+      }
+      candidates.push_back({node, node->BackingOff(now), node->not_before, node->in_flight.load(),
+                            node->bytes_per_second > 0 ? node->bytes_per_second : kUnmeasured});
     }
   }
   // Stable, so that among equals the index's replica order decides.
@@ -440,7 +450,7 @@ Status RetryingFetcher::TryReplica(NodeState& node, const ChunkRef& chunk, Verif
     ++counters_.failed_attempts;
     status = status.WithContext("node " + node.endpoint.name);
     LogDebug("fetch attempt failed: " + status.ToString());
-    RecordFailure(node, status, took);
+    RecordFailure(node, status, took, url);
     return status;
   }
   RecordSuccess(node, rest.size(), took);
@@ -454,6 +464,7 @@ void RetryingFetcher::RecordSuccess(NodeState& node, std::uint64_t bytes, Durati
     failures = node.consecutive_failures;
     node.consecutive_failures = 0;
     node.not_before = TimePoint{};
+    node.awaiting_probe = false;
     // A transfer that took no measurable time says nothing about speed.
     if (took > Duration::zero() && bytes > 0) {
       const double sample = static_cast<double>(bytes) / Seconds(took);
@@ -469,12 +480,19 @@ void RetryingFetcher::RecordSuccess(NodeState& node, std::uint64_t bytes, Durati
   }
 }
 
-void RetryingFetcher::RecordFailure(NodeState& node, const Status& error, Duration took) {
+void RetryingFetcher::RecordFailure(NodeState& node, const Status& error, Duration took,
+                                    const std::string& url, bool ends_probe) {
   const TimePoint now = clock_->Now();
   bool was_healthy = false;
   {
     std::lock_guard lock(mu_);
     was_healthy = node.consecutive_failures == 0;
+    // With the new backoff in place, so that no read sees the node between the two.
+    if (ends_probe) node.probe_queued = false;
+    if (options_.probe_slow_nodes && took >= options_.slow_failure) {
+      node.awaiting_probe = true;
+      node.probe_url = url;
+    }
     const int failures = ++node.consecutive_failures;
     const Duration backoff =
         std::max(DoubledPerFailure(options_.initial_backoff, failures, options_.max_backoff),
@@ -503,6 +521,69 @@ Duration RetryingFetcher::Jitter(Duration d) {
   std::uniform_real_distribution<double> factor(0.75, 1.25);
   return std::chrono::duration_cast<Duration>(
       std::chrono::duration<double, std::nano>(static_cast<double>(d.count()) * factor(rng_)));
+}
+
+void RetryingFetcher::QueueProbe(NodeState& node) {
+  if (!prober_.joinable()) {
+    try {
+      prober_ = std::jthread([this](std::stop_token stop) { RunProbes(stop); });
+    } catch (const std::system_error&) {
+      // No thread to be had: the node goes back to reads when its backoff ends, as a node that
+      // failed quickly does, and its next stall shows again.
+      node.awaiting_probe = false;
+      return;
+    }
+  }
+  node.probe_queued = true;
+  probe_queue_.push_back(&node);
+  probe_wake_.notify_one();
+}
+
+void RetryingFetcher::RunProbes(std::stop_token stop) {
+  std::unique_lock lock(mu_);
+  // wait() is true with probes queued even once a stop is requested; the stop wins.
+  while (probe_wake_.wait(lock, stop, [this] { return !probe_queue_.empty(); }) &&
+         !stop.stop_requested()) {
+    NodeState* node = probe_queue_.front();
+    probe_queue_.pop_front();
+    const std::string url = node->probe_url;
+    lock.unlock();
+    Probe(*node, url);
+    lock.lock();
+  }
+}
+
+void RetryingFetcher::Probe(NodeState& node, const std::string& url) {
+  ++counters_.probes;
+  const TimePoint start = clock_->Now();
+  // One byte: the answer, not the object, is what is asked for. Its bytes are not verified, and
+  // need not be: reads verify everything they take from the node afterwards.
+  std::uint8_t byte = 0;
+  const RequestLimits limits{options_.attempt_timeout, options_.stall_timeout};
+  Status status;
+  {
+    InFlightGuard in_flight(node.in_flight);
+    status =
+        transport_->GetRange(url, 0, std::span<std::uint8_t>(&byte, 1), limits, ProgressCallback());
+  }
+  if (!status.ok()) {
+    ++counters_.failed_probes;
+    status = status.WithContext("probe of node " + node.endpoint.name);
+    // Once per backoff at most: an operator sees that the node is still down, and why.
+    LogInfo(status.ToString() + "; reads still pass it over");
+    RecordFailure(node, status, clock_->Now() - start, url, /*ends_probe=*/true);
+    return;
+  }
+  {
+    std::lock_guard lock(mu_);
+    node.probe_queued = false;
+    // Its failures in a row still count until a read succeeds there: should it fail again, its
+    // backoff goes on doubling.
+    node.awaiting_probe = false;
+    node.not_before = TimePoint{};
+  }
+  LogInfo("node " + node.endpoint.name + " (" + node.endpoint.url +
+          ") answered a probe; reads use it again");
 }
 
 std::string ChunkUrl(const std::string& base_url, const Digest& digest) {

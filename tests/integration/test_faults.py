@@ -10,7 +10,7 @@ import pytest
 import ckptfs_cli
 import source_tree
 from nginx_node import settle_chunk_gets
-from source_tree import BIG, MiB
+from source_tree import BIG, ODD, MiB
 
 
 def _read_all_and_compare(mnt, tree):
@@ -195,3 +195,73 @@ def test_a_frozen_node_costs_one_short_stall_then_is_passed_over(published, moun
         assert end["fs.eio_fetch"] == 0, end
     finally:
         frozen.thaw()
+
+
+# A stall timeout of 0.3 s backs a hung node off for 3 s (+-25%), which keeps these tests short.
+_SHORT_STALL = 0.3
+
+
+def _stall_on_first_replica_of(published, mount, rel):
+    """Mounts in the foreground (the test reads the log) with a short stall timeout and no
+    directory readahead, freezes the node a read of `rel` asks first and reads `rel`: one stall.
+    Returns (mount, frozen node); the caller thaws it."""
+    with published.db() as db:
+        frozen = published.node(db.extents(rel)[0].nodes[0])
+        held = sum(frozen.name in e.nodes for e in db.extents(BIG))
+    assert held > 0, f"{frozen.name} holds no chunk of {BIG}, so it proves nothing"
+    mnt = mount(published.index, foreground=True, stall_timeout=_SHORT_STALL, dir_readahead=0)
+    frozen.freeze()
+    assert source_tree.sha256_file(mnt.path(rel)) == published.tree.sha256[rel]
+    stats = ckptfs_cli.mount_stats(mnt.mountpoint)
+    assert stats["fetch.failed_attempts"] == 1, f"the read of {rel} did not stall once: {stats}"
+    assert stats[f"node.{frozen.name}.awaiting_probe"] == 1, stats
+    return mnt, frozen
+
+
+def _wait_for_backoff_end(mnt, node):
+    ended = ckptfs_cli.wait_until(
+        lambda: ckptfs_cli.mount_stats(mnt.mountpoint)[f"node.{node.name}.backoff_ms"] == 0,
+        timeout=20)
+    assert ended, f"{node.name}'s backoff did not end: {ckptfs_cli.mount_stats(mnt.mountpoint)}"
+
+
+def test_a_node_that_stays_frozen_is_probed_instead_of_stalling_reads_again(published, mount):
+    """When a hung node's backoff ends, the reads that would ask it again do not: they go to the
+    other replicas while a probe in the background finds it still hung."""
+    mnt, frozen = _stall_on_first_replica_of(published, mount, ODD)
+    try:
+        _wait_for_backoff_end(mnt, frozen)
+        # Its chunks of BIG would make the read ask it first, as they did for ODD.
+        assert source_tree.sha256_file(mnt.path(BIG)) == published.tree.sha256[BIG]
+        stats = ckptfs_cli.mount_stats(mnt.mountpoint)
+        assert stats["fetch.failed_attempts"] == 1, f"a read stalled on the node again: {stats}"
+        assert stats["fs.eio_fetch"] == 0, stats
+        probed = ckptfs_cli.wait_until(
+            lambda: ckptfs_cli.mount_stats(mnt.mountpoint)["fetch.failed_probes"] >= 1, timeout=20)
+        stats = ckptfs_cli.mount_stats(mnt.mountpoint)
+        assert probed, f"no probe found the node still hung: {stats}"
+        assert stats[f"node.{frozen.name}.awaiting_probe"] == 1, stats
+        assert stats[f"node.{frozen.name}.backoff_ms"] > 0, stats
+        log = mnt.output()
+        assert f"probe of node {frozen.name}" in log and "nothing received for 300 ms" in log, log
+    finally:
+        frozen.thaw()
+
+
+def test_a_node_that_thaws_answers_its_probe_and_is_read_from_again(published, mount):
+    """A hung node that comes back goes back into use once its probe, not a read, had an
+    answer."""
+    mnt, frozen = _stall_on_first_replica_of(published, mount, ODD)
+    frozen.thaw()
+    _wait_for_backoff_end(mnt, frozen)
+    published.clear_logs()
+    assert source_tree.sha256_file(mnt.path(BIG)) == published.tree.sha256[BIG]
+    stats = ckptfs_cli.mount_stats(mnt.mountpoint)
+    assert stats["fetch.probes"] >= 1 and stats["fetch.failed_probes"] == 0, stats
+    assert stats[f"node.{frozen.name}.awaiting_probe"] == 0, stats
+    assert stats["fetch.failed_attempts"] == 1, stats
+    probes = [(digest, sent) for digest, sent in frozen.range_gets() if sent == 1]
+    assert probes, f"no 1-byte probe reached {frozen.name}: {frozen.log_lines()}"
+    served = settle_chunk_gets([frozen])[frozen.name]
+    assert served, f"{frozen.name} answered its probe, but no read asked it for a chunk"
+    assert f"node {frozen.name} ({frozen.url}) answered a probe" in mnt.output()

@@ -86,8 +86,8 @@ def test_stats_list_every_group_and_node_and_the_daemon_memory(published, mount)
         assert any(name.startswith(prefix) for name in values), f"no {prefix}* in {values}"
     for node in published.nodes:
         for field in ("in_flight", "bytes_per_second", "consecutive_failures", "backing_off",
-                      "backoff_ms"):
-            assert f"node.{node.name}.{field}" in values, values
+                      "backoff_ms", "awaiting_probe"):
+            assert values[f"node.{node.name}.{field}"] == 0, values
     assert values["cache.capacity_bytes"] > 0, values
     # Nothing fetched yet: no chunk buffer in use, against the configured budget.
     assert values["memory.chunk_budget_bytes"] == 32 << 20, values

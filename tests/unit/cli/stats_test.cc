@@ -55,6 +55,8 @@ struct NumberedCounters {
     fetch.range_bytes_fetched = 39;
     fetch.failed_range_fetches = 40;
     fetch.split_fetches = 140;
+    fetch.probes = 141;
+    fetch.failed_probes = 142;
   }
 
   StatsSources Sources() const {
@@ -75,7 +77,8 @@ struct NumberedCounters {
                        .consecutive_failures = 3,
                        .backing_off = true,
                        .bytes_per_second = 0,
-                       .backoff_left = std::chrono::microseconds(2'500'001)}},
+                       .backoff_left = std::chrono::microseconds(2'500'001),
+                       .awaiting_probe = true}},
             .daemon = {.rss_bytes = 51, .peak_rss_bytes = 52}};
   }
 };
@@ -130,6 +133,8 @@ TEST(FormatStats, WritesEveryNumberAsANameValueLineInAStableOrder) {
             "fetch.range_bytes_fetched 39\n"
             "fetch.failed_range_fetches 40\n"
             "fetch.split_fetches 140\n"
+            "fetch.probes 141\n"
+            "fetch.failed_probes 142\n"
             "cache.used_bytes 41\n"
             "cache.capacity_bytes 42\n"
             "cache.entries 43\n"
@@ -142,11 +147,13 @@ TEST(FormatStats, WritesEveryNumberAsANameValueLineInAStableOrder) {
             "node.n1.consecutive_failures 0\n"
             "node.n1.backing_off 0\n"
             "node.n1.backoff_ms 0\n"
+            "node.n1.awaiting_probe 0\n"
             "node.n2.in_flight 0\n"
             "node.n2.bytes_per_second 0\n"
             "node.n2.consecutive_failures 3\n"
             "node.n2.backing_off 1\n"
             "node.n2.backoff_ms 2501\n"
+            "node.n2.awaiting_probe 1\n"
             "daemon.rss_bytes 51\n"
             "daemon.peak_rss_bytes 52\n");
 }
@@ -188,7 +195,7 @@ TEST(FormatStats, EveryLineIsANameAndANonNegativeInteger) {
     at = end + 1;
     ++lines;
   }
-  EXPECT_EQ(lines, 6 + 15 + 11 + 3 + 4 + 2 * 5 + 2);
+  EXPECT_EQ(lines, 6 + 15 + 13 + 3 + 4 + 2 * 6 + 2);
 }
 
 TEST(ParseProcStatus, ReadsVmRssAndVmHwmInBytes) {

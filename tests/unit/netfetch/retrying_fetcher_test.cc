@@ -1,9 +1,11 @@
 // RetryingFetcher against a scripted transport and a fake clock: no sockets, no real sleeps.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <atomic>
 #include <future>
 #include <memory>
+#include <optional>
 #include <random>
 #include <string>
 #include <thread>
@@ -13,6 +15,7 @@
 #include "netfetch/fetcher.h"
 #include "tests/support/fake_clock.h"
 #include "tests/support/pattern_bytes.h"
+#include "tests/support/poll.h"
 #include "tests/support/scripted_transport.h"
 
 namespace ckptfs {
@@ -25,6 +28,7 @@ using netfetch::NodeEndpoint;
 using netfetch::RetryOptions;
 using testing::FakeClock;
 using testing::PatternBytes;
+using testing::PollUntil;
 using testing::ScriptedResponse;
 using testing::ScriptedTransport;
 
@@ -49,6 +53,12 @@ std::vector<std::uint8_t> Corrupted(std::vector<std::uint8_t> bytes) {
 
 Status Http503(const std::string& url) { return UnavailableError("HTTP 503 from GET " + url); }
 
+// A node that accepts the request and then sends nothing fails only when the transport gives up
+// on it: every fetch that tries it waits that long.
+Status Stalled(const std::string& url) {
+  return UnavailableError("transfer from " + url + " stalled below the low-speed limit");
+}
+
 class RetryingFetcher : public ::testing::Test {
  protected:
   std::unique_ptr<netfetch::RetryingFetcher> MakeFetcher() {
@@ -66,6 +76,16 @@ class RetryingFetcher : public ::testing::Test {
   }
   void FailOnce(std::int64_t id, const TestChunk& chunk) {
     transport_.Enqueue(Url(id, chunk), ScriptedResponse::Error(Http503(Url(id, chunk))));
+  }
+  // Node `id` takes every request for `chunk` and sends nothing; after 3 s (the low-speed abort)
+  // the request fails, unless its stall timeout ended it before.
+  void Silence(std::int64_t id, const TestChunk& chunk) {
+    transport_.SetResponse(Url(id, chunk), ScriptedResponse::Silent(3s, Stalled(Url(id, chunk))));
+  }
+  // The same for the next request only; after it node `id` serves the chunk.
+  void SilenceOnce(std::int64_t id, const TestChunk& chunk) {
+    transport_.Enqueue(Url(id, chunk), ScriptedResponse::Silent(3s, Stalled(Url(id, chunk))));
+    Serve(id, chunk);
   }
   Status Fetch(netfetch::RetryingFetcher& fetcher, const TestChunk& chunk,
                std::vector<std::uint8_t>* out, Duration budget = 1h) {
@@ -196,6 +216,7 @@ TEST_F(RetryingFetcher, NodeIsUsedAgainAfterItRecovers) {
   EXPECT_EQ(transport_.CallOrder().back(), Url(1, chunk)) << "node1 is healthy again";
   EXPECT_EQ(transport_.Calls(Url(1, chunk)), 3);
   EXPECT_EQ(transport_.Calls(Url(2, chunk)), 2);
+  EXPECT_EQ(fetcher->counters().probes, 0u) << "a quick failure costs a read nothing to retry";
 }
 
 TEST_F(RetryingFetcher, AttemptTimeoutIsBoundedByDeadline) {
@@ -412,13 +433,8 @@ TEST_F(RetryingFetcher, HealthShowsRepeatedFailuresThenRecovery) {
   EXPECT_NEAR(recovered.bytes_per_second, 4096 / 0.020, 1.0);
 }
 
-// A node that accepts the request and then sends nothing fails only when the transport gives up
-// on it: every fetch that tries it waits that long.
-Status Stalled(const std::string& url) {
-  return UnavailableError("transfer from " + url + " stalled below the low-speed limit");
-}
-
 TEST_F(RetryingFetcher, NodeWhoseFailureTookLongIsBackedOffInProportion) {
+  options_.probe_slow_nodes = false;  // The backoff alone; with probes, below.
   TestChunk chunk = MakeChunk(33, {1, 2});
   transport_.Enqueue(Url(1, chunk), ScriptedResponse::Error(Stalled(Url(1, chunk)), 3s));
   Serve(1, chunk);
@@ -456,9 +472,9 @@ TEST_F(RetryingFetcher, BackoffAfterASlowFailureIsCapped) {
   ASSERT_EQ(transport_.Timeouts(Url(1, chunk)), std::vector<Duration>{options_.attempt_timeout});
 
   clock_.Advance(options_.max_slow_failure_backoff * 3 / 4 - 1s);
-  EXPECT_TRUE(HealthOf(*fetcher, 1).backing_off);
+  EXPECT_GT(HealthOf(*fetcher, 1).backoff_left, 0s);
   clock_.Advance(options_.max_slow_failure_backoff / 2 + 2s);  // Past the cap plus 25% jitter.
-  EXPECT_FALSE(HealthOf(*fetcher, 1).backing_off);
+  EXPECT_EQ(HealthOf(*fetcher, 1).backoff_left, 0s);
 }
 
 TEST_F(RetryingFetcher, AQuickFailureDoesNotShortenTheBackoffOfASlowOne) {
@@ -484,7 +500,7 @@ TEST_F(RetryingFetcher, AQuickFailureDoesNotShortenTheBackoffOfASlowOne) {
 TEST_F(RetryingFetcher, ANodeThatSendsNothingIsLeftAtTheStallTimeoutForAHealthyReplica) {
   TestChunk chunk = MakeChunk(36, {1, 2});
   // Without a stall timeout the node would be left only at the low-speed abort, 3 s in.
-  transport_.SetResponse(Url(1, chunk), ScriptedResponse::Silent(3s, Stalled(Url(1, chunk))));
+  Silence(1, chunk);
   Serve(2, chunk);
   auto fetcher = MakeFetcher();
   std::vector<std::uint8_t> out;
@@ -505,8 +521,9 @@ TEST_F(RetryingFetcher, ANodeThatSendsNothingIsLeftAtTheStallTimeoutForAHealthyR
   EXPECT_TRUE(HealthOf(*fetcher, 1).backing_off);
   EXPECT_EQ(HealthOf(*fetcher, 1).backoff_left, left - 7s);
   clock_.Advance(left - 7s);
-  EXPECT_FALSE(HealthOf(*fetcher, 1).backing_off);
   EXPECT_EQ(HealthOf(*fetcher, 1).backoff_left, 0s);
+  EXPECT_TRUE(HealthOf(*fetcher, 1).awaiting_probe) << "reads would go back to it unasked";
+  EXPECT_TRUE(HealthOf(*fetcher, 1).backing_off);
 }
 
 TEST_F(RetryingFetcher, WhenEveryReplicaIsSlowToAnswerTheLastHealthyOneIsWaitedFor) {
@@ -541,13 +558,124 @@ TEST_F(RetryingFetcher, EachFurtherSlowFailureInARowDoublesTheBackoff) {
   std::vector<std::uint8_t> out;
   ASSERT_TRUE(Fetch(*fetcher, chunk, &out).ok());  // node1: 2 s, so 20 s (15-25 s).
   clock_.Advance(26s);
-  ASSERT_FALSE(HealthOf(*fetcher, 1).backing_off);
-  ASSERT_TRUE(Fetch(*fetcher, chunk, &out).ok());  // node1 again, 2 s: now 40 s (30-50 s).
+  ASSERT_EQ(HealthOf(*fetcher, 1).backoff_left, 0s);
+  // The read goes to node2; the probe it sends to node1 fails, 2 s: now 40 s (30-50 s).
+  ASSERT_TRUE(Fetch(*fetcher, chunk, &out).ok());
+  ASSERT_TRUE(PollUntil([&] { return HealthOf(*fetcher, 1).consecutive_failures == 2; }));
+  ASSERT_EQ(fetcher->counters().failed_probes, 1u);
   ASSERT_EQ(transport_.Calls(Url(1, chunk)), 2);
-  clock_.Advance(26s);
-  EXPECT_TRUE(HealthOf(*fetcher, 1).backing_off) << "the second slow failure was not doubled";
-  clock_.Advance(25s);
+  const TimePoint probed = clock_.Now();
+  EXPECT_GT(HealthOf(*fetcher, 1).backoff_left, 26s) << "the second slow failure was not doubled";
+  clock_.Advance(probed + 51s - clock_.Now());
+  EXPECT_EQ(HealthOf(*fetcher, 1).backoff_left, 0s);
+}
+
+TEST_F(RetryingFetcher, ANodeThatFailedSlowlyIsProbedBeforeReadsAskItAgain) {
+  TestChunk chunk = MakeChunk(39, {1, 2});
+  SilenceOnce(1, chunk);
+  Serve(2, chunk);
+  auto fetcher = MakeFetcher();
+  std::vector<std::uint8_t> out;
+  ASSERT_TRUE(Fetch(*fetcher, chunk, &out).ok());  // node1 silent for 1 s, node2 serves.
+  clock_.Advance(13s);                             // Past 10 x 1 s + 25% jitter.
+  ASSERT_EQ(HealthOf(*fetcher, 1).backoff_left, 0s);
+  ASSERT_TRUE(HealthOf(*fetcher, 1).awaiting_probe);
+
+  // This read would have asked node1 first: it goes to node2 and sends node1 a probe instead.
+  const TimePoint start = clock_.Now();
+  ASSERT_TRUE(Fetch(*fetcher, chunk, &out).ok());
+  EXPECT_EQ(out, chunk.bytes);
+  ASSERT_TRUE(PollUntil([&] { return !HealthOf(*fetcher, 1).awaiting_probe; }));
+  EXPECT_EQ(clock_.Now(), start) << "nobody waited";
+  EXPECT_EQ(transport_.Ranges(Url(1, chunk)), (std::vector<std::optional<testing::ScriptedRange>>{
+                                                  std::nullopt, testing::ScriptedRange{0, 1}}))
+      << "one GET by the first read, then the 1-byte probe";
+  EXPECT_EQ(transport_.StallTimeouts(Url(1, chunk)), (std::vector<Duration>{1s, 1s}));
+  EXPECT_EQ(transport_.Calls(Url(2, chunk)), 2);
+  EXPECT_EQ(fetcher->counters().probes, 1u);
+  EXPECT_EQ(fetcher->counters().failed_probes, 0u);
+  EXPECT_EQ(fetcher->counters().failed_attempts, 1u) << "a probe is not an attempt";
+  netfetch::NodeHealth probed = HealthOf(*fetcher, 1);
+  EXPECT_FALSE(probed.backing_off);
+  EXPECT_EQ(probed.consecutive_failures, 1) << "only a read's success clears them";
+
+  // It answered: the next read asks it first (unmeasured, so the fastest), and it delivers.
+  ASSERT_TRUE(Fetch(*fetcher, chunk, &out).ok());
+  EXPECT_EQ(transport_.CallOrder().back(), Url(1, chunk));
+  EXPECT_EQ(HealthOf(*fetcher, 1).consecutive_failures, 0);
+}
+
+TEST_F(RetryingFetcher, ANodeThatStaysSilentCostsNoReadASecondStall) {
+  TestChunk chunk = MakeChunk(40, {1, 2});
+  Silence(1, chunk);
+  Serve(2, chunk);
+  auto fetcher = MakeFetcher();
+  std::vector<std::uint8_t> out;
+  ASSERT_TRUE(Fetch(*fetcher, chunk, &out).ok());  // The one stall: 1 s.
+  for (std::uint64_t round = 1; round <= 3; ++round) {
+    // Past the doubled backoff of the failures so far (10, 20, 40 s, +25% jitter).
+    clock_.Advance(HealthOf(*fetcher, 1).backoff_left + 1ms);
+    ASSERT_TRUE(Fetch(*fetcher, chunk, &out).ok());
+    EXPECT_EQ(out, chunk.bytes);
+    // The probe's end and the node's new backoff are one step.
+    ASSERT_TRUE(PollUntil(
+        [&] { return HealthOf(*fetcher, 1).consecutive_failures == static_cast<int>(round) + 1; }));
+    EXPECT_EQ(fetcher->counters().failed_probes, round);
+    const netfetch::NodeHealth health = HealthOf(*fetcher, 1);
+    EXPECT_TRUE(health.awaiting_probe);
+    // The probe was silent for 1 s: backed off for 10 s doubled per failure in a row.
+    const Duration least = std::min<Duration>(10s * (1 << round), 60s) * 3 / 4;
+    EXPECT_GE(health.backoff_left, least - 1s) << "round " << round;
+  }
+  EXPECT_EQ(fetcher->counters().probes, 3u);
+  EXPECT_EQ(fetcher->counters().failed_attempts, 1u) << "a read asked the silent node again";
+  std::vector<std::optional<testing::ScriptedRange>> ranges = transport_.Ranges(Url(1, chunk));
+  ASSERT_EQ(ranges.size(), 4u);
+  EXPECT_EQ(std::count(ranges.begin(), ranges.end(), std::nullopt), 1);
+}
+
+TEST_F(RetryingFetcher, WithoutProbesANodeIsAskedAgainWhenItsBackoffEnds) {
+  options_.probe_slow_nodes = false;
+  TestChunk chunk = MakeChunk(41, {1, 2});
+  Silence(1, chunk);
+  Serve(2, chunk);
+  auto fetcher = MakeFetcher();
+  std::vector<std::uint8_t> out;
+  ASSERT_TRUE(Fetch(*fetcher, chunk, &out).ok());
+  clock_.Advance(13s);
   EXPECT_FALSE(HealthOf(*fetcher, 1).backing_off);
+  const TimePoint start = clock_.Now();
+  ASSERT_TRUE(Fetch(*fetcher, chunk, &out).ok());
+  EXPECT_EQ(clock_.Now() - start, 1s) << "the read stalled on node1 again";
+  EXPECT_EQ(fetcher->counters().probes, 0u);
+}
+
+TEST_F(RetryingFetcher, TheDestructorWaitsForAProbeUnderWay) {
+  TestChunk chunk = MakeChunk(42, {1, 2});
+  SilenceOnce(1, chunk);
+  Serve(2, chunk);
+  auto fetcher = MakeFetcher();
+  std::vector<std::uint8_t> out;
+  ASSERT_TRUE(Fetch(*fetcher, chunk, &out).ok());
+  clock_.Advance(13s);
+
+  std::promise<void> probe_started;
+  std::promise<void> release_probe;
+  std::shared_future<void> released = release_probe.get_future().share();
+  std::atomic<bool> probe_returned{false};
+  transport_.SetOnCall([&](const std::string& url) {
+    if (url != Url(1, chunk)) return;
+    probe_started.set_value();
+    released.wait();
+    probe_returned = true;  // Its answer is then handed to the fetcher.
+  });
+  ASSERT_TRUE(Fetch(*fetcher, chunk, &out).ok());  // Sends the probe.
+  probe_started.get_future().wait();
+  std::thread destroying([&] { fetcher.reset(); });
+  std::this_thread::sleep_for(20ms);
+  release_probe.set_value();
+  destroying.join();
+  EXPECT_TRUE(probe_returned);
 }
 
 TEST_F(RetryingFetcher, HealthCountsTheRequestsInFlight) {
