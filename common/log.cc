@@ -5,6 +5,7 @@
 
 #include <atomic>
 #include <string>
+#include <utility>
 
 namespace ckptfs {
 
@@ -62,6 +63,27 @@ void Log(LogLevel level, std::string_view message) {
   line += '\n';
   ssize_t ignored = ::write(STDERR_FILENO, line.data(), line.size());
   (void)ignored;
+}
+
+void ThrottledLog::Log(std::string_view message) {
+  std::uint64_t left_out = 0;
+  {
+    std::lock_guard lock(mu_);
+    const TimePoint now = clock_->Now();
+    if (logged_ && now - last_ < interval_) {
+      ++left_out_;
+      return;
+    }
+    logged_ = true;
+    last_ = now;
+    left_out = std::exchange(left_out_, 0);
+  }
+  if (left_out == 0) {
+    ckptfs::Log(level_, message);
+    return;
+  }
+  ckptfs::Log(level_, std::string(message) + " (" + std::to_string(left_out) +
+                          " more like it left out of the log since the last)");
 }
 
 }  // namespace ckptfs

@@ -284,7 +284,7 @@ void ChunkStore::WriteBlocksNow(const Digest& digest, std::uint64_t offset,
                                 std::span<const std::uint8_t> bytes) {
   if (Status cached = cache_->InsertBlocks(digest, offset, bytes); !cached.ok()) {
     counters_.cache_write_errors++;
-    LogWarning("cannot cache blocks of " + digest.Hex() + ": " + cached.ToString());
+    cache_write_log_.Log("cannot cache blocks of " + digest.Hex() + ": " + cached.ToString());
     return;
   }
   counters_.block_writes++;
@@ -402,7 +402,7 @@ void ChunkStore::Lead(const ChunkKey& key, Flight& flight, TimePoint deadline, P
       Status cached = cache_->Insert(key.digest, chunk_bytes);
       if (!cached.ok()) {
         counters_.cache_write_errors++;
-        LogWarning("cannot cache chunk " + key.digest.Hex() + ": " + cached.ToString());
+        cache_write_log_.Log("cannot cache chunk " + key.digest.Hex() + ": " + cached.ToString());
       }
     } else {
       counters_.fetch_errors++;

@@ -58,6 +58,7 @@
 #include "common/buffer.h"
 #include "common/clock.h"
 #include "common/digest.h"
+#include "common/log.h"
 #include "common/result.h"
 #include "common/unique_fd.h"
 #include "fs/disk_cache.h"
@@ -351,6 +352,8 @@ class ChunkStore {
   Clock* clock_;
   ChunkStoreOptions options_;
   ChunkStoreCounters counters_;
+  // Cache writes that fail (a disk full of other files) would fail for every chunk read.
+  ThrottledLog cache_write_log_{LogLevel::kWarning, clock_};
 
   // The ready list, most recently added first. Lock order: ready_mu_ before spare_mu_.
   mutable std::mutex ready_mu_;
