@@ -15,6 +15,7 @@
 
 #include "common/file_io.h"
 #include "common/log.h"
+#include "common/units.h"
 
 namespace ckptfs::fs {
 
@@ -53,6 +54,21 @@ Status WriteChunkFile(int fd, std::span<const std::uint8_t> bytes) {
   return WriteAll(fd, bytes.subspan(direct));
 }
 
+// Writes `bytes` into a new file at `path`; a write that fails leaves no file.
+Status WriteNewFile(const std::string& path, std::span<const std::uint8_t> bytes) {
+  UniqueFd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
+  if (!fd.valid()) return ErrnoStatus(errno, "cannot create " + path);
+  Status written = WriteChunkFile(fd.get(), bytes).WithContext("write to cache");
+  if (!written.ok()) ::unlink(path.c_str());
+  return written;
+}
+
+// A write that failed so found the file system full: ENOSPC or EDQUOT (see ErrnoStatus; the
+// other errnos of that code come from open, not write).
+bool NoSpace(const Status& write_error) {
+  return write_error.code() == StatusCode::kResourceExhausted;
+}
+
 Status MakeDir(const std::string& path) {
   if (::mkdir(path.c_str(), 0700) == 0 || errno == EEXIST) return Status::Ok();
   return ErrnoStatus(errno, "cannot create cache directory " + path);
@@ -71,7 +87,8 @@ void RemoveFilesIn(const std::string& dir) {
 
 }  // namespace
 
-DiskCache::DiskCache(DiskCacheOptions options) : options_(std::move(options)) {}
+DiskCache::DiskCache(DiskCacheOptions options)
+    : options_(std::move(options)), capacity_(options_.capacity_bytes) {}
 
 Result<std::unique_ptr<DiskCache>> DiskCache::Open(DiskCacheOptions options) {
   if (options.dir.empty()) return InvalidArgumentError("cache directory is empty");
@@ -173,17 +190,20 @@ Status DiskCache::InsertBlocks(const Digest& digest, std::uint64_t offset,
                                std::span<const std::uint8_t> bytes) {
   {
     std::lock_guard lock(mu_);
-    if (by_digest_.contains(digest) || bytes.size() > options_.capacity_bytes) {
-      return Status::Ok();
-    }
+    if (by_digest_.contains(digest) || bytes.size() > capacity_) return Status::Ok();
   }
   const std::string path = PathOf(digest, /*partial=*/true);
   UniqueFd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0600));
   if (!fd.valid()) return ErrnoStatus(errno, "cannot create " + path);
-  if (::lseek(fd.get(), static_cast<off_t>(offset), SEEK_SET) < 0) {
-    return ErrnoStatus(errno, "seek in " + path);
-  }
-  CKPTFS_RETURN_IF_ERROR(WriteAll(fd.get(), bytes).WithContext("write to " + path));
+  const auto write = [&] {
+    if (::lseek(fd.get(), static_cast<off_t>(offset), SEEK_SET) < 0) {
+      return ErrnoStatus(errno, "seek in " + path);
+    }
+    return WriteAll(fd.get(), bytes).WithContext("write to " + path);
+  };
+  Status written = write();
+  if (NoSpace(written) && ShrinkAfterNoSpace(bytes.size())) written = write();
+  CKPTFS_RETURN_IF_ERROR(written);
   // What the sparse file occupies, as Scan() counts it, not the sum of the writes: a block two
   // readers fetched at once is written twice but takes its space once.
   struct stat st;
@@ -220,7 +240,7 @@ Result<UniqueFd> DiskCache::OpenPartial(const Digest& digest) {
 }
 
 void DiskCache::EvictLocked(std::uint64_t incoming) {
-  while (!lru_.empty() && used_ + incoming > options_.capacity_bytes) {
+  while (!lru_.empty() && used_ + incoming > capacity_) {
     auto victim = std::prev(lru_.end());
     // Readers holding the file open keep their descriptor; unlink only drops the name.
     const std::string path = PathOf(victim->digest, victim->partial);
@@ -275,19 +295,17 @@ Result<UniqueFd> DiskCache::OpenChunk(const Digest& digest, std::uint64_t size) 
 }
 
 Status DiskCache::Insert(const Digest& digest, std::span<const std::uint8_t> bytes) {
-  if (bytes.size() > options_.capacity_bytes) return Status::Ok();
   {
     std::lock_guard lock(mu_);
-    if (by_digest_.contains(digest)) return Status::Ok();
+    if (bytes.size() > capacity_ || by_digest_.contains(digest)) return Status::Ok();
   }
   std::string tmp = options_.dir + "/tmp/" + digest.Hex() + "." + std::to_string(::getpid()) + "." +
                     std::to_string(tmp_counter_.fetch_add(1));
-  UniqueFd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
-  if (!fd.valid()) return ErrnoStatus(errno, "cannot create " + tmp);
-  Status written = WriteChunkFile(fd.get(), bytes).WithContext("write to cache");
-  fd.Reset();
+  Status written = WriteNewFile(tmp, bytes);
+  if (NoSpace(written) && ShrinkAfterNoSpace(bytes.size())) written = WriteNewFile(tmp, bytes);
+  if (!written.ok()) return written;
   std::lock_guard lock(mu_);
-  if (written.ok() && !by_digest_.contains(digest)) {
+  if (!by_digest_.contains(digest)) {
     EvictLocked(bytes.size());
     if (::rename(tmp.c_str(), PathOf(digest).c_str()) == 0) {
       RemovePartialLocked(digest);
@@ -298,6 +316,26 @@ Status DiskCache::Insert(const Digest& digest, std::span<const std::uint8_t> byt
   }
   ::unlink(tmp.c_str());
   return written;
+}
+
+bool DiskCache::ShrinkAfterNoSpace(std::uint64_t incoming) {
+  std::lock_guard lock(mu_);
+  if (lru_.empty()) return false;  // Other files fill it: the cache has nothing to give.
+  if (used_ < capacity_) {
+    // Once per fall of the bound: it falls again only when something else takes more space.
+    LogWarning("disk cache: the file system of " + options_.dir + " is full with " +
+               FormatSize(used_) + " cached; the cache keeps at most that much (not cache_size's " +
+               FormatSize(options_.capacity_bytes) + ") until the next mount");
+    capacity_ = used_;
+  }
+  const std::size_t before = lru_.size();
+  EvictLocked(incoming);
+  return lru_.size() < before;
+}
+
+std::uint64_t DiskCache::capacity_bytes() const {
+  std::lock_guard lock(mu_);
+  return capacity_;
 }
 
 std::uint64_t DiskCache::used_bytes() const {

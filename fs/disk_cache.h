@@ -8,7 +8,11 @@
 // power loss) are dropped on lookup.
 //
 // The least recently used entries are evicted when the total passes `capacity_bytes`. Use order
-// survives restarts through file mtimes (refreshed at most once a minute per entry). Several
+// survives restarts through file mtimes (refreshed at most once a minute per entry). When the
+// file system fills up first (a write fails with no space left), the bound becomes what the cache
+// holds at that moment, and least recently used entries make room for the write, which is tried
+// once more: a cache_size larger than the disk has room for still caches the newest chunks,
+// rather than none from then on. The lowered bound lasts until the cache is opened again. Several
 // mounts may share one directory: each accounts for what it found at Open() plus what it
 // inserted, and an entry another process evicted is simply a miss.
 //
@@ -69,7 +73,8 @@ class DiskCache {
   Result<UniqueFd> OpenPartial(const Digest& digest);
 
   std::uint64_t used_bytes() const;
-  std::uint64_t capacity_bytes() const { return options_.capacity_bytes; }
+  // The bound now: capacity_bytes of the options, or less once the file system was full.
+  std::uint64_t capacity_bytes() const;
   std::size_t entry_count() const;
   const std::string& dir() const { return options_.dir; }
 
@@ -92,6 +97,10 @@ class DiskCache {
   void AddLocked(const Digest& digest, std::uint64_t size, TimePoint touch, bool front,
                  bool partial = false);
   void RemovePartialLocked(const Digest& digest);
+  // After a write of `incoming` bytes found the file system full: lowers the bound to what the
+  // cache holds and evicts to make room for them. True when anything was evicted, so that a
+  // second try may succeed.
+  bool ShrinkAfterNoSpace(std::uint64_t incoming);
 
   DiskCacheOptions options_;
   mutable std::mutex mu_;
@@ -99,6 +108,7 @@ class DiskCache {
   std::unordered_map<Digest, Lru::iterator, DigestHash> by_digest_;  // GUARDED_BY(mu_)
   std::unordered_map<Digest, Lru::iterator, DigestHash> partial_;    // GUARDED_BY(mu_)
   std::uint64_t used_ = 0;                                           // GUARDED_BY(mu_)
+  std::uint64_t capacity_ = 0;                                       // GUARDED_BY(mu_)
   std::atomic<std::uint64_t> tmp_counter_{0};  // Makes temporary names unique.
 };
 

@@ -1,8 +1,10 @@
 """Node failures and bad replicas: the disk cache, digest checks, EIO and recovery."""
 
+import contextlib
 import errno
 import hashlib
 import os
+import subprocess
 import time
 
 import pytest
@@ -265,3 +267,43 @@ def test_a_node_that_thaws_answers_its_probe_and_is_read_from_again(published, m
     served = settle_chunk_gets([frozen])[frozen.name]
     assert served, f"{frozen.name} answered its probe, but no read asked it for a chunk"
     assert f"node {frozen.name} ({frozen.url}) answered a probe" in mnt.output()
+
+
+@contextlib.contextmanager
+def _tmpfs(path, size):
+    """A tmpfs of `size` mounted at `path` for the test: a file system that fills up."""
+    os.makedirs(path, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", path], check=True)
+    try:
+        yield path
+    finally:
+        # Lazily: after a failure the mount fixture unmounts ckptfs, which holds files there, later.
+        subprocess.run(["umount", "-l", path], check=False)
+
+
+def test_a_cache_whose_file_system_fills_up_keeps_caching_the_newest_chunks(
+        published, mount, test_dir):
+    """cache_size promises more than the cache directory's file system has room for. Once a
+    write finds it full, the cache takes what it holds as its bound and evicts its least recently
+    used chunks for new ones, instead of failing every later write and keeping only the first
+    chunks it wrote."""
+    with published.db() as db:
+        last_chunk = db.extents(BIG)[-1].digest
+    with _tmpfs(os.path.join(test_dir, "small-fs"), "40m") as cache:
+        mnt = mount(published.index, foreground=True, cache_dir=cache, cache_size="1G")
+        assert source_tree.sha256_file(mnt.path(BIG)) == published.tree.sha256[BIG]
+        stats = ckptfs_cli.mount_stats(mnt.mountpoint)
+        log = mnt.output()
+        mnt.unmount()
+        last_cached = os.path.isfile(os.path.join(cache, last_chunk[:2], last_chunk))
+    print(f"cache after reading {BIG}: {stats['cache.used_bytes']} bytes in "
+          f"{stats['cache.entries']} entries, bound {stats['cache.capacity_bytes']}, "
+          f"{stats['store.cache_write_errors']} failed writes")
+    assert stats["fs.eio_fetch"] == 0 and stats["fs.eio_internal"] == 0, stats
+    assert stats["cache.capacity_bytes"] <= 40 * MiB, (
+        f"the bound stayed at cache_size on a full file system: {stats}")
+    assert 0 < stats["cache.used_bytes"] <= stats["cache.capacity_bytes"], stats
+    # 75 chunks, room for about 9: every write after the first failure would fail without it.
+    assert stats["store.cache_write_errors"] <= 8, stats
+    assert "is full with" in log, log
+    assert last_cached, f"the last chunk of {BIG} is not in the cache"
