@@ -322,10 +322,9 @@ bool DiskCache::ShrinkAfterNoSpace(std::uint64_t incoming) {
   std::lock_guard lock(mu_);
   if (lru_.empty()) return false;  // Other files fill it: the cache has nothing to give.
   if (used_ < capacity_) {
-    // Once per fall of the bound: it falls again only when something else takes more space.
-    LogWarning("disk cache: the file system of " + options_.dir + " is full with " +
-               FormatSize(used_) + " cached; the cache keeps at most that much (not cache_size's " +
-               FormatSize(options_.capacity_bytes) + ") until the next mount");
+    full_log_.Log("disk cache: the file system of " + options_.dir + " is full with " +
+                  FormatSize(used_) + " cached; the cache keeps at most that much (not " +
+                  "cache_size's " + FormatSize(options_.capacity_bytes) + ") until the next mount");
     capacity_ = used_;
   }
   const std::size_t before = lru_.size();

@@ -31,6 +31,7 @@
 
 #include "common/clock.h"
 #include "common/digest.h"
+#include "common/log.h"
 #include "common/result.h"
 #include "common/unique_fd.h"
 
@@ -109,6 +110,8 @@ class DiskCache {
   std::unordered_map<Digest, Lru::iterator, DigestHash> partial_;    // GUARDED_BY(mu_)
   std::uint64_t used_ = 0;                                           // GUARDED_BY(mu_)
   std::uint64_t capacity_ = 0;                                       // GUARDED_BY(mu_)
+  // Writes under way when the file system fills up fail together, each lowering the bound.
+  ThrottledLog full_log_{LogLevel::kWarning, options_.clock};
   std::atomic<std::uint64_t> tmp_counter_{0};  // Makes temporary names unique.
 };
 
