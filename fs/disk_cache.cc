@@ -3,6 +3,7 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -306,6 +307,7 @@ Status DiskCache::Insert(const Digest& digest, std::span<const std::uint8_t> byt
   if (!written.ok()) return written;
   std::lock_guard lock(mu_);
   if (!by_digest_.contains(digest)) {
+    GrowIfRoomLocked(bytes.size());
     EvictLocked(bytes.size());
     if (::rename(tmp.c_str(), PathOf(digest).c_str()) == 0) {
       RemovePartialLocked(digest);
@@ -324,12 +326,27 @@ bool DiskCache::ShrinkAfterNoSpace(std::uint64_t incoming) {
   if (used_ < capacity_) {
     full_log_.Log("disk cache: the file system of " + options_.dir + " is full with " +
                   FormatSize(used_) + " cached; the cache keeps at most that much (not " +
-                  "cache_size's " + FormatSize(options_.capacity_bytes) + ") until the next mount");
+                  "cache_size's " + FormatSize(options_.capacity_bytes) +
+                  ") until the file system has room again");
     capacity_ = used_;
   }
   const std::size_t before = lru_.size();
   EvictLocked(incoming);
   return lru_.size() < before;
+}
+
+void DiskCache::GrowIfRoomLocked(std::uint64_t written) {
+  if (capacity_ >= options_.capacity_bytes) return;
+  struct statvfs fs;
+  if (::statvfs(options_.dir.c_str(), &fs) != 0) return;
+  const std::uint64_t avail = static_cast<std::uint64_t>(fs.f_bavail) * fs.f_frsize;
+  // Left free at the bound: room for the writes of other fetches under way, whose temporaries
+  // the bound does not count. The file just written has its room already.
+  constexpr std::uint64_t kWritesUnderWay = 8;
+  const std::uint64_t headroom = kWritesUnderWay * written;
+  if (avail <= headroom) return;
+  const std::uint64_t room = used_ + written + (avail - headroom);
+  capacity_ = std::max(capacity_, std::min(room, options_.capacity_bytes));
 }
 
 std::uint64_t DiskCache::capacity_bytes() const {

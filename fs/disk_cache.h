@@ -12,7 +12,8 @@
 // file system fills up first (a write fails with no space left), the bound becomes what the cache
 // holds at that moment, and least recently used entries make room for the write, which is tried
 // once more: a cache_size larger than the disk has room for still caches the newest chunks,
-// rather than none from then on. The lowered bound lasts until the cache is opened again. Several
+// rather than none from then on. Once the file system has room again (other files deleted), a
+// whole chunk written raises the bound towards it, up to capacity_bytes. Several
 // mounts may share one directory: each accounts for what it found at Open() plus what it
 // inserted, and an entry another process evicted is simply a miss.
 //
@@ -74,7 +75,7 @@ class DiskCache {
   Result<UniqueFd> OpenPartial(const Digest& digest);
 
   std::uint64_t used_bytes() const;
-  // The bound now: capacity_bytes of the options, or less once the file system was full.
+  // The bound now: capacity_bytes of the options, or less while the file system is full.
   std::uint64_t capacity_bytes() const;
   std::size_t entry_count() const;
   const std::string& dir() const { return options_.dir; }
@@ -102,6 +103,9 @@ class DiskCache {
   // cache holds and evicts to make room for them. True when anything was evicted, so that a
   // second try may succeed.
   bool ShrinkAfterNoSpace(std::uint64_t incoming);
+  // While the bound is below capacity_bytes: raises it towards what the file system has room
+  // for now, after a file of `written` bytes was written and before it is counted.
+  void GrowIfRoomLocked(std::uint64_t written);
 
   DiskCacheOptions options_;
   mutable std::mutex mu_;

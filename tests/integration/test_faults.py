@@ -307,3 +307,31 @@ def test_a_cache_whose_file_system_fills_up_keeps_caching_the_newest_chunks(
     assert stats["store.cache_write_errors"] <= 8, stats
     assert log.count("is full with") == 1, f"not logged once: {log}"
     assert last_cached, f"the last chunk of {BIG} is not in the cache"
+
+
+def test_a_cache_whose_file_system_has_room_again_grows_back(published, mount, test_dir):
+    """Other files filled the cache's file system, and the cache's bound fell to what it held;
+    once they are deleted, the chunks written next raise it again, up to cache_size, instead of
+    the cache staying small until the next mount."""
+    with _tmpfs(os.path.join(test_dir, "shared-fs"), "96m") as fs_root:
+        cache = os.path.join(fs_root, "cache")
+        filler = os.path.join(fs_root, "other-files")
+        with open(filler, "wb") as f:
+            f.write(b"\0" * (64 * MiB))
+        mnt = mount(published.index, cache_dir=cache, cache_size="1G")
+        assert source_tree.sha256_file(mnt.path(BIG)) == published.tree.sha256[BIG]
+        full = ckptfs_cli.mount_stats(mnt.mountpoint)
+        assert full["cache.capacity_bytes"] <= 32 * MiB, f"the bound did not fall: {full}"
+
+        os.unlink(filler)
+        ckptfs_cli.drop_page_cache()
+        assert source_tree.sha256_file(mnt.path(BIG)) == published.tree.sha256[BIG]
+        grown = ckptfs_cli.mount_stats(mnt.mountpoint)
+        mnt.unmount()
+    print(f"bound {full['cache.capacity_bytes']} with the file system full, "
+          f"{grown['cache.capacity_bytes']} once it had room; held {grown['cache.used_bytes']}")
+    assert grown["cache.capacity_bytes"] >= full["cache.capacity_bytes"] + 16 * MiB, (
+        f"the bound stayed low with 64 MiB free: {full} then {grown}")
+    assert full["cache.capacity_bytes"] < grown["cache.used_bytes"] <= (
+        grown["cache.capacity_bytes"]), grown
+    assert grown["fs.eio_fetch"] == 0, grown
