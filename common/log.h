@@ -25,8 +25,8 @@ inline void LogInfo(std::string_view m) { Log(LogLevel::kInfo, m); }
 inline void LogWarning(std::string_view m) { Log(LogLevel::kWarning, m); }
 inline void LogError(std::string_view m) { Log(LogLevel::kError, m); }
 
-// A message that may repeat for every chunk or read (a cache disk that stays full, every node
-// down) reaches the log at most once per `interval`; the next one that does says how many were
+// A message that may repeat for every chunk read (a cache write on a disk that other files keep
+// full) reaches the log at most once per `interval`; the next one that does says how many were
 // left out, which the stats count in full anyway. Thread safe.
 class ThrottledLog {
  public:
