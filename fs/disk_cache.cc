@@ -195,6 +195,9 @@ Status DiskCache::InsertBlocks(const Digest& digest, std::uint64_t offset,
   }
   const std::string path = PathOf(digest, /*partial=*/true);
   UniqueFd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0600));
+  if (!fd.valid() && errno == ENOENT && RemakeDirs(digest)) {
+    fd = UniqueFd(::open(path.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0600));
+  }
   if (!fd.valid()) return ErrnoStatus(errno, "cannot create " + path);
   const auto write = [&] {
     if (::lseek(fd.get(), static_cast<off_t>(offset), SEEK_SET) < 0) {
@@ -303,13 +306,21 @@ Status DiskCache::Insert(const Digest& digest, std::span<const std::uint8_t> byt
   std::string tmp = options_.dir + "/tmp/" + digest.Hex() + "." + std::to_string(::getpid()) + "." +
                     std::to_string(tmp_counter_.fetch_add(1));
   Status written = WriteNewFile(tmp, bytes);
+  if (written.code() == StatusCode::kNotFound && RemakeDirs(digest)) {
+    written = WriteNewFile(tmp, bytes);
+  }
   if (NoSpace(written) && ShrinkAfterNoSpace(bytes.size())) written = WriteNewFile(tmp, bytes);
   if (!written.ok()) return written;
   std::lock_guard lock(mu_);
   if (!by_digest_.contains(digest)) {
     GrowIfRoomLocked(bytes.size());
     EvictLocked(bytes.size());
-    if (::rename(tmp.c_str(), PathOf(digest).c_str()) == 0) {
+    const std::string path = PathOf(digest);
+    bool renamed = ::rename(tmp.c_str(), path.c_str()) == 0;
+    if (!renamed && errno == ENOENT && RemakeDirs(digest)) {
+      renamed = ::rename(tmp.c_str(), path.c_str()) == 0;
+    }
+    if (renamed) {
       RemovePartialLocked(digest);
       AddLocked(digest, bytes.size(), options_.clock->Now(), /*front=*/true);
       return Status::Ok();
@@ -333,6 +344,23 @@ bool DiskCache::ShrinkAfterNoSpace(std::uint64_t incoming) {
   const std::size_t before = lru_.size();
   EvictLocked(incoming);
   return lru_.size() < before;
+}
+
+bool DiskCache::RemakeDirs(const Digest& digest) {
+  bool made = false;
+  for (const std::string& dir :
+       {options_.dir, options_.dir + "/tmp", options_.dir + "/" + digest.Hex().substr(0, 2)}) {
+    if (::mkdir(dir.c_str(), 0700) == 0) {
+      made = true;
+    } else if (errno != EEXIST) {
+      return false;
+    }
+  }
+  if (made) {
+    gone_log_.Log("disk cache: " + options_.dir +
+                  " was removed under the mount (or part of it); made it again");
+  }
+  return made;
 }
 
 void DiskCache::GrowIfRoomLocked(std::uint64_t written) {

@@ -13,7 +13,9 @@
 // holds at that moment, and least recently used entries make room for the write, which is tried
 // once more: a cache_size larger than the disk has room for still caches the newest chunks,
 // rather than none from then on. Once the file system has room again (other files deleted), a
-// whole chunk written raises the bound towards it, up to capacity_bytes. Several
+// whole chunk written raises the bound towards it, up to capacity_bytes. A cache directory
+// removed under a mount is made again, one <hh>/ at a time, by the writes that need it; its
+// entries then are misses (OpenChunk finds them gone). Several
 // mounts may share one directory: each accounts for what it found at Open() plus what it
 // inserted, and an entry another process evicted is simply a miss.
 //
@@ -103,6 +105,9 @@ class DiskCache {
   // cache holds and evicts to make room for them. True when anything was evicted, so that a
   // second try may succeed.
   bool ShrinkAfterNoSpace(std::uint64_t incoming);
+  // After a write found its directory gone (someone removed the cache directory under a
+  // mount): makes the cache directory, tmp/ and the digest's <hh>/ again. True when it made one.
+  bool RemakeDirs(const Digest& digest);
   // While the bound is below capacity_bytes: raises it towards what the file system has room
   // for now, after a file of `written` bytes was written and before it is counted.
   void GrowIfRoomLocked(std::uint64_t written);
@@ -116,7 +121,8 @@ class DiskCache {
   std::uint64_t capacity_ = 0;                                       // GUARDED_BY(mu_)
   // Writes under way when the file system fills up fail together, each lowering the bound.
   ThrottledLog full_log_{LogLevel::kWarning, options_.clock};
-  std::atomic<std::uint64_t> tmp_counter_{0};  // Makes temporary names unique.
+  ThrottledLog gone_log_{LogLevel::kWarning, options_.clock};  // Its directories, removed.
+  std::atomic<std::uint64_t> tmp_counter_{0};                  // Makes temporary names unique.
 };
 
 }  // namespace ckptfs::fs

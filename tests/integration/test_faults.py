@@ -4,6 +4,7 @@ import contextlib
 import errno
 import hashlib
 import os
+import shutil
 import subprocess
 import time
 
@@ -335,3 +336,29 @@ def test_a_cache_whose_file_system_has_room_again_grows_back(published, mount, t
     assert full["cache.capacity_bytes"] < grown["cache.used_bytes"] <= (
         grown["cache.capacity_bytes"]), grown
     assert grown["fs.eio_fetch"] == 0, grown
+
+
+def test_a_cache_directory_removed_under_a_mount_is_made_again(published, mount, test_dir):
+    """Someone (a cleaner of old files, an operator freeing space) removes the cache directory
+    while it is mounted: reads go on, and the writes that follow make the directories they need
+    again, so the cache works again instead of failing every write until the next mount."""
+    cache = os.path.join(test_dir, "cache")
+    mnt = mount(published.index, foreground=True, cache_dir=cache, dir_readahead=0)
+    assert source_tree.sha256_file(mnt.path(ODD)) == published.tree.sha256[ODD]
+    shutil.rmtree(cache)
+    ckptfs_cli.drop_page_cache()
+    assert source_tree.sha256_file(mnt.path(ODD)) == published.tree.sha256[ODD]
+    assert source_tree.sha256_file(mnt.path(BIG)) == published.tree.sha256[BIG]
+    stats = ckptfs_cli.mount_stats(mnt.mountpoint)
+    log = mnt.output()
+    mnt.unmount()
+    assert stats["store.cache_write_errors"] == 0, f"writes failed after the removal: {stats}"
+    assert stats["fs.eio_fetch"] == 0 and stats["fs.eio_internal"] == 0, stats
+    assert log.count("was removed under the mount") == 1, log
+
+    # The cache made again is a cache: a new mount on it reads the big file without the network.
+    again = mount(published.index, cache_dir=cache, dir_readahead=0)
+    ckptfs_cli.drop_page_cache()
+    assert source_tree.sha256_file(again.path(BIG)) == published.tree.sha256[BIG]
+    warm = ckptfs_cli.mount_stats(again.mountpoint)
+    assert warm["fetch.fetches"] == 0 and warm["store.cache_hits"] > 0, warm
