@@ -194,11 +194,16 @@ Status DiskCache::InsertBlocks(const Digest& digest, std::uint64_t offset,
     if (by_digest_.contains(digest) || bytes.size() > capacity_) return Status::Ok();
   }
   const std::string path = PathOf(digest, /*partial=*/true);
-  UniqueFd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0600));
-  if (!fd.valid() && errno == ENOENT && RemakeDirs(digest)) {
-    fd = UniqueFd(::open(path.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0600));
+  const auto open_partial = [&] {
+    return UniqueFd(::open(path.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0600));
+  };
+  UniqueFd fd = open_partial();
+  int err = fd.valid() ? 0 : errno;
+  if (err == ENOENT && RemakeDirs(digest)) {
+    fd = open_partial();
+    err = fd.valid() ? 0 : errno;
   }
-  if (!fd.valid()) return ErrnoStatus(errno, "cannot create " + path);
+  if (!fd.valid()) return ErrnoStatus(err, "cannot create " + path);
   const auto write = [&] {
     if (::lseek(fd.get(), static_cast<off_t>(offset), SEEK_SET) < 0) {
       return ErrnoStatus(errno, "seek in " + path);
@@ -316,16 +321,16 @@ Status DiskCache::Insert(const Digest& digest, std::span<const std::uint8_t> byt
     GrowIfRoomLocked(bytes.size());
     EvictLocked(bytes.size());
     const std::string path = PathOf(digest);
-    bool renamed = ::rename(tmp.c_str(), path.c_str()) == 0;
-    if (!renamed && errno == ENOENT && RemakeDirs(digest)) {
-      renamed = ::rename(tmp.c_str(), path.c_str()) == 0;
-    }
-    if (renamed) {
+    // Its errno, taken at once: RemakeDirs' mkdir calls set their own.
+    const auto rename_error = [&] { return ::rename(tmp.c_str(), path.c_str()) == 0 ? 0 : errno; };
+    int err = rename_error();
+    if (err == ENOENT && RemakeDirs(digest)) err = rename_error();
+    if (err == 0) {
       RemovePartialLocked(digest);
       AddLocked(digest, bytes.size(), options_.clock->Now(), /*front=*/true);
       return Status::Ok();
     }
-    written = ErrnoStatus(errno, "cannot rename " + tmp);
+    written = ErrnoStatus(err, "cannot rename " + tmp);
   }
   ::unlink(tmp.c_str());
   return written;
