@@ -70,11 +70,10 @@ void ThrottledLog::Log(std::string_view message) {
   {
     std::lock_guard lock(mu_);
     const TimePoint now = clock_->Now();
-    if (logged_ && now - last_ < interval_) {
+    if (last_.has_value() && now - *last_ < interval_) {
       ++left_out_;
       return;
     }
-    logged_ = true;
     last_ = now;
     left_out = std::exchange(left_out_, 0);
   }

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <mutex>
+#include <optional>
 #include <string_view>
 
 #include "common/clock.h"
@@ -39,9 +40,8 @@ class ThrottledLog {
   Clock* const clock_;
   const Duration interval_;
   std::mutex mu_;
-  bool logged_ = false;         // GUARDED_BY(mu_)
-  TimePoint last_{};            // GUARDED_BY(mu_): when a line last got through.
-  std::uint64_t left_out_ = 0;  // GUARDED_BY(mu_): since then.
+  std::optional<TimePoint> last_;  // GUARDED_BY(mu_): when a line last got through.
+  std::uint64_t left_out_ = 0;     // GUARDED_BY(mu_): since then.
 };
 
 }  // namespace ckptfs

@@ -70,8 +70,13 @@ bool NoSpace(const Status& write_error) {
   return write_error.code() == StatusCode::kResourceExhausted;
 }
 
-Status MakeDir(const std::string& path) {
-  if (::mkdir(path.c_str(), 0700) == 0 || errno == EEXIST) return Status::Ok();
+// `*made` (if given) is set when the directory did not exist before.
+Status MakeDir(const std::string& path, bool* made = nullptr) {
+  if (::mkdir(path.c_str(), 0700) == 0) {
+    if (made != nullptr) *made = true;
+    return Status::Ok();
+  }
+  if (errno == EEXIST) return Status::Ok();
   return ErrnoStatus(errno, "cannot create cache directory " + path);
 }
 
@@ -355,11 +360,7 @@ bool DiskCache::RemakeDirs(const Digest& digest) {
   bool made = false;
   for (const std::string& dir :
        {options_.dir, options_.dir + "/tmp", options_.dir + "/" + digest.Hex().substr(0, 2)}) {
-    if (::mkdir(dir.c_str(), 0700) == 0) {
-      made = true;
-    } else if (errno != EEXIST) {
-      return false;
-    }
+    if (!MakeDir(dir, &made).ok()) return false;
   }
   if (made) {
     gone_log_.Log("disk cache: " + options_.dir +

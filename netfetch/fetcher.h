@@ -280,7 +280,7 @@ class RetryingFetcher final : public ChunkFetcher {
   std::atomic<int> fetches_under_way_{0};  // Fetch calls running now.
   std::deque<NodeState*> probe_queue_;     // Guarded by mu_.
   std::condition_variable_any probe_wake_;
-  std::jthread prober_;  // Last, so that it stops before the members it uses go.
+  std::jthread prober_;  // Started by the first probe; the destructor stops it first.
 };
 
 // "<base>/chunks/<hh>/<hex>".
