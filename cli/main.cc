@@ -62,13 +62,13 @@ int RunPublish(const PublishArgs& args) {
 }
 
 int RunMount(const std::string& index, const std::string& mountpoint, bool foreground,
-             const std::vector<std::string>& option_lists) {
+             const std::vector<std::string>& option_lists, OptionSource source) {
   MountOptions options;
   options.index = index;
   options.mountpoint = mountpoint;
   options.foreground = foreground;
   for (const std::string& list : option_lists) {
-    Status applied = ApplyMountOptionList(list, options);
+    Status applied = ApplyMountOptionList(list, options, source);
     if (!applied.ok()) return Fail(applied);
   }
   Status status = Mount(options);
@@ -108,7 +108,8 @@ int MountHelperMain(int argc, char** argv) {
   }
   Status init = netfetch::GlobalInit();
   if (!init.ok()) return Fail(init);
-  int rc = RunMount(positional[0], positional[1], /*foreground=*/false, option_lists);
+  int rc = RunMount(positional[0], positional[1], /*foreground=*/false, option_lists,
+                    OptionSource::kMount8);
   netfetch::GlobalCleanup();
   return rc;
 }
@@ -145,7 +146,7 @@ int Main(int argc, char** argv) {
                   "Options: cache_dir=DIR, cache_size=SIZE, node.NAME=URL, timeout=SECONDS, "
                   "stall_timeout=SECONDS, fetchers=N, fetch_parts=N, readahead=SIZE, "
                   "dir_readahead=0|1, memory_cache=SIZE, index_cache=SIZE, "
-                  "kernel_readahead=SIZE, allow_other, debug");
+                  "kernel_readahead=SIZE, allow_other, debug, noexec");
 
   std::string stats_mountpoint;
   CLI::App* stats = app.add_subcommand(
@@ -165,8 +166,9 @@ int Main(int argc, char** argv) {
   if (stats->parsed()) return RunStats(stats_mountpoint);  // No network: no libcurl.
   Status init = netfetch::GlobalInit();
   if (!init.ok()) return Fail(init);
-  int rc =
-      pub->parsed() ? RunPublish(publish) : RunMount(index, mountpoint, foreground, mount_opts);
+  int rc = pub->parsed()
+               ? RunPublish(publish)
+               : RunMount(index, mountpoint, foreground, mount_opts, OptionSource::kCommandLine);
   netfetch::GlobalCleanup();
   return rc;
 }

@@ -97,6 +97,7 @@ struct FuseArgs {
     std::string opts = "ro,default_permissions,auto_unmount,subtype=" + std::string(kSubtype) +
                        ",fsname=" + fsname;
     if (options.allow_other) opts += ",allow_other";
+    for (const std::string& flag : options.mount_flags) opts += "," + flag;
     storage = {"ckptfs", "-o", opts};
     if (options.debug) storage.push_back("-d");
     for (std::string& s : storage) argv.push_back(s.data());

@@ -13,11 +13,24 @@ namespace ckptfs::cli {
 
 namespace {
 
-const std::set<std::string>& FstabNoOps() {
+// Words that mount(8) and fstab(5) use for themselves, acted on before a mount runs (user mounts,
+// boot order, failure handling), and generic flags that mean nothing for a mount that writes
+// nothing: access times and synchronous writes.
+const std::set<std::string>& NoOpWords() {
   static const std::set<std::string> kNoOps = {
-      "ro",     "defaults", "_netdev",  "noauto", "auto",   "user", "nouser",
-      "nofail", "noatime",  "relatime", "nodev",  "nosuid", "exec", "noexec"};
+      "ro",       "defaults",   "_netdev",  "noauto",     "auto",        "user",
+      "users",    "nouser",     "owner",    "group",      "nofail",      "silent",
+      "loud",     "sync",       "async",    "dirsync",    "atime",       "noatime",
+      "diratime", "nodiratime", "relatime", "norelatime", "strictatime", "nostrictatime",
+      "lazytime", "nolazytime"};
   return kNoOps;
+}
+
+// Generic mount flags passed on to the kernel's mount. libfuse adds nosuid and nodev by itself;
+// suid and dev cannot be had (its fusermount3 path, which auto_unmount takes, drops them).
+const std::set<std::string>& KernelMountFlags() {
+  static const std::set<std::string> kFlags = {"exec", "noexec", "nosuid", "nodev"};
+  return kFlags;
 }
 
 // A positive number of seconds for option `key`.
@@ -40,15 +53,25 @@ Result<int> ParseCount(const std::string& key, const std::string& value, int low
 }
 
 Status ApplyOne(const std::string& key, const std::string& value, bool has_value,
-                MountOptions& options) {
+                MountOptions& options, OptionSource source) {
   auto need_value = [&]() -> Status {
     if (!has_value || value.empty())
       return InvalidArgumentError("option " + key + " needs a value");
     return Status::Ok();
   };
-  if (key == "rw")
+  if (key == "rw" && !has_value) {
+    if (source == OptionSource::kMount8) return Status::Ok();
     return InvalidArgumentError("ckptfs mounts are read-only: option rw is not allowed");
-  if (!has_value && FstabNoOps().contains(key)) return Status::Ok();
+  }
+  if ((key == "suid" || key == "dev") && !has_value) {
+    return InvalidArgumentError("ckptfs mounts are always nosuid and nodev: option " + key +
+                                " is not allowed");
+  }
+  if (!has_value && NoOpWords().contains(key)) return Status::Ok();
+  if (!has_value && KernelMountFlags().contains(key)) {
+    options.mount_flags.push_back(key);
+    return Status::Ok();
+  }
   if (key == "allow_other" && !has_value) {
     options.allow_other = true;
   } else if (key == "debug" && !has_value) {
@@ -105,7 +128,7 @@ Status ApplyOne(const std::string& key, const std::string& value, bool has_value
 
 }  // namespace
 
-Status ApplyMountOptionList(const std::string& list, MountOptions& options) {
+Status ApplyMountOptionList(const std::string& list, MountOptions& options, OptionSource source) {
   std::size_t start = 0;
   while (start <= list.size()) {
     std::size_t comma = list.find(',', start);
@@ -116,7 +139,7 @@ Status ApplyMountOptionList(const std::string& list, MountOptions& options) {
       bool has_value = eq != std::string::npos;
       std::string key = item.substr(0, eq);
       std::string value = has_value ? item.substr(eq + 1) : "";
-      CKPTFS_RETURN_IF_ERROR(ApplyOne(key, value, has_value, options));
+      CKPTFS_RETURN_IF_ERROR(ApplyOne(key, value, has_value, options, source));
     }
     if (comma == std::string::npos) break;
     start = comma + 1;

@@ -35,12 +35,26 @@ struct MountOptions {
   // A chunk fetched while no other fetch is under way is fetched as up to this many parallel
   // Range GETs (fetch_parts=N; 1: one GET always).
   int fetch_parts = 4;
+  // The generic mount flags asked for (exec, noexec, nosuid, nodev), in the order given, for the
+  // kernel's mount; libfuse adds nosuid and nodev in any case.
+  std::vector<std::string> mount_flags;
 };
 
+// Where a -o list comes from. mount(8) hands its helper "rw" for every fstab entry that does not
+// say "ro" ("defaults" included), so from there it is taken as the generic default it is; on the
+// command line it is a request that cannot be met.
+enum class OptionSource { kCommandLine, kMount8 };
+
 // Applies one comma-separated -o list (may be called once per -o). Unknown options and bad values
-// are InvalidArgument naming the option. Accepts fstab no-ops: ro, defaults, _netdev, noauto,
-// auto, user, nouser, nofail, noatime, relatime, nodev, nosuid, exec, noexec.
-Status ApplyMountOptionList(const std::string& list, MountOptions& options);
+// are InvalidArgument naming the option. The mount is read-only, nosuid and nodev whatever is
+// asked: "rw" is refused unless `source` is kMount8, "suid" and "dev" always are. exec, noexec,
+// nosuid and nodev are kept in mount_flags. Changing nothing: the words mount(8) and fstab use
+// for themselves (ro, defaults, _netdev, auto, noauto, user, users, nouser, owner, group, nofail,
+// silent, loud) and the flags of access times (atime, noatime, relatime, strictatime, lazytime,
+// diratime and their no- forms) and of synchronous writes (sync, async, dirsync), which a
+// read-only mount has no use for.
+Status ApplyMountOptionList(const std::string& list, MountOptions& options,
+                            OptionSource source = OptionSource::kCommandLine);
 
 // /var/cache/ckptfs for root, $XDG_CACHE_HOME/ckptfs or ~/.cache/ckptfs for other users.
 std::string DefaultCacheDir();

@@ -417,7 +417,8 @@ def test_unknown_or_invalid_mount_option_is_refused(published, mount, option):
 
 def test_fstab_style_options_are_accepted(published, mount):
     mnt = mount(published.index, ro=True, defaults=True, _netdev=True, noauto=True, user=True,
-                nofail=True, allow_other=True, timeout=20, cache_size="64M")
+                users=True, nofail=True, relatime=True, lazytime=True, sync=True,
+                allow_other=True, timeout=20, cache_size="64M")
     assert source_tree.sha256_file(mnt.path("private.key")) == published.tree.sha256["private.key"]
 
 

@@ -147,3 +147,62 @@ def test_packaged_mount_helper_mounts_an_index_as_mount8_runs_it(package, publis
     assert mnt.pids(), "no mount.ckptfs daemon found for the mountpoint"
     for rel in ("private.key", "model.ckpt.index"):
         assert source_tree.sha256_file(mnt.path(rel)) == published.tree.sha256[rel]
+
+
+def _mount8_script(fstab, mountpoints):
+    """A shell script that mounts each of `mountpoints` from the fstab file `fstab` with mount(8),
+    reports what it sees, and unmounts them again, also when a step fails."""
+    lines = ["set -u", "trap 'for m in " + " ".join(mountpoints) +
+             "; do umount -l \"$m\" 2>/dev/null; done' EXIT"]
+    for i, mnt in enumerate(mountpoints):
+        lines += [
+            f"mount -T {fstab} {mnt} || exit 10",
+            # Mount options, then the type: the field after the "-" that ends the optional ones.
+            f"echo \"mountinfo{i} $(awk '$5 == \"{mnt}\" {{for (i = 7; i < NF; i++) "
+            f"if ($i == \"-\") {{print $6, $(i + 1); exit}}}}' /proc/self/mountinfo)\"",
+            f"echo \"sha{i} $(sha256sum < {mnt}/private.key | cut -d' ' -f1)\"",
+            f"if test -x {mnt}/run.sh; then echo exec{i} yes; else echo exec{i} no; fi",
+            f"umount {mnt} || exit 11",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def test_fstab_entries_with_defaults_mount_through_mount8_and_noexec_is_kept(package, published,
+                                                                           test_dir):
+    """mount(8) hands its helper "rw" for every entry that does not say "ro", so an entry with
+    "defaults" must mount (read-only), and a generic flag such as noexec must reach the kernel.
+    mount(8) looks for helpers only in /sbin: a private mount namespace lays the packaged helper
+    over /usr/sbin there, so the machine's own /sbin is left alone."""
+    _, root, _ = package
+    extra = os.path.join(test_dir, "sbin")
+    os.makedirs(extra)
+    os.symlink(os.path.join(root, "usr/bin/ckptfs"), os.path.join(extra, "mount.ckptfs"))
+    mountpoints = [os.path.join(test_dir, name) for name in ("plain", "noexec")]
+    cache = os.path.join(test_dir, "cache")
+    for path in mountpoints + [cache]:
+        os.makedirs(path)
+    fstab = os.path.join(test_dir, "fstab")
+    with open(fstab, "w") as f:
+        f.write(f"# an fstab of this test's own\n"
+                f"{published.index} {mountpoints[0]} ckptfs defaults,_netdev,cache_dir={cache} 0 0\n"
+                f"{published.index} {mountpoints[1]} ckptfs defaults,noexec,nofail,"
+                f"cache_dir={cache} 0 0\n")
+    script = (f"mount -t overlay overlay -o lowerdir={extra}:/usr/sbin /usr/sbin || exit 9\n" +
+              _mount8_script(fstab, mountpoints))
+    try:
+        result = ckptfs_cli.run(["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                                 script], timeout=120)
+    finally:
+        # A daemon the script could not unmount keeps its namespace, and nothing else, alive.
+        for pid in ckptfs_cli.pids_where(lambda argv: any(m in argv for m in mountpoints)):
+            os.kill(pid, 9)
+    assert result.returncode == 0, result.describe()
+    seen = dict(line.split(" ", 1) for line in result.stdout.splitlines() if " " in line)
+    want_sha = published.tree.sha256["private.key"]
+    for i, noexec in enumerate((False, True)):
+        flags, fstype = seen[f"mountinfo{i}"].split()
+        assert fstype == "fuse.ckptfs", result.describe()
+        assert "ro" in flags.split(",") and "rw" not in flags.split(","), flags
+        assert ("noexec" in flags.split(",")) == noexec, flags
+        assert seen[f"sha{i}"] == want_sha, result.describe()
+        assert seen[f"exec{i}"] == ("no" if noexec else "yes"), result.describe()

@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <string>
+#include <vector>
 
 #include "tests/support/status_testing.h"
 
@@ -14,6 +15,7 @@ namespace {
 using namespace std::chrono_literals;
 using cli::ApplyMountOptionList;
 using cli::MountOptions;
+using cli::OptionSource;
 
 TEST(MountOptions, AcceptsEveryOptionAndSetsItsField) {
   MountOptions options;
@@ -70,14 +72,23 @@ TEST(MountOptions, NodeUrlMayContainEqualsAndCommaFreeQuery) {
 TEST(MountOptions, FstabNoOpsAreAcceptedAndChangeNothing) {
   MountOptions options;
   CKPTFS_ASSERT_OK(ApplyMountOptionList(
-      "ro,defaults,_netdev,noauto,auto,user,nouser,nofail,noatime,relatime,nodev,nosuid,exec,"
-      "noexec",
+      "ro,defaults,_netdev,noauto,auto,user,users,nouser,owner,group,nofail,silent,loud,sync,async,"
+      "dirsync,atime,noatime,diratime,nodiratime,relatime,norelatime,strictatime,nostrictatime,"
+      "lazytime,nolazytime",
       options));
   MountOptions defaults;
   EXPECT_EQ(options.cache_size, defaults.cache_size);
   EXPECT_FALSE(options.allow_other);
   EXPECT_FALSE(options.debug);
   EXPECT_TRUE(options.node_urls.empty());
+  EXPECT_TRUE(options.mount_flags.empty());
+}
+
+TEST(MountOptions, ExecAndSecurityFlagsAreKeptForTheKernelInTheOrderGiven) {
+  MountOptions options;
+  CKPTFS_ASSERT_OK(ApplyMountOptionList("noexec,ro,nodev", options));
+  CKPTFS_ASSERT_OK(ApplyMountOptionList("nosuid,exec", options));
+  EXPECT_EQ(options.mount_flags, (std::vector<std::string>{"noexec", "nodev", "nosuid", "exec"}));
 }
 
 TEST(MountOptions, EmptyItemsAreIgnored) {
@@ -115,7 +126,27 @@ TEST(MountOptions, DirReadaheadIsOnByDefaultAndTakesZeroOrOne) {
   ExpectRejected("dir_readahead=2", "dir_readahead");
 }
 
-TEST(MountOptions, RejectsReadWrite) { ExpectRejected("ro,rw", "rw"); }
+TEST(MountOptions, RejectsReadWriteOnTheCommandLine) { ExpectRejected("ro,rw", "rw"); }
+
+// mount(8) adds "rw" to every fstab entry without "ro", "defaults" included.
+TEST(MountOptions, TakesReadWriteFromMount8AsTheDefaultItIs) {
+  MountOptions options;
+  CKPTFS_ASSERT_OK(
+      ApplyMountOptionList("rw,_netdev,cache_size=1G", options, OptionSource::kMount8));
+  EXPECT_EQ(options.cache_size, 1ull << 30);
+  EXPECT_TRUE(options.mount_flags.empty());
+  EXPECT_EQ(ApplyMountOptionList("rw=1", options, OptionSource::kMount8).code(),
+            StatusCode::kInvalidArgument);
+}
+
+TEST(MountOptions, RejectsSuidAndDevFromAnySource) {
+  ExpectRejected("suid", "suid");
+  ExpectRejected("ro,dev", "dev");
+  MountOptions options;
+  Status status = ApplyMountOptionList("rw,suid", options, OptionSource::kMount8);
+  EXPECT_EQ(status.code(), StatusCode::kInvalidArgument) << status.ToString();
+  EXPECT_NE(status.message().find("nosuid and nodev"), std::string::npos) << status.ToString();
+}
 
 TEST(MountOptions, RejectsBadSizes) {
   MountOptions options;
