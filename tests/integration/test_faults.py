@@ -5,6 +5,7 @@ import errno
 import hashlib
 import os
 import shutil
+import socket
 import subprocess
 import time
 
@@ -198,6 +199,51 @@ def test_a_frozen_node_costs_one_short_stall_then_is_passed_over(published, moun
         assert end["fs.eio_fetch"] == 0, end
     finally:
         frozen.thaw()
+
+
+@contextlib.contextmanager
+def _unreachable_url():
+    """An http URL on 127.0.0.1 whose port never completes a connection: its listening socket's
+    accept queue is full and never drained, so the kernel drops further SYNs, as for a host that
+    is down or cut off by the network."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        fillers = []
+        try:
+            for _ in range(2):  # A backlog of 0 queues one connection; two fill it.
+                filler = socket.socket()
+                fillers.append(filler)
+                filler.setblocking(False)
+                filler.connect_ex(listener.getsockname())
+            yield "http://127.0.0.1:%d" % listener.getsockname()[1]
+        finally:
+            for filler in fillers:
+                filler.close()
+
+
+def test_a_node_whose_host_is_unreachable_costs_one_short_stall_and_reads_stay_correct(
+        published, mount):
+    """The commonest way a server dies is its host going away: connections to it are not refused,
+    they are never answered. Connecting counts as receiving nothing, so the stall timeout (1 s)
+    leaves it, not the transport's 3 s connect timeout, and the node is then passed over."""
+    with published.db() as db:
+        lost = published.node(db.extents(BIG)[0].nodes[0])  # The first node the read asks.
+    with _unreachable_url() as url:
+        mnt = mount(published.index, foreground=True, **{f"node.{lost.name}": url})
+        _read_all_and_compare(mnt, published.tree)
+        stats = ckptfs_cli.mount_stats(mnt.mountpoint)
+        log = mnt.output()
+    failed = stats["fetch.failed_attempts"]
+    print(f"{lost.name} unreachable: {failed} failed attempt(s), "
+          f"{stats['fetch.probes']} probe(s)")
+    assert failed >= 1, f"the unreachable node was never tried, so this proved nothing: {stats}"
+    assert stats[f"node.{lost.name}.backing_off"] == 1, stats
+    assert stats["fs.eio_fetch"] == 0, stats
+    assert f"node {lost.name}" in log and "nothing received for 1000 ms" in log, (
+        f"the attempt on the unreachable node did not end at the stall timeout: {log}")
+    # Reads in flight when it went away may each have waited for it once; then it is passed over.
+    assert failed <= 8, f"reads kept asking the unreachable node: {stats}"
 
 
 # A stall timeout of 0.3 s backs a hung node off for 3 s (+-25%), which keeps these tests short.

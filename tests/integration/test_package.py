@@ -183,10 +183,9 @@ def test_fstab_entries_with_defaults_mount_through_mount8_and_noexec_is_kept(pac
         os.makedirs(path)
     fstab = os.path.join(test_dir, "fstab")
     with open(fstab, "w") as f:
-        f.write(f"# an fstab of this test's own\n"
-                f"{published.index} {mountpoints[0]} ckptfs defaults,_netdev,cache_dir={cache} 0 0\n"
-                f"{published.index} {mountpoints[1]} ckptfs defaults,noexec,nofail,"
-                f"cache_dir={cache} 0 0\n")
+        f.write("# an fstab of this test's own\n")
+        for mnt, options in zip(mountpoints, ("defaults,_netdev", "defaults,noexec,nofail")):
+            f.write(f"{published.index} {mnt} ckptfs {options},cache_dir={cache} 0 0\n")
     script = (f"mount -t overlay overlay -o lowerdir={extra}:/usr/sbin /usr/sbin || exit 9\n" +
               _mount8_script(fstab, mountpoints))
     try:

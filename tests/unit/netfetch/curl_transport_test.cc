@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <condition_variable>
 #include <filesystem>
@@ -56,21 +57,31 @@ std::vector<std::uint8_t> ReadFile(const std::string& path) {
   return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
 }
 
+// A TCP socket listening on 127.0.0.1 at a port of the kernel's choosing, with `backlog`; -1 when
+// any step fails. `*addr` is told the address.
+int ListenOnLoopback(int backlog, sockaddr_in* addr) {
+  const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  *addr = sockaddr_in{};
+  addr->sin_family = AF_INET;
+  addr->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof(*addr);
+  if (fd >= 0 && ::bind(fd, reinterpret_cast<sockaddr*>(addr), sizeof(*addr)) == 0 &&
+      ::listen(fd, backlog) == 0 &&
+      ::getsockname(fd, reinterpret_cast<sockaddr*>(addr), &len) == 0) {
+    return fd;
+  }
+  if (fd >= 0) ::close(fd);
+  return -1;
+}
+
 // A TCP socket on 127.0.0.1 that listens but is never accepted or read: the kernel completes
 // the handshake, so a client connects, sends its request and then waits for an answer forever.
 class SilentServer {
  public:
   SilentServer() {
-    fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     sockaddr_in addr{};
-    addr.sin_family = AF_INET;
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    socklen_t len = sizeof(addr);
-    if (fd_ >= 0 && ::bind(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0 &&
-        ::listen(fd_, 16) == 0 &&
-        ::getsockname(fd_, reinterpret_cast<sockaddr*>(&addr), &len) == 0) {
-      port_ = ntohs(addr.sin_port);
-    }
+    fd_ = ListenOnLoopback(16, &addr);
+    if (fd_ >= 0) port_ = ntohs(addr.sin_port);
   }
   ~SilentServer() {
     if (fd_ >= 0) ::close(fd_);
@@ -80,6 +91,40 @@ class SilentServer {
 
  private:
   int fd_ = -1;
+  int port_ = 0;
+};
+
+// A TCP socket on 127.0.0.1 whose accept queue is full and never drained: the kernel drops the
+// SYNs of further connections, which stay in SYN-SENT as those to a host that is down or cut off
+// by the network. (A SilentServer completes the handshake; this one never does.)
+class UnreachableServer {
+ public:
+  UnreachableServer() {
+    sockaddr_in addr{};
+    fd_ = ListenOnLoopback(0, &addr);
+    if (fd_ < 0) return;
+    // A backlog of 0 queues one connection; two fill it whatever the kernel rounds it to.
+    for (int i = 0; i < 2; ++i) {
+      const int filler = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+      if (filler < 0) return;
+      fillers_.push_back(filler);
+      if (::connect(filler, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 &&
+          errno != EINPROGRESS) {
+        return;
+      }
+    }
+    port_ = ntohs(addr.sin_port);
+  }
+  ~UnreachableServer() {
+    for (int filler : fillers_) ::close(filler);
+    if (fd_ >= 0) ::close(fd_);
+  }
+  bool ok() const { return port_ != 0; }
+  std::string url() const { return "http://127.0.0.1:" + std::to_string(port_); }
+
+ private:
+  int fd_ = -1;
+  std::vector<int> fillers_;
   int port_ = 0;
 };
 
@@ -100,14 +145,9 @@ class OneShotServer {
       : OneShotServer({Piece{std::chrono::milliseconds(0), std::move(response)}}, false) {}
   OneShotServer(std::vector<Piece> pieces, bool hold_open)
       : pieces_(std::move(pieces)), hold_open_(hold_open) {
-    fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     sockaddr_in addr{};
-    addr.sin_family = AF_INET;
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    socklen_t len = sizeof(addr);
-    if (fd_ >= 0 && ::bind(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0 &&
-        ::listen(fd_, 4) == 0 &&
-        ::getsockname(fd_, reinterpret_cast<sockaddr*>(&addr), &len) == 0) {
+    fd_ = ListenOnLoopback(4, &addr);
+    if (fd_ >= 0) {
       port_ = ntohs(addr.sin_port);
       thread_ = std::thread([this] { Serve(); });
     }
@@ -328,6 +368,40 @@ TEST(CurlTransportStall, ServerThatNeverAnswersIsLeftAtTheStallTimeout) {
   std::vector<std::uint8_t> dst(10);
   auto start = std::chrono::steady_clock::now();
   Status status = transport.Get(silent.url() + "/x", dst, netfetch::RequestLimits{60s, 300ms}, {});
+  auto took = std::chrono::steady_clock::now() - start;
+  EXPECT_EQ(status.code(), StatusCode::kUnavailable) << status.ToString();
+  EXPECT_NE(status.message().find("nothing received for 300 ms"), std::string::npos)
+      << status.ToString();
+  EXPECT_LT(took, 10s);
+}
+
+TEST(CurlTransportUnreachable, ConnectionThatIsNeverAnsweredIsLeftAtTheConnectTimeout) {
+  UnreachableServer unreachable;
+  ASSERT_TRUE(unreachable.ok());
+  netfetch::CurlOptions options = PatientOptions();
+  options.connect_timeout = 500ms;
+  netfetch::CurlTransport transport(options);
+  std::vector<std::uint8_t> dst(10);
+  auto start = std::chrono::steady_clock::now();
+  Status status = transport.Get(unreachable.url() + "/x", dst, 60s);
+  auto took = std::chrono::steady_clock::now() - start;
+  // The node's fault, worth another replica; the caller's own time has not run out.
+  EXPECT_EQ(status.code(), StatusCode::kUnavailable) << status.ToString();
+  EXPECT_NE(status.message().find("connect"), std::string::npos) << status.ToString();
+  EXPECT_GE(took, 400ms);
+  EXPECT_LT(took, 10s);
+}
+
+TEST(CurlTransportStall, ConnectionThatIsNeverAnsweredIsLeftAtTheStallTimeout) {
+  UnreachableServer unreachable;
+  ASSERT_TRUE(unreachable.ok());
+  netfetch::CurlOptions options = PatientOptions();
+  options.connect_timeout = 30s;
+  netfetch::CurlTransport transport(options);
+  std::vector<std::uint8_t> dst(10);
+  auto start = std::chrono::steady_clock::now();
+  Status status =
+      transport.Get(unreachable.url() + "/x", dst, netfetch::RequestLimits{60s, 300ms}, {});
   auto took = std::chrono::steady_clock::now() - start;
   EXPECT_EQ(status.code(), StatusCode::kUnavailable) << status.ToString();
   EXPECT_NE(status.message().find("nothing received for 300 ms"), std::string::npos)
