@@ -9,9 +9,12 @@
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <charconv>
 #include <climits>
+#include <csignal>
 #include <cstdlib>
 #include <cstring>
+#include <ctime>
 #include <vector>
 
 #include "common/file_io.h"
@@ -80,12 +83,39 @@ Status MakeDir(const std::string& path, bool* made = nullptr) {
   return ErrnoStatus(errno, "cannot create cache directory " + path);
 }
 
-// Removes every file in `dir` (not recursive); used for temporaries left by a crash.
-void RemoveFilesIn(const std::string& dir) {
+// A temporary ("<hex>.<pid>.<n>", see Insert) that may be a write under way: its writer is alive
+// and it is younger than an hour, which no write takes. Mounts share the directory, and
+// removing another mount's temporary made that mount's rename fail. A writer in another pid
+// namespace may look dead (its temporary goes, as before) or alive (it stays an hour).
+bool MayBeWriteUnderWay(std::string_view name, const struct stat& st, std::time_t now) {
+  constexpr std::time_t kLongestWrite = 3600;
+  const std::size_t last_dot = name.rfind('.');
+  const std::size_t pid_dot = last_dot == std::string_view::npos || last_dot == 0
+                                  ? std::string_view::npos
+                                  : name.rfind('.', last_dot - 1);
+  if (pid_dot == std::string_view::npos) return false;
+  pid_t pid = 0;
+  const char* first = name.data() + pid_dot + 1;
+  const char* last = name.data() + last_dot;
+  const auto [end, ec] = std::from_chars(first, last, pid);
+  if (ec != std::errc() || end != last || pid <= 0) return false;
+  const bool alive = ::kill(pid, 0) == 0 || errno == EPERM;
+  return alive && now - st.st_mtime < kLongestWrite;
+}
+
+// Removes the temporaries in `dir` (not recursive) that no live writer may still be writing:
+// those left by a crash.
+void RemoveLeftoverTemporaries(const std::string& dir) {
   DIR* d = ::opendir(dir.c_str());
   if (d == nullptr) return;
+  const std::time_t now = ::time(nullptr);
   while (dirent* e = ::readdir(d)) {
     if (e->d_name[0] == '.') continue;
+    struct stat st;
+    if (::fstatat(::dirfd(d), e->d_name, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+        MayBeWriteUnderWay(e->d_name, st, now)) {
+      continue;
+    }
     ::unlinkat(::dirfd(d), e->d_name, 0);
   }
   ::closedir(d);
@@ -117,7 +147,7 @@ Result<std::unique_ptr<DiskCache>> DiskCache::Open(DiskCacheOptions options) {
       CKPTFS_RETURN_IF_ERROR(MakeDir(dir + "/" + hi + lo));
     }
   }
-  RemoveFilesIn(dir + "/tmp");
+  RemoveLeftoverTemporaries(dir + "/tmp");
   CKPTFS_RETURN_IF_ERROR(cache->Scan());
   return cache;
 }

@@ -4,8 +4,9 @@
 // written. A chunk enters the cache only through Insert(), which the caller calls with bytes it
 // has already verified: they are written under a temporary name and renamed into place, so a
 // crash never leaves a partial file under a final name. Temporary files left by a crash are
-// removed at Open(). Entries whose size is not the chunk's size (a torn write that survived a
-// power loss) are dropped on lookup.
+// removed at Open(): those whose writer process is gone, or that are an hour old (another mount
+// on the same directory may be writing the others). Entries whose size is not the chunk's size (a
+// torn write that survived a power loss) are dropped on lookup.
 //
 // The least recently used entries are evicted when the total passes `capacity_bytes`. Use order
 // survives restarts through file mtimes (refreshed at most once a minute per entry). When the
@@ -48,8 +49,8 @@ struct DiskCacheOptions {
 
 class DiskCache {
  public:
-  // Creates the directory tree if needed, removes leftover temporary files and indexes the
-  // entries already there (evicting down to capacity). Fails when the directory cannot be
+  // Creates the directory tree if needed, removes temporary files left by a crash and indexes
+  // the entries already there (evicting down to capacity). Fails when the directory cannot be
   // created or written.
   static Result<std::unique_ptr<DiskCache>> Open(DiskCacheOptions options);
 

@@ -6,6 +6,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <ctime>
 #include <filesystem>
 #include <fstream>
 #include <memory>
@@ -207,15 +208,43 @@ TEST_F(DiskCache, ChunkOfExactlyTheCapacityIsStored) {
   EXPECT_EQ(cache->used_bytes(), 1000u);
 }
 
+// No process has this pid: it is above any pid_max.
+constexpr pid_t kDeadPid = 2147483647;
+
 TEST_F(DiskCache, OpenRemovesLeftoverTemporaryFilesAndNeverServesThem) {
   TestChunk a = MakeChunk(1000, 1);
-  std::string leftover = CacheDir() + "/tmp/" + a.digest.Hex() + ".4242.0";
+  std::string leftover =
+      CacheDir() + "/tmp/" + a.digest.Hex() + "." + std::to_string(kDeadPid) + ".0";
   WriteFile(leftover, a.bytes);
   ASSERT_TRUE(Exists(leftover));
   CKPTFS_ASSERT_OK_AND_ASSIGN(auto cache, Open(1 << 20));
   EXPECT_FALSE(Exists(leftover));
   EXPECT_FALSE(cache->Contains(a.digest));
   EXPECT_EQ(cache->OpenChunk(a.digest, 1000).status().code(), StatusCode::kNotFound);
+  EXPECT_EQ(cache->used_bytes(), 0u);
+}
+
+// Mounts share a cache directory: a new one must not remove what another is writing, or that
+// mount's rename fails and its chunk is not cached.
+TEST_F(DiskCache, OpenKeepsTheTemporariesOfALiveWriterUnlessAnHourOld) {
+  TestChunk a = MakeChunk(1000, 1);
+  const std::string tmp = CacheDir() + "/tmp/" + a.digest.Hex();
+  const std::string live = tmp + "." + std::to_string(::getpid()) + ".7";
+  const std::string stale = tmp + "." + std::to_string(::getpid()) + ".8";
+  const std::string dead = tmp + "." + std::to_string(kDeadPid) + ".9";
+  const std::string unnamed = CacheDir() + "/tmp/stray";
+  {
+    CKPTFS_ASSERT_OK_AND_ASSIGN(auto first, Open(1 << 20));  // Makes tmp/.
+  }
+  for (const std::string& path : {live, stale, dead, unnamed}) WriteFile(path, a.bytes);
+  const timespec two_hours_ago[2] = {{::time(nullptr) - 7200, 0}, {::time(nullptr) - 7200, 0}};
+  ASSERT_EQ(::utimensat(AT_FDCWD, stale.c_str(), two_hours_ago, 0), 0);
+  CKPTFS_ASSERT_OK_AND_ASSIGN(auto cache, Open(1 << 20));
+  EXPECT_TRUE(Exists(live)) << "a live writer's write under way was removed";
+  EXPECT_FALSE(Exists(stale));
+  EXPECT_FALSE(Exists(dead));
+  EXPECT_FALSE(Exists(unnamed));
+  EXPECT_FALSE(cache->Contains(a.digest));
   EXPECT_EQ(cache->used_bytes(), 0u);
 }
 
