@@ -29,6 +29,7 @@
 #include "cli/stats.h"
 #include "common/clock.h"
 #include "common/digest.h"
+#include "common/file_io.h"
 #include "common/log.h"
 #include "common/units.h"
 #include "fs/chunk_store.h"
@@ -364,7 +365,14 @@ Status Mount(const MountOptions& options) {
   CKPTFS_RETURN_IF_ERROR(CheckMountpoint(options.mountpoint));
   if (options.debug) SetLogLevel(LogLevel::kDebug);
   MountedFs m;
-  std::string cache_dir = options.cache_dir.empty() ? DefaultCacheDir() : options.cache_dir;
+  std::string cache_dir = options.cache_dir;
+  if (cache_dir.empty()) {
+    cache_dir = DefaultCacheDir();
+    // A fresh account has no ~/.cache yet; its parents are made as XDG asks (0700). An explicit
+    // cache_dir= is made only itself: a data disk that is not mounted must not turn into a cache
+    // on the root file system.
+    CKPTFS_RETURN_IF_ERROR(MakeDirs(cache_dir.substr(0, cache_dir.rfind('/')), 0700));
+  }
   CKPTFS_ASSIGN_OR_RETURN(m.cache, fs::DiskCache::Open({cache_dir, options.cache_size, &m.clock}));
   m.transport = std::make_unique<netfetch::CurlTransport>();
   std::string index_path = options.index;

@@ -79,19 +79,6 @@ Status Walk(const std::string& root, std::vector<SourceEntry>& out) {
   return Status::Ok();
 }
 
-Status MakeDirs(const std::string& path) {
-  std::size_t pos = 0;
-  while (pos != std::string::npos) {
-    pos = path.find('/', pos + 1);
-    std::string prefix = path.substr(0, pos);
-    if (prefix.empty()) continue;
-    if (::mkdir(prefix.c_str(), 0755) != 0 && errno != EEXIST) {
-      return ErrnoStatus(errno, "cannot create " + prefix);
-    }
-  }
-  return Status::Ok();
-}
-
 Status WriteFileAtomically(const std::string& path, std::span<const std::uint8_t> bytes) {
   std::string tmp = path + ".tmp." + std::to_string(::getpid());
   UniqueFd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
@@ -128,7 +115,7 @@ class ObjectSink {
     if (::stat(path.c_str(), &st) == 0 && static_cast<std::uint64_t>(st.st_size) == bytes.size()) {
       return Status::Ok();  // Content-addressed: an object of the right size is this chunk.
     }
-    CKPTFS_RETURN_IF_ERROR(MakeDirs(path.substr(0, path.rfind('/'))));
+    CKPTFS_RETURN_IF_ERROR(MakeDirs(path.substr(0, path.rfind('/')), 0755));
     return WriteFileAtomically(path, bytes);
   }
 
@@ -175,7 +162,7 @@ Status CheckOptions(const PublishOptions& options) {
 
 Status CheckStores(const PublishOptions& options) {
   for (const auto& [name, dir] : options.stores) {
-    CKPTFS_RETURN_IF_ERROR(MakeDirs(dir + "/chunks").WithContext("store of node " + name));
+    CKPTFS_RETURN_IF_ERROR(MakeDirs(dir + "/chunks", 0755).WithContext("store of node " + name));
     std::string probe = dir + "/chunks/.ckptfs-write-test";
     UniqueFd fd(::open(probe.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
     if (!fd.valid())

@@ -1,8 +1,12 @@
-// Whole reads and writes on file descriptors, retrying short transfers and EINTR.
+// Whole reads and writes on file descriptors, retrying short transfers and EINTR; directories
+// made with their parents.
 #pragma once
+
+#include <sys/types.h>
 
 #include <cstdint>
 #include <span>
+#include <string>
 
 #include "common/result.h"
 #include "common/status.h"
@@ -32,5 +36,9 @@ bool RangeHasHole(int fd, std::uint64_t offset, std::uint64_t length);
 
 // Writes all of `bytes` at the current position of `fd`.
 Status WriteAll(int fd, std::span<const std::uint8_t> bytes);
+
+// Makes directory `path` and whichever of its parents are missing, each with `mode`, as
+// `mkdir -p` does; directories already there are fine.
+Status MakeDirs(const std::string& path, mode_t mode);
 
 }  // namespace ckptfs

@@ -5,11 +5,13 @@ import ctypes
 import concurrent.futures
 import errno
 import os
+import pwd
 import shutil
 import signal
 import sqlite3
 import stat
 import subprocess
+import tempfile
 import time
 
 import pytest
@@ -604,3 +606,60 @@ def test_relative_paths_work_and_sigterm_still_unmounts(published, test_dir, req
     assert ckptfs_cli.wait_until(lambda: not ckptfs_cli.is_mounted(mountpoint), 15), (
         "still mounted after SIGTERM")
     assert ckptfs_cli.wait_until(lambda: not daemons(), 15), "daemon still up"
+
+
+@pytest.fixture
+def user_sandbox():
+    """A directory any user can reach (the run's directory is root's alone), holding a home and
+    a mountpoint owned by `nobody` and a FUSE device node that `nobody` may open. This machine's
+    /dev/fuse may be root's alone (0600); the test lays its own node over it in a private mount
+    namespace rather than change the machine's. Removed afterwards, with any daemon left."""
+    base = tempfile.mkdtemp(prefix="ckptfs-user-", dir="/tmp")
+    os.chmod(base, 0o755)
+    paths = {name: os.path.join(base, name) for name in ("home", "mnt", "fuse")}
+    for name in ("home", "mnt"):
+        os.mkdir(paths[name])
+        shutil.chown(paths[name], "nobody", "nogroup")
+    os.mknod(paths["fuse"], 0o666 | stat.S_IFCHR, os.stat("/dev/fuse").st_rdev)
+    os.chmod(paths["fuse"], 0o666)
+    paths["base"] = base
+    yield paths
+    for pid in ckptfs_cli.pids_where(lambda argv: paths["mnt"] in argv):
+        os.kill(pid, signal.SIGKILL)
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def test_a_user_without_root_mounts_with_a_cache_made_under_a_fresh_home(published, user_sandbox):
+    """A user's default cache is $HOME/.cache/ckptfs; an account that has never had a ~/.cache
+    (a fresh one, a service account) must still mount, as XDG asks of programs: the parents are
+    made, 0700."""
+    box = user_sandbox
+    index = os.path.join(box["base"], "ckpt.ckptfs")
+    shutil.copyfile(published.index, index)
+    os.chmod(index, 0o644)
+    as_nobody = (f"setpriv --reuid=nobody --regid=nogroup --clear-groups "
+                 f"env HOME={box['home']} XDG_CACHE_HOME=")
+    files = ("private.key", "nested/a/b/deep.txt", source_tree.ODD)
+    script = "\n".join([
+        "set -u",
+        f"trap 'umount -l {box['mnt']} 2>/dev/null' EXIT",
+        f"mount --bind {box['fuse']} /dev/fuse || exit 9",
+        f"{as_nobody} {ckptfs_cli.ckptfs_bin()} mount {index} {box['mnt']} || exit 10",
+        f"grep ' {box['mnt']} ' /proc/self/mountinfo",
+        *[f"echo \"sha {rel} $({as_nobody} sha256sum {box['mnt']}/{rel} | cut -d' ' -f1)\""
+          for rel in files],
+        f"{as_nobody} fusermount3 -u {box['mnt']} || exit 11",
+    ]) + "\n"
+    result = ckptfs_cli.run(["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                             script], timeout=120)
+    assert result.returncode == 0, result.describe()
+    assert "user_id=65534" in result.stdout, result.describe()
+    got = {line.split()[1]: line.split()[2:] for line in result.stdout.splitlines()
+           if line.startswith("sha ")}
+    got = {rel: digest[0] if digest else None for rel, digest in got.items()}
+    assert got == {rel: published.tree.sha256[rel] for rel in files}, result.describe()
+    nobody = pwd.getpwnam("nobody").pw_uid
+    for path in (os.path.join(box["home"], ".cache"), os.path.join(box["home"], ".cache/ckptfs")):
+        st = os.stat(path)
+        assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (nobody, 0o700), path
+    assert os.listdir(os.path.join(box["home"], ".cache/ckptfs")), "nothing was cached"

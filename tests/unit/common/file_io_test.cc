@@ -2,12 +2,15 @@
 
 #include <gtest/gtest.h>
 #include <stdio.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cstdint>
 #include <string>
 #include <vector>
+
+#include "tests/support/temp_dir.h"
 
 namespace ckptfs {
 namespace {
@@ -59,6 +62,31 @@ TEST(FileIo, ErrorsCarryTheErrno) {
   Status status = PreadExactly(-1, 0, back);
   EXPECT_FALSE(status.ok());
   EXPECT_NE(status.message().find("Bad file descriptor"), std::string::npos) << status.ToString();
+}
+
+TEST(FileIo, MakeDirsMakesEveryMissingParentWithTheModeAndKeepsWhatIsThere) {
+  testing::TempDir dir;
+  const std::string deep = dir.path() + "/home/.cache/ckptfs";
+  ASSERT_TRUE(MakeDirs(deep, 0700).ok());
+  for (const std::string& path : {dir.path() + "/home", dir.path() + "/home/.cache", deep}) {
+    struct stat st;
+    ASSERT_EQ(::stat(path.c_str(), &st), 0) << path;
+    EXPECT_TRUE(S_ISDIR(st.st_mode)) << path;
+    EXPECT_EQ(st.st_mode & 0777, 0700u) << path;
+  }
+  EXPECT_TRUE(MakeDirs(deep, 0700).ok()) << "directories already there are fine";
+  EXPECT_TRUE(MakeDirs(deep + "/", 0700).ok());
+}
+
+TEST(FileIo, MakeDirsUnderAFileFailsNamingThePath) {
+  testing::TempDir dir;
+  const std::string file = dir.path() + "/file";
+  FILE* f = std::fopen(file.c_str(), "w");
+  ASSERT_NE(f, nullptr);
+  std::fclose(f);
+  Status status = MakeDirs(file + "/sub", 0700);
+  EXPECT_FALSE(status.ok());
+  EXPECT_NE(status.message().find(file + "/sub"), std::string::npos) << status.ToString();
 }
 
 }  // namespace
