@@ -367,7 +367,7 @@ Status Mount(const MountOptions& options) {
   MountedFs m;
   std::string cache_dir = options.cache_dir;
   if (cache_dir.empty()) {
-    cache_dir = DefaultCacheDir();
+    CKPTFS_ASSIGN_OR_RETURN(cache_dir, DefaultCacheDir());
     // A fresh account has no ~/.cache yet; its parents are made as XDG asks (0700). An explicit
     // cache_dir= is made only itself: a data disk that is not mounted must not turn into a cache
     // on the root file system.

@@ -1,11 +1,13 @@
 #include "cli/mount_options.h"
 
+#include <pwd.h>
 #include <unistd.h>
 
 #include <charconv>
 #include <cmath>
 #include <cstdlib>
 #include <set>
+#include <vector>
 
 #include "common/units.h"
 
@@ -147,13 +149,34 @@ Status ApplyMountOptionList(const std::string& list, MountOptions& options, Opti
   return Status::Ok();
 }
 
-std::string DefaultCacheDir() {
-  if (::geteuid() == 0) return "/var/cache/ckptfs";
-  if (const char* xdg = std::getenv("XDG_CACHE_HOME"); xdg != nullptr && *xdg != '\0') {
-    return std::string(xdg) + "/ckptfs";
+Result<std::string> CacheDirFor(const CacheDirSources& from) {
+  if (from.euid == 0) return std::string("/var/cache/ckptfs");
+  // XDG: a relative XDG_CACHE_HOME is invalid and to be ignored.
+  if (!from.xdg_cache_home.empty() && from.xdg_cache_home[0] == '/') {
+    return from.xdg_cache_home + "/ckptfs";
   }
-  const char* home = std::getenv("HOME");
-  return std::string(home != nullptr ? home : "/tmp") + "/.cache/ckptfs";
+  for (const std::string& home : {from.home, from.passwd_home}) {
+    if (!home.empty() && home[0] == '/') return home + "/.cache/ckptfs";
+  }
+  return FailedPreconditionError(
+      "no home directory to keep the disk cache in (HOME is not set and the password database "
+      "has none): give one with -o cache_dir=DIR");
+}
+
+Result<std::string> DefaultCacheDir() {
+  CacheDirSources from;
+  from.euid = ::geteuid();
+  if (const char* xdg = std::getenv("XDG_CACHE_HOME")) from.xdg_cache_home = xdg;
+  if (const char* home = std::getenv("HOME")) from.home = home;
+  // mount(8) clears the environment of the helper it runs for a user's fstab entry.
+  std::vector<char> buffer(16384);
+  passwd entry{};
+  passwd* found = nullptr;
+  if (::getpwuid_r(from.euid, &entry, buffer.data(), buffer.size(), &found) == 0 &&
+      found != nullptr && found->pw_dir != nullptr) {
+    from.passwd_home = found->pw_dir;
+  }
+  return CacheDirFor(from);
 }
 
 }  // namespace ckptfs::cli

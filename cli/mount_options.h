@@ -1,6 +1,8 @@
 // The options of `ckptfs mount` (and of mount.ckptfs from /etc/fstab), parsed from `-o` lists.
 #pragma once
 
+#include <sys/types.h>
+
 #include <cstdint>
 #include <map>
 #include <string>
@@ -56,7 +58,21 @@ enum class OptionSource { kCommandLine, kMount8 };
 Status ApplyMountOptionList(const std::string& list, MountOptions& options,
                             OptionSource source = OptionSource::kCommandLine);
 
-// /var/cache/ckptfs for root, $XDG_CACHE_HOME/ckptfs or ~/.cache/ckptfs for other users.
-std::string DefaultCacheDir();
+// What the default cache directory is chosen from.
+struct CacheDirSources {
+  uid_t euid = 0;
+  std::string xdg_cache_home;  // $XDG_CACHE_HOME; empty when unset.
+  std::string home;            // $HOME; empty when unset.
+  std::string passwd_home;     // The user's home in the password database; empty when none.
+};
+
+// /var/cache/ckptfs for root; for other users $XDG_CACHE_HOME/ckptfs, else
+// <home>/.cache/ckptfs with $HOME or, when it is unset (mount(8) clears the environment of a
+// user's fstab mount), the home of the password database. Never a directory every user may
+// write to, such as /tmp: the cache's entries are served without being hashed again.
+// FailedPrecondition when there is no home at all. Relative paths count as unset.
+Result<std::string> CacheDirFor(const CacheDirSources& from);
+// CacheDirFor this process: its effective user, environment and password entry.
+Result<std::string> DefaultCacheDir();
 
 }  // namespace ckptfs::cli

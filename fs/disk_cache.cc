@@ -83,6 +83,25 @@ Status MakeDir(const std::string& path, bool* made = nullptr) {
   return ErrnoStatus(errno, "cannot create cache directory " + path);
 }
 
+// Whole entries are served without being hashed again, so whoever may write the directory may
+// put bytes into every mount that uses it: it must belong to this user or root, and not be
+// writable by every user (as /tmp is).
+Status CheckOnlyTrustedWriters(const std::string& dir) {
+  struct stat st;
+  if (::stat(dir.c_str(), &st) != 0) return ErrnoStatus(errno, "cache directory " + dir);
+  const std::string why =
+      ": its chunks are served without being hashed again, so only you (or "
+      "root) may write to it; choose another with cache_dir=";
+  if (st.st_uid != ::geteuid() && st.st_uid != 0) {
+    return FailedPreconditionError("cache directory " + dir + " belongs to user " +
+                                   std::to_string(st.st_uid) + why);
+  }
+  if ((st.st_mode & S_IWOTH) != 0) {
+    return FailedPreconditionError("cache directory " + dir + " is writable by every user" + why);
+  }
+  return Status::Ok();
+}
+
 // A temporary ("<hex>.<pid>.<n>", see Insert) that may be a write under way: its writer is alive
 // and it is younger than an hour, which no write takes. Mounts share the directory, and
 // removing another mount's temporary made that mount's rename fail. A writer in another pid
@@ -138,6 +157,7 @@ Result<std::unique_ptr<DiskCache>> DiskCache::Open(DiskCacheOptions options) {
   }
   cache->options_.dir = resolved;
   const std::string& dir = cache->options_.dir;
+  CKPTFS_RETURN_IF_ERROR(CheckOnlyTrustedWriters(dir));
   CKPTFS_RETURN_IF_ERROR(MakeDir(dir + "/tmp"));
   if (::access(dir.c_str(), W_OK | X_OK) != 0) {
     return ErrnoStatus(errno, "cache directory " + dir + " is not writable");

@@ -51,7 +51,8 @@ class DiskCache {
  public:
   // Creates the directory tree if needed, removes temporary files left by a crash and indexes
   // the entries already there (evicting down to capacity). Fails when the directory cannot be
-  // created or written.
+  // created or written, and (FailedPrecondition) when someone other than this user and root may
+  // write to it: another user owns it, or it is writable by every user.
   static Result<std::unique_ptr<DiskCache>> Open(DiskCacheOptions options);
 
   // Opens the cached chunk for reading and marks it used. The descriptor may be open with

@@ -170,6 +170,20 @@ def is_mounted(path):
     return mount_fstype(path) is not None
 
 
+def run_in_mount_namespace(script, mountpoints, timeout=120):
+    """Runs the shell script `script` in a private mount namespace of its own (`unshare
+    --mount`): what it mounts, or lays over the machine's files, nobody else sees, and it goes
+    with the namespace. A daemon serving one of `mountpoints` that the script could not unmount
+    would keep the namespace alive; it is killed."""
+    try:
+        return run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+                   timeout=timeout)
+    finally:
+        for pid in pids_where(lambda argv: any(m in argv for m in mountpoints)):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
 def pids_where(matches):
     """Pids of the processes (other than this one) whose argv, a list of str, `matches`."""
     pids = []

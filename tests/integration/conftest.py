@@ -7,6 +7,8 @@ stopped (SIGTERM, then SIGKILL) and temporary directories are removed. See docs/
 
 import os
 import shutil
+import signal
+import stat
 import tempfile
 import threading
 
@@ -217,3 +219,30 @@ def published(published_session):
     yield published_session
     published_session.ensure_running()
 
+
+@pytest.fixture
+def user_sandbox(published):
+    """A directory any user can reach (the run's directory is root's alone), holding a copy of
+    the published index, a home and a mountpoint owned by `nobody`, and a FUSE device node that
+    `nobody` may open: this machine's /dev/fuse may be root's alone (0600), and a test lays its
+    own node over it in a private mount namespace rather than change the machine's. Removed
+    afterwards, with any daemon left."""
+    base = tempfile.mkdtemp(prefix="ckptfs-user-", dir="/tmp")
+    os.chmod(base, 0o755)
+    paths = {name: os.path.join(base, name) for name in ("home", "mnt", "fuse")}
+    for name in ("home", "mnt"):
+        os.mkdir(paths[name])
+        shutil.chown(paths[name], "nobody", "nogroup")
+    os.mknod(paths["fuse"], 0o666 | stat.S_IFCHR, os.stat("/dev/fuse").st_rdev)
+    os.chmod(paths["fuse"], 0o666)
+    paths["base"] = base
+    paths["index"] = os.path.join(base, "ckpt.ckptfs")
+    shutil.copyfile(published.index, paths["index"])
+    os.chmod(paths["index"], 0o644)
+    # Runs the rest of a shell command line as `nobody`, with the sandbox's home.
+    paths["as_user"] = (f"setpriv --reuid=nobody --regid=nogroup --clear-groups "
+                        f"env HOME={paths['home']} XDG_CACHE_HOME=")
+    yield paths
+    for pid in ckptfs_cli.pids_where(lambda argv: paths["mnt"] in argv):
+        os.kill(pid, signal.SIGKILL)
+    shutil.rmtree(base, ignore_errors=True)

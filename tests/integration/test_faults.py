@@ -320,7 +320,9 @@ def test_a_node_that_thaws_answers_its_probe_and_is_read_from_again(published, m
 def _tmpfs(path, size):
     """A tmpfs of `size` mounted at `path` for the test: a file system that fills up."""
     os.makedirs(path, exist_ok=True)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", path], check=True)
+    # 0700: a tmpfs root is otherwise writable by every user, which a cache directory may not be.
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", path],
+                   check=True)
     try:
         yield path
     finally:

@@ -11,7 +11,6 @@ import signal
 import sqlite3
 import stat
 import subprocess
-import tempfile
 import time
 
 import pytest
@@ -608,50 +607,23 @@ def test_relative_paths_work_and_sigterm_still_unmounts(published, test_dir, req
     assert ckptfs_cli.wait_until(lambda: not daemons(), 15), "daemon still up"
 
 
-@pytest.fixture
-def user_sandbox():
-    """A directory any user can reach (the run's directory is root's alone), holding a home and
-    a mountpoint owned by `nobody` and a FUSE device node that `nobody` may open. This machine's
-    /dev/fuse may be root's alone (0600); the test lays its own node over it in a private mount
-    namespace rather than change the machine's. Removed afterwards, with any daemon left."""
-    base = tempfile.mkdtemp(prefix="ckptfs-user-", dir="/tmp")
-    os.chmod(base, 0o755)
-    paths = {name: os.path.join(base, name) for name in ("home", "mnt", "fuse")}
-    for name in ("home", "mnt"):
-        os.mkdir(paths[name])
-        shutil.chown(paths[name], "nobody", "nogroup")
-    os.mknod(paths["fuse"], 0o666 | stat.S_IFCHR, os.stat("/dev/fuse").st_rdev)
-    os.chmod(paths["fuse"], 0o666)
-    paths["base"] = base
-    yield paths
-    for pid in ckptfs_cli.pids_where(lambda argv: paths["mnt"] in argv):
-        os.kill(pid, signal.SIGKILL)
-    shutil.rmtree(base, ignore_errors=True)
-
-
 def test_a_user_without_root_mounts_with_a_cache_made_under_a_fresh_home(published, user_sandbox):
     """A user's default cache is $HOME/.cache/ckptfs; an account that has never had a ~/.cache
     (a fresh one, a service account) must still mount, as XDG asks of programs: the parents are
     made, 0700."""
     box = user_sandbox
-    index = os.path.join(box["base"], "ckpt.ckptfs")
-    shutil.copyfile(published.index, index)
-    os.chmod(index, 0o644)
-    as_nobody = (f"setpriv --reuid=nobody --regid=nogroup --clear-groups "
-                 f"env HOME={box['home']} XDG_CACHE_HOME=")
     files = ("private.key", "nested/a/b/deep.txt", source_tree.ODD)
     script = "\n".join([
         "set -u",
         f"trap 'umount -l {box['mnt']} 2>/dev/null' EXIT",
         f"mount --bind {box['fuse']} /dev/fuse || exit 9",
-        f"{as_nobody} {ckptfs_cli.ckptfs_bin()} mount {index} {box['mnt']} || exit 10",
+        f"{box['as_user']} {ckptfs_cli.ckptfs_bin()} mount {box['index']} {box['mnt']} || exit 10",
         f"grep ' {box['mnt']} ' /proc/self/mountinfo",
-        *[f"echo \"sha {rel} $({as_nobody} sha256sum {box['mnt']}/{rel} | cut -d' ' -f1)\""
+        *[f"echo \"sha {rel} $({box['as_user']} sha256sum {box['mnt']}/{rel} | cut -d' ' -f1)\""
           for rel in files],
-        f"{as_nobody} fusermount3 -u {box['mnt']} || exit 11",
+        f"{box['as_user']} fusermount3 -u {box['mnt']} || exit 11",
     ]) + "\n"
-    result = ckptfs_cli.run(["unshare", "--mount", "--propagation", "private", "sh", "-c",
-                             script], timeout=120)
+    result = ckptfs_cli.run_in_mount_namespace(script, [box["mnt"]])
     assert result.returncode == 0, result.describe()
     assert "user_id=65534" in result.stdout, result.describe()
     got = {line.split()[1]: line.split()[2:] for line in result.stdout.splitlines()

@@ -7,7 +7,9 @@ dpkg-deb into the run's directory; nothing is installed on the machine.
 
 import gzip
 import os
+import pwd
 import re
+import shutil
 
 import pytest
 
@@ -149,6 +151,18 @@ def test_packaged_mount_helper_mounts_an_index_as_mount8_runs_it(package, publis
         assert source_tree.sha256_file(mnt.path(rel)) == published.tree.sha256[rel]
 
 
+def _helper_dir(package, parent):
+    """A directory in `parent` holding only mount.ckptfs, a copy of the packaged binary (which
+    lies in a directory only root may enter), to lay over /usr/sbin: mount(8) looks for helpers
+    in /sbin alone."""
+    _, root, _ = package
+    extra = os.path.join(parent, "sbin")
+    os.makedirs(extra)
+    os.chmod(extra, 0o755)
+    shutil.copy2(os.path.join(root, "usr/bin/ckptfs"), os.path.join(extra, "mount.ckptfs"))
+    return extra
+
+
 def _mount8_script(fstab, mountpoints):
     """A shell script that mounts each of `mountpoints` from the fstab file `fstab` with mount(8),
     reports what it sees, and unmounts them again, also when a step fails."""
@@ -173,10 +187,7 @@ def test_fstab_entries_with_defaults_mount_through_mount8_and_noexec_is_kept(pac
     "defaults" must mount (read-only), and a generic flag such as noexec must reach the kernel.
     mount(8) looks for helpers only in /sbin: a private mount namespace lays the packaged helper
     over /usr/sbin there, so the machine's own /sbin is left alone."""
-    _, root, _ = package
-    extra = os.path.join(test_dir, "sbin")
-    os.makedirs(extra)
-    os.symlink(os.path.join(root, "usr/bin/ckptfs"), os.path.join(extra, "mount.ckptfs"))
+    extra = _helper_dir(package, test_dir)
     mountpoints = [os.path.join(test_dir, name) for name in ("plain", "noexec")]
     cache = os.path.join(test_dir, "cache")
     for path in mountpoints + [cache]:
@@ -188,13 +199,7 @@ def test_fstab_entries_with_defaults_mount_through_mount8_and_noexec_is_kept(pac
             f.write(f"{published.index} {mnt} ckptfs {options},cache_dir={cache} 0 0\n")
     script = (f"mount -t overlay overlay -o lowerdir={extra}:/usr/sbin /usr/sbin || exit 9\n" +
               _mount8_script(fstab, mountpoints))
-    try:
-        result = ckptfs_cli.run(["unshare", "--mount", "--propagation", "private", "sh", "-c",
-                                 script], timeout=120)
-    finally:
-        # A daemon the script could not unmount keeps its namespace, and nothing else, alive.
-        for pid in ckptfs_cli.pids_where(lambda argv: any(m in argv for m in mountpoints)):
-            os.kill(pid, 9)
+    result = ckptfs_cli.run_in_mount_namespace(script, mountpoints)
     assert result.returncode == 0, result.describe()
     seen = dict(line.split(" ", 1) for line in result.stdout.splitlines() if " " in line)
     want_sha = published.tree.sha256["private.key"]
@@ -205,3 +210,40 @@ def test_fstab_entries_with_defaults_mount_through_mount8_and_noexec_is_kept(pac
         assert ("noexec" in flags.split(",")) == noexec, flags
         assert seen[f"sha{i}"] == want_sha, result.describe()
         assert seen[f"exec{i}"] == ("no" if noexec else "yes"), result.describe()
+
+
+def test_a_user_mounts_and_unmounts_an_fstab_entry_marked_user(package, published, user_sandbox):
+    """fstab's "user" lets any user mount an entry: mount(8), setuid root, checks the entry and
+    runs the helper as that user, who then ends the mount with umount(8). The packaged helper
+    must take what mount(8) hands it for such an entry ("rw,noexec,nosuid,nodev,user"). Done
+    in a private mount namespace with its own /etc/fstab, helper and FUSE device node."""
+    box = user_sandbox
+    extra = _helper_dir(package, box["base"])
+    fstab = os.path.join(box["base"], "fstab")
+    with open(fstab, "w") as f:
+        # mount(8) clears the helper's environment: without HOME the default cache directory
+        # would be nobody's home in the password database, /nonexistent.
+        cache = os.path.join(box["home"], "cache")
+        f.write(f"{box['index']} {box['mnt']} ckptfs noauto,user,cache_dir={cache} 0 0\n")
+    os.chmod(fstab, 0o644)
+    mnt = box["mnt"]
+    script = "\n".join([
+        "set -u",
+        f"trap 'umount -l {mnt} 2>/dev/null' EXIT",
+        f"mount --bind {fstab} /etc/fstab || exit 9",
+        f"mount -t overlay overlay -o lowerdir={extra}:/usr/sbin /usr/sbin || exit 9",
+        f"mount --bind {box['fuse']} /dev/fuse || exit 9",
+        f"{box['as_user']} mount {mnt} || exit 10",
+        f"echo \"mountinfo $(awk '$5 == \"{mnt}\" {{print $6, $NF}}' /proc/self/mountinfo)\"",
+        f"echo \"sha $({box['as_user']} sha256sum {mnt}/private.key | cut -d' ' -f1)\"",
+        f"{box['as_user']} umount {mnt} || exit 11",
+        f"echo \"after $(awk '$5 == \"{mnt}\"' /proc/self/mountinfo | wc -l)\"",
+    ]) + "\n"
+    result = ckptfs_cli.run_in_mount_namespace(script, [mnt])
+    assert result.returncode == 0, result.describe()
+    seen = dict(line.split(" ", 1) for line in result.stdout.splitlines() if " " in line)
+    flags, super_options = seen["mountinfo"].split()
+    assert {"ro", "noexec", "nosuid", "nodev"} <= set(flags.split(",")), result.describe()
+    assert f"user_id={pwd.getpwnam('nobody').pw_uid}" in super_options, result.describe()
+    assert seen["sha"] == published.tree.sha256["private.key"], result.describe()
+    assert seen["after"] == "0", "the user's umount left the mount: " + result.describe()

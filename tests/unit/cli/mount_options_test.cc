@@ -201,11 +201,31 @@ TEST(MountOptions, RejectsMissingValues) {
 }
 
 TEST(MountOptions, DefaultCacheDirForRootIsUnderVarCache) {
-  if (::geteuid() == 0) {
-    EXPECT_EQ(cli::DefaultCacheDir(), "/var/cache/ckptfs");
-  } else {
-    EXPECT_NE(cli::DefaultCacheDir().find("ckptfs"), std::string::npos);
-  }
+  CKPTFS_ASSERT_OK_AND_ASSIGN(std::string dir,
+                              cli::CacheDirFor({0, "/xdg", "/home/u", "/home/passwd"}));
+  EXPECT_EQ(dir, "/var/cache/ckptfs");
+}
+
+TEST(MountOptions, DefaultCacheDirOfAUserFollowsXdgThenHomeThenThePasswordDatabase) {
+  EXPECT_EQ(*cli::CacheDirFor({1000, "/xdg", "/home/u", "/home/p"}), "/xdg/ckptfs");
+  EXPECT_EQ(*cli::CacheDirFor({1000, "", "/home/u", "/home/p"}), "/home/u/.cache/ckptfs");
+  EXPECT_EQ(*cli::CacheDirFor({1000, "relative", "/home/u", "/home/p"}), "/home/u/.cache/ckptfs")
+      << "XDG says a relative XDG_CACHE_HOME is to be ignored";
+  // mount(8) clears the environment of the helper of a user's fstab mount.
+  EXPECT_EQ(*cli::CacheDirFor({1000, "", "", "/home/p"}), "/home/p/.cache/ckptfs");
+}
+
+TEST(MountOptions, AUserWithNoHomeAtAllGetsAnErrorNotASharedDirectory) {
+  Result<std::string> dir = cli::CacheDirFor({1000, "", "", ""});
+  ASSERT_FALSE(dir.ok()) << *dir;
+  EXPECT_EQ(dir.status().code(), StatusCode::kFailedPrecondition);
+  EXPECT_NE(dir.status().message().find("cache_dir="), std::string::npos)
+      << dir.status().ToString();
+}
+
+TEST(MountOptions, DefaultCacheDirOfThisProcessEndsInCkptfs) {
+  CKPTFS_ASSERT_OK_AND_ASSIGN(std::string dir, cli::DefaultCacheDir());
+  EXPECT_EQ(dir.substr(dir.size() - 7), "/ckptfs") << dir;
 }
 
 }  // namespace

@@ -237,8 +237,7 @@ TEST_F(DiskCache, OpenKeepsTheTemporariesOfALiveWriterUnlessAnHourOld) {
     CKPTFS_ASSERT_OK_AND_ASSIGN(auto first, Open(1 << 20));  // Makes tmp/.
   }
   for (const std::string& path : {live, stale, dead, unnamed}) WriteFile(path, a.bytes);
-  const timespec two_hours_ago[2] = {{::time(nullptr) - 7200, 0}, {::time(nullptr) - 7200, 0}};
-  ASSERT_EQ(::utimensat(AT_FDCWD, stale.c_str(), two_hours_ago, 0), 0);
+  SetMtime(stale, ::time(nullptr) - 7200);
   CKPTFS_ASSERT_OK_AND_ASSIGN(auto cache, Open(1 << 20));
   EXPECT_TRUE(Exists(live)) << "a live writer's write under way was removed";
   EXPECT_FALSE(Exists(stale));
@@ -246,6 +245,33 @@ TEST_F(DiskCache, OpenKeepsTheTemporariesOfALiveWriterUnlessAnHourOld) {
   EXPECT_FALSE(Exists(unnamed));
   EXPECT_FALSE(cache->Contains(a.digest));
   EXPECT_EQ(cache->used_bytes(), 0u);
+}
+
+// Whole entries are served without being hashed again: a directory others may write to would
+// let them put bytes into this user's mounts.
+TEST_F(DiskCache, OpenRefusesADirectoryEveryUserMayWriteTo) {
+  ASSERT_EQ(::mkdir(CacheDir().c_str(), 0700), 0);
+  ASSERT_EQ(::chmod(CacheDir().c_str(), 01777), 0);  // As /tmp is.
+  Result<std::unique_ptr<fs::DiskCache>> cache = Open(1 << 20);
+  ASSERT_FALSE(cache.ok());
+  EXPECT_EQ(cache.status().code(), StatusCode::kFailedPrecondition);
+  EXPECT_NE(cache.status().message().find("writable by every user"), std::string::npos)
+      << cache.status().ToString();
+  ASSERT_EQ(::chmod(CacheDir().c_str(), 0775), 0);  // A group the user chose is fine.
+  Result<std::unique_ptr<fs::DiskCache>> shared = Open(1 << 20);
+  EXPECT_TRUE(shared.ok()) << shared.status().ToString();
+}
+
+// Needs root, as the whole suite does, to give the directory to another user.
+TEST_F(DiskCache, OpenRefusesADirectoryOfAnotherUser) {
+  ASSERT_EQ(::geteuid(), 0u) << "the test suite runs as root";
+  ASSERT_EQ(::mkdir(CacheDir().c_str(), 0700), 0);
+  ASSERT_EQ(::chown(CacheDir().c_str(), 65534, 65534), 0);
+  Result<std::unique_ptr<fs::DiskCache>> cache = Open(1 << 20);
+  ASSERT_FALSE(cache.ok());
+  EXPECT_EQ(cache.status().code(), StatusCode::kFailedPrecondition);
+  EXPECT_NE(cache.status().message().find("belongs to user 65534"), std::string::npos)
+      << cache.status().ToString();
 }
 
 TEST_F(DiskCache, TornFileUnderFinalNameIsDroppedOnOpenChunk) {
