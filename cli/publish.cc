@@ -258,6 +258,7 @@ class Publisher {
   Status AddFileChunks(const SourceEntry& src, std::uint64_t file, index::IndexWriter& writer) {
     UniqueFd fd(::open(src.path.c_str(), O_RDONLY | O_CLOEXEC));
     if (!fd.valid()) return ErrnoStatus(errno, "cannot read " + src.path);
+    CKPTFS_RETURN_IF_ERROR(CheckUnchanged(fd.get(), src));
     ::posix_fadvise(fd.get(), 0, 0, POSIX_FADV_SEQUENTIAL);
     std::uint64_t size = static_cast<std::uint64_t>(src.st.st_size);
     for (std::uint64_t offset = 0; offset < size; offset += options_.chunk_size) {
@@ -271,7 +272,25 @@ class Publisher {
       CKPTFS_RETURN_IF_ERROR(writer.AddExtent(file, offset, chunk.id));
       totals_.chunk_refs++;
     }
-    return Status::Ok();
+    return CheckUnchanged(fd.get(), src);
+  }
+
+  // A checkpoint still being written (a training job saving into the directory, torch.save
+  // writing in place) would be published as a mix of old and new bytes that no version of the
+  // file ever held: the file opened must be the one the tree walk found (same inode, not one
+  // renamed over it), with the same size, mtime and ctime then and after it was read.
+  static Status CheckUnchanged(int fd, const SourceEntry& src) {
+    struct stat now;
+    if (::fstat(fd, &now) != 0) return ErrnoStatus(errno, "cannot stat " + src.path);
+    const struct stat& then = src.st;
+    const bool same =
+        now.st_dev == then.st_dev && now.st_ino == then.st_ino && now.st_size == then.st_size &&
+        now.st_mtim.tv_sec == then.st_mtim.tv_sec && now.st_mtim.tv_nsec == then.st_mtim.tv_nsec &&
+        now.st_ctim.tv_sec == then.st_ctim.tv_sec && now.st_ctim.tv_nsec == then.st_ctim.tv_nsec;
+    if (same) return Status::Ok();
+    return FailedPreconditionError(src.path +
+                                   " changed while it was being published; publish a directory "
+                                   "that nothing writes to any more");
   }
 
   static Status ReadExactly(int fd, std::uint64_t offset, std::span<std::uint8_t> dst,

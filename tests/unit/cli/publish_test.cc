@@ -10,10 +10,12 @@
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <set>
 #include <sstream>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "common/digest.h"
@@ -546,6 +548,57 @@ TEST_F(PublishByPut, FailedPutFailsCleanlyAndKeepsTheOldIndex) {
   EXPECT_EQ(ReadBytes(index_path_), (std::vector<std::uint8_t>{'o', 'l', 'd'}))
       << "a failed publish replaced the existing index";
   ExpectNoTemporaryIndex(index_path_);
+}
+
+// A training job may still be writing into the directory: what it changes while publish reads
+// it must fail the publish, not be published as bytes no version of the file held.
+class PublishWhileWritten : public PublishByPut {
+ protected:
+  // Runs `change` once, at the first PUT: after the tree walk, with a.bin being read.
+  Status RunChangingAtTheFirstPut(std::function<void()> change) {
+    transport_.SetOnCall([change = std::move(change), done = false](const std::string&) mutable {
+      if (!std::exchange(done, true)) change();
+    });
+    return ExpectFailsCleanly(PutOptions());
+  }
+  static void ExpectNamesAChangedFile(const Status& status, const std::string& file) {
+    EXPECT_EQ(status.code(), StatusCode::kFailedPrecondition) << status.ToString();
+    EXPECT_NE(status.message().find(file + " changed while it was being published"),
+              std::string::npos)
+        << status.ToString();
+  }
+};
+
+TEST_F(PublishWhileWritten, AFileRewrittenInPlaceFails) {
+  ASSERT_NO_FATAL_FAILURE(MakeSourceTree());
+  const std::string path = source_ + "/a.bin";
+  Status status = RunChangingAtTheFirstPut([&] {
+    auto bytes = PatternBytes(a_.size(), 9);  // Same size, other bytes.
+    WriteBytes(path, bytes);
+    // The clock the kernel stamps files with ticks in milliseconds: make the change show.
+    const timespec long_ago[2] = {{1000, 0}, {1000, 0}};
+    ASSERT_EQ(::utimensat(AT_FDCWD, path.c_str(), long_ago, 0), 0);
+  });
+  ExpectNamesAChangedFile(status, path);
+}
+
+TEST_F(PublishWhileWritten, AFileThatGrowsFails) {
+  ASSERT_NO_FATAL_FAILURE(MakeSourceTree());
+  const std::string path = source_ + "/a.bin";
+  Status status = RunChangingAtTheFirstPut(
+      [&] { std::ofstream(path, std::ios::binary | std::ios::app) << "more"; });
+  ExpectNamesAChangedFile(status, path);
+}
+
+TEST_F(PublishWhileWritten, AFileReplacedByRenameBeforeItIsReadFails) {
+  ASSERT_NO_FATAL_FAILURE(MakeSourceTree());
+  const std::string path = source_ + "/sub/b.bin";
+  Status status = RunChangingAtTheFirstPut([&] {
+    // How a checkpoint writer that saves to a temporary name and renames replaces a file.
+    WriteBytes(path + ".new", ReadBytes(path));
+    ASSERT_EQ(::rename((path + ".new").c_str(), path.c_str()), 0);
+  });
+  ExpectNamesAChangedFile(status, path);
 }
 
 }  // namespace
