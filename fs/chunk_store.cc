@@ -211,20 +211,31 @@ void ChunkStore::EndFlight(const Digest& digest) {
 Status ChunkStore::Read(const ChunkKey& key, std::uint64_t offset, std::span<std::uint8_t> dst,
                         TimePoint deadline, Access access) {
   if (dst.empty()) return Status::Ok();
-  CKPTFS_ASSIGN_OR_RETURN(ChunkData data, Get(key, offset, dst.size(), access, deadline));
-  if (data.bytes != nullptr) {
-    std::memcpy(dst.data(), data.bytes->data() + (offset - data.base), dst.size());
-    Served(key.digest, dst.size());
-    return Status::Ok();
+  for (int attempt = 0;; ++attempt) {
+    CKPTFS_ASSIGN_OR_RETURN(ChunkData data, Get(key, offset, dst.size(), access, deadline));
+    if (data.bytes != nullptr) {
+      std::memcpy(dst.data(), data.bytes->data() + (offset - data.base), dst.size());
+      Served(key.digest, dst.size());
+      return Status::Ok();
+    }
+    Buffer scratch(AlignedReadSize(offset, dst.size()));
+    Result<std::span<const std::uint8_t>> bytes =
+        PreadAligned(data.fd.get(), offset, dst.size(), scratch.span());
+    if (bytes.ok()) {
+      std::memcpy(dst.data(), bytes->data(), dst.size());
+      return Status::Ok();
+    }
+    const Status failed =
+        bytes.status().WithContext("cannot read cached chunk " + key.digest.Hex());
+    if (attempt > 0) return failed;
+    DropUnreadable(key, failed);
   }
-  Buffer scratch(AlignedReadSize(offset, dst.size()));
-  Result<std::span<const std::uint8_t>> bytes =
-      PreadAligned(data.fd.get(), offset, dst.size(), scratch.span());
-  if (!bytes.ok()) {
-    return bytes.status().WithContext("cannot read cached chunk " + key.digest.Hex());
-  }
-  std::memcpy(dst.data(), bytes->data(), dst.size());
-  return Status::Ok();
+}
+
+void ChunkStore::DropUnreadable(const ChunkKey& key, const Status& error) {
+  cache_->Drop(key.digest);
+  counters_.cache_read_errors++;
+  cache_read_log_.Log(error.ToString() + "; dropped it from the disk cache, fetching it again");
 }
 
 Result<ChunkData> ChunkStore::FetchIsolated(const ChunkKey& key, const index::BlockList& blocks,
@@ -751,13 +762,17 @@ void ChunkStore::LoadFromDisk(const ChunkKey& key, std::uint64_t* room) {
       std::lock_guard lock(flight->mu);
       flight->bytes = buffer;
     }
-    if (ReadFromDisk(key, *buffer, *flight).ok()) {
+    if (Status read = ReadFromDisk(key, *buffer, *flight); read.ok()) {
       counters_.disk_loads++;
       Complete(*flight, Status::Ok(), /*keep_bytes=*/true);
       AddReady(key.digest, key.size, std::move(buffer), *flight);
       loaded = true;
     } else {
       ReleaseBufferBytes(buffer->size());
+      // Before the readers waiting on the load look in the cache again: they are to fetch it.
+      if (read.code() != StatusCode::kNotFound) {
+        DropUnreadable(key, read.WithContext("cannot load cached chunk " + key.digest.Hex()));
+      }
     }
     ReleaseSlot();
   }

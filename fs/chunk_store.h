@@ -153,6 +153,8 @@ struct ChunkStoreCounters {
   std::atomic<std::uint64_t> joined{0};         // Reads that waited on another reader's fetch.
   std::atomic<std::uint64_t> fetch_errors{0};
   std::atomic<std::uint64_t> cache_write_errors{0};
+  // Cached chunks whose file opened but could not be read: dropped and fetched again.
+  std::atomic<std::uint64_t> cache_read_errors{0};
   std::atomic<std::uint64_t> prefetch_queued{0};
   std::atomic<std::uint64_t> prefetch_dropped{0};
   std::atomic<std::uint64_t> prefetch_skipped{0};      // Cached chunks readers have had whole.
@@ -173,6 +175,7 @@ struct ChunkStoreCounters {
     visit("joined", joined.load());
     visit("fetch_errors", fetch_errors.load());
     visit("cache_write_errors", cache_write_errors.load());
+    visit("cache_read_errors", cache_read_errors.load());
     visit("prefetch_queued", prefetch_queued.load());
     visit("prefetch_dropped", prefetch_dropped.load());
     visit("prefetch_skipped", prefetch_skipped.load());
@@ -216,9 +219,16 @@ class ChunkStore {
     return Get(key, 0, key.size, Access::kStream, deadline);
   }
 
-  // Copies bytes [offset, offset + dst.size()) of the chunk into dst (Get, then a copy).
+  // Copies bytes [offset, offset + dst.size()) of the chunk into dst (Get, then a copy; a cache
+  // file that cannot be read is dropped and the chunk got again).
   Status Read(const ChunkKey& key, std::uint64_t offset, std::span<std::uint8_t> dst,
               TimePoint deadline, Access access = Access::kStream);
+
+  // For a reader whose Get answered with a cache file that then could not be read (a bad
+  // sector, a file cut short by someone else): drops the entry from the disk cache, so that the
+  // reader's next Get fetches the chunk from its nodes, and counts and logs it. The disk cache
+  // is a copy of what the nodes hold; a copy that cannot be read must not fail the read.
+  void DropUnreadable(const ChunkKey& key, const Status& error);
 
   // Queues background work unless the chunk is in memory, in flight or already queued, or cached
   // with readers having had all of it lately (Delivered): a fetch, or a load from the disk cache
@@ -354,6 +364,7 @@ class ChunkStore {
   ChunkStoreCounters counters_;
   // Cache writes that fail (a disk full of other files) would fail for every chunk read.
   ThrottledLog cache_write_log_{LogLevel::kWarning, clock_};
+  ThrottledLog cache_read_log_{LogLevel::kWarning, clock_};
 
   // The ready list, most recently added first. Lock order: ready_mu_ before spare_mu_.
   mutable std::mutex ready_mu_;

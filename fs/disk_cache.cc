@@ -320,6 +320,16 @@ bool DiskCache::Contains(const Digest& digest) const {
   return by_digest_.contains(digest);
 }
 
+void DiskCache::Drop(const Digest& digest) {
+  std::lock_guard lock(mu_);
+  // Unlinked even when not listed: another mount on the directory may have added it.
+  const std::string path = PathOf(digest);
+  if (::unlink(path.c_str()) != 0 && errno != ENOENT) {
+    LogWarning("cannot remove unreadable cache entry " + path + ": " + std::strerror(errno));
+  }
+  if (auto it = by_digest_.find(digest); it != by_digest_.end()) EraseLocked(it->second);
+}
+
 Result<UniqueFd> DiskCache::OpenChunk(const Digest& digest, std::uint64_t size) {
   {
     std::lock_guard lock(mu_);

@@ -63,6 +63,10 @@ class DiskCache {
   // True when the chunk is cached (no system call; does not mark it used).
   bool Contains(const Digest& digest) const;
 
+  // Removes the chunk's whole entry, if any: its file could be opened but not read (a bad
+  // sector, a file cut short), so the next OpenChunk is a miss and the chunk is fetched again.
+  void Drop(const Digest& digest);
+
   // Stores verified bytes under `digest` and evicts older entries beyond capacity. A chunk
   // larger than the whole capacity is not stored (OK is returned: the cache is best effort).
   // Replaces the chunk's partial file, if any.

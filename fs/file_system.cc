@@ -71,8 +71,9 @@ Result<std::vector<FileSystem::Part>> FileSystem::GatherRange(std::uint64_t file
     ChunkKey key{e.digest, e.size, e.chunk_id};
     CKPTFS_ASSIGN_OR_RETURN(ChunkData data,
                             store_->Get(key, from - e.offset, to - from, access, deadline));
-    CKPTFS_ASSIGN_OR_RETURN(Part part, Resolve(key, std::move(data), from - e.offset,
-                                               static_cast<std::size_t>(to - from)));
+    CKPTFS_ASSIGN_OR_RETURN(
+        Part part, ResolveOrRefetch(key, std::move(data), from - e.offset,
+                                    static_cast<std::size_t>(to - from), access, deadline));
     parts.push_back(std::move(part));
   }
   return parts;
@@ -95,7 +96,8 @@ Result<std::vector<FileSystem::Part>> FileSystem::GatherEarly(const index::Exten
   Result<ChunkData> data = store_->Get(key, in_chunk, length, access, deadline, &serve);
   if (served) return std::vector<Part>{};
   if (!data.ok()) return data.status();
-  CKPTFS_ASSIGN_OR_RETURN(Part part, Resolve(key, std::move(data).value(), in_chunk, length));
+  CKPTFS_ASSIGN_OR_RETURN(Part part, ResolveOrRefetch(key, std::move(data).value(), in_chunk,
+                                                      length, access, deadline));
   std::vector<Part> parts;
   parts.push_back(std::move(part));
   return parts;
@@ -115,6 +117,17 @@ Result<FileSystem::Part> FileSystem::Resolve(const ChunkKey& key, ChunkData data
     return bytes.status().WithContext("cannot read cached chunk " + key.digest.Hex());
   }
   return Part{std::move(scratch), *bytes};
+}
+
+Result<FileSystem::Part> FileSystem::ResolveOrRefetch(const ChunkKey& key, ChunkData data,
+                                                      std::uint64_t offset, std::size_t length,
+                                                      Access access, TimePoint deadline) {
+  const bool from_disk = data.bytes == nullptr;
+  Result<Part> part = Resolve(key, std::move(data), offset, length);
+  if (part.ok() || !from_disk) return part;
+  store_->DropUnreadable(key, part.status());
+  CKPTFS_ASSIGN_OR_RETURN(ChunkData again, store_->Get(key, offset, length, access, deadline));
+  return Resolve(key, std::move(again), offset, length);
 }
 
 std::shared_ptr<Buffer> FileSystem::TakeScratch(std::size_t length) {

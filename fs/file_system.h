@@ -234,6 +234,10 @@ class FileSystem {
   // The part of `data` at [offset, offset + length), read from disk if it is not in memory.
   Result<Part> Resolve(const ChunkKey& key, ChunkData data, std::uint64_t offset,
                        std::size_t length);
+  // Resolve; when the part was to be read from a cache file and that failed, the entry is
+  // dropped (ChunkStore::DropUnreadable) and the chunk got again, once: from the nodes then.
+  Result<Part> ResolveOrRefetch(const ChunkKey& key, ChunkData data, std::uint64_t offset,
+                                std::size_t length, Access access, TimePoint deadline);
 
   index::IndexReader* index_;
   ChunkStore* store_;

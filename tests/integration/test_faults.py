@@ -1,12 +1,15 @@
 """Node failures and bad replicas: the disk cache, digest checks, EIO and recovery."""
 
 import contextlib
+import ctypes
 import errno
 import hashlib
 import os
 import shutil
 import socket
+import struct
 import subprocess
+import threading
 import time
 
 import pytest
@@ -410,3 +413,66 @@ def test_a_cache_directory_removed_under_a_mount_is_made_again(published, mount,
     assert source_tree.sha256_file(again.path(BIG)) == published.tree.sha256[BIG]
     warm = ckptfs_cli.mount_stats(again.mountpoint)
     assert warm["fetch.fetches"] == 0 and warm["store.cache_hits"] > 0, warm
+
+
+@contextlib.contextmanager
+def _reads_denied(paths):
+    """Every read of the files at `paths` fails (EPERM) while their opens still succeed, as on a
+    disk with bad sectors under them: a fanotify group whose thread answers each read's
+    permission event with FAN_DENY. Yields a list that counts the denied reads."""
+    fan_class_content, fan_cloexec, fan_nonblock = 0x4, 0x1, 0x2
+    fan_access_perm, fan_mark_add, fan_deny, at_fdcwd = 0x20000, 0x1, 0x2, -100
+    libc = ctypes.CDLL(None, use_errno=True)
+    group = libc.fanotify_init(fan_class_content | fan_cloexec | fan_nonblock, os.O_RDONLY)
+    assert group >= 0, f"fanotify_init: {os.strerror(ctypes.get_errno())} (the tests run as root)"
+    for path in paths:
+        marked = libc.fanotify_mark(group, fan_mark_add, ctypes.c_uint64(fan_access_perm),
+                                    at_fdcwd, path.encode())
+        assert marked == 0, f"fanotify_mark {path}: {os.strerror(ctypes.get_errno())}"
+    denied, stop = [], threading.Event()
+
+    def answer():
+        header = struct.Struct("IBBHQii")  # struct fanotify_event_metadata
+        while not stop.is_set():
+            try:
+                events = os.read(group, 4096)
+            except BlockingIOError:
+                time.sleep(0.005)
+                continue
+            for at in range(0, len(events), header.size):
+                event_fd = header.unpack_from(events, at)[5]
+                if event_fd >= 0:
+                    os.write(group, struct.pack("iI", event_fd, fan_deny))
+                    os.close(event_fd)
+                    denied.append(1)
+
+    answerer = threading.Thread(target=answer, daemon=True)
+    answerer.start()
+    try:
+        yield denied
+    finally:
+        stop.set()
+        answerer.join()
+        os.close(group)
+
+
+def test_a_cached_chunk_whose_file_cannot_be_read_is_fetched_again(published, mount, test_dir):
+    """The disk cache is a copy of what the nodes hold. A cache file that opens but cannot be
+    read (a bad sector under it) must cost a fetch, not fail the read with EIO as it did."""
+    cache = os.path.join(test_dir, "cache")
+    first = mount(published.index, cache_dir=cache, dir_readahead=0)
+    assert source_tree.sha256_file(first.path(ODD)) == published.tree.sha256[ODD]
+    first.unmount()
+    with published.db() as db:
+        files = [os.path.join(cache, e.digest[:2], e.digest) for e in db.extents(ODD)]
+    assert all(os.path.isfile(f) for f in files), "the first mount did not cache every chunk"
+    again = mount(published.index, foreground=True, cache_dir=cache, dir_readahead=0)
+    with _reads_denied(files) as denied:
+        assert source_tree.sha256_file(again.path(ODD)) == published.tree.sha256[ODD]
+    stats = ckptfs_cli.mount_stats(again.mountpoint)
+    print(f"{len(denied)} cache file reads denied; {stats['store.cache_read_errors']} dropped")
+    assert denied, "nothing read the cache files, so this proved nothing"
+    assert 1 <= stats["store.cache_read_errors"] <= len(files), stats
+    assert stats["fs.eio_internal"] == 0 and stats["fs.eio_fetch"] == 0, stats
+    assert stats["fetch.bytes_fetched"] > 0, stats
+    assert "dropped it from the disk cache" in again.output(), again.output()

@@ -39,6 +39,7 @@ struct NumberedCounters {
     store.joined = 18;
     store.fetch_errors = 19;
     store.cache_write_errors = 20;
+    store.cache_read_errors = 26;
     store.prefetch_queued = 21;
     store.prefetch_dropped = 22;
     store.prefetch_skipped = 23;
@@ -117,6 +118,7 @@ TEST(FormatStats, WritesEveryNumberAsANameValueLineInAStableOrder) {
             "store.joined 18\n"
             "store.fetch_errors 19\n"
             "store.cache_write_errors 20\n"
+            "store.cache_read_errors 26\n"
             "store.prefetch_queued 21\n"
             "store.prefetch_dropped 22\n"
             "store.prefetch_skipped 23\n"
@@ -195,7 +197,7 @@ TEST(FormatStats, EveryLineIsANameAndANonNegativeInteger) {
     at = end + 1;
     ++lines;
   }
-  EXPECT_EQ(lines, 6 + 15 + 13 + 3 + 4 + 2 * 6 + 2);
+  EXPECT_EQ(lines, 6 + 16 + 13 + 3 + 4 + 2 * 6 + 2);
 }
 
 TEST(ParseProcStatus, ReadsVmRssAndVmHwmInBytes) {

@@ -16,6 +16,7 @@
 #include "tests/support/fake_clock.h"
 #include "tests/support/fake_fetcher.h"
 #include "tests/support/poll.h"
+#include "tests/support/read_denier.h"
 #include "tests/support/single_file_index.h"
 #include "tests/support/status_testing.h"
 #include "tests/support/temp_dir.h"
@@ -110,6 +111,36 @@ class FileSystem : public ReadStackTest {
 
   WrittenFile file_;
 };
+
+// A cache file that opens but cannot be read (a bad sector under the cache) is a copy of what the
+// nodes hold: the read must get the chunk from them, not fail.
+TEST_F(FileSystem, AChunkWhoseCacheFileCannotBeReadIsFetchedInsteadOfFailingTheRead) {
+  const auto& chunk = file_.chunks[3];
+  CKPTFS_ASSERT_OK(cache_->Insert(chunk.digest, chunk.bytes));
+  testing::ReadDenier denier;
+  denier.Deny(cache_->PathOf(chunk.digest));
+  ExpectReadMatches(3 * kChunk + 100, 1000);
+  EXPECT_GE(denier.denied(), 1) << "the read did not go to the cache file, so this proved nothing";
+  EXPECT_EQ(store_->counters().cache_read_errors.load(), 1u);
+  EXPECT_EQ(store_->counters().cache_hits.load(), 1u);
+  StopStore();
+  EXPECT_EQ(FetchesPerChunk()[3], 1) << "fetched from the nodes after the cache file failed";
+}
+
+// The same for readahead's load of a cached chunk into memory: it drops the entry, and the
+// reader that comes for the chunk fetches it.
+TEST_F(FileSystem, AChunkReadaheadCannotLoadFromTheCacheIsFetchedByItsReader) {
+  const auto& chunk = file_.chunks[5];
+  CKPTFS_ASSERT_OK(cache_->Insert(chunk.digest, chunk.bytes));
+  testing::ReadDenier denier;
+  denier.Deny(cache_->PathOf(chunk.digest));
+  fs_->PrefetchRange(file_.id, {5 * kChunk, 6 * kChunk});
+  ASSERT_TRUE(PollUntil([&] { return store_->counters().cache_read_errors.load() == 1; }));
+  EXPECT_FALSE(cache_->Contains(chunk.digest)) << "the unreadable entry was kept";
+  ExpectReadMatches(5 * kChunk, kChunk);
+  StopStore();
+  EXPECT_EQ(FetchesPerChunk()[5], 1);
+}
 
 TEST_F(FileSystem, ReadInsideOneChunkFetchesOnlyThatChunk) {
   ExpectReadMatches(3 * kChunk + 100, 1000);
