@@ -225,8 +225,7 @@ Status ChunkStore::Read(const ChunkKey& key, std::uint64_t offset, std::span<std
       std::memcpy(dst.data(), bytes->data(), dst.size());
       return Status::Ok();
     }
-    const Status failed =
-        bytes.status().WithContext("cannot read cached chunk " + key.digest.Hex());
+    Status failed = bytes.status().WithContext("cannot read cached chunk " + key.digest.Hex());
     if (attempt > 0) return failed;
     DropUnreadable(key, failed);
   }
