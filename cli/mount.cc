@@ -313,11 +313,16 @@ void WarnIfMemoryLimitsFetches(std::uint64_t memory_cache, std::uint64_t chunk_s
   const std::uint64_t fit = memory_cache / chunk_size;
   if (fit >= static_cast<std::uint64_t>(max_inflight)) return;
   const std::uint64_t enough_mib = (chunk_size * max_inflight + (1u << 20) - 1) >> 20;
+  // A reader's own fetch takes its chunk's buffer even when that is more than the budget.
+  const std::string beyond =
+      fit > 0 ? ""
+              : "; a chunk is larger than memory_cache, so each read that fetches one holds " +
+                    FormatSize(chunk_size) + " beyond it";
   LogWarning("memory_cache=" + FormatSize(memory_cache) + " holds " + std::to_string(fit) +
              " chunks of " + FormatSize(chunk_size) + ", fewer than the " +
              std::to_string(max_inflight) +
              " fetches a read keeps in flight; sequential reads will be slower (memory_cache=" +
-             std::to_string(enough_mib) + "M or more avoids it)");
+             std::to_string(enough_mib) + "M or more avoids it)" + beyond);
 }
 
 // A directory that has no ckptfs mount on it already (a second one would go on top and hide

@@ -424,9 +424,13 @@ def test_fstab_style_options_are_accepted(published, mount):
 
 
 @pytest.mark.parametrize("options,warned", [
-    ({}, False),                                   # 64 MiB: 16 chunks of 4 MiB, 10 fetches.
-    ({"memory_cache": "16M"}, True),               # 4 chunks for 10 fetches.
-    ({"memory_cache": "16M", "fetchers": 2}, False),  # 4 chunks for 4 fetches.
+    ({}, None),                                   # 64 MiB: 16 chunks of 4 MiB, 10 fetches.
+    ({"memory_cache": "16M"}, ["holds 4 chunks of 4.0 MiB, fewer than the 10 fetches",
+                               "memory_cache=40M or more"]),
+    ({"memory_cache": "16M", "fetchers": 2}, None),  # 4 chunks for 4 fetches.
+    # Not even one chunk: a read's fetch takes its chunk beyond the budget, and the user is told.
+    ({"memory_cache": "2M"}, ["holds 0 chunks of 4.0 MiB",
+                              "each read that fetches one holds 4.0 MiB beyond it"]),
 ])
 def test_a_memory_cache_too_small_for_the_fetches_is_warned_about(published, mount, options,
                                                                    warned):
@@ -434,8 +438,9 @@ def test_a_memory_cache_too_small_for_the_fetches_is_warned_about(published, mou
     warnings = [line for line in mnt.result.stderr_lines() if "memory_cache=" in line]
     if warned:
         assert len(warnings) == 1, mnt.result.describe()
-        assert "holds 4 chunks of 4.0 MiB, fewer than the 10 fetches" in warnings[0], warnings
-        assert "memory_cache=40M or more" in warnings[0], warnings
+        for words in warned:
+            assert words in warnings[0], warnings
+        assert ("beyond it" in warnings[0]) == ("holds 0 chunks" in warnings[0]), warnings
     else:
         assert warnings == [], mnt.result.describe()
     # A warning, not a refusal: the mount serves.
