@@ -6,8 +6,12 @@
 #include <cerrno>
 #include <charconv>
 #include <cmath>
+#include <condition_variable>
 #include <fstream>
+#include <memory>
+#include <mutex>
 #include <sstream>
+#include <thread>
 #include <utility>
 
 #include "common/status.h"
@@ -141,12 +145,38 @@ std::string MountStatsText(const fs::FileSystem& file_system, const fs::ChunkSto
                       .daemon = ParseProcStatus(text.str())});
 }
 
-Result<std::string> ReadMountStats(const std::string& mountpoint) {
-  const std::string name(fs::kStatsXattr);
-  std::string text(kMaxStatsText, '\0');
-  const ssize_t n = ::getxattr(mountpoint.c_str(), name.c_str(), text.data(), text.size());
-  if (n < 0) {
+Result<std::string> ReadMountStats(const std::string& mountpoint, Duration timeout) {
+  // getxattr on a mount whose daemon is stopped or hung waits for it for ever: it runs on a
+  // thread of its own, left behind after the timeout (the process's exit ends it).
+  struct Call {
+    std::mutex mu;
+    std::condition_variable done_cv;
+    bool done = false;
+    std::string text = std::string(kMaxStatsText, '\0');
+    ssize_t n = -1;
+    int err = 0;
+  };
+  auto call = std::make_shared<Call>();
+  std::thread([call, path = mountpoint] {
+    const std::string name(fs::kStatsXattr);
+    const ssize_t n = ::getxattr(path.c_str(), name.c_str(), call->text.data(), call->text.size());
     const int err = errno;
+    std::lock_guard lock(call->mu);
+    call->n = n;
+    call->err = err;
+    call->done = true;
+    call->done_cv.notify_all();
+  }).detach();
+  std::unique_lock lock(call->mu);
+  if (!call->done_cv.wait_for(lock, timeout, [&] { return call->done; })) {
+    return DeadlineExceededError(
+        "the daemon of " + mountpoint + " did not answer within " +
+        std::to_string(std::chrono::duration_cast<std::chrono::seconds>(timeout).count()) +
+        " s: it is stopped or hung (umount -l " + mountpoint + " detaches the mount)");
+  }
+  const std::string name(fs::kStatsXattr);
+  if (call->n < 0) {
+    const int err = call->err;
     if (err == ENODATA || err == ENOTSUP) {
       return FailedPreconditionError(mountpoint + " is not the root of a ckptfs mount (it has no " +
                                      name + " attribute)");
@@ -158,8 +188,8 @@ Result<std::string> ReadMountStats(const std::string& mountpoint) {
     }
     return ErrnoStatus(err, "cannot read the statistics of " + mountpoint);
   }
-  text.resize(static_cast<std::size_t>(n));
-  return text;
+  call->text.resize(static_cast<std::size_t>(call->n));
+  return std::move(call->text);
 }
 
 }  // namespace ckptfs::cli

@@ -20,6 +20,7 @@
 #include <string_view>
 #include <vector>
 
+#include "common/clock.h"
 #include "common/result.h"
 #include "fs/chunk_store.h"
 #include "fs/disk_cache.h"
@@ -65,7 +66,11 @@ std::string MountStatsText(const fs::FileSystem& file_system, const fs::ChunkSto
 
 // The statistics text of the ckptfs mount whose root is `mountpoint` (its fs::kStatsXattr).
 // FailedPrecondition when the path is not the root of a ckptfs mount (it has no such attribute),
-// NotFound when it does not exist, other errors as getxattr(2) gives them.
-Result<std::string> ReadMountStats(const std::string& mountpoint);
+// NotFound when it does not exist, DeadlineExceeded when its daemon has not answered within
+// `timeout` (stopped or hung: the call would wait for ever), other errors as getxattr(2) gives
+// them. After a timeout a thread stays blocked in the call until the daemon answers or the
+// process exits.
+Result<std::string> ReadMountStats(const std::string& mountpoint,
+                                   Duration timeout = std::chrono::seconds(5));
 
 }  // namespace ckptfs::cli

@@ -4,6 +4,7 @@ import ctypes
 import errno
 import hashlib
 import os
+import signal
 
 import pytest
 
@@ -165,6 +166,26 @@ def test_stats_of_something_not_a_mount_fails_with_one_clear_line(published, mou
     inside = mnt.path("nested")
     _assert_one_line_failure(run([ckptfs_cli.ckptfs_bin(), "stats", inside]),
                              inside, "is not the root of a ckptfs mount")
+
+
+def test_stats_of_a_mount_whose_daemon_is_stopped_fails_instead_of_hanging(published, mount):
+    """An operator asks a stuck mount what it is doing: the answer must come, even if it is
+    that the daemon does not answer (before, `ckptfs stats` waited for it for ever)."""
+    mnt = mount(published.index)
+    pids = mnt.pids()
+    assert pids, "no daemon found for the mount"
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        result = ckptfs_cli.run([ckptfs_cli.ckptfs_bin(), "stats", mnt.mountpoint], timeout=60)
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
+    _assert_one_line_failure(result, mnt.mountpoint, "did not answer within 5 s",
+                             "stopped or hung")
+    assert result.elapsed < 30, result.describe()
+    # The daemon, going on, answers again.
+    assert ckptfs_cli.mount_stats(mnt.mountpoint)["fs.reads"] >= 0
 
 
 def _small_file_and_its_first_replica(published):
