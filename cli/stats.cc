@@ -1,20 +1,24 @@
 #include "cli/stats.h"
 
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/wait.h>
 #include <sys/xattr.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
 #include <charconv>
 #include <cmath>
-#include <condition_variable>
+#include <cstring>
 #include <fstream>
-#include <memory>
-#include <mutex>
 #include <sstream>
-#include <thread>
 #include <utility>
 
+#include "common/file_io.h"
 #include "common/status.h"
+#include "common/unique_fd.h"
 
 namespace ckptfs::cli {
 
@@ -145,38 +149,78 @@ std::string MountStatsText(const fs::FileSystem& file_system, const fs::ChunkSto
                       .daemon = ParseProcStatus(text.str())});
 }
 
+namespace {
+
+// What getxattr gave the child that asked: its return value and errno, then the value's bytes.
+struct XattrAnswer {
+  ssize_t n = -1;
+  int err = 0;
+};
+
+// Reads from `fd` until EOF or `deadline`; false when the deadline came first.
+bool ReadAll(int fd, std::string& out, std::chrono::steady_clock::time_point deadline) {
+  char buffer[16384];
+  for (;;) {
+    const auto left =
+        std::chrono::ceil<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+    if (left.count() <= 0) return false;
+    pollfd p{fd, POLLIN, 0};
+    const int ready = ::poll(&p, 1, static_cast<int>(left.count()));
+    if (ready < 0 && errno == EINTR) continue;
+    if (ready == 0) return false;
+    if (ready < 0) return true;  // As at EOF: the caller finds the reply short.
+    const ssize_t n = ::read(fd, buffer, sizeof(buffer));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return true;
+    out.append(buffer, static_cast<std::size_t>(n));
+  }
+}
+
+}  // namespace
+
 Result<std::string> ReadMountStats(const std::string& mountpoint, Duration timeout) {
-  // getxattr on a mount whose daemon is stopped or hung waits for it for ever: it runs on a
-  // thread of its own, left behind after the timeout (the process's exit ends it).
-  struct Call {
-    std::mutex mu;
-    std::condition_variable done_cv;
-    bool done = false;
-    std::string text = std::string(kMaxStatsText, '\0');
-    ssize_t n = -1;
-    int err = 0;
-  };
-  auto call = std::make_shared<Call>();
-  std::thread([call, path = mountpoint] {
-    const std::string name(fs::kStatsXattr);
-    const ssize_t n = ::getxattr(path.c_str(), name.c_str(), call->text.data(), call->text.size());
-    const int err = errno;
-    std::lock_guard lock(call->mu);
-    call->n = n;
-    call->err = err;
-    call->done = true;
-    call->done_cv.notify_all();
-  }).detach();
-  std::unique_lock lock(call->mu);
-  if (!call->done_cv.wait_for(lock, timeout, [&] { return call->done; })) {
+  // getxattr on a mount whose daemon is stopped or hung waits for it for ever, and only a fatal
+  // signal ends that wait: a child process asks, and is killed if it has not answered in time.
+  int fds[2];
+  if (::pipe2(fds, O_CLOEXEC) != 0) return ErrnoStatus(errno, "cannot make a pipe");
+  UniqueFd from_child(fds[0]);
+  UniqueFd to_parent(fds[1]);
+  const std::string name(fs::kStatsXattr);
+  const pid_t child = ::fork();
+  if (child < 0) return ErrnoStatus(errno, "cannot fork");
+  if (child == 0) {
+    std::string text(kMaxStatsText, '\0');
+    XattrAnswer answer;
+    answer.n = ::getxattr(mountpoint.c_str(), name.c_str(), text.data(), text.size());
+    answer.err = errno;
+    const std::size_t length = answer.n > 0 ? static_cast<std::size_t>(answer.n) : 0;
+    const bool sent =
+        WriteAll(to_parent.get(), {reinterpret_cast<const std::uint8_t*>(&answer), sizeof(answer)})
+            .ok() &&
+        WriteAll(to_parent.get(), {reinterpret_cast<const std::uint8_t*>(text.data()), length})
+            .ok();
+    ::_exit(sent ? 0 : 1);  // No exit handlers: they belong to the parent.
+  }
+  to_parent.Reset();
+  std::string reply;
+  const bool in_time = ReadAll(from_child.get(), reply, std::chrono::steady_clock::now() + timeout);
+  if (!in_time) ::kill(child, SIGKILL);
+  int wait_status = 0;
+  while (::waitpid(child, &wait_status, 0) < 0 && errno == EINTR) {
+  }
+  if (!in_time) {
     return DeadlineExceededError(
         "the daemon of " + mountpoint + " did not answer within " +
         std::to_string(std::chrono::duration_cast<std::chrono::seconds>(timeout).count()) +
         " s: it is stopped or hung (umount -l " + mountpoint + " detaches the mount)");
   }
-  const std::string name(fs::kStatsXattr);
-  if (call->n < 0) {
-    const int err = call->err;
+  XattrAnswer answer;
+  if (reply.size() < sizeof(answer)) {
+    return InternalError("the process reading the statistics of " + mountpoint + " failed");
+  }
+  std::memcpy(&answer, reply.data(), sizeof(answer));
+  if (answer.n < 0) {
+    const int err = answer.err;
     if (err == ENODATA || err == ENOTSUP) {
       return FailedPreconditionError(mountpoint + " is not the root of a ckptfs mount (it has no " +
                                      name + " attribute)");
@@ -188,8 +232,7 @@ Result<std::string> ReadMountStats(const std::string& mountpoint, Duration timeo
     }
     return ErrnoStatus(err, "cannot read the statistics of " + mountpoint);
   }
-  call->text.resize(static_cast<std::size_t>(call->n));
-  return std::move(call->text);
+  return reply.substr(sizeof(answer));
 }
 
 }  // namespace ckptfs::cli

@@ -68,8 +68,8 @@ std::string MountStatsText(const fs::FileSystem& file_system, const fs::ChunkSto
 // FailedPrecondition when the path is not the root of a ckptfs mount (it has no such attribute),
 // NotFound when it does not exist, DeadlineExceeded when its daemon has not answered within
 // `timeout` (stopped or hung: the call would wait for ever), other errors as getxattr(2) gives
-// them. After a timeout a thread stays blocked in the call until the daemon answers or the
-// process exits.
+// them. The call is made by a child process, killed at the timeout. Call it before any thread
+// starts (it forks).
 Result<std::string> ReadMountStats(const std::string& mountpoint,
                                    Duration timeout = std::chrono::seconds(5));
 
