@@ -50,6 +50,11 @@ bool IsUrl(const std::string& s) {
   return s.rfind("http://", 0) == 0 || s.rfind("https://", 0) == 0;
 }
 
+// The whole download of an index served over HTTP. Not timeout=, which is what one read may
+// take: a large index on a slow link takes longer (11.6 MiB at 300 KiB/s failed at 20 s). A
+// download that stops moving ends sooner, at the transport's low-speed limit.
+constexpr Duration kIndexDownloadTimeout = std::chrono::hours(1);
+
 // Fetches an index served over HTTP into the cache directory (temporary name, then rename) and
 // returns its local path.
 Result<std::string> FetchIndex(const std::string& url, const std::string& cache_dir,
@@ -382,8 +387,8 @@ Status Mount(const MountOptions& options) {
   m.transport = std::make_unique<netfetch::CurlTransport>();
   std::string index_path = options.index;
   if (IsUrl(index_path)) {
-    CKPTFS_ASSIGN_OR_RETURN(index_path,
-                            FetchIndex(options.index, cache_dir, *m.transport, options.timeout));
+    CKPTFS_ASSIGN_OR_RETURN(
+        index_path, FetchIndex(options.index, cache_dir, *m.transport, kIndexDownloadTimeout));
   }
   CKPTFS_ASSIGN_OR_RETURN(m.index, index::IndexReader::Open(index_path));
   CKPTFS_ASSIGN_OR_RETURN(std::vector<netfetch::NodeEndpoint> endpoints,

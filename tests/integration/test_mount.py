@@ -280,6 +280,24 @@ def test_mount_of_an_index_served_over_http(published, mount):
         os.remove(served)
 
 
+def test_an_index_that_downloads_for_longer_than_a_read_may_take_still_mounts(
+        published, nginx_node, mount):
+    """timeout= is what one read may take. A large index on a slow link takes longer to download
+    than that, and must still mount; before, the download was cut at timeout= (an 11.6 MiB index
+    at 300 KiB/s failed at 20 s)."""
+    size = os.path.getsize(published.index)
+    # Over the transport's low-speed limit (64 KiB/s), and at least 2 s for the whole index.
+    rate_kib = max(100, size // 1024 // 2)
+    assert size / (rate_kib * 1024) >= 1.5, f"the index ({size} bytes) downloads too fast"
+    slow = nginx_node("slow-index", limit_rate=f"{rate_kib}k")
+    served = os.path.join(slow.store_dir, "indexes", "ckpt.index")
+    os.makedirs(os.path.dirname(served))
+    shutil.copyfile(published.index, served)
+    mnt = mount(f"{slow.url}/indexes/ckpt.index", timeout=0.5)
+    assert mnt.result.elapsed >= 1.0, mnt.result.describe()
+    assert source_tree.sha256_file(mnt.path("private.key")) == published.tree.sha256["private.key"]
+
+
 def test_node_urls_can_be_overridden_at_mount(published, nginx_node, mount):
     moved = {}
     for old in published.nodes:
