@@ -56,7 +56,10 @@ bool IsUrl(const std::string& s) {
 constexpr Duration kIndexDownloadTimeout = std::chrono::hours(1);
 
 // Fetches an index served over HTTP into the cache directory (temporary name, then rename) and
-// returns its local path.
+// returns its local path. A copy from an earlier mount carries the server's Last-Modified as its
+// mtime and is asked for only if newer (If-Modified-Since): remounting an unchanged index costs
+// one request, not its whole size again. A copy whose server sent no Last-Modified has mtime 0
+// and is always downloaded again.
 Result<std::string> FetchIndex(const std::string& url, const std::string& cache_dir,
                                netfetch::Transport& transport, Duration timeout) {
   std::string dir = cache_dir + "/indexes";
@@ -65,13 +68,23 @@ Result<std::string> FetchIndex(const std::string& url, const std::string& cache_
   }
   std::string path = dir + "/" + Sha256(url.data(), url.size()).Hex() + ".ckptfs";
   std::string tmp = path + ".tmp." + std::to_string(::getpid());
-  Status got = transport.GetToFile(url, tmp, timeout);
+  std::int64_t since = -1;
+  if (struct stat st; ::stat(path.c_str(), &st) == 0 && st.st_mtime > 0) since = st.st_mtime;
+  Result<netfetch::FileFetch> got = transport.GetToFile(url, tmp, timeout, since);
   if (!got.ok()) {
     ::unlink(tmp.c_str());
     // Network errors name the URL already; a local file error names the file it could not write.
-    return got.WithContext("cannot download the index");
+    return got.status().WithContext("cannot download the index");
   }
-  if (::rename(tmp.c_str(), path.c_str()) != 0) return ErrnoStatus(errno, "cannot store index");
+  if (got->not_modified) return path;
+  const std::int64_t mtime = std::max<std::int64_t>(got->last_modified, 0);
+  const timespec times[2] = {{mtime, 0}, {mtime, 0}};
+  if (::utimensat(AT_FDCWD, tmp.c_str(), times, 0) != 0 ||
+      ::rename(tmp.c_str(), path.c_str()) != 0) {
+    const int err = errno;
+    ::unlink(tmp.c_str());
+    return ErrnoStatus(err, "cannot store index");
+  }
   return path;
 }
 

@@ -68,6 +68,8 @@ long ToMillis(Duration d) {
 }
 
 bool Is2xx(long code) { return code >= 200 && code < 300; }
+// What a whole-file GET takes: a body, or 304 Not Modified (no body) when it asked conditionally.
+bool IsFileStatus(long code) { return Is2xx(code) || code == 304; }
 
 long ResponseCode(CURL* handle) {
   long code = 0;
@@ -478,7 +480,8 @@ Status CurlTransport::Put(const std::string& url, std::span<const std::uint8_t> 
   return Status::Ok();
 }
 
-Status CurlTransport::GetToFile(const std::string& url, const std::string& path, Duration timeout) {
+Result<FileFetch> CurlTransport::GetToFile(const std::string& url, const std::string& path,
+                                           Duration timeout, std::int64_t if_modified_since) {
   if (timeout <= Duration::zero()) return DeadlineExceededError(url + ": no time left to try");
   UniqueFd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
   if (fd.get() < 0) return ErrnoStatus(errno, "open " + path);
@@ -489,7 +492,7 @@ Status CurlTransport::GetToFile(const std::string& url, const std::string& path,
   if (!impl_->SetCommonOptions(handle, url, timeout, error_buffer)) return BadOption(url);
   FileSink sink;
   sink.filter.handle = handle;
-  sink.filter.wanted_status = Is2xx;
+  sink.filter.wanted_status = IsFileStatus;
   sink.fd = fd.get();
   // An index may sit behind a redirect (a CDN, a "latest" link); chunk GETs never follow one.
   curl_easy_setopt(handle, CURLOPT_FOLLOWLOCATION, 1L);
@@ -497,14 +500,31 @@ Status CurlTransport::GetToFile(const std::string& url, const std::string& path,
   curl_easy_setopt(handle, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
   curl_easy_setopt(handle, CURLOPT_WRITEFUNCTION, WriteToFile);
   curl_easy_setopt(handle, CURLOPT_WRITEDATA, &sink);
+  curl_easy_setopt(handle, CURLOPT_FILETIME, 1L);
+  if (if_modified_since >= 0) {
+    curl_easy_setopt(handle, CURLOPT_TIMECONDITION, static_cast<long>(CURL_TIMECOND_IFMODSINCE));
+    curl_easy_setopt(handle, CURLOPT_TIMEVALUE_LARGE, static_cast<curl_off_t>(if_modified_since));
+  }
 
   Outcome out = Perform(lease.pair(), error_buffer, Duration::zero());
+  curl_off_t filetime = -1;
+  curl_easy_getinfo(handle, CURLINFO_FILETIME_T, &filetime);
+  // The handle goes back to the pool: its next user must not send a condition.
+  curl_easy_setopt(handle, CURLOPT_TIMECONDITION, static_cast<long>(CURL_TIMECOND_NONE));
+  curl_easy_setopt(handle, CURLOPT_FILETIME, 0L);
   if (sink.write_errno != 0) return ErrnoStatus(sink.write_errno, "write " + path);
   if (out.rc != CURLE_OK && !sink.filter.discarding) return TransferError(url, out, timeout);
-  if (!Is2xx(out.http_code)) return HttpError("GET", url, out.http_code);
+  if (!IsFileStatus(out.http_code)) return HttpError("GET", url, out.http_code);
+  FileFetch fetch;
+  fetch.last_modified = filetime;
+  if (out.http_code == 304) {
+    fetch.not_modified = true;
+    ::unlink(path.c_str());
+    return fetch;
+  }
   // Closed here, not by the destructor, so that a deferred write error is reported.
   if (::close(fd.Release()) != 0) return ErrnoStatus(errno, "close " + path);
-  return Status::Ok();
+  return fetch;
 }
 
 }  // namespace ckptfs::netfetch

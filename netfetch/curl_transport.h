@@ -39,7 +39,9 @@ class CurlTransport final : public Transport {
   Status GetRange(const std::string& url, std::uint64_t offset, std::span<std::uint8_t> dst,
                   const RequestLimits& limits, const ProgressCallback& progress) override;
   Status Put(const std::string& url, std::span<const std::uint8_t> body, Duration timeout) override;
-  Status GetToFile(const std::string& url, const std::string& path, Duration timeout) override;
+  using Transport::GetToFile;
+  Result<FileFetch> GetToFile(const std::string& url, const std::string& path, Duration timeout,
+                              std::int64_t if_modified_since) override;
 
  private:
   // One GET into dst; a range GET from `offset` when given.

@@ -12,6 +12,7 @@
 #include <string>
 
 #include "common/clock.h"
+#include "common/result.h"
 #include "common/status.h"
 
 namespace ckptfs::netfetch {
@@ -32,6 +33,13 @@ struct RequestLimits {
   // a server that has stopped answering is then left after this, not after the low-speed
   // limit's seconds.
   Duration stall_timeout{};
+};
+
+// What a GetToFile brought.
+struct FileFetch {
+  bool not_modified = false;  // 304: the caller's copy is current; nothing was written.
+  std::int64_t last_modified =
+      -1;  // The answer's Last-Modified (seconds since the epoch); -1: none.
 };
 
 class Transport {
@@ -77,7 +85,14 @@ class Transport {
                      Duration timeout) = 0;
 
   // GETs `url` whole into the file `path` (created or truncated), for indexes served over HTTP.
-  virtual Status GetToFile(const std::string& url, const std::string& path, Duration timeout) = 0;
+  // With `if_modified_since` (seconds since the epoch, >= 0) the file is asked for only if it
+  // changed since then (If-Modified-Since): a 304 answer writes nothing, leaves no file at
+  // `path`, and says not_modified. Errors as for Get, and those of writing the file.
+  virtual Result<FileFetch> GetToFile(const std::string& url, const std::string& path,
+                                      Duration timeout, std::int64_t if_modified_since) = 0;
+  Result<FileFetch> GetToFile(const std::string& url, const std::string& path, Duration timeout) {
+    return GetToFile(url, path, timeout, -1);
+  }
 };
 
 }  // namespace ckptfs::netfetch

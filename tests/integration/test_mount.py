@@ -265,17 +265,36 @@ def test_concurrent_readers_get_correct_bytes_and_share_fetches(published, mount
     assert not twice, f"concurrent readers fetched a chunk more than once: {twice}"
 
 
-def test_mount_of_an_index_served_over_http(published, mount):
+def test_mount_of_an_index_served_over_http(published, mount, test_dir):
     node = published.nodes[0]
     served = os.path.join(node.store_dir, "indexes", "ckpt.index")
     os.makedirs(os.path.dirname(served), exist_ok=True)
     shutil.copyfile(published.index, served)
+    cache = os.path.join(test_dir, "cache")
+    url = f"{node.url}/indexes/ckpt.index"
+
+    def index_answers():
+        return [status for method, uri, status, _ in node.log_lines()
+                if uri == "/indexes/ckpt.index"]
+
     try:
-        mnt = mount(f"{node.url}/indexes/ckpt.index")
+        mnt = mount(url, cache_dir=cache)
         assert sorted(os.listdir(mnt.mountpoint)) == sorted(os.listdir(published.tree.root))
         for rel in ("model.ckpt.index", source_tree.ODD, "latest"):
             assert source_tree.sha256_file(mnt.path(rel)) == source_tree.sha256_file(
                 published.tree.path(rel))
+        mnt.unmount()
+        # Mounted again on the same cache: the copy is current, so the index is not sent again.
+        again = mount(url, cache_dir=cache)
+        assert source_tree.sha256_file(again.path("latest")) == source_tree.sha256_file(
+            published.tree.path("latest"))
+        assert index_answers() == [200, 304], node.log_lines()
+        again.unmount()
+        # Changed on the server (a new publish to the same URL): sent whole again.
+        later = os.stat(served).st_mtime + 60
+        os.utime(served, (later, later))
+        mount(url, cache_dir=cache)
+        assert index_answers() == [200, 304, 200], node.log_lines()
     finally:
         os.remove(served)
 

@@ -186,7 +186,10 @@ class ScriptedTransport final : public netfetch::Transport {
     return Status::Ok();
   }
 
-  Status GetToFile(const std::string& url, const std::string& path, Duration timeout) override {
+  using Transport::GetToFile;
+  // Always the whole body: a scripted server has no modification times.
+  Result<netfetch::FileFetch> GetToFile(const std::string& url, const std::string& path,
+                                        Duration timeout, std::int64_t) override {
     ScriptedResponse response = Answer(url, netfetch::RequestLimits{timeout}, std::nullopt);
     if (Status late = Elapse(url, response.delay, timeout); !late.ok()) return late;
     if (!response.status.ok()) return response.status;
@@ -195,7 +198,7 @@ class ScriptedTransport final : public netfetch::Transport {
               static_cast<std::streamsize>(response.body.size()));
     out.close();
     if (!out) return InternalError("cannot write " + path);
-    return Status::Ok();
+    return netfetch::FileFetch{};
   }
 
  private:

@@ -3,9 +3,11 @@
 #include "netfetch/curl_transport.h"
 
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -25,6 +27,7 @@
 
 #include "netfetch/global_init.h"
 #include "tests/support/nginx_server.h"
+#include "tests/support/status_testing.h"
 
 namespace ckptfs {
 namespace {
@@ -483,27 +486,62 @@ TEST_F(CurlTransport, GetToFileWritesTheBodyAndFollowsRedirects) {
     std::ofstream old(path);
     old << "old contents that are longer than nothing";
   }
-  Status status = transport_.GetToFile(nginx_.url() + "/index.db", path, kTimeout);
-  ASSERT_TRUE(status.ok()) << status.ToString();
+  Result<netfetch::FileFetch> got =
+      transport_.GetToFile(nginx_.url() + "/index.db", path, kTimeout);
+  ASSERT_TRUE(got.ok()) << got.status().ToString();
+  EXPECT_FALSE(got->not_modified);
   EXPECT_EQ(ReadFile(path), bytes);
 
   const std::string moved = nginx_.dir() + "/moved.db";
-  status = transport_.GetToFile(nginx_.url() + "/moved/index.db", moved, kTimeout);
-  ASSERT_TRUE(status.ok()) << status.ToString();
+  got = transport_.GetToFile(nginx_.url() + "/moved/index.db", moved, kTimeout);
+  ASSERT_TRUE(got.ok()) << got.status().ToString();
   EXPECT_EQ(ReadFile(moved), bytes);
 }
 
 TEST_F(CurlTransport, GetToFileFailsOnHttpErrorAndOnBadPath) {
   const std::string path = nginx_.dir() + "/missing.db";
-  Status status = transport_.GetToFile(nginx_.url() + "/missing.db", path, kTimeout);
+  Status status = transport_.GetToFile(nginx_.url() + "/missing.db", path, kTimeout).status();
   EXPECT_EQ(status.code(), StatusCode::kUnavailable);
   EXPECT_NE(status.message().find("HTTP 404"), std::string::npos) << status.ToString();
   EXPECT_EQ(std::filesystem::file_size(path), 0u) << "the error page is not the file";
 
   Serve("index.db", RandomBytes(10, 13));
   status =
-      transport_.GetToFile(nginx_.url() + "/index.db", nginx_.dir() + "/no/such/dir/x", kTimeout);
+      transport_.GetToFile(nginx_.url() + "/index.db", nginx_.dir() + "/no/such/dir/x", kTimeout)
+          .status();
   EXPECT_EQ(status.code(), StatusCode::kNotFound) << status.ToString();
+}
+
+// A copy from an earlier download is asked for again only if the server's file changed since.
+TEST_F(CurlTransport, GetToFileIfModifiedSinceGetsNothingForAnUnchangedFile) {
+  const std::string url = Serve("index.db", RandomBytes(5000, 14));
+  const std::string served = nginx_.root() + "/index.db";
+  const timespec then[2] = {{1700000000, 0}, {1700000000, 0}};
+  ASSERT_EQ(::utimensat(AT_FDCWD, served.c_str(), then, 0), 0);
+  const std::string path = nginx_.dir() + "/copy.db";
+  CKPTFS_ASSERT_OK_AND_ASSIGN(netfetch::FileFetch first, transport_.GetToFile(url, path, kTimeout));
+  EXPECT_EQ(first.last_modified, 1700000000) << "the server's Last-Modified";
+
+  CKPTFS_ASSERT_OK_AND_ASSIGN(netfetch::FileFetch again,
+                              transport_.GetToFile(url, path + ".2", kTimeout, 1700000000));
+  EXPECT_TRUE(again.not_modified);
+  EXPECT_FALSE(std::filesystem::exists(path + ".2")) << "a 304 leaves no file";
+
+  // Changed on the server: the whole file again, with its new time.
+  auto changed = RandomBytes(6000, 15);
+  Serve("index.db", changed);
+  const timespec later[2] = {{1700000100, 0}, {1700000100, 0}};
+  ASSERT_EQ(::utimensat(AT_FDCWD, served.c_str(), later, 0), 0);
+  CKPTFS_ASSERT_OK_AND_ASSIGN(netfetch::FileFetch newer,
+                              transport_.GetToFile(url, path + ".3", kTimeout, 1700000000));
+  EXPECT_FALSE(newer.not_modified);
+  EXPECT_EQ(newer.last_modified, 1700000100);
+  EXPECT_EQ(ReadFile(path + ".3"), changed);
+
+  // The handle went back to the pool: a plain GET after a conditional one is unconditional.
+  std::vector<std::uint8_t> dst(changed.size());
+  CKPTFS_ASSERT_OK(transport_.Get(url, dst, kTimeout));
+  EXPECT_EQ(dst, changed);
 }
 
 TEST_F(CurlTransport, GetTellsProgressTheRunningTotal) {
