@@ -256,6 +256,35 @@ void KeepIndexResident(index::IndexReader& index, std::uint64_t budget, std::sto
   LogDebug("index: " + std::to_string(*kept >> 10) + " KiB kept in memory");
 }
 
+// `path` made absolute with its symlinks resolved; it may not exist yet, but its parent must.
+Result<std::string> Resolve(const std::string& path) {
+  char resolved[PATH_MAX];
+  if (::realpath(path.c_str(), resolved) != nullptr) return std::string(resolved);
+  if (errno != ENOENT) return ErrnoStatus(errno, path);
+  const std::size_t slash = path.find_last_of('/');
+  const std::string parent = slash == std::string::npos ? "." : path.substr(0, slash);
+  const std::string name = slash == std::string::npos ? path : path.substr(slash + 1);
+  if (::realpath(parent.empty() ? "/" : parent.c_str(), resolved) == nullptr) {
+    return ErrnoStatus(errno, path);
+  }
+  return std::string(resolved) + (resolved[1] == '\0' ? "" : "/") + name;
+}
+
+// A cache directory in the mountpoint would be hidden by the mount from the daemon itself: every
+// write to it would fail, silently leaving the mount without a cache.
+Status CheckCacheOutsideMountpoint(const std::string& cache_dir, const std::string& mountpoint) {
+  const Result<std::string> cache = Resolve(cache_dir);
+  if (!cache.ok()) return cache.status().WithContext("cache directory");
+  const Result<std::string> mount = Resolve(mountpoint);
+  if (!mount.ok()) return mount.status().WithContext("mountpoint");
+  const std::string inside = *mount == "/" ? "/" : *mount + "/";
+  if (*cache == *mount || cache->rfind(inside, 0) == 0) {
+    return InvalidArgumentError("cache directory " + cache_dir + " is inside the mountpoint " +
+                                mountpoint + ", which the mount would hide; choose one outside it");
+  }
+  return Status::Ok();
+}
+
 // Mounts, daemonizes unless in the foreground, and runs the FUSE loop until unmounted.
 Status Serve(MountedFs& m, const MountOptions& options) {
   FuseArgs fuse_args(options, FsName(options.index));
@@ -396,6 +425,7 @@ Status Mount(const MountOptions& options) {
     // on the root file system.
     CKPTFS_RETURN_IF_ERROR(MakeDirs(cache_dir.substr(0, cache_dir.rfind('/')), 0700));
   }
+  CKPTFS_RETURN_IF_ERROR(CheckCacheOutsideMountpoint(cache_dir, options.mountpoint));
   CKPTFS_ASSIGN_OR_RETURN(m.cache, fs::DiskCache::Open({cache_dir, options.cache_size, &m.clock}));
   m.transport = std::make_unique<netfetch::CurlTransport>();
   std::string index_path = options.index;

@@ -453,6 +453,16 @@ def test_unknown_or_invalid_mount_option_is_refused(published, mount, option):
     _assert_mount_refused(mount(published.index, start=False, **option))
 
 
+def test_a_cache_directory_inside_the_mountpoint_is_refused_with_one_line(published, mount):
+    """The mount would hide such a directory from the daemon itself: every cache write failed,
+    and the mount ran without a cache and without a word."""
+    mnt = mount(published.index, start=False)
+    mnt.options["cache_dir"] = os.path.join(mnt.mountpoint, "cache")
+    line = _assert_mount_refused(mnt)
+    assert "is inside the mountpoint" in line, line
+    assert os.listdir(mnt.mountpoint) == [], "the refused mount left files in the mountpoint"
+
+
 def test_fstab_style_options_are_accepted(published, mount):
     mnt = mount(published.index, ro=True, defaults=True, _netdev=True, noauto=True, user=True,
                 users=True, nofail=True, relatime=True, lazytime=True, sync=True,
