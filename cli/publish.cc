@@ -8,6 +8,9 @@
 #include <algorithm>
 #include <cerrno>
 #include <set>
+#include <string>
+#include <utility>
+#include <vector>
 
 #include "common/buffer.h"
 #include "common/digest.h"
@@ -43,9 +46,26 @@ std::string Describe(const struct stat& st) {
   return "not a regular file, directory or symlink";
 }
 
-// Walks `root` breadth first with children in name order; fails on the first special or
-// unreadable entry so that nothing is written for a tree that cannot be published whole.
-Status Walk(const std::string& root, std::vector<SourceEntry>& out) {
+// A file or directory by identity, so that paths spelled differently still match.
+using FileId = std::pair<dev_t, ino_t>;
+
+// Publish's own output where it already exists: the index it replaces and the --store
+// directories. Written inside the source tree, they are not part of the checkpoint (before, a
+// second publish to ckpt/ckpt.ckptfs published the first one's index as a file of the tree).
+std::set<FileId> OwnOutputs(const PublishOptions& options) {
+  std::set<FileId> own;
+  auto add = [&](const std::string& path) {
+    if (struct stat st; ::stat(path.c_str(), &st) == 0) own.insert({st.st_dev, st.st_ino});
+  };
+  add(options.index_path);
+  for (const auto& [name, dir] : options.stores) add(dir);
+  return own;
+}
+
+// Walks `root` breadth first with children in name order, leaving out the entries in `skip`;
+// fails on the first special or unreadable entry so that nothing is written for a tree that
+// cannot be published whole.
+Status Walk(const std::string& root, const std::set<FileId>& skip, std::vector<SourceEntry>& out) {
   struct stat st;
   if (::stat(root.c_str(), &st) != 0) return ErrnoStatus(errno, "source " + root);
   if (!S_ISDIR(st.st_mode)) return InvalidArgumentError("source " + root + " is not a directory");
@@ -66,6 +86,7 @@ Status Walk(const std::string& root, std::vector<SourceEntry>& out) {
       std::string path = out[i].path + "/" + name;
       struct stat child;
       if (::lstat(path.c_str(), &child) != 0) return ErrnoStatus(errno, "cannot stat " + path);
+      if (skip.contains({child.st_dev, child.st_ino})) continue;
       if (!S_ISREG(child.st_mode) && !S_ISDIR(child.st_mode) && !S_ISLNK(child.st_mode)) {
         return InvalidArgumentError("cannot publish " + path + ": " + Describe(child));
       }
@@ -359,7 +380,7 @@ Status Publish(const PublishOptions& given, netfetch::Transport& transport, std:
   int replicas =
       options.replicas > 0 ? options.replicas : std::min(2, static_cast<int>(options.nodes.size()));
   std::vector<SourceEntry> walk;
-  CKPTFS_RETURN_IF_ERROR(Walk(options.source_dir, walk));
+  CKPTFS_RETURN_IF_ERROR(Walk(options.source_dir, OwnOutputs(options), walk));
   CKPTFS_RETURN_IF_ERROR(CheckStores(options));
 
   std::string tmp = options.index_path + ".tmp." + std::to_string(::getpid());

@@ -259,6 +259,25 @@ TEST_F(Publish, RepublishingIntoTheSameStoresSucceedsAndReplacesTheIndex) {
   ExpectNoTemporaryIndex(options.index_path);
 }
 
+// The index and the stores are publish's output, not part of the checkpoint, even when written
+// inside the directory being published.
+TEST_F(Publish, AnIndexAndStoresInsideTheSourceAreNotPublishedAsItsFiles) {
+  ASSERT_NO_FATAL_FAILURE(MakeSourceTree());
+  PublishOptions options = StoreOptions();
+  options.index_path = source_ + "/ckpt.ckptfs";
+  options.stores["n1"] = source_ + "/store-n1";
+  CKPTFS_ASSERT_OK(Run(options));
+  CKPTFS_ASSERT_OK(Run(options));  // Now the index and store n1 exist inside the source.
+  CKPTFS_ASSERT_OK_AND_ASSIGN(auto index, index::IndexReader::Open(options.index_path));
+  for (const char* own : {"ckpt.ckptfs", "store-n1"}) {
+    Result<index::Entry> entry = LookupPath(*index, own);
+    EXPECT_FALSE(entry.ok()) << own << " was published as part of the tree";
+  }
+  Result<index::Entry> file = LookupPath(*index, "a.bin");
+  EXPECT_TRUE(file.ok()) << file.status().ToString();
+  EXPECT_NE(output_.str().find("files: 3,"), std::string::npos) << output_.str();
+}
+
 TEST_F(Publish, MissingSourceFailsCleanly) {
   PublishOptions options = StoreOptions();
   options.source_dir = temp_.Path("no-such-dir");
