@@ -56,34 +56,45 @@ bool IsUrl(const std::string& s) {
 constexpr Duration kIndexDownloadTimeout = std::chrono::hours(1);
 
 // Fetches an index served over HTTP into the cache directory (temporary name, then rename) and
-// returns its local path. A copy from an earlier mount carries the server's Last-Modified as its
-// mtime and is asked for only if newer (If-Modified-Since): remounting an unchanged index costs
-// one request, not its whole size again. A copy whose server sent no Last-Modified has mtime 0
-// and is always downloaded again.
+// returns its local path. A copy from an earlier mount keeps the version the server gave it
+// (its ETag in "<copy>.etag", its Last-Modified as the copy's mtime; 0 when none) and is asked
+// for only if it changed: remounting an unchanged index costs one request, not its whole size.
 Result<std::string> FetchIndex(const std::string& url, const std::string& cache_dir,
                                netfetch::Transport& transport, Duration timeout) {
   std::string dir = cache_dir + "/indexes";
   if (::mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST) {
     return ErrnoStatus(errno, "cannot create " + dir);
   }
-  std::string path = dir + "/" + Sha256(url.data(), url.size()).Hex() + ".ckptfs";
-  std::string tmp = path + ".tmp." + std::to_string(::getpid());
-  std::int64_t since = -1;
-  if (struct stat st; ::stat(path.c_str(), &st) == 0 && st.st_mtime > 0) since = st.st_mtime;
-  Result<netfetch::FileFetch> got = transport.GetToFile(url, tmp, timeout, since);
+  const std::string path = dir + "/" + Sha256(url.data(), url.size()).Hex() + ".ckptfs";
+  const std::string etag_path = path + ".etag";
+  const std::string tmp = path + ".tmp." + std::to_string(::getpid());
+  netfetch::FileVersion have;
+  if (struct stat st; ::stat(path.c_str(), &st) == 0) {
+    if (st.st_mtime > 0) have.last_modified = st.st_mtime;
+    std::ifstream(etag_path) >> have.etag;  // ETags hold no white space.
+  }
+  Result<netfetch::FileFetch> got = transport.GetToFile(url, tmp, timeout, have);
   if (!got.ok()) {
     ::unlink(tmp.c_str());
     // Network errors name the URL already; a local file error names the file it could not write.
     return got.status().WithContext("cannot download the index");
   }
   if (got->not_modified) return path;
-  const std::int64_t mtime = std::max<std::int64_t>(got->last_modified, 0);
+  // The old ETag goes first: a crash part way leaves a copy that is asked for by its time alone.
+  ::unlink(etag_path.c_str());
+  const std::int64_t mtime = std::max<std::int64_t>(got->version.last_modified, 0);
   const timespec times[2] = {{mtime, 0}, {mtime, 0}};
   if (::utimensat(AT_FDCWD, tmp.c_str(), times, 0) != 0 ||
       ::rename(tmp.c_str(), path.c_str()) != 0) {
     const int err = errno;
     ::unlink(tmp.c_str());
     return ErrnoStatus(err, "cannot store index");
+  }
+  if (!got->version.etag.empty()) {
+    // Best effort: without it the next mount asks by time, or downloads the index whole.
+    const std::string etag_tmp = etag_path + ".tmp." + std::to_string(::getpid());
+    std::ofstream(etag_tmp) << got->version.etag;
+    if (::rename(etag_tmp.c_str(), etag_path.c_str()) != 0) ::unlink(etag_tmp.c_str());
   }
   return path;
 }

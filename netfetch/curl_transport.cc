@@ -5,11 +5,13 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cerrno>
 #include <cstring>
 #include <mutex>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -480,8 +482,32 @@ Status CurlTransport::Put(const std::string& url, std::span<const std::uint8_t> 
   return Status::Ok();
 }
 
+namespace {
+
+// Catches the ETag header of the final response (headers of a redirect before it are dropped).
+std::size_t KeepEtag(char* data, std::size_t size, std::size_t nmemb, void* userdata) {
+  auto* etag = static_cast<std::string*>(userdata);
+  const std::size_t n = size * nmemb;
+  std::string_view line(data, n);
+  if (line.rfind("HTTP/", 0) == 0) etag->clear();  // A new response begins.
+  constexpr std::string_view kName = "etag:";
+  if (line.size() > kName.size() &&
+      std::equal(kName.begin(), kName.end(), line.begin(),
+                 [](char a, char b) { return a == std::tolower(static_cast<unsigned char>(b)); })) {
+    line.remove_prefix(kName.size());
+    while (!line.empty() && (line.front() == ' ' || line.front() == '\t')) line.remove_prefix(1);
+    while (!line.empty() && (line.back() == '\r' || line.back() == '\n' || line.back() == ' ')) {
+      line.remove_suffix(1);
+    }
+    etag->assign(line);
+  }
+  return n;
+}
+
+}  // namespace
+
 Result<FileFetch> CurlTransport::GetToFile(const std::string& url, const std::string& path,
-                                           Duration timeout, std::int64_t if_modified_since) {
+                                           Duration timeout, const FileVersion& have) {
   if (timeout <= Duration::zero()) return DeadlineExceededError(url + ": no time left to try");
   UniqueFd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
   if (fd.get() < 0) return ErrnoStatus(errno, "open " + path);
@@ -500,23 +526,40 @@ Result<FileFetch> CurlTransport::GetToFile(const std::string& url, const std::st
   curl_easy_setopt(handle, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
   curl_easy_setopt(handle, CURLOPT_WRITEFUNCTION, WriteToFile);
   curl_easy_setopt(handle, CURLOPT_WRITEDATA, &sink);
+  std::string etag;
+  curl_easy_setopt(handle, CURLOPT_HEADERFUNCTION, KeepEtag);
+  curl_easy_setopt(handle, CURLOPT_HEADERDATA, &etag);
   curl_easy_setopt(handle, CURLOPT_FILETIME, 1L);
-  if (if_modified_since >= 0) {
+  // The ETag when there is one: If-Modified-Since is only "not newer than", which a file put back
+  // with an older time (a rollback that keeps times) would pass on some servers.
+  const bool conditional = !have.etag.empty() || have.last_modified >= 0;
+  HeaderList headers(have.etag.empty()
+                         ? nullptr
+                         : curl_slist_append(nullptr, ("If-None-Match: " + have.etag).c_str()));
+  if (headers != nullptr) {
+    curl_easy_setopt(handle, CURLOPT_HTTPHEADER, headers.get());
+  } else if (have.last_modified >= 0) {
     curl_easy_setopt(handle, CURLOPT_TIMECONDITION, static_cast<long>(CURL_TIMECOND_IFMODSINCE));
-    curl_easy_setopt(handle, CURLOPT_TIMEVALUE_LARGE, static_cast<curl_off_t>(if_modified_since));
+    curl_easy_setopt(handle, CURLOPT_TIMEVALUE_LARGE, static_cast<curl_off_t>(have.last_modified));
   }
 
   Outcome out = Perform(lease.pair(), error_buffer, Duration::zero());
   curl_off_t filetime = -1;
   curl_easy_getinfo(handle, CURLINFO_FILETIME_T, &filetime);
-  // The handle goes back to the pool: its next user must not send a condition.
+  // The handle goes back to the pool: its next user must not send a condition or keep headers.
+  curl_easy_setopt(handle, CURLOPT_HTTPHEADER, nullptr);
   curl_easy_setopt(handle, CURLOPT_TIMECONDITION, static_cast<long>(CURL_TIMECOND_NONE));
+  curl_easy_setopt(handle, CURLOPT_HEADERFUNCTION, nullptr);
+  curl_easy_setopt(handle, CURLOPT_HEADERDATA, nullptr);
   curl_easy_setopt(handle, CURLOPT_FILETIME, 0L);
   if (sink.write_errno != 0) return ErrnoStatus(sink.write_errno, "write " + path);
   if (out.rc != CURLE_OK && !sink.filter.discarding) return TransferError(url, out, timeout);
-  if (!IsFileStatus(out.http_code)) return HttpError("GET", url, out.http_code);
+  // A 304 to a request that asked for nothing conditionally would leave the caller no file.
+  if (!IsFileStatus(out.http_code) || (out.http_code == 304 && !conditional)) {
+    return HttpError("GET", url, out.http_code);
+  }
   FileFetch fetch;
-  fetch.last_modified = filetime;
+  fetch.version = {etag, filetime};
   if (out.http_code == 304) {
     fetch.not_modified = true;
     ::unlink(path.c_str());

@@ -41,7 +41,7 @@ class CurlTransport final : public Transport {
   Status Put(const std::string& url, std::span<const std::uint8_t> body, Duration timeout) override;
   using Transport::GetToFile;
   Result<FileFetch> GetToFile(const std::string& url, const std::string& path, Duration timeout,
-                              std::int64_t if_modified_since) override;
+                              const FileVersion& have) override;
 
  private:
   // One GET into dst; a range GET from `offset` when given.

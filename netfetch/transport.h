@@ -35,11 +35,17 @@ struct RequestLimits {
   Duration stall_timeout{};
 };
 
+// How a server named the version of a file it sent (validators, RFC 9110): an earlier download's
+// are sent back to ask for the file only if it changed.
+struct FileVersion {
+  std::string etag;                 // The ETag, quotes included; empty: none.
+  std::int64_t last_modified = -1;  // Last-Modified, seconds since the epoch; -1: none.
+};
+
 // What a GetToFile brought.
 struct FileFetch {
   bool not_modified = false;  // 304: the caller's copy is current; nothing was written.
-  std::int64_t last_modified =
-      -1;  // The answer's Last-Modified (seconds since the epoch); -1: none.
+  FileVersion version;        // Of the file written (or, after a 304, as the server says now).
 };
 
 class Transport {
@@ -85,13 +91,14 @@ class Transport {
                      Duration timeout) = 0;
 
   // GETs `url` whole into the file `path` (created or truncated), for indexes served over HTTP.
-  // With `if_modified_since` (seconds since the epoch, >= 0) the file is asked for only if it
-  // changed since then (If-Modified-Since): a 304 answer writes nothing, leaves no file at
+  // With the version of a copy the caller has (`have`), the file is asked for only if it changed:
+  // If-None-Match with its ETag when it has one (an exact match, whatever the file's times),
+  // else If-Modified-Since with its Last-Modified. A 304 answer writes nothing, leaves no file at
   // `path`, and says not_modified. Errors as for Get, and those of writing the file.
   virtual Result<FileFetch> GetToFile(const std::string& url, const std::string& path,
-                                      Duration timeout, std::int64_t if_modified_since) = 0;
+                                      Duration timeout, const FileVersion& have) = 0;
   Result<FileFetch> GetToFile(const std::string& url, const std::string& path, Duration timeout) {
-    return GetToFile(url, path, timeout, -1);
+    return GetToFile(url, path, timeout, FileVersion{});
   }
 };
 

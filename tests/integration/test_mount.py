@@ -289,6 +289,8 @@ def test_mount_of_an_index_served_over_http(published, mount, test_dir):
         assert source_tree.sha256_file(again.path("latest")) == source_tree.sha256_file(
             published.tree.path("latest"))
         assert index_answers() == [200, 304], node.log_lines()
+        kept = os.listdir(os.path.join(cache, "indexes"))
+        assert len([f for f in kept if f.endswith(".ckptfs.etag")]) == 1, kept
         again.unmount()
         # Changed on the server (a new publish to the same URL): sent whole again.
         later = os.stat(served).st_mtime + 60

@@ -189,7 +189,7 @@ class ScriptedTransport final : public netfetch::Transport {
   using Transport::GetToFile;
   // Always the whole body: a scripted server has no modification times.
   Result<netfetch::FileFetch> GetToFile(const std::string& url, const std::string& path,
-                                        Duration timeout, std::int64_t) override {
+                                        Duration timeout, const netfetch::FileVersion&) override {
     ScriptedResponse response = Answer(url, netfetch::RequestLimits{timeout}, std::nullopt);
     if (Status late = Elapse(url, response.delay, timeout); !late.ok()) return late;
     if (!response.status.ok()) return response.status;

@@ -512,36 +512,66 @@ TEST_F(CurlTransport, GetToFileFailsOnHttpErrorAndOnBadPath) {
   EXPECT_EQ(status.code(), StatusCode::kNotFound) << status.ToString();
 }
 
-// A copy from an earlier download is asked for again only if the server's file changed since.
+// Sets the served file's modification time to `seconds` after the epoch.
+void SetServedTime(const std::string& path, std::int64_t seconds) {
+  const timespec times[2] = {{seconds, 0}, {seconds, 0}};
+  ASSERT_EQ(::utimensat(AT_FDCWD, path.c_str(), times, 0), 0) << path;
+}
+
+// A copy from an earlier download is asked for again only if the server's file changed since:
+// by its Last-Modified when that is all the caller has.
 TEST_F(CurlTransport, GetToFileIfModifiedSinceGetsNothingForAnUnchangedFile) {
   const std::string url = Serve("index.db", RandomBytes(5000, 14));
   const std::string served = nginx_.root() + "/index.db";
-  const timespec then[2] = {{1700000000, 0}, {1700000000, 0}};
-  ASSERT_EQ(::utimensat(AT_FDCWD, served.c_str(), then, 0), 0);
+  ASSERT_NO_FATAL_FAILURE(SetServedTime(served, 1700000000));
   const std::string path = nginx_.dir() + "/copy.db";
   CKPTFS_ASSERT_OK_AND_ASSIGN(netfetch::FileFetch first, transport_.GetToFile(url, path, kTimeout));
-  EXPECT_EQ(first.last_modified, 1700000000) << "the server's Last-Modified";
+  EXPECT_EQ(first.version.last_modified, 1700000000) << "the server's Last-Modified";
+  EXPECT_FALSE(first.version.etag.empty()) << "nginx names the version with an ETag too";
 
-  CKPTFS_ASSERT_OK_AND_ASSIGN(netfetch::FileFetch again,
-                              transport_.GetToFile(url, path + ".2", kTimeout, 1700000000));
+  CKPTFS_ASSERT_OK_AND_ASSIGN(
+      netfetch::FileFetch again,
+      transport_.GetToFile(url, path + ".2", kTimeout, {.etag = "", .last_modified = 1700000000}));
   EXPECT_TRUE(again.not_modified);
   EXPECT_FALSE(std::filesystem::exists(path + ".2")) << "a 304 leaves no file";
 
   // Changed on the server: the whole file again, with its new time.
   auto changed = RandomBytes(6000, 15);
   Serve("index.db", changed);
-  const timespec later[2] = {{1700000100, 0}, {1700000100, 0}};
-  ASSERT_EQ(::utimensat(AT_FDCWD, served.c_str(), later, 0), 0);
-  CKPTFS_ASSERT_OK_AND_ASSIGN(netfetch::FileFetch newer,
-                              transport_.GetToFile(url, path + ".3", kTimeout, 1700000000));
+  ASSERT_NO_FATAL_FAILURE(SetServedTime(served, 1700000100));
+  CKPTFS_ASSERT_OK_AND_ASSIGN(
+      netfetch::FileFetch newer,
+      transport_.GetToFile(url, path + ".3", kTimeout, {.etag = "", .last_modified = 1700000000}));
   EXPECT_FALSE(newer.not_modified);
-  EXPECT_EQ(newer.last_modified, 1700000100);
+  EXPECT_EQ(newer.version.last_modified, 1700000100);
   EXPECT_EQ(ReadFile(path + ".3"), changed);
 
   // The handle went back to the pool: a plain GET after a conditional one is unconditional.
   std::vector<std::uint8_t> dst(changed.size());
   CKPTFS_ASSERT_OK(transport_.Get(url, dst, kTimeout));
   EXPECT_EQ(dst, changed);
+}
+
+// With an ETag the match is exact: a file put back with an older time (a rollback that keeps
+// times) is still a change, where "not modified since" would let the newer copy stand.
+TEST_F(CurlTransport, GetToFileIfNoneMatchSeesAFilePutBackWithAnOlderTime) {
+  const std::string url = Serve("index.db", RandomBytes(5000, 16));
+  const std::string served = nginx_.root() + "/index.db";
+  ASSERT_NO_FATAL_FAILURE(SetServedTime(served, 1700000200));
+  const std::string path = nginx_.dir() + "/copy.db";
+  CKPTFS_ASSERT_OK_AND_ASSIGN(netfetch::FileFetch first, transport_.GetToFile(url, path, kTimeout));
+  CKPTFS_ASSERT_OK_AND_ASSIGN(netfetch::FileFetch same,
+                              transport_.GetToFile(url, path + ".2", kTimeout, first.version));
+  EXPECT_TRUE(same.not_modified);
+
+  auto older = RandomBytes(5000, 17);
+  Serve("index.db", older);
+  ASSERT_NO_FATAL_FAILURE(SetServedTime(served, 1700000000));
+  CKPTFS_ASSERT_OK_AND_ASSIGN(netfetch::FileFetch back,
+                              transport_.GetToFile(url, path + ".3", kTimeout, first.version));
+  EXPECT_FALSE(back.not_modified);
+  EXPECT_EQ(ReadFile(path + ".3"), older);
+  EXPECT_NE(back.version.etag, first.version.etag);
 }
 
 TEST_F(CurlTransport, GetTellsProgressTheRunningTotal) {
