@@ -193,15 +193,20 @@ struct Outcome {
   std::string error;  // curl's own words when rc != CURLE_OK.
 };
 
-// Follows whether a transfer still receives (or sends) bytes, from curl's own counters.
+// Follows whether a transfer still receives (or sends) bytes, from curl's own counters, and
+// whether any byte of the answer has come yet.
 class StallWatch {
  public:
-  StallWatch(CURL* handle, Duration stall_timeout, std::chrono::steady_clock::time_point start)
-      : handle_(handle), stall_timeout_(stall_timeout), last_progress_(start) {}
+  StallWatch(CURL* handle, const RequestLimits& limits, std::chrono::steady_clock::time_point start)
+      : handle_(handle),
+        stall_timeout_(limits.stall_timeout),
+        first_byte_timeout_(limits.first_byte_timeout),
+        start_(start),
+        last_progress_(start) {}
 
-  // Notes any byte moved since the last call; returns true once none has for the stall timeout.
-  bool Stalled(std::chrono::steady_clock::time_point now) {
-    if (stall_timeout_ <= Duration::zero()) return false;
+  // Notes any byte moved since the last call; returns why the transfer is to be given up, or an
+  // empty string while it is not.
+  std::string Stalled(std::chrono::steady_clock::time_point now) {
     curl_off_t body = 0;
     curl_off_t sent = 0;
     long headers = 0;
@@ -213,25 +218,42 @@ class StallWatch {
       moved_ = moved;
       last_progress_ = now;
     }
-    return now - last_progress_ >= stall_timeout_;
+    answered_ = answered_ || body + headers > 0;
+    if (!answered_ && first_byte_timeout_ > Duration::zero() &&
+        now - start_ >= first_byte_timeout_) {
+      return "no answer within " + std::to_string(ToMillis(first_byte_timeout_)) + " ms";
+    }
+    if (stall_timeout_ > Duration::zero() && now - last_progress_ >= stall_timeout_) {
+      return "nothing received for " + std::to_string(ToMillis(stall_timeout_)) + " ms";
+    }
+    return {};
   }
 
   // How long a wait may last before Stalled must be asked again, at most `longest`.
   Duration Left(std::chrono::steady_clock::time_point now, Duration longest) const {
-    if (stall_timeout_ <= Duration::zero()) return longest;
-    return std::clamp<Duration>(last_progress_ + stall_timeout_ - now, Duration::zero(), longest);
+    Duration left = longest;
+    if (stall_timeout_ > Duration::zero())
+      left = std::min(left, last_progress_ + stall_timeout_ - now);
+    if (!answered_ && first_byte_timeout_ > Duration::zero()) {
+      left = std::min(left, start_ + first_byte_timeout_ - now);
+    }
+    return std::clamp<Duration>(left, Duration::zero(), longest);
   }
 
  private:
   CURL* const handle_;
   const Duration stall_timeout_;
+  const Duration first_byte_timeout_;
+  const std::chrono::steady_clock::time_point start_;
   std::chrono::steady_clock::time_point last_progress_;
   curl_off_t moved_ = 0;
+  bool answered_ = false;
 };
 
-// Runs the transfer set up on `pair.easy` to its end, or until no byte has moved for
-// `stall_timeout` (zero: no such limit), which ends it as CURLE_OPERATION_TIMEDOUT.
-Outcome Perform(const HandlePair& pair, const char* error_buffer, Duration stall_timeout) {
+// Runs the transfer set up on `pair.easy` to its end, or until StallWatch gives it up for
+// `limits` (stall_timeout, first_byte_timeout; zero: no such limit), which ends it as
+// CURLE_OPERATION_TIMEDOUT.
+Outcome Perform(const HandlePair& pair, const char* error_buffer, const RequestLimits& limits) {
   // curl_easy_perform waits at most this long between looks as well.
   constexpr Duration kLongestWait = std::chrono::seconds(1);
   CURL* const easy = pair.easy.get();
@@ -243,7 +265,7 @@ Outcome Perform(const HandlePair& pair, const char* error_buffer, Duration stall
     out.error = "curl_multi_add_handle failed";
     return out;
   }
-  StallWatch watch(easy, stall_timeout, start);
+  StallWatch watch(easy, limits, start);
   while (true) {
     int running = 0;
     CURLMcode mc = curl_multi_perform(multi, &running);
@@ -254,10 +276,12 @@ Outcome Perform(const HandlePair& pair, const char* error_buffer, Duration stall
       break;
     }
     const auto now = std::chrono::steady_clock::now();
-    if (mc == CURLM_OK && watch.Stalled(now)) {
-      out.rc = CURLE_OPERATION_TIMEDOUT;
-      out.error = "nothing received for " + std::to_string(ToMillis(stall_timeout)) + " ms";
-      break;
+    if (mc == CURLM_OK) {
+      if (std::string why = watch.Stalled(now); !why.empty()) {
+        out.rc = CURLE_OPERATION_TIMEDOUT;
+        out.error = std::move(why);
+        break;
+      }
     }
     const auto wait = std::chrono::ceil<std::chrono::milliseconds>(watch.Left(now, kLongestWait));
     if (mc == CURLM_OK) {
@@ -426,7 +450,7 @@ Status CurlTransport::GetInto(const std::string& url, std::optional<std::uint64_
   }
   const std::string what = offset ? "bytes " + range + " of " + url : url;
 
-  Outcome out = Perform(lease.pair(), error_buffer, limits.stall_timeout);
+  Outcome out = Perform(lease.pair(), error_buffer, limits);
   const std::string n = std::to_string(dst.size());
   if (sink.abandoned) {
     return DataLossError("transfer of " + what + " abandoned by the caller after " +
@@ -474,7 +498,7 @@ Status CurlTransport::Put(const std::string& url, std::span<const std::uint8_t> 
   curl_easy_setopt(handle, CURLOPT_SEEKDATA, &source);
   curl_easy_setopt(handle, CURLOPT_WRITEFUNCTION, DiscardBody);
 
-  Outcome out = Perform(lease.pair(), error_buffer, Duration::zero());
+  Outcome out = Perform(lease.pair(), error_buffer, RequestLimits{});
   // The handle outlives `headers`; make sure it no longer points at the list.
   curl_easy_setopt(handle, CURLOPT_HTTPHEADER, nullptr);
   if (out.rc != CURLE_OK) return TransferError(url, out, timeout);
@@ -543,7 +567,7 @@ Result<FileFetch> CurlTransport::GetToFile(const std::string& url, const std::st
     curl_easy_setopt(handle, CURLOPT_TIMEVALUE_LARGE, static_cast<curl_off_t>(have.last_modified));
   }
 
-  Outcome out = Perform(lease.pair(), error_buffer, Duration::zero());
+  Outcome out = Perform(lease.pair(), error_buffer, RequestLimits{});
   curl_off_t filetime = -1;
   curl_easy_getinfo(handle, CURLINFO_FILETIME_T, &filetime);
   // The handle goes back to the pool: its next user must not send a condition or keep headers.

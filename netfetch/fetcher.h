@@ -130,6 +130,13 @@ struct RetryOptions {
   // still read from. Zero: never. A node that has stopped answering then costs a read this much
   // once, not the low-speed limit's seconds.
   Duration stall_timeout = std::chrono::seconds(1);
+  // A node whose answers have been measured is given at most first_byte_factor times its usual
+  // time to first byte (an average over verified transfers), and no less than
+  // min_first_byte_timeout, to start answering, in the attempts that get the stall timeout: a
+  // node that has stopped answering is left well before stall_timeout. A node not measured yet
+  // gets stall_timeout alone; so does every node with a factor of zero.
+  double first_byte_factor = 8;
+  Duration min_first_byte_timeout = std::chrono::milliseconds(250);
   // After a failure a node is tried last for this long, doubling per consecutive failure up to
   // max_backoff, with +-25% jitter. It is still tried when every other replica failed.
   Duration initial_backoff = std::chrono::milliseconds(200);
@@ -252,10 +259,14 @@ class RetryingFetcher final : public ChunkFetcher {
   Status FetchInParts(const ChunkRef& chunk, std::span<std::uint8_t> dst, TimePoint deadline,
                       const VerifiedCallback& on_verified, std::size_t parts);
   // One GET (or Range GET, resuming after the verified prefix) from `node`, verifying as the
-  // body arrives; updates the node's health. `stall_timeout` as in RequestLimits.
+  // body arrives; updates the node's health. With `may_stall`, the attempt gets the stall
+  // timeout and, for a measured node, a first-byte timeout (RetryOptions).
   Status TryReplica(NodeState& node, const ChunkRef& chunk, Verifier& verifier, TimePoint deadline,
-                    Duration stall_timeout);
-  void RecordSuccess(NodeState& node, std::uint64_t bytes, Duration took);
+                    bool may_stall);
+  // The first-byte timeout of an attempt on `node` (zero: none). REQUIRES: mu_ held.
+  Duration FirstByteTimeoutLocked(const NodeState& node) const;
+  // `first_byte`: how long the first body byte took to come (zero: not known).
+  void RecordSuccess(NodeState& node, std::uint64_t bytes, Duration took, Duration first_byte);
   // `took`: how long the failed attempt (or probe: `ends_probe`) on `url` ran.
   void RecordFailure(NodeState& node, const Status& error, Duration took, const std::string& url,
                      bool ends_probe = false);

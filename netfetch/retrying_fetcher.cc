@@ -55,8 +55,9 @@ struct RetryingFetcher::NodeState {
   std::atomic<int> in_flight{0};
   // The fields below are guarded by RetryingFetcher::mu_.
   int consecutive_failures = 0;
-  TimePoint not_before{};       // Backing off (tried last) until then.
-  double bytes_per_second = 0;  // Average over verified transfers; 0 = not measured yet.
+  TimePoint not_before{};         // Backing off (tried last) until then.
+  double bytes_per_second = 0;    // Average over verified transfers; 0 = not measured yet.
+  double first_byte_seconds = 0;  // Average time to the first body byte; 0 = not measured yet.
   // Failed slowly since its last success: backing off until a probe of probe_url answers.
   bool awaiting_probe = false;
   bool probe_queued = false;  // Queued or running.
@@ -324,8 +325,7 @@ Status RetryingFetcher::RunRounds(const ChunkRef& chunk, Verifier& verifier, Tim
       // part was given it, rotated to the front, shifts them by one: then one attempt fewer
       // gets the stall timeout, the safe side.
       const bool another_healthy = i + 1 < healthy;
-      Status status = TryReplica(*replicas[i], chunk, verifier, deadline,
-                                 another_healthy ? options_.stall_timeout : Duration::zero());
+      Status status = TryReplica(*replicas[i], chunk, verifier, deadline, another_healthy);
       if (status.ok()) return status;
       last_error = status.ToString();
     }
@@ -407,15 +407,22 @@ std::vector<RetryingFetcher::NodeState*> RetryingFetcher::OrderReplicas(const Ch
 }
 
 Status RetryingFetcher::TryReplica(NodeState& node, const ChunkRef& chunk, Verifier& verifier,
-                                   TimePoint deadline, Duration stall_timeout) {
+                                   TimePoint deadline, bool may_stall) {
   const TimePoint start = clock_->Now();
-  const RequestLimits limits{std::min(options_.attempt_timeout, deadline - start), stall_timeout};
+  RequestLimits limits{std::min(options_.attempt_timeout, deadline - start)};
+  if (may_stall) {
+    limits.stall_timeout = options_.stall_timeout;
+    std::lock_guard lock(mu_);
+    limits.first_byte_timeout = FirstByteTimeoutLocked(node);
+  }
   const std::string url = ChunkUrl(node.endpoint.url, chunk.digest);
   verifier.StartAttempt();
   const std::size_t from = verifier.verified();
   const std::span<std::uint8_t> rest = verifier.dst().subspan(from);
   // Told of the attempt's bytes; hashes them while they are still in the CPU cache.
-  const ProgressCallback progress = [&verifier, from](std::size_t received) {
+  std::optional<TimePoint> first_byte_at;
+  const ProgressCallback progress = [&](std::size_t received) {
+    if (!first_byte_at) first_byte_at = clock_->Now();
     return verifier.Advance(from + received);
   };
   // A whole chunk from its start is a plain GET, the request any cache in between knows best;
@@ -453,11 +460,23 @@ Status RetryingFetcher::TryReplica(NodeState& node, const ChunkRef& chunk, Verif
     RecordFailure(node, status, took, url);
     return status;
   }
-  RecordSuccess(node, rest.size(), took);
+  RecordSuccess(node, rest.size(), took, first_byte_at ? *first_byte_at - start : Duration{});
   return status;
 }
 
-void RetryingFetcher::RecordSuccess(NodeState& node, std::uint64_t bytes, Duration took) {
+Duration RetryingFetcher::FirstByteTimeoutLocked(const NodeState& node) const {
+  if (options_.first_byte_factor <= 0 || node.first_byte_seconds <= 0) return Duration::zero();
+  const double seconds = std::max(options_.first_byte_factor * node.first_byte_seconds,
+                                  Seconds(options_.min_first_byte_timeout));
+  // No shorter than the stall timeout would make it: then it adds nothing.
+  if (options_.stall_timeout > Duration::zero() && seconds >= Seconds(options_.stall_timeout)) {
+    return Duration::zero();
+  }
+  return std::chrono::duration_cast<Duration>(std::chrono::duration<double>(seconds));
+}
+
+void RetryingFetcher::RecordSuccess(NodeState& node, std::uint64_t bytes, Duration took,
+                                    Duration first_byte) {
   int failures = 0;
   {
     std::lock_guard lock(mu_);
@@ -465,6 +484,14 @@ void RetryingFetcher::RecordSuccess(NodeState& node, std::uint64_t bytes, Durati
     node.consecutive_failures = 0;
     node.not_before = TimePoint{};
     node.awaiting_probe = false;
+    // Nor does a first byte that came at once (a test's clock) about how soon the node answers.
+    if (first_byte > Duration::zero()) {
+      const double sample = Seconds(first_byte);
+      node.first_byte_seconds =
+          node.first_byte_seconds > 0
+              ? kThroughputWeight * sample + (1 - kThroughputWeight) * node.first_byte_seconds
+              : sample;
+    }
     // A transfer that took no measurable time says nothing about speed.
     if (took > Duration::zero() && bytes > 0) {
       const double sample = static_cast<double>(bytes) / Seconds(took);

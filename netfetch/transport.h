@@ -33,6 +33,11 @@ struct RequestLimits {
   // a server that has stopped answering is then left after this, not after the low-speed
   // limit's seconds.
   Duration stall_timeout{};
+  // Given up as Unavailable when no byte of the answer (its status line included) has arrived
+  // this long after the request started, connecting included; zero: no such limit. Shorter than
+  // stall_timeout, it leaves a server that has stopped answering about as soon as one that
+  // answers would have answered: for a caller that knows how soon the server usually answers.
+  Duration first_byte_timeout{};
 };
 
 // How a server named the version of a file it sent (validators, RFC 9110): an earlier download's

@@ -249,6 +249,48 @@ def test_a_node_whose_host_is_unreachable_costs_one_short_stall_and_reads_stay_c
     assert failed <= 8, f"reads kept asking the unreachable node: {stats}"
 
 
+def _sha256_of_range(path, offset, length):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        f.seek(offset)
+        while length > 0:
+            block = f.read(min(length, MiB))
+            assert block, f"{path} ended early"
+            digest.update(block)
+            length -= len(block)
+    return digest.hexdigest()
+
+
+def test_a_measured_node_that_stops_answering_is_left_well_before_the_stall_timeout(
+        published, mount):
+    """Once a mount has seen how soon a node answers (milliseconds here), a request that gets no
+    answer at all is left at 8 times that, and no sooner than 250 ms, not at the 1 s stall
+    timeout: a node that hangs costs the reads in flight a quarter of what it did."""
+    mnt = mount(published.index, foreground=True, dir_readahead=0)
+    half = source_tree.BIG_SIZE // 2
+    path = mnt.path(BIG)
+    assert _sha256_of_range(path, 0, half) == _sha256_of_range(
+        published.tree.path(BIG), 0, half)
+    before = ckptfs_cli.mount_stats(mnt.mountpoint)
+    for node in published.nodes:
+        assert before[f"node.{node.name}.bytes_per_second"] > 0, (
+            f"{node.name} was not measured by the first half, so this proves nothing: {before}")
+    frozen = published.nodes[0]
+    frozen.freeze()
+    try:
+        assert _sha256_of_range(path, half, half) == _sha256_of_range(
+            published.tree.path(BIG), half, half)
+    finally:
+        frozen.thaw()
+    stats = ckptfs_cli.mount_stats(mnt.mountpoint)
+    log = mnt.output()
+    assert stats["fetch.failed_attempts"] > before["fetch.failed_attempts"], (
+        f"{frozen.name} was never asked while frozen, so this proves nothing: {stats}")
+    assert stats["fs.eio_fetch"] == 0, stats
+    assert f"node {frozen.name}" in log and "no answer within 250 ms" in log, (
+        f"no attempt on the frozen node ended at its first-byte timeout: {log}")
+
+
 # A stall timeout of 0.3 s backs a hung node off for 3 s (+-25%), which keeps these tests short.
 _SHORT_STALL = 0.3
 

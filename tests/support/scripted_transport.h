@@ -143,6 +143,12 @@ class ScriptedTransport final : public netfetch::Transport {
     auto it = scripts_.find(url);
     return it == scripts_.end() ? std::vector<Duration>{} : it->second.stall_timeouts;
   }
+  // The first-byte timeout of every GET to `url`, oldest first (zero for a call without one).
+  std::vector<Duration> FirstByteTimeouts(const std::string& url) const {
+    std::lock_guard lock(mu_);
+    auto it = scripts_.find(url);
+    return it == scripts_.end() ? std::vector<Duration>{} : it->second.first_byte_timeouts;
+  }
 
   using netfetch::Transport::Get;
   using netfetch::Transport::GetRange;
@@ -207,6 +213,7 @@ class ScriptedTransport final : public netfetch::Transport {
     std::optional<ScriptedResponse> fixed;
     std::vector<Duration> timeouts;                    // One per call.
     std::vector<Duration> stall_timeouts;              // One per call.
+    std::vector<Duration> first_byte_timeouts;         // One per GET.
     std::vector<std::optional<ScriptedRange>> ranges;  // One per call.
   };
 
@@ -251,6 +258,7 @@ class ScriptedTransport final : public netfetch::Transport {
     {
       std::lock_guard lock(mu_);
       Script& script = Record(url, limits.timeout, limits.stall_timeout);
+      script.first_byte_timeouts.push_back(limits.first_byte_timeout);
       script.ranges.push_back(range);
       hook = on_call_;
       if (!script.queue.empty()) {
@@ -294,14 +302,21 @@ class ScriptedTransport final : public netfetch::Transport {
     return script;
   }
 
-  // As below; a silent response is also cut short at the stall timeout, if that comes first.
+  // As below; a silent response is also cut short at the first-byte or the stall timeout,
+  // whichever comes first, if that comes before the response would.
   Status Elapse(const std::string& url, const ScriptedResponse& response,
                 const netfetch::RequestLimits& limits) {
-    const Duration stall = limits.stall_timeout;
-    if (response.silent && stall > Duration::zero() && stall < response.delay &&
-        stall < limits.timeout) {
-      if (clock_ != nullptr) clock_->Advance(stall);
-      return UnavailableError(url + ": nothing received within the stall timeout (scripted)");
+    Duration cut = limits.stall_timeout;
+    if (limits.first_byte_timeout > Duration::zero() &&
+        (cut <= Duration::zero() || limits.first_byte_timeout < cut)) {
+      cut = limits.first_byte_timeout;
+    }
+    if (response.silent && cut > Duration::zero() && cut < response.delay && cut < limits.timeout) {
+      if (clock_ != nullptr) clock_->Advance(cut);
+      return UnavailableError(
+          url + ": nothing received within " +
+          std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(cut).count()) +
+          " ms (scripted)");
     }
     return Elapse(url, response.delay, limits.timeout);
   }

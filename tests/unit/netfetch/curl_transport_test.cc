@@ -412,6 +412,40 @@ TEST(CurlTransportStall, ConnectionThatIsNeverAnsweredIsLeftAtTheStallTimeout) {
   EXPECT_LT(took, 10s);
 }
 
+TEST(CurlTransportFirstByte, ServerThatDoesNotAnswerIsLeftAtTheFirstByteTimeout) {
+  netfetch::CurlTransport transport(PatientOptions());
+  for (bool connects : {true, false}) {
+    SilentServer silent;
+    UnreachableServer unreachable;
+    ASSERT_TRUE(silent.ok() && unreachable.ok());
+    const std::string url = (connects ? silent.url() : unreachable.url()) + "/x";
+    std::vector<std::uint8_t> dst(10);
+    netfetch::RequestLimits limits{60s, 5s};
+    limits.first_byte_timeout = 200ms;
+    auto start = std::chrono::steady_clock::now();
+    Status status = transport.Get(url, dst, limits, {});
+    auto took = std::chrono::steady_clock::now() - start;
+    EXPECT_EQ(status.code(), StatusCode::kUnavailable) << status.ToString();
+    EXPECT_NE(status.message().find("no answer within 200 ms"), std::string::npos)
+        << status.ToString();
+    EXPECT_LT(took, 3s) << (connects ? "silent" : "unreachable");
+  }
+}
+
+TEST(CurlTransportFirstByte, AnAnswerThatPausesAfterItBeganIsNotCutByIt) {
+  // The status line and headers at once, then the body after 600 ms: longer than the
+  // first-byte timeout, shorter than the stall timeout.
+  OneShotServer server({{0ms, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n"}, {600ms, "hello"}},
+                       /*hold_open=*/false);
+  ASSERT_TRUE(server.ok());
+  netfetch::CurlTransport transport(PatientOptions());
+  std::vector<std::uint8_t> dst(5);
+  netfetch::RequestLimits limits{60s, 2s};
+  limits.first_byte_timeout = 200ms;
+  CKPTFS_ASSERT_OK(transport.Get(server.url() + "/x", dst, limits, {}));
+  EXPECT_EQ(std::string(dst.begin(), dst.end()), "hello");
+}
+
 TEST(CurlTransportStall, BodyThatStopsIsLeftAtTheStallTimeoutWithWhatArrivedReported) {
   OneShotServer server(
       {{0ms, "HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n" + std::string(40, 'a')}},

@@ -526,6 +526,57 @@ TEST_F(RetryingFetcher, ANodeThatSendsNothingIsLeftAtTheStallTimeoutForAHealthyR
   EXPECT_TRUE(HealthOf(*fetcher, 1).backing_off);
 }
 
+TEST_F(RetryingFetcher, AMeasuredNodeThatStopsAnsweringIsLeftAtItsFirstByteTimeout) {
+  TestChunk warm1 = MakeChunk(70, {1});
+  TestChunk warm2 = MakeChunk(71, {2});
+  TestChunk chunk = MakeChunk(72, {1, 2});
+  Serve(1, warm1, 10ms);  // node1 answers in 10 ms, node2 in 40 ms: node1 is asked first.
+  Serve(2, warm2, 40ms);
+  Silence(1, chunk);
+  Serve(2, chunk);
+  auto fetcher = MakeFetcher();
+  std::vector<std::uint8_t> out;
+  ASSERT_TRUE(Fetch(*fetcher, warm1, &out).ok());
+  ASSERT_TRUE(Fetch(*fetcher, warm2, &out).ok());
+  EXPECT_EQ(transport_.FirstByteTimeouts(Url(1, warm1)), std::vector<Duration>{0s})
+      << "a node not measured yet gets the stall timeout alone";
+  const TimePoint start = clock_.Now();
+  ASSERT_TRUE(Fetch(*fetcher, chunk, &out).ok());
+  EXPECT_EQ(out, chunk.bytes);
+  // 8 x 10 ms is below the 250 ms floor.
+  EXPECT_EQ(transport_.FirstByteTimeouts(Url(1, chunk)), std::vector<Duration>{250ms});
+  EXPECT_EQ(transport_.FirstByteTimeouts(Url(2, chunk)), std::vector<Duration>{0s})
+      << "the last healthy replica is given time to answer";
+  EXPECT_EQ(clock_.Now() - start, 250ms) << "node1's silence should cost 250 ms, not 1 s";
+  EXPECT_TRUE(HealthOf(*fetcher, 1).awaiting_probe);
+}
+
+TEST_F(RetryingFetcher, TheFirstByteTimeoutFollowsHowSoonANodeUsuallyAnswers) {
+  TestChunk warm1 = MakeChunk(73, {1});
+  TestChunk warm3 = MakeChunk(74, {3});
+  TestChunk chunk = MakeChunk(75, {1, 2});
+  TestChunk other = MakeChunk(76, {3, 2});
+  Serve(1, warm1, 70ms);   // 8 x 70 ms = 560 ms, under the 1 s stall timeout.
+  Serve(3, warm3, 200ms);  // 8 x 200 ms = 1.6 s: the stall timeout comes first.
+  Serve(1, chunk);
+  Serve(3, other);
+  auto fetcher = MakeFetcher();
+  std::vector<std::uint8_t> out;
+  ASSERT_TRUE(Fetch(*fetcher, warm1, &out).ok());
+  ASSERT_TRUE(Fetch(*fetcher, warm3, &out).ok());
+  transport_.SetResponse(Url(2, chunk), ScriptedResponse::Body(chunk.bytes, 300ms));
+  transport_.SetResponse(Url(2, other), ScriptedResponse::Body(other.bytes, 300ms));
+  // node2, unmeasured, would be asked first: measure it as slower than both.
+  TestChunk warm2 = MakeChunk(77, {2});
+  Serve(2, warm2, 300ms);
+  ASSERT_TRUE(Fetch(*fetcher, warm2, &out).ok());
+  ASSERT_TRUE(Fetch(*fetcher, chunk, &out).ok());
+  ASSERT_TRUE(Fetch(*fetcher, other, &out).ok());
+  EXPECT_EQ(transport_.FirstByteTimeouts(Url(1, chunk)), std::vector<Duration>{560ms});
+  EXPECT_EQ(transport_.FirstByteTimeouts(Url(3, other)), std::vector<Duration>{0s});
+  EXPECT_EQ(transport_.StallTimeouts(Url(3, other)), std::vector<Duration>{1s});
+}
+
 TEST_F(RetryingFetcher, WhenEveryReplicaIsSlowToAnswerTheLastHealthyOneIsWaitedFor) {
   TestChunk chunk = MakeChunk(37, {1, 2, 3});
   for (std::int64_t id : {1, 2, 3}) {
