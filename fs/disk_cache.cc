@@ -83,6 +83,13 @@ Status MakeDir(const std::string& path, bool* made = nullptr) {
   return ErrnoStatus(errno, "cannot create cache directory " + path);
 }
 
+// Unlinks an entry's file; one already gone is fine, other failures are logged ("cannot <what>").
+void UnlinkEntryFile(const std::string& path, const char* what) {
+  if (::unlink(path.c_str()) != 0 && errno != ENOENT) {
+    LogWarning(std::string("cannot ") + what + " " + path + ": " + std::strerror(errno));
+  }
+}
+
 // Whole entries are served without being hashed again, so whoever may write the directory may
 // put bytes into every mount that uses it: it must belong to this user or root, and not be
 // writable by every user (as /tmp is).
@@ -307,10 +314,7 @@ void DiskCache::EvictLocked(std::uint64_t incoming) {
   while (!lru_.empty() && used_ + incoming > capacity_) {
     auto victim = std::prev(lru_.end());
     // Readers holding the file open keep their descriptor; unlink only drops the name.
-    const std::string path = PathOf(victim->digest, victim->partial);
-    if (::unlink(path.c_str()) != 0 && errno != ENOENT) {
-      LogWarning("cannot evict " + path + ": " + std::strerror(errno));
-    }
+    UnlinkEntryFile(PathOf(victim->digest, victim->partial), "evict");
     EraseLocked(victim);
   }
 }
@@ -323,10 +327,7 @@ bool DiskCache::Contains(const Digest& digest) const {
 void DiskCache::Drop(const Digest& digest) {
   std::lock_guard lock(mu_);
   // Unlinked even when not listed: another mount on the directory may have added it.
-  const std::string path = PathOf(digest);
-  if (::unlink(path.c_str()) != 0 && errno != ENOENT) {
-    LogWarning("cannot remove unreadable cache entry " + path + ": " + std::strerror(errno));
-  }
+  UnlinkEntryFile(PathOf(digest), "remove unreadable cache entry");
   if (auto it = by_digest_.find(digest); it != by_digest_.end()) EraseLocked(it->second);
 }
 

@@ -207,6 +207,11 @@ class StallWatch {
   // Notes any byte moved since the last call; returns why the transfer is to be given up, or an
   // empty string while it is not.
   std::string Stalled(std::chrono::steady_clock::time_point now) {
+    // Without a limit left to watch, curl's counters need not be read on every wake-up.
+    if (stall_timeout_ <= Duration::zero() &&
+        (answered_ || first_byte_timeout_ <= Duration::zero())) {
+      return {};
+    }
     curl_off_t body = 0;
     curl_off_t sent = 0;
     long headers = 0;
@@ -570,12 +575,9 @@ Result<FileFetch> CurlTransport::GetToFile(const std::string& url, const std::st
   Outcome out = Perform(lease.pair(), error_buffer, RequestLimits{});
   curl_off_t filetime = -1;
   curl_easy_getinfo(handle, CURLINFO_FILETIME_T, &filetime);
-  // The handle goes back to the pool: its next user must not send a condition or keep headers.
+  // The handle outlives `headers` and `etag`; its next user's SetCommonOptions resets the rest.
   curl_easy_setopt(handle, CURLOPT_HTTPHEADER, nullptr);
-  curl_easy_setopt(handle, CURLOPT_TIMECONDITION, static_cast<long>(CURL_TIMECOND_NONE));
-  curl_easy_setopt(handle, CURLOPT_HEADERFUNCTION, nullptr);
   curl_easy_setopt(handle, CURLOPT_HEADERDATA, nullptr);
-  curl_easy_setopt(handle, CURLOPT_FILETIME, 0L);
   if (sink.write_errno != 0) return ErrnoStatus(sink.write_errno, "write " + path);
   if (out.rc != CURLE_OK && !sink.filter.discarding) return TransferError(url, out, timeout);
   // A 304 to a request that asked for nothing conditionally would leave the caller no file.

@@ -14,9 +14,10 @@ namespace ckptfs::netfetch {
 
 namespace {
 
-// Weight of the newest sample in a node's throughput average: follows a node that slows down
-// within a few chunks, yet one lucky transfer does not reorder everything.
-constexpr double kThroughputWeight = 0.3;
+// Weight of the newest sample in a node's running averages (throughput, time to first byte):
+// follows a node that slows down within a few chunks, yet one lucky transfer does not reorder
+// everything.
+constexpr double kNewestSampleWeight = 0.3;
 // A zero pause would spin through rounds without letting time pass.
 constexpr Duration kMinRoundPause = std::chrono::milliseconds(1);
 
@@ -38,6 +39,12 @@ class InFlightGuard {
 };
 
 double Seconds(Duration d) { return std::chrono::duration<double>(d).count(); }
+
+// Folds `sample` into a node's running average `average` (0: no sample yet).
+void AddSample(double& average, double sample) {
+  average =
+      average > 0 ? kNewestSampleWeight * sample + (1 - kNewestSampleWeight) * average : sample;
+}
 
 // `base` doubled for each failure in a row after the first, at most `cap`.
 Duration DoubledPerFailure(Duration base, int failures, Duration cap) {
@@ -484,22 +491,12 @@ void RetryingFetcher::RecordSuccess(NodeState& node, std::uint64_t bytes, Durati
     node.consecutive_failures = 0;
     node.not_before = TimePoint{};
     node.awaiting_probe = false;
-    // Nor does a first byte that came at once (a test's clock) about how soon the node answers.
-    if (first_byte > Duration::zero()) {
-      const double sample = Seconds(first_byte);
-      node.first_byte_seconds =
-          node.first_byte_seconds > 0
-              ? kThroughputWeight * sample + (1 - kThroughputWeight) * node.first_byte_seconds
-              : sample;
-    }
-    // A transfer that took no measurable time says nothing about speed.
+    // A transfer that took no measurable time says nothing about speed, nor a first byte that
+    // came at once (a test's clock) about how soon the node answers.
     if (took > Duration::zero() && bytes > 0) {
-      const double sample = static_cast<double>(bytes) / Seconds(took);
-      node.bytes_per_second =
-          node.bytes_per_second > 0
-              ? kThroughputWeight * sample + (1 - kThroughputWeight) * node.bytes_per_second
-              : sample;
+      AddSample(node.bytes_per_second, static_cast<double>(bytes) / Seconds(took));
     }
+    if (first_byte > Duration::zero()) AddSample(node.first_byte_seconds, Seconds(first_byte));
   }
   if (failures > 0) {
     LogInfo("node " + node.endpoint.name + " (" + node.endpoint.url + ") recovered after " +

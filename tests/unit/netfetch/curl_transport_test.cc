@@ -364,18 +364,26 @@ netfetch::CurlOptions PatientOptions() {
   return options;
 }
 
+// Gets `url` into 10 bytes, expecting the transport to give the request up as Unavailable with
+// `words` in the message (the node's fault: worth another replica). Returns how long it took.
+Duration GivenUpAfter(netfetch::CurlTransport& transport, const std::string& url,
+                      const netfetch::RequestLimits& limits, const std::string& words) {
+  std::vector<std::uint8_t> dst(10);
+  const auto start = std::chrono::steady_clock::now();
+  Status status = transport.Get(url, dst, limits, {});
+  const auto took = std::chrono::steady_clock::now() - start;
+  EXPECT_EQ(status.code(), StatusCode::kUnavailable) << status.ToString();
+  EXPECT_NE(status.message().find(words), std::string::npos) << status.ToString();
+  return took;
+}
+
 TEST(CurlTransportStall, ServerThatNeverAnswersIsLeftAtTheStallTimeout) {
   netfetch::CurlTransport transport(PatientOptions());
   SilentServer silent;
   ASSERT_TRUE(silent.ok());
-  std::vector<std::uint8_t> dst(10);
-  auto start = std::chrono::steady_clock::now();
-  Status status = transport.Get(silent.url() + "/x", dst, netfetch::RequestLimits{60s, 300ms}, {});
-  auto took = std::chrono::steady_clock::now() - start;
-  EXPECT_EQ(status.code(), StatusCode::kUnavailable) << status.ToString();
-  EXPECT_NE(status.message().find("nothing received for 300 ms"), std::string::npos)
-      << status.ToString();
-  EXPECT_LT(took, 10s);
+  EXPECT_LT(
+      GivenUpAfter(transport, silent.url() + "/x", {60s, 300ms}, "nothing received for 300 ms"),
+      10s);
 }
 
 TEST(CurlTransportUnreachable, ConnectionThatIsNeverAnsweredIsLeftAtTheConnectTimeout) {
@@ -384,13 +392,8 @@ TEST(CurlTransportUnreachable, ConnectionThatIsNeverAnsweredIsLeftAtTheConnectTi
   netfetch::CurlOptions options = PatientOptions();
   options.connect_timeout = 500ms;
   netfetch::CurlTransport transport(options);
-  std::vector<std::uint8_t> dst(10);
-  auto start = std::chrono::steady_clock::now();
-  Status status = transport.Get(unreachable.url() + "/x", dst, 60s);
-  auto took = std::chrono::steady_clock::now() - start;
-  // The node's fault, worth another replica; the caller's own time has not run out.
-  EXPECT_EQ(status.code(), StatusCode::kUnavailable) << status.ToString();
-  EXPECT_NE(status.message().find("connect"), std::string::npos) << status.ToString();
+  // The caller's own time (60 s) has not run out.
+  const Duration took = GivenUpAfter(transport, unreachable.url() + "/x", {60s}, "connect");
   EXPECT_GE(took, 400ms);
   EXPECT_LT(took, 10s);
 }
@@ -401,15 +404,9 @@ TEST(CurlTransportStall, ConnectionThatIsNeverAnsweredIsLeftAtTheStallTimeout) {
   netfetch::CurlOptions options = PatientOptions();
   options.connect_timeout = 30s;
   netfetch::CurlTransport transport(options);
-  std::vector<std::uint8_t> dst(10);
-  auto start = std::chrono::steady_clock::now();
-  Status status =
-      transport.Get(unreachable.url() + "/x", dst, netfetch::RequestLimits{60s, 300ms}, {});
-  auto took = std::chrono::steady_clock::now() - start;
-  EXPECT_EQ(status.code(), StatusCode::kUnavailable) << status.ToString();
-  EXPECT_NE(status.message().find("nothing received for 300 ms"), std::string::npos)
-      << status.ToString();
-  EXPECT_LT(took, 10s);
+  EXPECT_LT(GivenUpAfter(transport, unreachable.url() + "/x", {60s, 300ms},
+                         "nothing received for 300 ms"),
+            10s);
 }
 
 TEST(CurlTransportFirstByte, ServerThatDoesNotAnswerIsLeftAtTheFirstByteTimeout) {
@@ -419,16 +416,10 @@ TEST(CurlTransportFirstByte, ServerThatDoesNotAnswerIsLeftAtTheFirstByteTimeout)
     UnreachableServer unreachable;
     ASSERT_TRUE(silent.ok() && unreachable.ok());
     const std::string url = (connects ? silent.url() : unreachable.url()) + "/x";
-    std::vector<std::uint8_t> dst(10);
     netfetch::RequestLimits limits{60s, 5s};
     limits.first_byte_timeout = 200ms;
-    auto start = std::chrono::steady_clock::now();
-    Status status = transport.Get(url, dst, limits, {});
-    auto took = std::chrono::steady_clock::now() - start;
-    EXPECT_EQ(status.code(), StatusCode::kUnavailable) << status.ToString();
-    EXPECT_NE(status.message().find("no answer within 200 ms"), std::string::npos)
-        << status.ToString();
-    EXPECT_LT(took, 3s) << (connects ? "silent" : "unreachable");
+    EXPECT_LT(GivenUpAfter(transport, url, limits, "no answer within 200 ms"), 3s)
+        << (connects ? "silent" : "unreachable");
   }
 }
 
