@@ -326,6 +326,9 @@ Status HttpError(const std::string& method, const std::string& url, long code) {
   return UnavailableError("HTTP " + std::to_string(code) + " from " + method + " " + url);
 }
 
+Status NoHandle() { return InternalError("curl could not allocate a handle"); }
+Status BadOption(const std::string& url) { return InternalError(url + ": curl refused an option"); }
+
 }  // namespace
 
 struct CurlTransport::Impl {
@@ -397,17 +400,20 @@ struct CurlTransport::Impl {
     HandlePair handle_;
   };
 
+  // What every request does first: refuses a call with no time left, and sets up the borrowed
+  // handle with what every request shares.
+  Status Start(const Lease& lease, const std::string& url, Duration timeout,
+               char* error_buffer) const {
+    if (timeout <= Duration::zero()) return DeadlineExceededError(url + ": no time left to try");
+    if (lease.get() == nullptr) return NoHandle();
+    if (!SetCommonOptions(lease.get(), url, timeout, error_buffer)) return BadOption(url);
+    return Status::Ok();
+  }
+
   CurlOptions options;
   std::mutex mu;
   std::vector<HandlePair> idle;  // Guarded by mu.
 };
-
-namespace {
-
-Status NoHandle() { return InternalError("curl could not allocate a handle"); }
-Status BadOption(const std::string& url) { return InternalError(url + ": curl refused an option"); }
-
-}  // namespace
 
 CurlTransport::CurlTransport(CurlOptions options) : impl_(std::make_unique<Impl>(options)) {
   // One handle up front: the common case needs it anyway, and it is made on the constructing
@@ -434,12 +440,10 @@ Status CurlTransport::GetInto(const std::string& url, std::optional<std::uint64_
                               std::span<std::uint8_t> dst, const RequestLimits& limits,
                               const ProgressCallback& progress) {
   const Duration timeout = limits.timeout;
-  if (timeout <= Duration::zero()) return DeadlineExceededError(url + ": no time left to try");
   Impl::Lease lease(*impl_);
-  CURL* handle = lease.get();
-  if (handle == nullptr) return NoHandle();
   char error_buffer[CURL_ERROR_SIZE];
-  if (!impl_->SetCommonOptions(handle, url, timeout, error_buffer)) return BadOption(url);
+  CKPTFS_RETURN_IF_ERROR(impl_->Start(lease, url, timeout, error_buffer));
+  CURL* handle = lease.get();
   BufferSink sink;
   sink.filter.handle = handle;
   sink.filter.wanted_status = offset ? IsPartialContent : IsChunkStatus;
@@ -483,12 +487,10 @@ Status CurlTransport::GetInto(const std::string& url, std::optional<std::uint64_
 
 Status CurlTransport::Put(const std::string& url, std::span<const std::uint8_t> body,
                           Duration timeout) {
-  if (timeout <= Duration::zero()) return DeadlineExceededError(url + ": no time left to try");
   Impl::Lease lease(*impl_);
-  CURL* handle = lease.get();
-  if (handle == nullptr) return NoHandle();
   char error_buffer[CURL_ERROR_SIZE];
-  if (!impl_->SetCommonOptions(handle, url, timeout, error_buffer)) return BadOption(url);
+  CKPTFS_RETURN_IF_ERROR(impl_->Start(lease, url, timeout, error_buffer));
+  CURL* handle = lease.get();
   // Without this curl sends "Expect: 100-continue" for large bodies and waits a second for an
   // answer that nginx does not need to give.
   HeaderList headers(curl_slist_append(nullptr, "Expect:"));
@@ -509,6 +511,26 @@ Status CurlTransport::Put(const std::string& url, std::span<const std::uint8_t> 
   if (out.rc != CURLE_OK) return TransferError(url, out, timeout);
   if (!Is2xx(out.http_code)) return HttpError("PUT", url, out.http_code);
   return Status::Ok();
+}
+
+Result<std::uint64_t> CurlTransport::Head(const std::string& url, Duration timeout) {
+  Impl::Lease lease(*impl_);
+  char error_buffer[CURL_ERROR_SIZE];
+  CKPTFS_RETURN_IF_ERROR(impl_->Start(lease, url, timeout, error_buffer));
+  CURL* handle = lease.get();
+  curl_easy_setopt(handle, CURLOPT_NOBODY, 1L);
+  Outcome out = Perform(lease.pair(), error_buffer, RequestLimits{});
+  if (out.rc != CURLE_OK) return TransferError(url, out, timeout);
+  if (out.http_code == 404 || out.http_code == 410) {
+    return NotFoundError("HTTP " + std::to_string(out.http_code) + " from HEAD " + url);
+  }
+  if (!Is2xx(out.http_code)) return HttpError("HEAD", url, out.http_code);
+  curl_off_t length = -1;
+  if (curl_easy_getinfo(handle, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &length) != CURLE_OK ||
+      length < 0) {
+    return UnavailableError("no Content-Length in the answer to HEAD " + url);
+  }
+  return static_cast<std::uint64_t>(length);
 }
 
 namespace {
@@ -537,14 +559,12 @@ std::size_t KeepEtag(char* data, std::size_t size, std::size_t nmemb, void* user
 
 Result<FileFetch> CurlTransport::GetToFile(const std::string& url, const std::string& path,
                                            Duration timeout, const FileVersion& have) {
-  if (timeout <= Duration::zero()) return DeadlineExceededError(url + ": no time left to try");
+  Impl::Lease lease(*impl_);
+  char error_buffer[CURL_ERROR_SIZE];
+  CKPTFS_RETURN_IF_ERROR(impl_->Start(lease, url, timeout, error_buffer));
+  CURL* handle = lease.get();
   UniqueFd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
   if (fd.get() < 0) return ErrnoStatus(errno, "open " + path);
-  Impl::Lease lease(*impl_);
-  CURL* handle = lease.get();
-  if (handle == nullptr) return NoHandle();
-  char error_buffer[CURL_ERROR_SIZE];
-  if (!impl_->SetCommonOptions(handle, url, timeout, error_buffer)) return BadOption(url);
   FileSink sink;
   sink.filter.handle = handle;
   sink.filter.wanted_status = IsFileStatus;

@@ -192,6 +192,24 @@ class ScriptedTransport final : public netfetch::Transport {
     return Status::Ok();
   }
 
+  // Answers from the fixed response of `url` (a successful Put sets one): the size of its body,
+  // or its error; NotFound with none. Not counted among the calls above and runs no hook, so
+  // that tests of what is fetched or PUT see only that: Heads() lists them.
+  Result<std::uint64_t> Head(const std::string& url, Duration) override {
+    std::lock_guard lock(mu_);
+    heads_.push_back(url);
+    auto it = scripts_.find(url);
+    if (it == scripts_.end() || !it->second.fixed)
+      return NotFoundError("HTTP 404 from HEAD " + url);
+    if (!it->second.fixed->status.ok()) return it->second.fixed->status;
+    return it->second.fixed->body.size();
+  }
+  // URLs asked for with Head, in order.
+  std::vector<std::string> Heads() const {
+    std::lock_guard lock(mu_);
+    return heads_;
+  }
+
   using Transport::GetToFile;
   // Always the whole body: a scripted server has no modification times.
   Result<netfetch::FileFetch> GetToFile(const std::string& url, const std::string& path,
@@ -333,8 +351,9 @@ class ScriptedTransport final : public netfetch::Transport {
 
   FakeClock* const clock_;
   mutable std::mutex mu_;
-  std::map<std::string, Script> scripts_;                // Guarded by mu_.
-  std::vector<std::string> call_order_;                  // Guarded by mu_.
+  std::map<std::string, Script> scripts_;  // Guarded by mu_.
+  std::vector<std::string> call_order_;
+  std::vector<std::string> heads_;                       // Guarded by mu_.
   std::function<void(const std::string& url)> on_call_;  // Guarded by mu_.
   std::size_t piece_size_ = 0;                           // Guarded by mu_. 0: all at once.
 };

@@ -503,6 +503,39 @@ TEST_F(CurlTransport, PutThatTheServerRefusesIsUnavailable) {
   EXPECT_NE(status.message().find("HTTP "), std::string::npos) << status.ToString();
 }
 
+TEST_F(CurlTransport, HeadGivesTheSizeOfAnObjectOrNotFound) {
+  auto bytes = RandomBytes(123'457, 13);
+  std::string url = Serve("h", bytes);
+  Result<std::uint64_t> size = transport_.Head(url, kTimeout);
+  ASSERT_TRUE(size.ok()) << size.status().ToString();
+  EXPECT_EQ(*size, bytes.size());
+  Result<std::uint64_t> missing = transport_.Head(nginx_.url() + "/missing", kTimeout);
+  EXPECT_EQ(missing.status().code(), StatusCode::kNotFound) << missing.status().ToString();
+  EXPECT_NE(missing.status().message().find("404"), std::string::npos);
+  // The pooled handle asks for bodies again afterwards.
+  std::vector<std::uint8_t> dst(bytes.size());
+  ASSERT_TRUE(transport_.Get(url, dst, kTimeout).ok());
+  EXPECT_EQ(dst, bytes);
+
+  nginx_.Stop();
+  std::vector<std::string> lines = nginx_.AccessLogLines();
+  ASSERT_EQ(lines.size(), 3u);
+  EXPECT_EQ(ParseAccessLine(lines[0]).method, "HEAD");
+  EXPECT_EQ(ParseAccessLine(lines[0]).bytes, 0) << "HEAD sent a body";
+  EXPECT_EQ(ParseAccessLine(lines[1]).status, 404);
+  EXPECT_EQ(ParseAccessLine(lines[2]).method, "GET");
+  EXPECT_EQ(ParseAccessLine(lines[2]).connection, ParseAccessLine(lines[0]).connection)
+      << "the connection was not kept";
+}
+
+TEST_F(CurlTransport, HeadOfAServerThatIsGoneIsUnavailable) {
+  std::string url = Serve("h", RandomBytes(10, 14));
+  nginx_.Stop();
+  Result<std::uint64_t> size = transport_.Head(url, kTimeout);
+  EXPECT_EQ(size.status().code(), StatusCode::kUnavailable) << size.status().ToString();
+  EXPECT_NE(size.status().message().find(url), std::string::npos) << size.status().ToString();
+}
+
 TEST_F(CurlTransport, GetToFileWritesTheBodyAndFollowsRedirects) {
   auto bytes = RandomBytes(700 * 1024, 12);
   Serve("index.db", bytes);
