@@ -30,6 +30,7 @@ struct PublishArgs {
   std::string source, output, chunk_size = "4M", block_size = "64K";
   std::vector<std::string> nodes, stores;
   int replicas = 0;
+  int uploads = 8;
 };
 
 Result<PublishOptions> ToPublishOptions(const PublishArgs& args) {
@@ -37,6 +38,7 @@ Result<PublishOptions> ToPublishOptions(const PublishArgs& args) {
   options.source_dir = args.source;
   options.index_path = args.output;
   options.replicas = args.replicas;
+  options.uploads = args.uploads;
   CKPTFS_ASSIGN_OR_RETURN(options.chunk_size, ParseSize(args.chunk_size));
   Result<std::uint64_t> block_size = ParseSize(args.block_size);
   if (!block_size.ok()) return block_size.status().WithContext("--block-size");
@@ -134,6 +136,8 @@ int Main(int argc, char** argv) {
   pub->add_option("--block-size", publish.block_size,
                   "Size of the verified blocks within a chunk: a power of two from 4K to the "
                   "chunk size (default 64K)");
+  pub->add_option("--uploads", publish.uploads,
+                  "Objects stored at a time, over all nodes (default 8)");
 
   std::string index, mountpoint;
   bool foreground = false;

@@ -12,7 +12,7 @@
 #include <utility>
 #include <vector>
 
-#include "common/buffer.h"
+#include "cli/object_uploads.h"
 #include "common/digest.h"
 #include "common/file_io.h"
 #include "common/unique_fd.h"
@@ -28,7 +28,8 @@ namespace {
 
 constexpr std::uint64_t kMinChunkSize = 64 << 10;
 constexpr std::uint64_t kMaxChunkSize = 256 << 20;
-constexpr auto kPutTimeout = std::chrono::seconds(120);
+// Chunk bytes publish keeps in memory for uploads under way, unless two chunks are more.
+constexpr std::uint64_t kUploadMemory = 64 << 20;
 
 // One thing found under the source directory, in the order it will be published.
 struct SourceEntry {
@@ -100,51 +101,6 @@ Status Walk(const std::string& root, const std::set<FileId>& skip, std::vector<S
   return Status::Ok();
 }
 
-Status WriteFileAtomically(const std::string& path, std::span<const std::uint8_t> bytes) {
-  std::string tmp = path + ".tmp." + std::to_string(::getpid());
-  UniqueFd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
-  if (!fd.valid()) return ErrnoStatus(errno, "cannot create " + tmp);
-  if (Status written = WriteAll(fd.get(), bytes); !written.ok()) {
-    ::unlink(tmp.c_str());
-    return written.WithContext("cannot write " + tmp);
-  }
-  fd.Reset();
-  if (::rename(tmp.c_str(), path.c_str()) != 0) {
-    Status err = ErrnoStatus(errno, "cannot rename " + tmp);
-    ::unlink(tmp.c_str());
-    return err;
-  }
-  return Status::Ok();
-}
-
-// Where and how chunk objects go: a store directory or an HTTP PUT.
-class ObjectSink {
- public:
-  ObjectSink(const PublishOptions& options, netfetch::Transport& transport)
-      : options_(options), transport_(transport) {}
-
-  Status Store(std::size_t node, const Digest& digest, std::span<const std::uint8_t> bytes) {
-    const NodeSpec& spec = options_.nodes[node];
-    std::string object = index::ChunkObjectPath(digest);
-    auto store = options_.stores.find(spec.name);
-    if (store == options_.stores.end()) {
-      return transport_.Put(spec.url + "/" + object, bytes, kPutTimeout)
-          .WithContext("cannot upload to node " + spec.name);
-    }
-    std::string path = store->second + "/" + object;
-    struct stat st;
-    if (::stat(path.c_str(), &st) == 0 && static_cast<std::uint64_t>(st.st_size) == bytes.size()) {
-      return Status::Ok();  // Content-addressed: an object of the right size is this chunk.
-    }
-    CKPTFS_RETURN_IF_ERROR(MakeDirs(path.substr(0, path.rfind('/')), 0755));
-    return WriteFileAtomically(path, bytes);
-  }
-
- private:
-  const PublishOptions& options_;
-  netfetch::Transport& transport_;
-};
-
 Status CheckOptions(const PublishOptions& options) {
   if (options.nodes.empty()) return InvalidArgumentError("at least one --node NAME=URL is needed");
   std::set<std::string> names;
@@ -170,6 +126,7 @@ Status CheckOptions(const PublishOptions& options) {
     return InvalidArgumentError("--replicas " + std::to_string(options.replicas) +
                                 " is more than the " + std::to_string(n) + " node(s) given");
   }
+  if (options.uploads < 1) return InvalidArgumentError("--uploads must be at least 1");
   if (options.chunk_size < kMinChunkSize || options.chunk_size > kMaxChunkSize) {
     return InvalidArgumentError("--chunk-size must be between 64K and 256M");
   }
@@ -210,13 +167,22 @@ struct Totals {
   std::vector<std::uint64_t> chunks_per_node;
 };
 
+// Chunks in memory at once: one more than the uploads, so that each has one to send while the
+// next is read, within kUploadMemory unless that is less than two.
+int UploadBuffers(const PublishOptions& options) {
+  const std::uint64_t fit = kUploadMemory / options.chunk_size;
+  return static_cast<int>(std::max<std::uint64_t>(
+      2, std::min<std::uint64_t>(fit, static_cast<std::uint64_t>(options.uploads) + 1)));
+}
+
 class Publisher {
  public:
   Publisher(const PublishOptions& options, netfetch::Transport& transport, int replicas)
       : options_(options),
         sink_(options, transport),
-        placement_(static_cast<int>(options.nodes.size()), replicas),
-        buffer_(options.chunk_size) {
+        uploads_(sink_, options.nodes.size(), options.chunk_size, options.uploads,
+                 UploadBuffers(options)),
+        placement_(static_cast<int>(options.nodes.size()), replicas) {
     totals_.chunks_per_node.resize(options.nodes.size());
   }
 
@@ -233,10 +199,11 @@ class Publisher {
     for (std::size_t i = 1; i < walk.size(); ++i) {
       CKPTFS_ASSIGN_OR_RETURN(ids[i], AddEntry(walk[i], ids[walk[i].parent], writer));
     }
-    return Status::Ok();
+    return uploads_.Finish();
   }
 
   const Totals& totals() const { return totals_; }
+  const UploadCounts& upload_counts() const { return uploads_.counts(); }
   const std::vector<std::uint64_t>& bytes_per_node() const { return placement_.bytes_per_node(); }
 
  private:
@@ -284,16 +251,37 @@ class Publisher {
     std::uint64_t size = static_cast<std::uint64_t>(src.st.st_size);
     for (std::uint64_t offset = 0; offset < size; offset += options_.chunk_size) {
       std::size_t want = static_cast<std::size_t>(std::min(options_.chunk_size, size - offset));
-      CKPTFS_RETURN_IF_ERROR(ReadExactly(fd.get(), offset, {buffer_.data(), want}, src.path));
-      std::span<const std::uint8_t> bytes(buffer_.data(), want);
-      const index::ChunkDigests digests = index::HashChunk(bytes, options_.block_size);
-      CKPTFS_ASSIGN_OR_RETURN(index::IndexWriter::AddedChunk chunk,
-                              writer.AddChunk(digests.chunk, want, digests.blocks));
-      if (chunk.is_new) CKPTFS_RETURN_IF_ERROR(PlaceChunk(chunk.id, digests.chunk, bytes, writer));
-      CKPTFS_RETURN_IF_ERROR(writer.AddExtent(file, offset, chunk.id));
-      totals_.chunk_refs++;
+      CKPTFS_ASSIGN_OR_RETURN(ObjectUploads::Slot * slot, uploads_.Acquire());
+      std::vector<int> nodes;  // None when an earlier chunk had the same bytes.
+      Status added = AddChunk(fd.get(), src, file, offset, want, *slot, writer, nodes);
+      if (added.ok()) {
+        uploads_.Submit(slot, nodes);
+      } else {
+        uploads_.Release(slot);
+      }
+      CKPTFS_RETURN_IF_ERROR(added);
     }
     return CheckUnchanged(fd.get(), src);
+  }
+
+  // Reads and hashes bytes [offset, offset + want) of `src` into `slot` and adds them to the
+  // index as a chunk of `file`; `nodes` are where they are to be stored.
+  Status AddChunk(int fd, const SourceEntry& src, std::uint64_t file, std::uint64_t offset,
+                  std::size_t want, ObjectUploads::Slot& slot, index::IndexWriter& writer,
+                  std::vector<int>& nodes) {
+    CKPTFS_RETURN_IF_ERROR(ReadExactly(fd, offset, {slot.bytes.data(), want}, src.path));
+    std::span<const std::uint8_t> bytes(slot.bytes.data(), want);
+    const index::ChunkDigests digests = index::HashChunk(bytes, options_.block_size);
+    slot.size = want;
+    slot.digest = digests.chunk;
+    CKPTFS_ASSIGN_OR_RETURN(index::IndexWriter::AddedChunk chunk,
+                            writer.AddChunk(digests.chunk, want, digests.blocks));
+    if (chunk.is_new) {
+      CKPTFS_ASSIGN_OR_RETURN(nodes, PlaceChunk(chunk.id, want, writer));
+    }
+    CKPTFS_RETURN_IF_ERROR(writer.AddExtent(file, offset, chunk.id));
+    totals_.chunk_refs++;
+    return Status::Ok();
   }
 
   // A checkpoint still being written (a training job saving into the directory, torch.save
@@ -323,22 +311,24 @@ class Publisher {
     return read.WithContext("cannot read " + path);
   }
 
-  Status PlaceChunk(std::int64_t chunk, const Digest& digest, std::span<const std::uint8_t> bytes,
-                    index::IndexWriter& writer) {
+  // Chooses the nodes of a new chunk and records them in the index. Its uploads come later: the
+  // index becomes visible only once every one has succeeded.
+  Result<std::vector<int>> PlaceChunk(std::int64_t chunk, std::size_t size,
+                                      index::IndexWriter& writer) {
     totals_.stats.chunks++;
-    totals_.stats.chunk_bytes += bytes.size();
-    for (int node : placement_.Place(bytes.size())) {
-      CKPTFS_RETURN_IF_ERROR(sink_.Store(static_cast<std::size_t>(node), digest, bytes));
+    totals_.stats.chunk_bytes += size;
+    std::vector<int> nodes = placement_.Place(size);
+    for (int node : nodes) {
       CKPTFS_RETURN_IF_ERROR(writer.AddReplica(chunk, node_ids_[static_cast<std::size_t>(node)]));
       totals_.chunks_per_node[static_cast<std::size_t>(node)]++;
     }
-    return Status::Ok();
+    return nodes;
   }
 
   const PublishOptions& options_;
   ObjectSink sink_;
+  ObjectUploads uploads_;
   index::Placement placement_;
-  Buffer buffer_;
   std::vector<std::int64_t> node_ids_;
   Totals totals_;
 };
@@ -355,8 +345,11 @@ void PrintSummary(const PublishOptions& options, const Publisher& publisher, int
       << ", block size: " << FormatSize(options.block_size) << ", replicas: " << replicas << "\n";
   for (std::size_t i = 0; i < options.nodes.size(); ++i) {
     std::uint64_t bytes = publisher.bytes_per_node()[i];
+    const UploadCounts& sent = publisher.upload_counts();
     out << "  node " << options.nodes[i].name << ": " << bytes << " bytes (" << FormatSize(bytes)
-        << ") in " << t.chunks_per_node[i] << " chunks\n";
+        << ") in " << t.chunks_per_node[i] << " chunks; sent " << sent.sent_objects[i] << " ("
+        << FormatSize(sent.sent_bytes[i]) << "), already there " << sent.present_objects[i] << " ("
+        << FormatSize(sent.present_bytes[i]) << ")\n";
   }
 }
 

@@ -3,9 +3,10 @@
 // Order of work, so that a failure never leaves an index that points at missing chunks: check
 // every argument and walk the whole tree first (special or unreadable files are errors before
 // anything is written); then chunk, hash (each chunk and each of its blocks, in one pass over
-// the bytes) and store each unique chunk on its nodes while writing
-// the index to a temporary file next to the output; make the stores durable; and only then
-// rename the index into place. On any error the temporary index is removed.
+// the bytes) and store each unique chunk on its nodes (several at a time, while the next ones are
+// read) while writing the index to a temporary file next to the output; wait for every store; make
+// the stores durable; and only then rename the index into place. On any error the temporary index
+// is removed.
 #pragma once
 
 #include <cstdint>
@@ -34,6 +35,8 @@ struct PublishOptions {
   // Size of the blocks each chunk's digests are listed for in the index (meta block_size): a
   // power of two from 4 KiB to chunk_size. A mount reads and verifies single blocks with them.
   std::uint64_t block_size = 64ull << 10;
+  // Objects stored at a time, over all nodes (see ObjectUploads).
+  int uploads = 8;
 };
 
 // "NAME=VALUE" → {NAME, VALUE}; InvalidArgument naming `what` otherwise.
@@ -41,7 +44,8 @@ Result<std::pair<std::string, std::string>> SplitAssignment(const std::string& t
                                                             const std::string& what);
 
 // Publishes as described above and prints a summary to `out`. Chunks for nodes without a store
-// directory are sent with HTTP PUT through `transport`.
+// directory are sent with HTTP PUT through `transport`, unless a HEAD finds the node has them.
+// Chunks are stored while later ones are read, `options.uploads` at a time.
 Status Publish(const PublishOptions& options, netfetch::Transport& transport, std::ostream& out);
 
 }  // namespace ckptfs::cli

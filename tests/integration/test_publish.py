@@ -147,6 +147,41 @@ def test_publish_by_http_put_then_mount_reads_back(cluster, test_dir, mount):
     assert diff.returncode == 0, diff.describe()
 
 
+def test_publish_again_sends_only_what_the_nodes_lack(cluster, test_dir, mount):
+    # Run again after a failed publish, or for the next checkpoint that shares chunks with this
+    # one, publish asks each node (HEAD) and sends only what it lacks: here, one object lost.
+    src = _small_tree(os.path.join(test_dir, "src"))
+    index = os.path.join(test_dir, "again.index")
+    ckptfs_cli.publish(src, index, cluster, store=False, chunk_size="1M")
+    with IndexDb(index) as db:
+        chunks = db.chunks()
+    placed = sorted((digest, name) for digest, (_, replicas) in chunks.items()
+                    for name in replicas)
+    assert len(placed) == 12
+
+    for node in cluster:
+        node.clear_log()
+    result = ckptfs_cli.publish(src, index, cluster, store=False, chunk_size="1M")
+    requests = [e for node in cluster for e in node.log_lines()]
+    assert not [e for e in requests if e[0] == "PUT"], requests
+    heads = sorted(e for e in requests if e[0] == "HEAD")
+    assert len(heads) == 12 and all(e[2] == 200 for e in heads), heads
+    assert result.stdout.count("sent 0 (0 B), already there") == len(cluster), result.stdout
+
+    lost_digest, lost_name = placed[0]
+    lost = next(n for n in cluster if n.name == lost_name)
+    os.remove(lost.object_path(lost_digest))
+    for node in cluster:
+        node.clear_log()
+    ckptfs_cli.publish(src, index, cluster, store=False, chunk_size="1M")
+    puts = [(node.name, e[1]) for node in cluster for e in node.log_lines() if e[0] == "PUT"]
+    assert puts == [(lost_name, f"/chunks/{lost_digest[:2]}/{lost_digest}")], puts
+
+    mnt = mount(index)
+    diff = ckptfs_cli.run(["diff", "-r", src, mnt.mountpoint], timeout=120)
+    assert diff.returncode == 0, diff.describe()
+
+
 def _make_fifo(root):
     os.mkfifo(os.path.join(root, "pipe"))
 

@@ -8,10 +8,15 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
 #include <filesystem>
 #include <fstream>
 #include <functional>
 #include <map>
+#include <memory>
+#include <mutex>
 #include <set>
 #include <sstream>
 #include <string>
@@ -554,6 +559,88 @@ TEST_F(PublishByPut, PutBodiesHaveTheChunksDigest) {
   }
 }
 
+TEST_F(PublishByPut, ObjectsTheNodesHoldAreNotSentAgain) {
+  ASSERT_NO_FATAL_FAILURE(MakeSourceTree());
+  CKPTFS_ASSERT_OK(Run(PutOptions()));
+  const int first_puts = transport_.TotalCalls();
+  ASSERT_EQ(first_puts, 12) << "6 unique chunks on 2 nodes";
+  EXPECT_EQ(transport_.Heads().size(), 12u) << "each object is asked for before it is sent";
+  EXPECT_NE(output_.str().find("node n1: "), std::string::npos) << output_.str();
+  EXPECT_NE(output_.str().find("sent 6 ("), std::string::npos) << output_.str();
+
+  // Published again, as after a failed publish or for the next checkpoint: the scripted nodes
+  // now hold every object.
+  CKPTFS_ASSERT_OK(Run(PutOptions()));
+  EXPECT_EQ(transport_.TotalCalls(), first_puts) << "an object a node holds was sent again";
+  EXPECT_EQ(transport_.Heads().size(), 24u);
+  EXPECT_NE(output_.str().find("sent 0 (0 B), already there 6 ("), std::string::npos)
+      << output_.str();
+  CKPTFS_ASSERT_OK_AND_ASSIGN(auto index, index::IndexReader::Open(index_path_));
+  EXPECT_EQ(index->stats().chunks, 6u);
+}
+
+TEST_F(PublishByPut, AnObjectOfAnotherSizeIsSentAgain) {
+  auto content = PatternBytes(2 * kChunk, 3);
+  WriteBytes(source_ + "/m.bin", content);
+  const std::string url =
+      "http://127.0.0.1:2/" + index::ChunkObjectPath(Sha256(content.data(), kChunk));
+  // What a node left of an upload cut short, had it kept one: not the chunk.
+  transport_.SetResponse(url, testing::ScriptedResponse::Body(PatternBytes(kChunk / 2, 3)));
+  CKPTFS_ASSERT_OK(Run(PutOptions()));
+  EXPECT_EQ(transport_.Calls(url), 1) << "the short object was not replaced";
+  std::vector<std::uint8_t> body(kChunk);
+  CKPTFS_ASSERT_OK(transport_.Get(url, body, std::chrono::seconds(1)));
+  EXPECT_EQ(body, std::vector<std::uint8_t>(content.begin(), content.begin() + kChunk));
+}
+
+TEST_F(PublishByPut, UploadsRunSideBySide) {
+  ASSERT_NO_FATAL_FAILURE(MakeSourceTree());
+  // Each PUT waits until 4 are under way at once; one at a time would wait out the deadline.
+  constexpr int kAtOnce = 4;
+  std::mutex mu;
+  std::condition_variable arrived;
+  int started = 0;
+  bool all_four = false;
+  bool waited_out = false;  // Then later calls do not wait again.
+  transport_.SetOnCall([&](const std::string&) {
+    std::unique_lock lock(mu);
+    if (++started == kAtOnce) arrived.notify_all();
+    if (waited_out) return;
+    all_four = arrived.wait_for(lock, std::chrono::seconds(10), [&] { return started >= kAtOnce; });
+    waited_out = !all_four;
+  });
+  PublishOptions options = PutOptions();
+  options.uploads = kAtOnce;
+  CKPTFS_ASSERT_OK(Run(options));
+  EXPECT_TRUE(all_four) << "fewer than " << kAtOnce << " PUTs were ever under way at once";
+  EXPECT_EQ(transport_.TotalCalls(), 12);
+}
+
+TEST_F(PublishByPut, AFailedUploadStopsThePublishEarly) {
+  // 40 chunks; the first object PUT to n2 fails.
+  auto content = PatternBytes(40 * kChunk, 4);
+  WriteBytes(source_ + "/big.bin", content);
+  transport_.SetResponse(
+      "http://127.0.0.1:2/" + index::ChunkObjectPath(Sha256(content.data(), kChunk)),
+      testing::ScriptedResponse::Error(UnavailableError("HTTP 507")));
+  PublishOptions options = PutOptions();
+  options.uploads = 2;
+  Status status = ExpectFailsCleanly(options);
+  EXPECT_NE(status.message().find("HTTP 507"), std::string::npos) << status.ToString();
+  // Three chunk buffers: at most the failed chunk and two more are read and sent.
+  EXPECT_LE(transport_.TotalCalls(), 6) << "publish went on after an upload failed";
+}
+
+TEST_F(PublishByPut, ZeroUploadsIsRefused) {
+  ASSERT_NO_FATAL_FAILURE(MakeSourceTree());
+  PublishOptions options = PutOptions();
+  options.uploads = 0;
+  Status status = ExpectFailsCleanly(options);
+  EXPECT_EQ(status.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(status.message().find("--uploads"), std::string::npos) << status.ToString();
+  EXPECT_EQ(transport_.TotalCalls(), 0);
+}
+
 TEST_F(PublishByPut, FailedPutFailsCleanlyAndKeepsTheOldIndex) {
   ASSERT_NO_FATAL_FAILURE(MakeSourceTree());
   WriteBytes(index_path_, {'o', 'l', 'd'});
@@ -573,12 +660,18 @@ TEST_F(PublishByPut, FailedPutFailsCleanlyAndKeepsTheOldIndex) {
 // it must fail the publish, not be published as bytes no version of the file held.
 class PublishWhileWritten : public PublishByPut {
  protected:
-  // Runs `change` once, at the first PUT: after the tree walk, with a.bin being read.
+  // Runs `change` once, at the first PUT: after the tree walk, with a.bin being read. One upload
+  // at a time has two chunk buffers, so publish cannot read past a.bin's second chunk until the
+  // first PUT, and `change` with it, is over.
   Status RunChangingAtTheFirstPut(std::function<void()> change) {
-    transport_.SetOnCall([change = std::move(change), done = false](const std::string&) mutable {
-      if (!std::exchange(done, true)) change();
+    // Shared: the transport runs a copy of the hook at each call.
+    auto done = std::make_shared<std::atomic<bool>>(false);
+    transport_.SetOnCall([change = std::move(change), done](const std::string&) {
+      if (!done->exchange(true)) change();
     });
-    return ExpectFailsCleanly(PutOptions());
+    PublishOptions options = PutOptions();
+    options.uploads = 1;
+    return ExpectFailsCleanly(options);
   }
   static void ExpectNamesAChangedFile(const Status& status, const std::string& file) {
     EXPECT_EQ(status.code(), StatusCode::kFailedPrecondition) << status.ToString();
