@@ -19,7 +19,7 @@ NGINX = "/usr/sbin/nginx"
 
 _CONFIG = """\
 daemon off;
-worker_processes auto;
+worker_processes auto;{user}
 pid {dir}/nginx.pid;
 error_log {dir}/error.log warn;
 
@@ -47,11 +47,18 @@ http {{
         server_name localhost;
         root {root};
         location / {{
-            autoindex on;
+            autoindex on;{put}
         }}
     }}
 }}
 """
+
+# What `ckptfs publish` without --store needs: WebDAV PUT into the root, any body size, by
+# workers that may write there (the bench runs as root and makes the root).
+_PUT = """
+            dav_methods PUT;
+            create_full_put_path on;
+            client_max_body_size 0;"""
 
 _LOG_LINE = re.compile(r'^(\S+) (\S+) (\d{3}) (\d+) "(.*)"$')
 
@@ -73,7 +80,7 @@ def _accepts(port):
 class NginxNode:
     """One nginx serving `root` on 127.0.0.1:port. Drive it from the main thread only."""
 
-    def __init__(self, name, directory, root):
+    def __init__(self, name, directory, root, accept_put=False):
         self.name = name
         self.dir = os.path.abspath(directory)
         self.root = os.path.abspath(root)
@@ -83,7 +90,9 @@ class NginxNode:
         os.makedirs(os.path.join(self.dir, "tmp"), exist_ok=True)
         os.makedirs(self.root, exist_ok=True)
         with open(self.conf_path, "w") as f:
-            f.write(_CONFIG.format(dir=self.dir, port=self.port, root=self.root))
+            f.write(_CONFIG.format(dir=self.dir, port=self.port, root=self.root,
+                                   put=_PUT if accept_put else "",
+                                   user="\nuser root;" if accept_put else ""))
         open(self.access_log, "w").close()
 
     @property

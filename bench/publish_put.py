@@ -1,0 +1,89 @@
+#!/usr/bin/env python3
+"""Publish by HTTP PUT: how long `ckptfs publish` takes to send a file to three nginx nodes.
+
+    sudo .venv-bench/bin/python bench/publish_put.py                       2 GiB, 3 runs, ~2 min
+    sudo .venv-bench/bin/python bench/publish_put.py --compare OLD_BIN     side by side with OLD_BIN
+
+One file of random bytes is published without --store (every object goes by PUT, R=2) to three
+nginx nodes on 127.0.0.1 that accept WebDAV PUT. Each run, for each binary in turn: the nodes are
+emptied and the page cache dropped, then a fresh publish is timed; then the same publish again
+onto nodes that hold every object (page cache dropped again), which is what re-running a failed
+publish or publishing a checkpoint that shares its chunks costs. Prints seconds (median, then
+each run) and MiB/s of the source. Scratch space in --workdir (the file plus 2 copies of it on
+the nodes) is removed at the end.
+"""
+
+import argparse
+import os
+import shutil
+import sys
+import time
+
+from common import (MiB, Cleanup, install_signal_handlers, log, median, run,
+                    sync_and_drop_caches)
+from servers import NginxNode
+
+
+def publish_once(binary, src, index, nodes, extra):
+    argv = [binary, "publish", src, "-o", index, "--replicas", "2"] + extra
+    for n in nodes:
+        argv += ["--node", f"{n.name}={n.url}"]
+    sync_and_drop_caches()
+    t0 = time.monotonic()
+    run(argv, timeout=1800)
+    return time.monotonic() - t0
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--bin", default=os.environ.get("CKPTFS_BIN", "build/cli/ckptfs"))
+    p.add_argument("--compare", help="another ckptfs binary, measured alternately with --bin")
+    p.add_argument("--size-mib", type=int, default=2048)
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--args", default="", help="extra publish arguments, e.g. '--uploads 1'")
+    p.add_argument("--workdir", default="/var/tmp/ckptfs-publish-bench")
+    cfg = p.parse_args()
+    install_signal_handlers()
+    binaries = [os.path.abspath(cfg.bin)] + ([os.path.abspath(cfg.compare)] if cfg.compare else [])
+    cleanup = Cleanup()
+    try:
+        shutil.rmtree(cfg.workdir, ignore_errors=True)
+        cleanup.push("scratch", lambda: shutil.rmtree(cfg.workdir, ignore_errors=True))
+        src = os.path.join(cfg.workdir, "src")
+        os.makedirs(src)
+        with open(os.path.join(src, "big.bin"), "wb") as f:
+            for _ in range(cfg.size_mib):
+                f.write(os.urandom(MiB))
+        nodes = []
+        for i in range(3):
+            node = NginxNode(f"n{i}", os.path.join(cfg.workdir, f"n{i}"),
+                             os.path.join(cfg.workdir, f"n{i}", "www"), accept_put=True)
+            node.start()
+            cleanup.push(f"nginx {node.name}", node.stop)
+            nodes.append(node)
+        index = os.path.join(cfg.workdir, "big.ckptfs")
+        times = {(b, kind): [] for b in binaries for kind in ("fresh", "again")}
+        for r in range(cfg.runs):
+            for b in binaries:
+                for n in nodes:
+                    shutil.rmtree(n.root, ignore_errors=True)
+                    os.makedirs(n.root)
+                fresh = publish_once(b, src, index, nodes, cfg.args.split())
+                again = publish_once(b, src, index, nodes, cfg.args.split())
+                times[(b, "fresh")].append(fresh)
+                times[(b, "again")].append(again)
+                log(f"run {r + 1}: {b}: fresh {fresh:.2f} s, again {again:.2f} s")
+        print(f"publish by PUT of {cfg.size_mib} MiB to 3 nginx nodes on 127.0.0.1, R=2 "
+              f"{cfg.args}".rstrip())
+        print("| binary | publish | seconds (median) | MiB/s | runs |")
+        print("| --- | --- | --- | --- | --- |")
+        for (b, kind), vals in times.items():
+            m = median(vals)
+            runs = ", ".join(f"{v:.2f}" for v in vals)
+            print(f"| {b} | {kind} | {m:.2f} | {cfg.size_mib / m:.0f} | {runs} |")
+    finally:
+        cleanup.run_all()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
