@@ -6,6 +6,7 @@
 
 #include <cerrno>
 #include <chrono>
+#include <thread>
 #include <utility>
 
 #include "common/file_io.h"
@@ -18,6 +19,7 @@ namespace {
 
 constexpr auto kPutTimeout = std::chrono::seconds(120);
 constexpr auto kHeadTimeout = std::chrono::seconds(30);
+constexpr int kPutAttempts = 3;
 
 Status WriteFileAtomically(const std::string& path, std::span<const std::uint8_t> bytes) {
   std::string tmp = path + ".tmp." + std::to_string(::getpid());
@@ -60,9 +62,20 @@ Result<bool> ObjectSink::Upload(const NodeSpec& node, const std::string& object,
   // Any doubt (no answer, a server that does not do HEAD) just means the object is sent.
   Result<std::uint64_t> there = transport_.Head(url, kHeadTimeout);
   if (there.ok() && *there == bytes.size()) return false;
-  CKPTFS_RETURN_IF_ERROR(
-      transport_.Put(url, bytes, kPutTimeout).WithContext("cannot upload to node " + node.name));
-  return true;
+  // A failure that may pass (a connection reset, a 503 while a server restarts) is tried again
+  // after put_retry_delay, then twice that: a long publish should not be lost to one. A
+  // deadline is not: the whole timeout again rarely ends better.
+  Duration delay = options_.put_retry_delay;
+  for (int attempt = 1;; ++attempt) {
+    Status put = transport_.Put(url, bytes, kPutTimeout);
+    if (put.ok()) return true;
+    if (put.code() != StatusCode::kUnavailable || attempt == kPutAttempts) {
+      return put.WithContext("cannot upload to node " + node.name + " (" + std::to_string(attempt) +
+                             (attempt == 1 ? " attempt)" : " attempts)"));
+    }
+    std::this_thread::sleep_for(delay);
+    delay *= 2;
+  }
 }
 
 ObjectUploads::ObjectUploads(ObjectSink& sink, std::size_t node_count, std::size_t chunk_size,

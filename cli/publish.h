@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "common/clock.h"
 #include "common/result.h"
 #include "netfetch/transport.h"
 
@@ -37,6 +38,8 @@ struct PublishOptions {
   std::uint64_t block_size = 64ull << 10;
   // Objects stored at a time, over all nodes (see ObjectUploads).
   int uploads = 8;
+  // Wait before the second attempt of a failed PUT (doubled before the third).
+  Duration put_retry_delay = std::chrono::milliseconds(250);
 };
 
 // "NAME=VALUE" → {NAME, VALUE}; InvalidArgument naming `what` otherwise.

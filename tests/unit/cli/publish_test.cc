@@ -513,6 +513,7 @@ class PublishByPut : public Publish {
     options.index_path = index_path_;
     options.chunk_size = kChunk;
     options.nodes = {{"n1", "http://127.0.0.1:1/"}, {"n2", "http://127.0.0.1:2"}};
+    options.put_retry_delay = std::chrono::milliseconds(1);
     return options;  // replicas 0: the default, min(2, nodes).
   }
 };
@@ -627,8 +628,32 @@ TEST_F(PublishByPut, AFailedUploadStopsThePublishEarly) {
   options.uploads = 2;
   Status status = ExpectFailsCleanly(options);
   EXPECT_NE(status.message().find("HTTP 507"), std::string::npos) << status.ToString();
-  // Three chunk buffers: at most the failed chunk and two more are read and sent.
-  EXPECT_LE(transport_.TotalCalls(), 6) << "publish went on after an upload failed";
+  // The failed PUT's 3 attempts, and at most the other stores of three chunk buffers.
+  EXPECT_LE(transport_.TotalCalls(), 3 + 5) << "publish went on after an upload failed";
+}
+
+TEST_F(PublishByPut, APutThatFailsOnceIsTriedAgain) {
+  auto content = PatternBytes(2 * kChunk, 5);
+  WriteBytes(source_ + "/m.bin", content);
+  const std::string url =
+      "http://127.0.0.1:1/" + index::ChunkObjectPath(Sha256(content.data(), kChunk));
+  transport_.Enqueue(url, testing::ScriptedResponse::Error(UnavailableError("connection reset")));
+  CKPTFS_ASSERT_OK(Run(PutOptions()));
+  EXPECT_EQ(transport_.Calls(url), 2);
+  std::vector<std::uint8_t> body(kChunk);
+  CKPTFS_ASSERT_OK(transport_.Get(url, body, std::chrono::seconds(1)));
+  EXPECT_EQ(body, std::vector<std::uint8_t>(content.begin(), content.begin() + kChunk));
+}
+
+TEST_F(PublishByPut, APutPastItsDeadlineIsNotTriedAgain) {
+  auto content = PatternBytes(kChunk, 6);
+  WriteBytes(source_ + "/m.bin", content);
+  const std::string url =
+      "http://127.0.0.1:2/" + index::ChunkObjectPath(Sha256(content.data(), kChunk));
+  transport_.SetResponse(url, testing::ScriptedResponse::Error(DeadlineExceededError("slow")));
+  Status status = ExpectFailsCleanly(PutOptions());
+  EXPECT_EQ(status.code(), StatusCode::kDeadlineExceeded) << status.ToString();
+  EXPECT_EQ(transport_.Calls(url), 1);
 }
 
 TEST_F(PublishByPut, ZeroUploadsIsRefused) {
@@ -649,8 +674,10 @@ TEST_F(PublishByPut, FailedPutFailsCleanlyAndKeepsTheOldIndex) {
   transport_.SetResponse(url, testing::ScriptedResponse::Error(UnavailableError("HTTP 507")));
   Status status = Run(PutOptions());
   EXPECT_FALSE(status.ok());
-  EXPECT_NE(status.message().find("n2"), std::string::npos) << status.ToString();
-  EXPECT_GE(transport_.TotalCalls(), 3) << "the failure should come after earlier PUTs";
+  EXPECT_NE(status.message().find("cannot upload to node n2 (3 attempts)"), std::string::npos)
+      << status.ToString();
+  EXPECT_EQ(transport_.Calls(url), 3);
+  EXPECT_GE(transport_.TotalCalls(), 5) << "the failure should come after earlier PUTs";
   EXPECT_EQ(ReadBytes(index_path_), (std::vector<std::uint8_t>{'o', 'l', 'd'}))
       << "a failed publish replaced the existing index";
   ExpectNoTemporaryIndex(index_path_);
