@@ -150,7 +150,7 @@ int Main(int argc, char** argv) {
                   "Options: cache_dir=DIR, cache_size=SIZE, node.NAME=URL, timeout=SECONDS, "
                   "stall_timeout=SECONDS, fetchers=N, fetch_parts=N, readahead=SIZE, "
                   "dir_readahead=0|1, memory_cache=SIZE, index_cache=SIZE, "
-                  "kernel_readahead=SIZE, allow_other, debug, noexec");
+                  "kernel_readahead=SIZE, index_fallback, allow_other, debug, noexec");
 
   std::string stats_mountpoint;
   CLI::App* stats = app.add_subcommand(

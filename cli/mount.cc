@@ -16,6 +16,7 @@
 #include <condition_variable>
 #include <cstdio>
 #include <cstring>
+#include <ctime>
 #include <fstream>
 #include <memory>
 #include <mutex>
@@ -55,12 +56,40 @@ bool IsUrl(const std::string& s) {
 // download that stops moving ends sooner, at the transport's low-speed limit.
 constexpr Duration kIndexDownloadTimeout = std::chrono::hours(1);
 
+// "2026-12-06 17:05 UTC".
+std::string UtcMinute(std::time_t t) {
+  std::tm tm{};
+  ::gmtime_r(&t, &tm);
+  char text[32];
+  std::strftime(text, sizeof text, "%Y-%m-%d %H:%M UTC", &tm);
+  return text;
+}
+
+// What to do when `url` could not be downloaded (`failed`) and a copy of it may be kept at
+// `path`: with `fallback`, mount that copy and say so; without, fail, and tell a user who has a
+// copy how to use it.
+Result<std::string> CopyAfterFailedDownload(const std::string& path, const Status& failed,
+                                            bool fallback) {
+  struct stat copy;
+  if (::stat(path.c_str(), &copy) != 0) return failed;
+  // Stored (renamed into place) when it was last downloaded whole.
+  const std::string stored = UtcMinute(copy.st_ctime);
+  if (!fallback) {
+    return Status(failed.code(), failed.message() + "; a copy stored " + stored +
+                                     " by an earlier mount is kept: -o index_fallback mounts it");
+  }
+  LogWarning(failed.message() + "; mounting the copy stored " + stored +
+             " by an earlier mount (index_fallback)");
+  return path;
+}
+
 // Fetches an index served over HTTP into the cache directory (temporary name, then rename) and
 // returns its local path. A copy from an earlier mount keeps the version the server gave it
 // (its ETag in "<copy>.etag", its Last-Modified as the copy's mtime; 0 when none) and is asked
 // for only if it changed: remounting an unchanged index costs one request, not its whole size.
+// When the download fails, that copy is used with `fallback` (CopyAfterFailedDownload).
 Result<std::string> FetchIndex(const std::string& url, const std::string& cache_dir,
-                               netfetch::Transport& transport, Duration timeout) {
+                               netfetch::Transport& transport, Duration timeout, bool fallback) {
   std::string dir = cache_dir + "/indexes";
   if (::mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST) {
     return ErrnoStatus(errno, "cannot create " + dir);
@@ -77,7 +106,8 @@ Result<std::string> FetchIndex(const std::string& url, const std::string& cache_
   if (!got.ok()) {
     ::unlink(tmp.c_str());
     // Network errors name the URL already; a local file error names the file it could not write.
-    return got.status().WithContext("cannot download the index");
+    return CopyAfterFailedDownload(path, got.status().WithContext("cannot download the index"),
+                                   fallback);
   }
   if (got->not_modified) return path;
   // The old ETag goes first: a crash part way leaves a copy that is asked for by its time alone.
@@ -441,8 +471,8 @@ Status Mount(const MountOptions& options) {
   m.transport = std::make_unique<netfetch::CurlTransport>();
   std::string index_path = options.index;
   if (IsUrl(index_path)) {
-    CKPTFS_ASSIGN_OR_RETURN(
-        index_path, FetchIndex(options.index, cache_dir, *m.transport, kIndexDownloadTimeout));
+    CKPTFS_ASSIGN_OR_RETURN(index_path, FetchIndex(options.index, cache_dir, *m.transport,
+                                                   kIndexDownloadTimeout, options.index_fallback));
   }
   CKPTFS_ASSIGN_OR_RETURN(m.index, index::IndexReader::Open(index_path));
   CKPTFS_ASSIGN_OR_RETURN(std::vector<netfetch::NodeEndpoint> endpoints,

@@ -76,6 +76,8 @@ Status ApplyOne(const std::string& key, const std::string& value, bool has_value
   }
   if (key == "allow_other" && !has_value) {
     options.allow_other = true;
+  } else if (key == "index_fallback" && !has_value) {
+    options.index_fallback = true;
   } else if (key == "debug" && !has_value) {
     options.debug = true;
   } else if (key == "cache_dir") {

@@ -37,6 +37,9 @@ struct MountOptions {
   // A chunk fetched while no other fetch is under way is fetched as up to this many parallel
   // Range GETs (fetch_parts=N; 1: one GET always).
   int fetch_parts = 4;
+  // An index URL that cannot be downloaded (server down, an error status) mounts the copy an
+  // earlier mount of that URL kept in the cache directory, with a warning, instead of failing.
+  bool index_fallback = false;
   // The generic mount flags asked for (exec, noexec, nosuid, nodev), in the order given, for the
   // kernel's mount; libfuse adds nosuid and nodev in any case.
   std::vector<std::string> mount_flags;

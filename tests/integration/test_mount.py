@@ -395,6 +395,51 @@ def test_an_index_url_that_cannot_be_downloaded_is_refused_with_one_line(publish
     assert elapsed < 30, f"refused only after {elapsed:.1f} s"
 
 
+def test_index_fallback_mounts_the_kept_copy_when_the_index_cannot_be_downloaded(
+        cluster, nginx_node, mount, test_dir):
+    """A machine that read a checkpoint once can mount it again with its index server and every
+    node down (a reboot while the network is out), from the index copy and the chunks its cache
+    kept, if the user asks for that (index_fallback): without it the mount fails, and says so."""
+    src = os.path.join(test_dir, "src")
+    source_tree.write_file(os.path.join(src, "weights.bin"),
+                           source_tree.random_bytes(41, 5 * MiB + 1234))
+    source_tree.write_file(os.path.join(src, "sub", "config.json"), b'{"layers": 4}\n')
+    index = os.path.join(test_dir, "offline.index")
+    ckptfs_cli.publish(src, index, cluster, store=True, chunk_size="1M")
+    server = nginx_node("index-server")
+    served = os.path.join(server.store_dir, "indexes", "ckpt.index")
+    os.makedirs(os.path.dirname(served))
+    shutil.copyfile(index, served)
+    url = f"{server.url}/indexes/ckpt.index"
+    cache = os.path.join(test_dir, "cache")
+
+    first = mount(url, cache_dir=cache)
+    diff = ckptfs_cli.run(["diff", "-r", src, first.mountpoint], timeout=120)
+    assert diff.returncode == 0, diff.describe()
+    first.unmount()
+
+    server.stop()
+    line = _assert_mount_refused(mount(url, cache_dir=cache, start=False))
+    assert line.startswith("ckptfs: cannot download the index: ") and url in line, line
+    assert "by an earlier mount is kept: -o index_fallback mounts it" in line, line
+
+    for node in cluster:
+        node.stop()
+    offline = mount(url, cache_dir=cache, index_fallback=True)
+    warned = [l for l in offline.result.stderr_lines() if "index_fallback" in l]
+    assert len(warned) == 1 and "mounting the copy stored" in warned[0], offline.result.describe()
+    diff = ckptfs_cli.run(["diff", "-r", src, offline.mountpoint], timeout=120)
+    assert diff.returncode == 0, diff.describe()
+
+
+def test_index_fallback_without_a_kept_copy_still_fails(nginx_node, mount):
+    server = nginx_node("index-server")
+    url = f"{server.url}/indexes/never-mounted.index"
+    line = _assert_mount_refused(mount(url, index_fallback=True, start=False))
+    assert line.startswith("ckptfs: cannot download the index: ") and "404" in line, line
+    assert "earlier mount" not in line, line
+
+
 def _bad_index(kind, good, path):
     if kind == "garbage_bytes":
         source_tree.write_file(path, source_tree.random_bytes(31, 65536))

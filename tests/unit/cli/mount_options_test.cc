@@ -21,7 +21,7 @@ TEST(MountOptions, AcceptsEveryOptionAndSetsItsField) {
   MountOptions options;
   CKPTFS_ASSERT_OK(ApplyMountOptionList(
       "cache_dir=/var/tmp/c,cache_size=2G,node.n1=http://127.0.0.1:8080,timeout=2.5,"
-      "allow_other,debug,fetchers=4,readahead=8M,memory_cache=32M,index_cache=0,"
+      "allow_other,debug,index_fallback,fetchers=4,readahead=8M,memory_cache=32M,index_cache=0,"
       "dir_readahead=0,fetch_parts=2,stall_timeout=0.25",
       options));
   EXPECT_EQ(options.cache_dir, "/var/tmp/c");
@@ -31,6 +31,7 @@ TEST(MountOptions, AcceptsEveryOptionAndSetsItsField) {
   EXPECT_EQ(options.timeout, 2500ms);
   EXPECT_TRUE(options.allow_other);
   EXPECT_TRUE(options.debug);
+  EXPECT_TRUE(options.index_fallback);
   EXPECT_EQ(options.fetch_threads, 4);
   EXPECT_EQ(options.readahead, 8ull << 20);
   EXPECT_EQ(options.memory_cache, 32ull << 20);
@@ -49,6 +50,7 @@ TEST(MountOptions, DefaultsAreKeptForOptionsNotGiven) {
   EXPECT_EQ(options.timeout, defaults.timeout);
   EXPECT_EQ(options.stall_timeout, 1s);
   EXPECT_FALSE(options.allow_other);
+  EXPECT_FALSE(options.index_fallback);
   EXPECT_EQ(options.fetch_threads, defaults.fetch_threads);
   EXPECT_EQ(options.readahead, defaults.readahead);
 }
@@ -112,6 +114,7 @@ TEST(MountOptions, RejectsUnknownOptions) {
   ExpectRejected("debug,colour=blue", "colour");
   ExpectRejected("node.", "node.");
   ExpectRejected("allow_other=yes", "allow_other");
+  ExpectRejected("index_fallback=1", "index_fallback");
   ExpectRejected("ro=1", "ro");
 }
 
