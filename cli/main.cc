@@ -11,6 +11,7 @@
 #include "cli/mount_options.h"
 #include "cli/publish.h"
 #include "cli/stats.h"
+#include "common/clock.h"
 #include "common/units.h"
 #include "netfetch/curl_transport.h"
 #include "netfetch/global_init.h"
@@ -59,7 +60,8 @@ int RunPublish(const PublishArgs& args) {
   Result<PublishOptions> options = ToPublishOptions(args);
   if (!options.ok()) return Fail(options.status());
   netfetch::CurlTransport transport;
-  Status status = Publish(*options, transport, std::cout);
+  RealClock clock;
+  Status status = Publish(*options, transport, clock, std::cout);
   return status.ok() ? 0 : Fail(status);
 }
 

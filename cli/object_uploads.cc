@@ -6,7 +6,6 @@
 
 #include <cerrno>
 #include <chrono>
-#include <thread>
 #include <utility>
 
 #include "common/file_io.h"
@@ -20,6 +19,9 @@ namespace {
 constexpr auto kPutTimeout = std::chrono::seconds(120);
 constexpr auto kHeadTimeout = std::chrono::seconds(30);
 constexpr int kPutAttempts = 3;
+constexpr Duration kFirstRetryDelay = std::chrono::milliseconds(250);
+// A failed request that took at least this long waited for a server that did not answer.
+constexpr Duration kQuickFailure = std::chrono::seconds(1);
 
 Status WriteFileAtomically(const std::string& path, std::span<const std::uint8_t> bytes) {
   std::string tmp = path + ".tmp." + std::to_string(::getpid());
@@ -59,21 +61,32 @@ Result<bool> ObjectSink::Store(std::size_t node, const Digest& digest,
 Result<bool> ObjectSink::Upload(const NodeSpec& node, const std::string& object,
                                 std::span<const std::uint8_t> bytes) {
   const std::string url = node.url + "/" + object;
-  // Any doubt (no answer, a server that does not do HEAD) just means the object is sent.
+  const std::string context = "cannot upload to node " + node.name;
+  TimePoint start = clock_.Now();
   Result<std::uint64_t> there = transport_.Head(url, kHeadTimeout);
   if (there.ok() && *there == bytes.size()) return false;
-  // A failure that may pass (a connection reset, a 503 while a server restarts) is tried again
-  // after put_retry_delay, then twice that: a long publish should not be lost to one. A
-  // deadline is not: the whole timeout again rarely ends better.
-  Duration delay = options_.put_retry_delay;
+  // Any answer (a 404, a server that does not do HEAD) means the object is sent. No answer for
+  // seconds means the server has stopped answering, and a PUT would wait as long again.
+  if (!there.ok() && there.status().code() != StatusCode::kNotFound &&
+      clock_.Now() - start >= kQuickFailure) {
+    return there.status().WithContext(context);
+  }
+  // A failure that comes quickly may pass (a reset connection, a 503 or a refused connection
+  // while a server restarts): it is tried again after kFirstRetryDelay, then twice that, so that
+  // one passing fault does not lose a long publish. One that took seconds (a server that stopped
+  // answering), a deadline, and any after another store failed, are not.
+  Duration delay = kFirstRetryDelay;
   for (int attempt = 1;; ++attempt) {
+    start = clock_.Now();
     Status put = transport_.Put(url, bytes, kPutTimeout);
     if (put.ok()) return true;
-    if (put.code() != StatusCode::kUnavailable || attempt == kPutAttempts) {
-      return put.WithContext("cannot upload to node " + node.name + " (" + std::to_string(attempt) +
+    const bool may_pass =
+        put.code() == StatusCode::kUnavailable && clock_.Now() - start < kQuickFailure;
+    if (!may_pass || attempt == kPutAttempts || abandoned_) {
+      return put.WithContext(context + " (" + std::to_string(attempt) +
                              (attempt == 1 ? " attempt)" : " attempts)"));
     }
-    std::this_thread::sleep_for(delay);
+    clock_.SleepFor(delay);
     delay *= 2;
   }
 }
@@ -97,6 +110,7 @@ ObjectUploads::~ObjectUploads() {
     std::lock_guard lock(mu_);
     stopping_ = true;
   }
+  sink_.Abandon();
   wake_workers_.notify_all();
   for (std::thread& thread : threads_) thread.join();
 }
@@ -151,6 +165,7 @@ void ObjectUploads::Work() {
     lock.lock();
     if (!stored.ok()) {
       if (failure_.ok()) failure_ = stored.status();
+      sink_.Abandon();
     } else {
       auto& objects = *stored ? counts_.sent_objects : counts_.present_objects;
       auto& bytes = *stored ? counts_.sent_bytes : counts_.present_bytes;

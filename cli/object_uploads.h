@@ -13,6 +13,7 @@
 // buffers × chunk size whatever the size of the tree.
 #pragma once
 
+#include <atomic>
 #include <condition_variable>
 #include <cstddef>
 #include <cstdint>
@@ -26,6 +27,7 @@
 
 #include "cli/publish.h"
 #include "common/buffer.h"
+#include "common/clock.h"
 #include "common/digest.h"
 #include "common/result.h"
 #include "netfetch/transport.h"
@@ -34,13 +36,16 @@ namespace ckptfs::cli {
 
 class ObjectSink {
  public:
-  // Both must outlive the sink. Thread safe.
-  ObjectSink(const PublishOptions& options, netfetch::Transport& transport)
-      : options_(options), transport_(transport) {}
+  // All three must outlive the sink. Thread safe.
+  ObjectSink(const PublishOptions& options, netfetch::Transport& transport, Clock& clock)
+      : options_(options), transport_(transport), clock_(clock) {}
 
   // Stores `bytes`, the chunk named `digest`, on node `node` (an index into options.nodes).
   // True when it was written or sent, false when the node already held it.
   Result<bool> Store(std::size_t node, const Digest& digest, std::span<const std::uint8_t> bytes);
+
+  // The publish has failed: stores under way make no further attempts.
+  void Abandon() { abandoned_ = true; }
 
  private:
   Result<bool> Upload(const NodeSpec& node, const std::string& object,
@@ -48,6 +53,8 @@ class ObjectSink {
 
   const PublishOptions& options_;
   netfetch::Transport& transport_;
+  Clock& clock_;
+  std::atomic<bool> abandoned_{false};
 };
 
 // What the stores did, per node (indexed like options.nodes).

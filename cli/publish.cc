@@ -177,9 +177,10 @@ int UploadBuffers(const PublishOptions& options) {
 
 class Publisher {
  public:
-  Publisher(const PublishOptions& options, netfetch::Transport& transport, int replicas)
+  Publisher(const PublishOptions& options, netfetch::Transport& transport, Clock& clock,
+            int replicas)
       : options_(options),
-        sink_(options, transport),
+        sink_(options, transport, clock),
         uploads_(sink_, options.nodes.size(), options.chunk_size, options.uploads,
                  UploadBuffers(options)),
         placement_(static_cast<int>(options.nodes.size()), replicas) {
@@ -364,7 +365,8 @@ Result<std::pair<std::string, std::string>> SplitAssignment(const std::string& t
   return std::make_pair(text.substr(0, eq), text.substr(eq + 1));
 }
 
-Status Publish(const PublishOptions& given, netfetch::Transport& transport, std::ostream& out) {
+Status Publish(const PublishOptions& given, netfetch::Transport& transport, Clock& clock,
+               std::ostream& out) {
   PublishOptions options = given;
   for (NodeSpec& node : options.nodes) {
     while (!node.url.empty() && node.url.back() == '/') node.url.pop_back();
@@ -379,7 +381,7 @@ Status Publish(const PublishOptions& given, netfetch::Transport& transport, std:
   std::string tmp = options.index_path + ".tmp." + std::to_string(::getpid());
   CKPTFS_ASSIGN_OR_RETURN(std::unique_ptr<index::IndexWriter> writer,
                           index::IndexWriter::Create(tmp, options.chunk_size, options.block_size));
-  Publisher publisher(options, transport, replicas);
+  Publisher publisher(options, transport, clock, replicas);
   Status status = publisher.Run(walk, *writer);
   if (status.ok()) status = SyncStores(options);
   if (status.ok()) status = writer->Finish(publisher.totals().stats);

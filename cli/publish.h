@@ -38,8 +38,6 @@ struct PublishOptions {
   std::uint64_t block_size = 64ull << 10;
   // Objects stored at a time, over all nodes (see ObjectUploads).
   int uploads = 8;
-  // Wait before the second attempt of a failed PUT (doubled before the third).
-  Duration put_retry_delay = std::chrono::milliseconds(250);
 };
 
 // "NAME=VALUE" → {NAME, VALUE}; InvalidArgument naming `what` otherwise.
@@ -49,6 +47,8 @@ Result<std::pair<std::string, std::string>> SplitAssignment(const std::string& t
 // Publishes as described above and prints a summary to `out`. Chunks for nodes without a store
 // directory are sent with HTTP PUT through `transport`, unless a HEAD finds the node has them.
 // Chunks are stored while later ones are read, `options.uploads` at a time.
-Status Publish(const PublishOptions& options, netfetch::Transport& transport, std::ostream& out);
+// `clock` times the uploads' attempts and waits between them.
+Status Publish(const PublishOptions& options, netfetch::Transport& transport, Clock& clock,
+               std::ostream& out);
 
 }  // namespace ckptfs::cli

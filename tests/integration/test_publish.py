@@ -5,6 +5,7 @@ import os
 import re
 import socket
 import stat
+import time
 
 import pytest
 
@@ -180,6 +181,34 @@ def test_publish_again_sends_only_what_the_nodes_lack(cluster, test_dir, mount):
     mnt = mount(index)
     diff = ckptfs_cli.run(["diff", "-r", src, mnt.mountpoint], timeout=120)
     assert diff.returncode == 0, diff.describe()
+
+
+@pytest.mark.parametrize("failure", ["stopped", "frozen"])
+def test_publish_to_a_dead_node_fails_soon_with_one_line_and_no_index(cluster, test_dir, failure):
+    # A stopped node refuses at once (tried 3 times, in under a second); a frozen one accepts and
+    # never answers: its first HEAD waits out the low-speed limit (3 s) and the publish ends
+    # there. Before, uploads under way each went through all their attempts: 31.8 s.
+    src = _small_tree(os.path.join(test_dir, "src"))
+    index = os.path.join(test_dir, "dead.index")
+    dead = cluster[1]
+    if failure == "stopped":
+        dead.stop()
+    else:
+        dead.freeze()
+    try:
+        start = time.monotonic()
+        result = ckptfs_cli.run(ckptfs_cli.publish_args(src, index, cluster, store=False,
+                                                        chunk_size="1M"), timeout=120)
+        elapsed = time.monotonic() - start
+    finally:
+        dead.thaw()
+    assert result.returncode != 0, result.describe()
+    lines = result.stderr_lines()
+    assert len(lines) == 1 and lines[0].startswith(f"ckptfs: cannot upload to node {dead.name}"), \
+        result.describe()
+    assert not os.path.exists(index)
+    print(f"{failure}: failed in {elapsed:.1f} s: {lines[0]}")
+    assert elapsed < 15, f"publish to a {failure} node failed only after {elapsed:.1f} s"
 
 
 def _make_fifo(root):

@@ -193,16 +193,20 @@ class ScriptedTransport final : public netfetch::Transport {
   }
 
   // Answers from the fixed response of `url` (a successful Put sets one): the size of its body,
-  // or its error; NotFound with none. Not counted among the calls above and runs no hook, so
-  // that tests of what is fetched or PUT see only that: Heads() lists them.
-  Result<std::uint64_t> Head(const std::string& url, Duration) override {
-    std::lock_guard lock(mu_);
-    heads_.push_back(url);
-    auto it = scripts_.find(url);
-    if (it == scripts_.end() || !it->second.fixed)
-      return NotFoundError("HTTP 404 from HEAD " + url);
-    if (!it->second.fixed->status.ok()) return it->second.fixed->status;
-    return it->second.fixed->body.size();
+  // or its error after its delay; NotFound with none. Not counted among the calls above and runs
+  // no hook, so that tests of what is fetched or PUT see only that: Heads() lists them.
+  Result<std::uint64_t> Head(const std::string& url, Duration timeout) override {
+    std::optional<ScriptedResponse> fixed;
+    {
+      std::lock_guard lock(mu_);
+      heads_.push_back(url);
+      auto it = scripts_.find(url);
+      if (it != scripts_.end()) fixed = it->second.fixed;
+    }
+    if (!fixed) return NotFoundError("HTTP 404 from HEAD " + url);
+    if (Status late = Elapse(url, fixed->delay, timeout); !late.ok()) return late;
+    if (!fixed->status.ok()) return fixed->status;
+    return fixed->body.size();
   }
   // URLs asked for with Head, in order.
   std::vector<std::string> Heads() const {

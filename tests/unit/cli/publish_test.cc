@@ -27,6 +27,7 @@
 #include "common/units.h"
 #include "index/reader.h"
 #include "index/types.h"
+#include "tests/support/fake_clock.h"
 #include "tests/support/scripted_transport.h"
 #include "tests/support/single_file_index.h"
 #include "tests/support/status_testing.h"
@@ -146,7 +147,7 @@ class Publish : public ::testing::Test {
 
   Status Run(const PublishOptions& options) {
     output_.str("");
-    return cli::Publish(options, transport_, output_);
+    return cli::Publish(options, transport_, clock_, output_);
   }
 
   // Expects `options` to fail, leaving neither the index nor a temporary index behind.
@@ -225,7 +226,9 @@ class Publish : public ::testing::Test {
   std::string source_;
   std::string index_path_;
   std::vector<std::uint8_t> a_;
-  ScriptedTransport transport_;
+  // Scripted delays and the waits between attempts move this clock only.
+  testing::FakeClock clock_;
+  ScriptedTransport transport_{&clock_};
   std::ostringstream output_;
 };
 
@@ -513,7 +516,6 @@ class PublishByPut : public Publish {
     options.index_path = index_path_;
     options.chunk_size = kChunk;
     options.nodes = {{"n1", "http://127.0.0.1:1/"}, {"n2", "http://127.0.0.1:2"}};
-    options.put_retry_delay = std::chrono::milliseconds(1);
     return options;  // replicas 0: the default, min(2, nodes).
   }
 };
@@ -645,6 +647,32 @@ TEST_F(PublishByPut, APutThatFailsOnceIsTriedAgain) {
   std::vector<std::uint8_t> body(kChunk);
   CKPTFS_ASSERT_OK(transport_.Get(url, body, std::chrono::seconds(1)));
   EXPECT_EQ(body, std::vector<std::uint8_t>(content.begin(), content.begin() + kChunk));
+}
+
+TEST_F(PublishByPut, APutThatFailsAfterSecondsIsNotTriedAgain) {
+  // What a server that stopped answering gives: nothing, then curl's low-speed abort.
+  auto content = PatternBytes(kChunk, 7);
+  WriteBytes(source_ + "/m.bin", content);
+  const std::string url =
+      "http://127.0.0.1:2/" + index::ChunkObjectPath(Sha256(content.data(), kChunk));
+  transport_.Enqueue(url, testing::ScriptedResponse::Error(UnavailableError("Operation too slow"),
+                                                           std::chrono::seconds(3)));
+  Status status = ExpectFailsCleanly(PutOptions());
+  EXPECT_NE(status.message().find("(1 attempt)"), std::string::npos) << status.ToString();
+  EXPECT_EQ(transport_.Calls(url), 1);
+}
+
+TEST_F(PublishByPut, AHeadThatGetsNoAnswerFailsWithoutAPut) {
+  auto content = PatternBytes(kChunk, 8);
+  WriteBytes(source_ + "/m.bin", content);
+  const std::string url =
+      "http://127.0.0.1:2/" + index::ChunkObjectPath(Sha256(content.data(), kChunk));
+  transport_.SetResponse(url, testing::ScriptedResponse::Error(
+                                  UnavailableError("Operation too slow"), std::chrono::seconds(3)));
+  Status status = ExpectFailsCleanly(PutOptions());
+  EXPECT_NE(status.message().find("cannot upload to node n2: "), std::string::npos)
+      << status.ToString();
+  EXPECT_EQ(transport_.Calls(url), 0) << "a PUT went to a node that did not answer its HEAD";
 }
 
 TEST_F(PublishByPut, APutPastItsDeadlineIsNotTriedAgain) {
