@@ -727,6 +727,38 @@ Result<std::vector<Extent>> IndexReader::ExtentsInRange(std::uint64_t file, std:
   return impl_->ExtentsInRange(*c, file, offset, length);
 }
 
+Result<std::vector<ChunkRecord>> IndexReader::ChunksAfter(std::int64_t after_id,
+                                                          std::size_t limit) const {
+  CKPTFS_ASSIGN_OR_RETURN(Impl::Lease c, impl_->Borrow());
+  // Prepared per call: a page is a thousand rows, and only tools ask.
+  CKPTFS_ASSIGN_OR_RETURN(
+      sql::Stmt stmt, sql::Prepare(c->db.get(),
+                                   "SELECT id, digest, size FROM chunks WHERE id > ?1 ORDER BY id "
+                                   "LIMIT ?2"));
+  sqlite3_stmt* s = stmt.get();
+  sqlite3_bind_int64(s, 1, after_id);
+  sqlite3_bind_int64(s, 2, static_cast<sqlite3_int64>(std::min<std::size_t>(limit, INT64_MAX)));
+  std::vector<ChunkRecord> out;
+  int rc;
+  while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+    ChunkRecord chunk;
+    chunk.id = sqlite3_column_int64(s, 0);
+    const auto* blob = static_cast<const std::uint8_t*>(sqlite3_column_blob(s, 1));
+    const std::optional<Digest> digest = Digest::FromBytes(
+        {blob, static_cast<std::size_t>(std::max(sqlite3_column_bytes(s, 1), 0))});
+    const sqlite3_int64 size = sqlite3_column_int64(s, 2);
+    if (!digest || size < 1 || static_cast<std::uint64_t>(size) > impl_->chunk_size) {
+      return DataLossError("index: chunk " + std::to_string(chunk.id) +
+                           " has a bad digest or size");
+    }
+    chunk.digest = *digest;
+    chunk.size = static_cast<std::uint64_t>(size);
+    out.push_back(chunk);
+  }
+  if (rc != SQLITE_DONE) return sql::Error(c->db.get(), "index query failed");
+  return out;
+}
+
 Result<std::vector<std::int64_t>> IndexReader::Replicas(std::int64_t chunk) const {
   CKPTFS_ASSIGN_OR_RETURN(Impl::Lease c, impl_->Borrow());
   sqlite3_stmt* s = c->replicas.get();

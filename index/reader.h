@@ -48,6 +48,10 @@ class IndexReader {
   // The extents of `file` that overlap [offset, offset + length), in offset order.
   Result<std::vector<Extent>> ExtentsInRange(std::uint64_t file, std::uint64_t offset,
                                              std::uint64_t length) const;
+  // Chunks with id > after_id, in id order, at most `limit` of them: for tools that go over
+  // every chunk (ckptfs check) a page at a time. DataLoss for a digest that is not 32 bytes or
+  // a size outside 1..chunk_size.
+  Result<std::vector<ChunkRecord>> ChunksAfter(std::int64_t after_id, std::size_t limit) const;
   // Node ids holding a replica of `chunk` (only nodes that exist in the nodes table).
   Result<std::vector<std::int64_t>> Replicas(std::int64_t chunk) const;
 

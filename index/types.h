@@ -38,6 +38,13 @@ struct Node {
   std::string url;  // Base URL without a trailing slash; objects live at <url>/chunks/<hh>/<hex>.
 };
 
+// One row of the chunks table.
+struct ChunkRecord {
+  std::int64_t id = 0;
+  Digest digest;
+  std::uint64_t size = 0;
+};
+
 // One piece of a file: bytes [offset, offset + size) of the file are the chunk's bytes.
 struct Extent {
   std::uint64_t offset = 0;

@@ -6,8 +6,10 @@
 #include <cstdio>
 #include <fstream>
 #include <string>
+#include <utility>
 #include <vector>
 
+#include "common/digest.h"
 #include "index/reader.h"
 #include "index/testing_sql.h"
 #include "index/writer.h"
@@ -153,6 +155,35 @@ TEST_F(IndexRoundTrip, ReplicasListBothNodes) {
     EXPECT_EQ(nodes, (std::vector<std::int64_t>{reader_->nodes()[0].id, reader_->nodes()[1].id}));
   }
   EXPECT_TRUE(Must(reader_->Replicas(9999)).empty());
+}
+
+TEST_F(IndexRoundTrip, ChunksAfterPagesThroughEveryChunkInIdOrder) {
+  std::vector<ChunkRecord> all;
+  std::int64_t after = 0;
+  for (int pages = 0; pages < 10; ++pages) {
+    const std::vector<ChunkRecord> page = Must(reader_->ChunksAfter(after, 2));
+    if (page.empty()) break;
+    EXPECT_LE(page.size(), 2u);
+    all.insert(all.end(), page.begin(), page.end());
+    after = page.back().id;
+  }
+  ASSERT_EQ(all.size(), 3u);
+  const std::vector<std::pair<std::string, std::uint64_t>> want = {
+      {"abcdefgh", 8}, {"ABCDEFGH", 8}, {"xyz!", 4}};
+  for (std::size_t i = 0; i < all.size(); ++i) {
+    EXPECT_EQ(all[i].digest, Sha256(want[i].first.data(), want[i].first.size())) << i;
+    EXPECT_EQ(all[i].size, want[i].second) << i;
+    if (i > 0) {
+      EXPECT_GT(all[i].id, all[i - 1].id);
+    }
+  }
+}
+
+TEST_F(IndexRoundTrip, ChunksAfterRefusesARowWithABadSize) {
+  reader_.reset();
+  Must(ExecSqlForTesting(path_, "UPDATE chunks SET size = 9 WHERE size = 4"));
+  reader_ = Must(IndexReader::Open(path_));
+  EXPECT_EQ(reader_->ChunksAfter(0, 10).status().code(), StatusCode::kDataLoss);
 }
 
 TEST_F(IndexRoundTrip, ReplicasLeaveOutUnknownNodes) {
