@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "cli/check.h"
 #include "cli/mount.h"
 #include "cli/mount_options.h"
 #include "cli/publish.h"
@@ -63,6 +64,14 @@ int RunPublish(const PublishArgs& args) {
   RealClock clock;
   Status status = Publish(*options, transport, clock, std::cout);
   return status.ok() ? 0 : Fail(status);
+}
+
+// Exit status 1 when any replica is bad, after the report: a script can act on it.
+int RunCheck(const CheckOptions& options) {
+  netfetch::CurlTransport transport;
+  Result<CheckReport> report = Check(options, transport, std::cout);
+  if (!report.ok()) return Fail(report.status());
+  return report->all.bad() == 0 ? 0 : kExitError;
 }
 
 int RunMount(const std::string& index, const std::string& mountpoint, bool foreground,
@@ -154,6 +163,14 @@ int Main(int argc, char** argv) {
                   "dir_readahead=0|1, memory_cache=SIZE, index_cache=SIZE, "
                   "kernel_readahead=SIZE, index_fallback, allow_other, debug, noexec");
 
+  CheckOptions check_options;
+  CLI::App* check = app.add_subcommand(
+      "check", "Ask the nodes for every chunk replica an index lists; exit 1 if any is bad");
+  check->add_option("index", check_options.index_path, "Index file")->required();
+  check->add_flag("--verify", check_options.verify,
+                  "GET every replica and check its SHA-256, not only its size (HEAD)");
+  check->add_option("--jobs", check_options.jobs, "Replicas checked at a time (default 8)");
+
   std::string stats_mountpoint;
   CLI::App* stats = app.add_subcommand(
       "stats", "Print the runtime statistics of a mount (its root's user.ckptfs.stats attribute)");
@@ -172,9 +189,14 @@ int Main(int argc, char** argv) {
   if (stats->parsed()) return RunStats(stats_mountpoint);  // No network: no libcurl.
   Status init = netfetch::GlobalInit();
   if (!init.ok()) return Fail(init);
-  int rc = pub->parsed()
-               ? RunPublish(publish)
-               : RunMount(index, mountpoint, foreground, mount_opts, OptionSource::kCommandLine);
+  int rc = 0;
+  if (pub->parsed()) {
+    rc = RunPublish(publish);
+  } else if (check->parsed()) {
+    rc = RunCheck(check_options);
+  } else {
+    rc = RunMount(index, mountpoint, foreground, mount_opts, OptionSource::kCommandLine);
+  }
   netfetch::GlobalCleanup();
   return rc;
 }
