@@ -1,5 +1,7 @@
 // The ckptfs executable: wires the real objects together for each subcommand. Every error reaches
 // the user as one line "ckptfs: ..." and a non-zero exit status.
+#include <unistd.h>
+
 #include <CLI/CLI.hpp>
 #include <cstdio>
 #include <exception>
@@ -61,6 +63,7 @@ int RunPublish(const PublishArgs& args) {
   Result<PublishOptions> options = ToPublishOptions(args);
   if (!options.ok()) return Fail(options.status());
   netfetch::CurlTransport transport;
+  if (::isatty(STDERR_FILENO) == 1) options->progress = &std::cerr;
   RealClock clock;
   Status status = Publish(*options, transport, clock, std::cout);
   return status.ok() ? 0 : Fail(status);

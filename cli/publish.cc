@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <set>
 #include <string>
 #include <utility>
@@ -160,6 +161,58 @@ Status SyncStores(const PublishOptions& options) {
   return Status::Ok();
 }
 
+// The line PublishOptions::progress shows: bytes read and hashed (the stores follow within the
+// upload buffers), files, and the rate so far.
+class Progress {
+ public:
+  Progress(std::ostream* out, Clock& clock, const std::vector<SourceEntry>& walk)
+      : out_(out), clock_(clock), start_(clock.Now()), last_(start_) {
+    for (const SourceEntry& e : walk) {
+      if (!S_ISREG(e.st.st_mode)) continue;
+      total_bytes_ += static_cast<std::uint64_t>(e.st.st_size);
+      total_files_++;
+    }
+  }
+  Progress(const Progress&) = delete;
+  Progress& operator=(const Progress&) = delete;
+  ~Progress() { End(); }
+
+  // Shows the last state and ends the line, so that what is printed next starts on its own.
+  void End() {
+    if (out_ == nullptr || !shown_ || ended_) return;
+    Show();
+    *out_ << "\n" << std::flush;
+    ended_ = true;
+  }
+
+  void Add(std::uint64_t bytes) {
+    bytes_ += bytes;
+    if (out_ != nullptr && clock_.Now() - last_ >= std::chrono::seconds(1)) Show();
+  }
+  void FileDone() { files_++; }
+
+ private:
+  void Show() {
+    last_ = clock_.Now();
+    shown_ = true;
+    const double seconds = std::chrono::duration<double>(last_ - start_).count();
+    const auto rate = static_cast<std::uint64_t>(seconds > 0 ? bytes_ / seconds : 0);
+    const std::uint64_t percent = total_bytes_ == 0 ? 100 : bytes_ * 100 / total_bytes_;
+    *out_ << "\rpublish: " << FormatSize(bytes_) << " of " << FormatSize(total_bytes_) << " ("
+          << percent << "%), " << files_ << " of " << total_files_ << " files, " << FormatSize(rate)
+          << "/s   " << std::flush;
+  }
+
+  std::ostream* const out_;
+  Clock& clock_;
+  const TimePoint start_;
+  TimePoint last_;
+  bool shown_ = false;
+  bool ended_ = false;
+  std::uint64_t bytes_ = 0, files_ = 0;
+  std::uint64_t total_bytes_ = 0, total_files_ = 0;
+};
+
 struct Totals {
   index::IndexStats stats;
   std::uint64_t symlinks = 0;
@@ -178,8 +231,9 @@ int UploadBuffers(const PublishOptions& options) {
 class Publisher {
  public:
   Publisher(const PublishOptions& options, netfetch::Transport& transport, Clock& clock,
-            int replicas)
+            int replicas, Progress& progress)
       : options_(options),
+        progress_(progress),
         sink_(options, transport, clock),
         uploads_(sink_, options.nodes.size(), options.chunk_size, options.uploads,
                  UploadBuffers(options)),
@@ -239,6 +293,7 @@ class Publisher {
     entry.size = static_cast<std::uint64_t>(src.st.st_size);
     CKPTFS_ASSIGN_OR_RETURN(std::uint64_t id, writer.AddEntry(entry));
     CKPTFS_RETURN_IF_ERROR(AddFileChunks(src, id, writer));
+    progress_.FileDone();
     totals_.stats.files++;
     totals_.stats.bytes += entry.size;
     return id;
@@ -282,6 +337,7 @@ class Publisher {
     }
     CKPTFS_RETURN_IF_ERROR(writer.AddExtent(file, offset, chunk.id));
     totals_.chunk_refs++;
+    progress_.Add(want);
     return Status::Ok();
   }
 
@@ -327,6 +383,7 @@ class Publisher {
   }
 
   const PublishOptions& options_;
+  Progress& progress_;
   ObjectSink sink_;
   ObjectUploads uploads_;
   index::Placement placement_;
@@ -381,8 +438,10 @@ Status Publish(const PublishOptions& given, netfetch::Transport& transport, Cloc
   std::string tmp = options.index_path + ".tmp." + std::to_string(::getpid());
   CKPTFS_ASSIGN_OR_RETURN(std::unique_ptr<index::IndexWriter> writer,
                           index::IndexWriter::Create(tmp, options.chunk_size, options.block_size));
-  Publisher publisher(options, transport, clock, replicas);
+  Progress progress(options.progress, clock, walk);
+  Publisher publisher(options, transport, clock, replicas, progress);
   Status status = publisher.Run(walk, *writer);
+  progress.End();
   if (status.ok()) status = SyncStores(options);
   if (status.ok()) status = writer->Finish(publisher.totals().stats);
   writer.reset();

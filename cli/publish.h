@@ -38,6 +38,9 @@ struct PublishOptions {
   std::uint64_t block_size = 64ull << 10;
   // Objects stored at a time, over all nodes (see ObjectUploads).
   int uploads = 8;
+  // A terminal to show how far the publish has got on, one line rewritten at most once a
+  // second; null: none.
+  std::ostream* progress = nullptr;
 };
 
 // "NAME=VALUE" → {NAME, VALUE}; InvalidArgument naming `what` otherwise.

@@ -686,6 +686,40 @@ TEST_F(PublishByPut, APutPastItsDeadlineIsNotTriedAgain) {
   EXPECT_EQ(transport_.Calls(url), 1);
 }
 
+TEST_F(PublishByPut, ProgressIsShownOnOneLineAtMostOnceASecond) {
+  ASSERT_NO_FATAL_FAILURE(MakeSourceTree());
+  // Each PUT takes 600 ms of the fake clock: 12 of them, 7.2 s.
+  transport_.SetOnCall([&](const std::string&) { clock_.Advance(std::chrono::milliseconds(600)); });
+  std::ostringstream progress;
+  PublishOptions options = PutOptions();
+  options.uploads = 1;
+  options.progress = &progress;
+  CKPTFS_ASSERT_OK(Run(options));
+  const std::string shown = progress.str();
+  ASSERT_FALSE(shown.empty());
+  EXPECT_EQ(shown.find('\n'), shown.size() - 1) << "one line, ended once: " << shown;
+  const auto updates = std::count(shown.begin(), shown.end(), '\r');
+  EXPECT_GE(updates, 3) << shown;
+  EXPECT_LE(updates, 9) << "more than one update a second: " << shown;
+  const std::string last = shown.substr(shown.rfind('\r') + 1);
+  const std::uint64_t total = a_.size() + 2 * kChunk + 10;
+  EXPECT_EQ(last.rfind("publish: " + FormatSize(total) + " of " + FormatSize(total) +
+                           " (100%), 3 of 3 files, ",
+                       0),
+            0u)
+      << last;
+  EXPECT_EQ(output_.str().find('\r'), std::string::npos) << "progress went into the summary";
+}
+
+TEST_F(PublishByPut, APublishOfUnderASecondShowsNoProgress) {
+  ASSERT_NO_FATAL_FAILURE(MakeSourceTree());
+  std::ostringstream progress;
+  PublishOptions options = PutOptions();
+  options.progress = &progress;
+  CKPTFS_ASSERT_OK(Run(options));
+  EXPECT_EQ(progress.str(), "");
+}
+
 TEST_F(PublishByPut, ZeroUploadsIsRefused) {
   ASSERT_NO_FATAL_FAILURE(MakeSourceTree());
   PublishOptions options = PutOptions();
