@@ -3,12 +3,14 @@
 
     sudo .venv-bench/bin/python bench/publish_put.py                       2 GiB, 3 runs, ~2 min
     sudo .venv-bench/bin/python bench/publish_put.py --compare OLD_BIN     side by side with OLD_BIN
+    sudo .venv-bench/bin/python bench/publish_put.py --store               into the nodes' roots
 
 One file of random bytes is published without --store (every object goes by PUT, R=2) to three
-nginx nodes on 127.0.0.1 that accept WebDAV PUT. Each run, for each binary in turn: the nodes are
-emptied and the page cache dropped, then a fresh publish is timed; then the same publish again
-onto nodes that hold every object (page cache dropped again), which is what re-running a failed
-publish or publishing a checkpoint that shares its chunks costs. Prints seconds (median, then
+nginx nodes on 127.0.0.1 that accept WebDAV PUT; with --store, into the directories they serve.
+Each run, for each binary in turn: the nodes are emptied and the page cache dropped, then a
+fresh publish is timed; then the same publish again onto nodes that hold every object (page cache
+dropped again), which is what re-running a failed publish or publishing a checkpoint that shares
+its chunks costs. Prints seconds (median, then
 each run) and MiB/s of the source. Scratch space in --workdir (the file plus 2 copies of it on
 the nodes) is removed at the end.
 """
@@ -24,10 +26,12 @@ from common import (MiB, Cleanup, install_signal_handlers, log, median, run,
 from servers import NginxNode
 
 
-def publish_once(binary, src, index, nodes, extra):
+def publish_once(binary, src, index, nodes, extra, store):
     argv = [binary, "publish", src, "-o", index, "--replicas", "2"] + extra
     for n in nodes:
         argv += ["--node", f"{n.name}={n.url}"]
+        if store:
+            argv += ["--store", f"{n.name}={n.root}"]
     sync_and_drop_caches()
     t0 = time.monotonic()
     run(argv, timeout=1800)
@@ -40,6 +44,7 @@ def main():
     p.add_argument("--compare", help="another ckptfs binary, measured alternately with --bin")
     p.add_argument("--size-mib", type=int, default=2048)
     p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--store", action="store_true", help="write into the nodes' roots, no PUT")
     p.add_argument("--args", default="", help="extra publish arguments, e.g. '--uploads 1'")
     p.add_argument("--workdir", default="/var/tmp/ckptfs-publish-bench")
     cfg = p.parse_args()
@@ -68,12 +73,13 @@ def main():
                 for n in nodes:
                     shutil.rmtree(n.root, ignore_errors=True)
                     os.makedirs(n.root)
-                fresh = publish_once(b, src, index, nodes, cfg.args.split())
-                again = publish_once(b, src, index, nodes, cfg.args.split())
+                fresh = publish_once(b, src, index, nodes, cfg.args.split(), cfg.store)
+                again = publish_once(b, src, index, nodes, cfg.args.split(), cfg.store)
                 times[(b, "fresh")].append(fresh)
                 times[(b, "again")].append(again)
                 log(f"run {r + 1}: {b}: fresh {fresh:.2f} s, again {again:.2f} s")
-        print(f"publish by PUT of {cfg.size_mib} MiB to 3 nginx nodes on 127.0.0.1, R=2 "
+        how = "into the --store directories of" if cfg.store else "by PUT to"
+        print(f"publish {how} 3 nginx nodes on 127.0.0.1 of {cfg.size_mib} MiB, R=2 "
               f"{cfg.args}".rstrip())
         print("| binary | publish | seconds (median) | MiB/s | runs |")
         print("| --- | --- | --- | --- | --- |")
