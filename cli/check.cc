@@ -46,6 +46,14 @@ std::uint64_t& CountOf(ReplicaCounts& counts, Verdict v) {
   return counts.unreachable;
 }
 
+// Where `node` is asked: its --node URL if given, else the index's.
+std::string NodeUrl(const CheckOptions& options, const index::Node& node) {
+  auto given = options.node_urls.find(node.name);
+  std::string url = given == options.node_urls.end() ? node.url : given->second;
+  while (url.size() > 1 && url.back() == '/') url.pop_back();
+  return url;
+}
+
 // One replica to check, and what was found.
 struct ReplicaCheck {
   const index::ChunkRecord* chunk = nullptr;
@@ -59,7 +67,11 @@ class Checker {
   Checker(const CheckOptions& options, netfetch::Transport& transport,
           const index::IndexReader& index, std::ostream& out)
       : options_(options), transport_(transport), index_(index), out_(out) {
-    for (std::size_t i = 0; i < index.nodes().size(); ++i) position_[index.nodes()[i].id] = i;
+    for (std::size_t i = 0; i < index.nodes().size(); ++i) {
+      const index::Node& node = index.nodes()[i];
+      position_[node.id] = i;
+      urls_.push_back(NodeUrl(options, node));
+    }
     report_.per_node.resize(index.nodes().size());
     lines_.resize(index.nodes().size());
     const int jobs = std::max(options.jobs, 1);
@@ -114,8 +126,7 @@ class Checker {
 
   void CheckOne(ReplicaCheck& check, Buffer* buffer) const {
     const index::ChunkRecord& chunk = *check.chunk;
-    const std::string url =
-        index_.nodes()[check.node].url + "/" + index::ChunkObjectPath(chunk.digest);
+    const std::string url = urls_[check.node] + "/" + index::ChunkObjectPath(chunk.digest);
     Result<std::uint64_t> size = transport_.Head(url, kRequestTimeout);
     if (!size.ok()) {
       const bool gone = size.status().code() == StatusCode::kNotFound;
@@ -159,6 +170,7 @@ class Checker {
   const index::IndexReader& index_;
   std::ostream& out_;
   std::map<std::int64_t, std::size_t> position_;         // Node id → position in nodes().
+  std::vector<std::string> urls_;                        // Where each node is asked, by position.
   std::vector<Buffer> buffers_;                          // One per worker, with verify.
   std::vector<std::map<Verdict, std::uint64_t>> lines_;  // Per node: bad lines printed.
   CheckReport report_;
@@ -172,7 +184,7 @@ void PrintCounts(const ReplicaCounts& c, std::ostream& out) {
 void PrintSummary(const CheckOptions& options, const index::IndexReader& index,
                   const CheckReport& report, std::ostream& out) {
   for (std::size_t i = 0; i < index.nodes().size(); ++i) {
-    out << "node " << index.nodes()[i].name << " (" << index.nodes()[i].url << "): ";
+    out << "node " << index.nodes()[i].name << " (" << NodeUrl(options, index.nodes()[i]) << "): ";
     PrintCounts(report.per_node[i], out);
     out << "\n";
   }
@@ -190,6 +202,16 @@ Result<CheckReport> Check(const CheckOptions& options, netfetch::Transport& tran
   if (options.jobs < 1) return InvalidArgumentError("--jobs must be at least 1");
   CKPTFS_ASSIGN_OR_RETURN(std::unique_ptr<index::IndexReader> index,
                           index::IndexReader::Open(options.index_path));
+  for (const auto& [name, url] : options.node_urls) {
+    const auto& nodes = index->nodes();
+    if (std::none_of(nodes.begin(), nodes.end(),
+                     [&](const index::Node& n) { return n.name == name; })) {
+      return InvalidArgumentError("--node " + name + ": the index has no node '" + name + "'");
+    }
+    if (url.rfind("http://", 0) != 0 && url.rfind("https://", 0) != 0) {
+      return InvalidArgumentError("--node " + name + ": URL must start with http:// or https://");
+    }
+  }
   Checker checker(options, transport, *index, out);
   CKPTFS_ASSIGN_OR_RETURN(CheckReport report, checker.Run());
   PrintSummary(options, *index, report, out);

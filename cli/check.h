@@ -14,6 +14,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <ostream>
 #include <string>
 #include <vector>
@@ -27,6 +28,9 @@ struct CheckOptions {
   std::string index_path;
   bool verify = false;  // GET and hash every replica, not only HEAD it.
   int jobs = 8;         // Replicas checked at a time.
+  // Node name → URL to ask instead of the index's (another network's name for the same node),
+  // as a mount's node.NAME=URL.
+  std::map<std::string, std::string> node_urls;
 };
 
 // What became of the replicas of one node (or of all of them).

@@ -70,7 +70,12 @@ int RunPublish(const PublishArgs& args) {
 }
 
 // Exit status 1 when any replica is bad, after the report: a script can act on it.
-int RunCheck(const CheckOptions& options) {
+int RunCheck(CheckOptions options, const std::vector<std::string>& nodes) {
+  for (const std::string& node : nodes) {
+    Result<std::pair<std::string, std::string>> kv = SplitAssignment(node, "--node");
+    if (!kv.ok()) return Fail(kv.status());
+    options.node_urls[kv->first] = kv->second;
+  }
   netfetch::CurlTransport transport;
   Result<CheckReport> report = Check(options, transport, std::cout);
   if (!report.ok()) return Fail(report.status());
@@ -173,6 +178,9 @@ int Main(int argc, char** argv) {
   check->add_flag("--verify", check_options.verify,
                   "GET every replica and check its SHA-256, not only its size (HEAD)");
   check->add_option("--jobs", check_options.jobs, "Replicas checked at a time (default 8)");
+  std::vector<std::string> check_nodes;
+  check->add_option("--node", check_nodes,
+                    "NAME=URL: ask node NAME at URL instead of the index's (repeat for more)");
 
   std::string stats_mountpoint;
   CLI::App* stats = app.add_subcommand(
@@ -196,7 +204,7 @@ int Main(int argc, char** argv) {
   if (pub->parsed()) {
     rc = RunPublish(publish);
   } else if (check->parsed()) {
-    rc = RunCheck(check_options);
+    rc = RunCheck(check_options, check_nodes);
   } else {
     rc = RunMount(index, mountpoint, foreground, mount_opts, OptionSource::kCommandLine);
   }

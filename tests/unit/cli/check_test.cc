@@ -4,6 +4,7 @@
 
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -136,6 +137,32 @@ TEST_F(Check, ANodeThatIsDownIsListedAFewLinesAndCountedWhole) {
                                "0 corrupt, 6 unreachable"),
             std::string::npos)
       << output_.str();
+}
+
+TEST_F(Check, ANodeCanBeAskedAtAnotherUrl) {
+  // n2's objects, where another network reaches that node; its URL in the index fails.
+  const std::string other = "http://10.0.0.2:8080/";
+  for (int chunk = 0; chunk < kChunks; ++chunk) {
+    std::vector<std::uint8_t> body(kChunk);
+    CKPTFS_ASSERT_OK(transport_.Get(Url(1, chunk), body, std::chrono::seconds(1)));
+    const std::string path = Url(1, chunk).substr(std::string(kNodes[1]).size() + 1);
+    transport_.SetResponse(other + path, ScriptedResponse::Body(std::move(body)));
+    transport_.SetResponse(Url(1, chunk), ScriptedResponse::Error(UnavailableError("refused")));
+  }
+  CheckOptions options;
+  options.index_path = temp_.Path("index.db");
+  options.node_urls["n2"] = other;
+  CKPTFS_ASSERT_OK_AND_ASSIGN(CheckReport report, cli::Check(options, transport_, output_));
+  EXPECT_EQ(report.all.ok, 2u * kChunks) << output_.str();
+  EXPECT_NE(output_.str().find("node n2 (http://10.0.0.2:8080): 6 ok"), std::string::npos)
+      << output_.str();
+
+  options.node_urls = {{"n9", other}};
+  Result<CheckReport> unknown = cli::Check(options, transport_, output_);
+  EXPECT_EQ(unknown.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(unknown.status().message().find("no node 'n9'"), std::string::npos);
+  options.node_urls = {{"n2", "ftp://10.0.0.2/"}};
+  EXPECT_EQ(cli::Check(options, transport_, output_).status().code(), StatusCode::kInvalidArgument);
 }
 
 TEST_F(Check, AnIndexThatCannotBeReadIsAnError) {
