@@ -1,15 +1,22 @@
 #include "cli/check.h"
 
+#include <stdlib.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <atomic>
+#include <cerrno>
 #include <chrono>
+#include <cstdlib>
 #include <map>
 #include <memory>
+#include <optional>
 #include <thread>
 #include <utility>
 
 #include "common/buffer.h"
 #include "common/digest.h"
+#include "common/unique_fd.h"
 #include "index/reader.h"
 #include "index/types.h"
 
@@ -45,6 +52,46 @@ std::uint64_t& CountOf(ReplicaCounts& counts, Verdict v) {
   }
   return counts.unreachable;
 }
+
+// As long as a mount lets an index URL take (it goes on while bytes arrive).
+constexpr auto kIndexDownloadTimeout = std::chrono::hours(1);
+
+bool IsUrl(const std::string& s) {
+  return s.rfind("http://", 0) == 0 || s.rfind("https://", 0) == 0;
+}
+
+// A file of our own, removed with this object.
+class TemporaryFile {
+ public:
+  // In `dir`; empty: $TMPDIR, else /tmp.
+  static Result<TemporaryFile> Make(std::string dir, const std::string& stem) {
+    if (dir.empty()) {
+      const char* env = std::getenv("TMPDIR");
+      dir = env != nullptr && *env != '\0' ? env : "/tmp";
+    }
+    std::string path = dir + "/" + stem + ".XXXXXX";
+    UniqueFd fd(::mkstemp(path.data()));
+    if (!fd.valid()) return ErrnoStatus(errno, "cannot create a temporary file " + path);
+    return TemporaryFile(std::move(path));
+  }
+  TemporaryFile(TemporaryFile&& other) noexcept : path_(std::exchange(other.path_, "")) {}
+  TemporaryFile& operator=(TemporaryFile&& other) noexcept {
+    if (this != &other) {
+      Remove();
+      path_ = std::exchange(other.path_, "");
+    }
+    return *this;
+  }
+  ~TemporaryFile() { Remove(); }
+  const std::string& path() const { return path_; }
+
+ private:
+  explicit TemporaryFile(std::string path) : path_(std::move(path)) {}
+  void Remove() {
+    if (!path_.empty()) ::unlink(path_.c_str());
+  }
+  std::string path_;
+};
 
 // Where `node` is asked: its --node URL if given, else the index's.
 std::string NodeUrl(const CheckOptions& options, const index::Node& node) {
@@ -200,15 +247,25 @@ void PrintSummary(const CheckOptions& options, const index::IndexReader& index,
 Result<CheckReport> Check(const CheckOptions& options, netfetch::Transport& transport,
                           std::ostream& out) {
   if (options.jobs < 1) return InvalidArgumentError("--jobs must be at least 1");
+  std::string path = options.index_path;
+  std::optional<TemporaryFile> downloaded;
+  if (IsUrl(path)) {
+    CKPTFS_ASSIGN_OR_RETURN(downloaded,
+                            TemporaryFile::Make(options.temp_dir, "ckptfs-check-index"));
+    Result<netfetch::FileFetch> got =
+        transport.GetToFile(options.index_path, downloaded->path(), kIndexDownloadTimeout);
+    if (!got.ok()) return got.status().WithContext("cannot download the index");
+    path = downloaded->path();
+  }
   CKPTFS_ASSIGN_OR_RETURN(std::unique_ptr<index::IndexReader> index,
-                          index::IndexReader::Open(options.index_path));
+                          index::IndexReader::Open(path));
   for (const auto& [name, url] : options.node_urls) {
     const auto& nodes = index->nodes();
     if (std::none_of(nodes.begin(), nodes.end(),
                      [&](const index::Node& n) { return n.name == name; })) {
       return InvalidArgumentError("--node " + name + ": the index has no node '" + name + "'");
     }
-    if (url.rfind("http://", 0) != 0 && url.rfind("https://", 0) != 0) {
+    if (!IsUrl(url)) {
       return InvalidArgumentError("--node " + name + ": URL must start with http:// or https://");
     }
   }

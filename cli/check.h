@@ -25,7 +25,10 @@
 namespace ckptfs::cli {
 
 struct CheckOptions {
-  std::string index_path;
+  std::string index_path;  // A local file, or an http(s) URL of one.
+  // Where an index URL is downloaded to for the check (and removed after); empty: $TMPDIR, else
+  // /tmp.
+  std::string temp_dir;
   bool verify = false;  // GET and hash every replica, not only HEAD it.
   int jobs = 8;         // Replicas checked at a time.
   // Node name → URL to ask instead of the index's (another network's name for the same node),

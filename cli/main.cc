@@ -174,7 +174,7 @@ int Main(int argc, char** argv) {
   CheckOptions check_options;
   CLI::App* check = app.add_subcommand(
       "check", "Ask the nodes for every chunk replica an index lists; exit 1 if any is bad");
-  check->add_option("index", check_options.index_path, "Index file")->required();
+  check->add_option("index", check_options.index_path, "Index file or http(s) URL")->required();
   check->add_flag("--verify", check_options.verify,
                   "GET every replica and check its SHA-256, not only its size (HEAD)");
   check->add_option("--jobs", check_options.jobs, "Replicas checked at a time (default 8)");

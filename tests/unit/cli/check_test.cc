@@ -7,6 +7,7 @@
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -163,6 +164,28 @@ TEST_F(Check, ANodeCanBeAskedAtAnotherUrl) {
   EXPECT_NE(unknown.status().message().find("no node 'n9'"), std::string::npos);
   options.node_urls = {{"n2", "ftp://10.0.0.2/"}};
   EXPECT_EQ(cli::Check(options, transport_, output_).status().code(), StatusCode::kInvalidArgument);
+}
+
+TEST_F(Check, AnIndexUrlIsDownloadedForTheCheckAndRemovedAfter) {
+  std::ifstream in(temp_.Path("index.db"), std::ios::binary);
+  std::vector<std::uint8_t> index((std::istreambuf_iterator<char>(in)),
+                                  std::istreambuf_iterator<char>());
+  const std::string url = "http://127.0.0.1:3/indexes/ckpt.ckptfs";
+  transport_.SetResponse(url, ScriptedResponse::Body(std::move(index)));
+  std::filesystem::create_directories(temp_.Path("tmp"));
+  CheckOptions options;
+  options.index_path = url;
+  options.temp_dir = temp_.Path("tmp");
+  CKPTFS_ASSERT_OK_AND_ASSIGN(CheckReport report, cli::Check(options, transport_, output_));
+  EXPECT_EQ(report.all.ok, 2u * kChunks);
+  EXPECT_TRUE(std::filesystem::is_empty(temp_.Path("tmp"))) << "the download was left behind";
+
+  options.index_path = "http://127.0.0.1:3/indexes/missing.ckptfs";
+  Result<CheckReport> missing = cli::Check(options, transport_, output_);
+  EXPECT_FALSE(missing.ok());
+  EXPECT_NE(missing.status().message().find("cannot download the index"), std::string::npos)
+      << missing.status().ToString();
+  EXPECT_TRUE(std::filesystem::is_empty(temp_.Path("tmp")));
 }
 
 TEST_F(Check, AnIndexThatCannotBeReadIsAnError) {
