@@ -8,8 +8,11 @@
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
+#include <deque>
+#include <future>
 #include <set>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -228,6 +231,23 @@ int UploadBuffers(const PublishOptions& options) {
       2, std::min<std::uint64_t>(fit, static_cast<std::uint64_t>(options.uploads) + 1)));
 }
 
+// A chunk whose bytes are read and whose digests are being computed on a thread of their own.
+struct HashingChunk {
+  ObjectUploads::Slot* slot;
+  std::uint64_t file;
+  std::uint64_t offset;
+  std::future<index::ChunkDigests> digests;
+};
+
+// Chunks hashed at once: one per core, so that SHA-256 (twice over every byte: the chunk's and its
+// blocks' digests) is not bound to one; fewer than the upload buffers, so that one is always left
+// to read the next chunk into while the others are hashed or sent.
+std::size_t HashingAhead(const PublishOptions& options) {
+  const std::size_t cores = std::max(1u, std::thread::hardware_concurrency());
+  return std::max<std::size_t>(
+      1, std::min<std::size_t>(cores, static_cast<std::size_t>(UploadBuffers(options)) - 1));
+}
+
 class Publisher {
  public:
   Publisher(const PublishOptions& options, netfetch::Transport& transport, Clock& clock,
@@ -237,7 +257,8 @@ class Publisher {
         sink_(options, transport, clock),
         uploads_(sink_, options.nodes.size(), options.chunk_size, options.uploads,
                  UploadBuffers(options)),
-        placement_(static_cast<int>(options.nodes.size()), replicas) {
+        placement_(static_cast<int>(options.nodes.size()), replicas),
+        max_hashing_(HashingAhead(options)) {
     totals_.chunks_per_node.resize(options.nodes.size());
   }
 
@@ -254,6 +275,7 @@ class Publisher {
     for (std::size_t i = 1; i < walk.size(); ++i) {
       CKPTFS_ASSIGN_OR_RETURN(ids[i], AddEntry(walk[i], ids[walk[i].parent], writer));
     }
+    while (!hashing_.empty()) CKPTFS_RETURN_IF_ERROR(IndexOldest(writer));
     return uploads_.Finish();
   }
 
@@ -307,37 +329,51 @@ class Publisher {
     std::uint64_t size = static_cast<std::uint64_t>(src.st.st_size);
     for (std::uint64_t offset = 0; offset < size; offset += options_.chunk_size) {
       std::size_t want = static_cast<std::size_t>(std::min(options_.chunk_size, size - offset));
+      if (hashing_.size() >= max_hashing_) CKPTFS_RETURN_IF_ERROR(IndexOldest(writer));
       CKPTFS_ASSIGN_OR_RETURN(ObjectUploads::Slot * slot, uploads_.Acquire());
-      std::vector<int> nodes;  // None when an earlier chunk had the same bytes.
-      Status added = AddChunk(fd.get(), src, file, offset, want, *slot, writer, nodes);
-      if (added.ok()) {
-        uploads_.Submit(slot, nodes);
-      } else {
+      if (Status read = ReadExactly(fd.get(), offset, {slot->bytes.data(), want}, src.path);
+          !read.ok()) {
         uploads_.Release(slot);
+        return read;
       }
-      CKPTFS_RETURN_IF_ERROR(added);
+      slot->size = want;
+      hashing_.push_back({slot, file, offset,
+                          std::async(std::launch::async, index::HashChunk,
+                                     std::span<const std::uint8_t>(slot->bytes.data(), want),
+                                     options_.block_size)});
     }
     return CheckUnchanged(fd.get(), src);
   }
 
-  // Reads and hashes bytes [offset, offset + want) of `src` into `slot` and adds them to the
-  // index as a chunk of `file`; `nodes` are where they are to be stored.
-  Status AddChunk(int fd, const SourceEntry& src, std::uint64_t file, std::uint64_t offset,
-                  std::size_t want, ObjectUploads::Slot& slot, index::IndexWriter& writer,
-                  std::vector<int>& nodes) {
-    CKPTFS_RETURN_IF_ERROR(ReadExactly(fd, offset, {slot.bytes.data(), want}, src.path));
-    std::span<const std::uint8_t> bytes(slot.bytes.data(), want);
-    const index::ChunkDigests digests = index::HashChunk(bytes, options_.block_size);
-    slot.size = want;
-    slot.digest = digests.chunk;
-    CKPTFS_ASSIGN_OR_RETURN(index::IndexWriter::AddedChunk chunk,
-                            writer.AddChunk(digests.chunk, want, digests.blocks));
-    if (chunk.is_new) {
-      CKPTFS_ASSIGN_OR_RETURN(nodes, PlaceChunk(chunk.id, want, writer));
+  // Takes the digests of the oldest chunk being hashed (waiting for them), adds it to the index
+  // and hands it to its nodes.
+  Status IndexOldest(index::IndexWriter& writer) {
+    HashingChunk oldest = std::move(hashing_.front());
+    hashing_.pop_front();
+    const index::ChunkDigests digests = oldest.digests.get();
+    oldest.slot->digest = digests.chunk;
+    std::vector<int> nodes;  // None when an earlier chunk had the same bytes.
+    Status added = AddToIndex(oldest, digests, writer, nodes);
+    if (added.ok()) {
+      uploads_.Submit(oldest.slot, nodes);
+    } else {
+      uploads_.Release(oldest.slot);
     }
-    CKPTFS_RETURN_IF_ERROR(writer.AddExtent(file, offset, chunk.id));
+    return added;
+  }
+
+  // Adds `chunk` to the index as a piece of its file; `nodes` are where it is to be stored.
+  Status AddToIndex(const HashingChunk& chunk, const index::ChunkDigests& digests,
+                    index::IndexWriter& writer, std::vector<int>& nodes) {
+    const std::size_t size = chunk.slot->size;
+    CKPTFS_ASSIGN_OR_RETURN(index::IndexWriter::AddedChunk added,
+                            writer.AddChunk(digests.chunk, size, digests.blocks));
+    if (added.is_new) {
+      CKPTFS_ASSIGN_OR_RETURN(nodes, PlaceChunk(added.id, size, writer));
+    }
+    CKPTFS_RETURN_IF_ERROR(writer.AddExtent(chunk.file, chunk.offset, added.id));
     totals_.chunk_refs++;
-    progress_.Add(want);
+    progress_.Add(size);
     return Status::Ok();
   }
 
@@ -389,6 +425,10 @@ class Publisher {
   index::Placement placement_;
   std::vector<std::int64_t> node_ids_;
   Totals totals_;
+  // Chunks read and being hashed, oldest first; each holds a slot of uploads_, so it is declared
+  // after it: on an early return its futures wait for their hashing before the buffers go.
+  std::deque<HashingChunk> hashing_;
+  const std::size_t max_hashing_;
 };
 
 void PrintSummary(const PublishOptions& options, const Publisher& publisher, int replicas,

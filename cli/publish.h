@@ -1,12 +1,12 @@
 // `ckptfs publish`: turns a directory into chunk objects on nodes plus one index file.
 //
-// Order of work, so that a failure never leaves an index that points at missing chunks: check
-// every argument and walk the whole tree first (special or unreadable files are errors before
-// anything is written); then chunk, hash (each chunk and each of its blocks, in one pass over
-// the bytes) and store each unique chunk on its nodes (several at a time, while the next ones are
-// read) while writing the index to a temporary file next to the output; wait for every store; make
-// the stores durable; and only then rename the index into place. On any error the temporary index
-// is removed.
+// Order of work, so that a failure never leaves an index that points at missing chunks: check every
+// argument and walk the whole tree first (special or unreadable files are errors before anything is
+// written); then chunk, hash (each chunk and each of its blocks, in one pass over the bytes,
+// several chunks at a time) and store each unique chunk on its nodes (several at a time, while the
+// next ones are read) while writing the index to a temporary file next to the output; wait for
+// every store; make the stores durable; and only then rename the index into place. On any error the
+// temporary index is removed.
 #pragma once
 
 #include <cstdint>
