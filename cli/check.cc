@@ -1,13 +1,8 @@
 #include "cli/check.h"
 
-#include <stdlib.h>
-#include <unistd.h>
-
 #include <algorithm>
 #include <atomic>
-#include <cerrno>
 #include <chrono>
-#include <cstdlib>
 #include <map>
 #include <memory>
 #include <optional>
@@ -16,7 +11,7 @@
 
 #include "common/buffer.h"
 #include "common/digest.h"
-#include "common/unique_fd.h"
+#include "common/file_io.h"
 #include "index/reader.h"
 #include "index/types.h"
 
@@ -59,39 +54,6 @@ constexpr auto kIndexDownloadTimeout = std::chrono::hours(1);
 bool IsUrl(const std::string& s) {
   return s.rfind("http://", 0) == 0 || s.rfind("https://", 0) == 0;
 }
-
-// A file of our own, removed with this object.
-class TemporaryFile {
- public:
-  // In `dir`; empty: $TMPDIR, else /tmp.
-  static Result<TemporaryFile> Make(std::string dir, const std::string& stem) {
-    if (dir.empty()) {
-      const char* env = std::getenv("TMPDIR");
-      dir = env != nullptr && *env != '\0' ? env : "/tmp";
-    }
-    std::string path = dir + "/" + stem + ".XXXXXX";
-    UniqueFd fd(::mkstemp(path.data()));
-    if (!fd.valid()) return ErrnoStatus(errno, "cannot create a temporary file " + path);
-    return TemporaryFile(std::move(path));
-  }
-  TemporaryFile(TemporaryFile&& other) noexcept : path_(std::exchange(other.path_, "")) {}
-  TemporaryFile& operator=(TemporaryFile&& other) noexcept {
-    if (this != &other) {
-      Remove();
-      path_ = std::exchange(other.path_, "");
-    }
-    return *this;
-  }
-  ~TemporaryFile() { Remove(); }
-  const std::string& path() const { return path_; }
-
- private:
-  explicit TemporaryFile(std::string path) : path_(std::move(path)) {}
-  void Remove() {
-    if (!path_.empty()) ::unlink(path_.c_str());
-  }
-  std::string path_;
-};
 
 // Where `node` is asked: its --node URL if given, else the index's.
 std::string NodeUrl(const CheckOptions& options, const index::Node& node) {
@@ -248,14 +210,13 @@ Result<CheckReport> Check(const CheckOptions& options, netfetch::Transport& tran
                           std::ostream& out) {
   if (options.jobs < 1) return InvalidArgumentError("--jobs must be at least 1");
   std::string path = options.index_path;
-  std::optional<TemporaryFile> downloaded;
+  std::optional<TemporaryDir> downloaded;
   if (IsUrl(path)) {
-    CKPTFS_ASSIGN_OR_RETURN(downloaded,
-                            TemporaryFile::Make(options.temp_dir, "ckptfs-check-index"));
+    CKPTFS_ASSIGN_OR_RETURN(downloaded, TemporaryDir::Make(options.temp_dir, "ckptfs-check"));
+    path = downloaded->path() + "/index.ckptfs";
     Result<netfetch::FileFetch> got =
-        transport.GetToFile(options.index_path, downloaded->path(), kIndexDownloadTimeout);
+        transport.GetToFile(options.index_path, path, kIndexDownloadTimeout);
     if (!got.ok()) return got.status().WithContext("cannot download the index");
-    path = downloaded->path();
   }
   CKPTFS_ASSIGN_OR_RETURN(std::unique_ptr<index::IndexReader> index,
                           index::IndexReader::Open(path));

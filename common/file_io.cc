@@ -1,10 +1,17 @@
 #include "common/file_io.h"
 
+#include <dirent.h>
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <sys/types.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdlib>
+#include <string>
+#include <utility>
+
+#include "common/unique_fd.h"
 
 namespace ckptfs {
 
@@ -77,6 +84,53 @@ Status MakeDirs(const std::string& path, mode_t mode) {
     }
   }
   return Status::Ok();
+}
+
+Result<std::vector<std::uint8_t>> ReadWholeFile(const std::string& path) {
+  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  struct stat st;
+  if (!fd.valid() || ::fstat(fd.get(), &st) != 0) return ErrnoStatus(errno, "cannot read " + path);
+  std::vector<std::uint8_t> bytes(static_cast<std::size_t>(st.st_size));
+  CKPTFS_RETURN_IF_ERROR(PreadExactly(fd.get(), 0, bytes).WithContext("cannot read " + path));
+  return bytes;
+}
+
+Result<TemporaryDir> TemporaryDir::Make(std::string parent, const std::string& stem) {
+  if (parent.empty()) {
+    const char* env = std::getenv("TMPDIR");
+    parent = env != nullptr && *env != '\0' ? env : "/tmp";
+  }
+  std::string path = parent + "/" + stem + ".XXXXXX";
+  if (::mkdtemp(path.data()) == nullptr) {
+    return ErrnoStatus(errno, "cannot create a temporary directory in " + parent);
+  }
+  return TemporaryDir(std::move(path));
+}
+
+TemporaryDir::TemporaryDir(TemporaryDir&& other) noexcept
+    : path_(std::exchange(other.path_, std::string())) {}
+
+TemporaryDir& TemporaryDir::operator=(TemporaryDir&& other) noexcept {
+  if (this != &other) {
+    Remove();
+    path_ = std::exchange(other.path_, std::string());
+  }
+  return *this;
+}
+
+TemporaryDir::~TemporaryDir() { Remove(); }
+
+void TemporaryDir::Remove() {
+  if (path_.empty()) return;
+  if (DIR* dir = ::opendir(path_.c_str())) {
+    while (const dirent* e = ::readdir(dir)) {
+      const std::string name = e->d_name;
+      if (name != "." && name != "..") ::unlink((path_ + "/" + name).c_str());
+    }
+    ::closedir(dir);
+  }
+  ::rmdir(path_.c_str());
+  path_.clear();
 }
 
 }  // namespace ckptfs

@@ -7,6 +7,8 @@
 #include <cstdint>
 #include <span>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "common/result.h"
 #include "common/status.h"
@@ -40,5 +42,26 @@ Status WriteAll(int fd, std::span<const std::uint8_t> bytes);
 // Makes directory `path` and whichever of its parents are missing, each with `mode`, as
 // `mkdir -p` does; directories already there are fine.
 Status MakeDirs(const std::string& path, mode_t mode);
+
+// The whole of the regular file `path`.
+Result<std::vector<std::uint8_t>> ReadWholeFile(const std::string& path);
+
+// A directory of our own (mode 0700, made by mkdtemp) for files that must not outlive a command:
+// removed with what is in it (not subdirectories) when the object goes. Inside it, files can be
+// made by name without the races of a shared /tmp.
+class TemporaryDir {
+ public:
+  // `parent` empty: $TMPDIR, else /tmp. The name is `stem` and six random characters.
+  static Result<TemporaryDir> Make(std::string parent, const std::string& stem);
+  TemporaryDir(TemporaryDir&& other) noexcept;
+  TemporaryDir& operator=(TemporaryDir&& other) noexcept;
+  ~TemporaryDir();
+  const std::string& path() const { return path_; }
+
+ private:
+  explicit TemporaryDir(std::string path) : path_(std::move(path)) {}
+  void Remove();
+  std::string path_;
+};
 
 }  // namespace ckptfs
