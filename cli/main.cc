@@ -146,7 +146,9 @@ int Main(int argc, char** argv) {
   PublishArgs publish;
   CLI::App* pub = app.add_subcommand("publish", "Chunk a directory onto nodes and write an index");
   pub->add_option("source", publish.source, "Directory to publish")->required();
-  pub->add_option("-o,--output", publish.output, "Index file to write")->required();
+  pub->add_option("-o,--output", publish.output,
+                  "Index file to write, or an http(s) URL to PUT it to once all is stored")
+      ->required();
   pub->add_option("--node", publish.nodes, "Node as NAME=URL (repeat for more nodes)")->required();
   pub->add_option("--store", publish.stores,
                   "NAME=DIR: write NAME's objects into DIR (what the node serves) instead of PUT");

@@ -42,6 +42,25 @@ Status WriteFileAtomically(const std::string& path, std::span<const std::uint8_t
 
 }  // namespace
 
+Status PutWithRetries(netfetch::Transport& transport, Clock& clock, const std::string& url,
+                      std::span<const std::uint8_t> bytes, Duration timeout,
+                      const std::atomic<bool>* abandoned, const std::string& what) {
+  Duration delay = kFirstRetryDelay;
+  for (int attempt = 1;; ++attempt) {
+    const TimePoint start = clock.Now();
+    Status put = transport.Put(url, bytes, timeout);
+    if (put.ok()) return put;
+    const bool may_pass =
+        put.code() == StatusCode::kUnavailable && clock.Now() - start < kQuickFailure;
+    if (!may_pass || attempt == kPutAttempts || (abandoned != nullptr && *abandoned)) {
+      return put.WithContext(what + " (" + std::to_string(attempt) +
+                             (attempt == 1 ? " attempt)" : " attempts)"));
+    }
+    clock.SleepFor(delay);
+    delay *= 2;
+  }
+}
+
 Result<bool> ObjectSink::Store(std::size_t node, const Digest& digest,
                                std::span<const std::uint8_t> bytes) {
   const NodeSpec& spec = options_.nodes[node];
@@ -71,24 +90,9 @@ Result<bool> ObjectSink::Upload(const NodeSpec& node, const std::string& object,
       clock_.Now() - start >= kQuickFailure) {
     return there.status().WithContext(context);
   }
-  // A failure that comes quickly may pass (a reset connection, a 503 or a refused connection
-  // while a server restarts): it is tried again after kFirstRetryDelay, then twice that, so that
-  // one passing fault does not lose a long publish. One that took seconds (a server that stopped
-  // answering), a deadline, and any after another store failed, are not.
-  Duration delay = kFirstRetryDelay;
-  for (int attempt = 1;; ++attempt) {
-    start = clock_.Now();
-    Status put = transport_.Put(url, bytes, kPutTimeout);
-    if (put.ok()) return true;
-    const bool may_pass =
-        put.code() == StatusCode::kUnavailable && clock_.Now() - start < kQuickFailure;
-    if (!may_pass || attempt == kPutAttempts || abandoned_) {
-      return put.WithContext(context + " (" + std::to_string(attempt) +
-                             (attempt == 1 ? " attempt)" : " attempts)"));
-    }
-    clock_.SleepFor(delay);
-    delay *= 2;
-  }
+  CKPTFS_RETURN_IF_ERROR(
+      PutWithRetries(transport_, clock_, url, bytes, kPutTimeout, &abandoned_, context));
+  return true;
 }
 
 ObjectUploads::ObjectUploads(ObjectSink& sink, std::size_t node_count, std::size_t chunk_size,

@@ -34,6 +34,15 @@
 
 namespace ckptfs::cli {
 
+// PUTs `bytes` to `url`. A failure that comes back quickly may pass (a reset connection, a 503
+// or a refused connection while a server restarts): it is tried again 0.25 s later, then 0.5 s
+// after that, so that one passing fault does not lose a long publish. One that took seconds (a
+// server that stopped answering), a deadline, and any once `*abandoned` (may be null) is set,
+// are not. The error reads "`what` (N attempts): ...".
+Status PutWithRetries(netfetch::Transport& transport, Clock& clock, const std::string& url,
+                      std::span<const std::uint8_t> bytes, Duration timeout,
+                      const std::atomic<bool>* abandoned, const std::string& what);
+
 class ObjectSink {
  public:
   // All three must outlive the sink. Thread safe.

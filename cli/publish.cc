@@ -10,6 +10,7 @@
 #include <chrono>
 #include <deque>
 #include <future>
+#include <optional>
 #include <set>
 #include <string>
 #include <thread>
@@ -32,6 +33,9 @@ namespace {
 
 constexpr std::uint64_t kMinChunkSize = 64 << 10;
 constexpr std::uint64_t kMaxChunkSize = 256 << 20;
+// The index goes on while bytes move (the transport's low-speed limit ends a stalled one), as
+// a mount's download of one does.
+constexpr auto kIndexUploadTimeout = std::chrono::hours(1);
 // Chunk bytes publish keeps in memory for uploads under way, unless two chunks are more.
 constexpr std::uint64_t kUploadMemory = 64 << 20;
 
@@ -103,6 +107,20 @@ Status Walk(const std::string& root, const std::set<FileId>& skip, std::vector<S
     }
   }
   return Status::Ok();
+}
+
+bool IsUrl(const std::string& s) {
+  return s.rfind("http://", 0) == 0 || s.rfind("https://", 0) == 0;
+}
+
+// PUTs the finished index at `path` to `url`: the last step, so that the index a mount can
+// download never names a chunk not yet stored. A server that writes PUTs to a temporary file and
+// renames it (nginx's WebDAV module does) replaces the old index whole.
+Status UploadIndex(const std::string& path, const std::string& url, netfetch::Transport& transport,
+                   Clock& clock) {
+  CKPTFS_ASSIGN_OR_RETURN(std::vector<std::uint8_t> bytes, ReadWholeFile(path));
+  return PutWithRetries(transport, clock, url, bytes, kIndexUploadTimeout, nullptr,
+                        "cannot upload the index");
 }
 
 Status CheckOptions(const PublishOptions& options) {
@@ -475,7 +493,14 @@ Status Publish(const PublishOptions& given, netfetch::Transport& transport, Cloc
   CKPTFS_RETURN_IF_ERROR(Walk(options.source_dir, OwnOutputs(options), walk));
   CKPTFS_RETURN_IF_ERROR(CheckStores(options));
 
+  // An index for a URL is written in a directory of our own and PUT there last.
+  const bool to_url = IsUrl(options.index_path);
+  std::optional<TemporaryDir> staging;
   std::string tmp = options.index_path + ".tmp." + std::to_string(::getpid());
+  if (to_url) {
+    CKPTFS_ASSIGN_OR_RETURN(staging, TemporaryDir::Make(options.temp_dir, "ckptfs-publish"));
+    tmp = staging->path() + "/index.ckptfs";
+  }
   CKPTFS_ASSIGN_OR_RETURN(std::unique_ptr<index::IndexWriter> writer,
                           index::IndexWriter::Create(tmp, options.chunk_size, options.block_size));
   Progress progress(options.progress, clock, walk);
@@ -485,7 +510,9 @@ Status Publish(const PublishOptions& given, netfetch::Transport& transport, Cloc
   if (status.ok()) status = SyncStores(options);
   if (status.ok()) status = writer->Finish(publisher.totals().stats);
   writer.reset();
-  if (status.ok() && ::rename(tmp.c_str(), options.index_path.c_str()) != 0) {
+  if (status.ok() && to_url) {
+    status = UploadIndex(tmp, options.index_path, transport, clock);
+  } else if (status.ok() && ::rename(tmp.c_str(), options.index_path.c_str()) != 0) {
     status = ErrnoStatus(errno, "cannot write index " + options.index_path);
   }
   if (!status.ok()) {

@@ -28,7 +28,9 @@ struct NodeSpec {
 
 struct PublishOptions {
   std::string source_dir;
-  std::string index_path;
+  std::string index_path;  // A file, or an http(s) URL to PUT the index to once all is stored.
+  // Where an index for a URL is written before its PUT; empty: $TMPDIR, else /tmp.
+  std::string temp_dir;
   std::vector<NodeSpec> nodes;
   std::map<std::string, std::string> stores;  // Node name → directory that node serves.
   int replicas = 0;                           // 0: min(2, number of nodes).

@@ -183,6 +183,24 @@ def test_publish_again_sends_only_what_the_nodes_lack(cluster, test_dir, mount):
     assert diff.returncode == 0, diff.describe()
 
 
+def test_publish_to_an_index_url_then_mount_that_url(cluster, test_dir, mount):
+    # One command from a checkpoint directory to an index URL that machines mount.
+    src = _small_tree(os.path.join(test_dir, "src"))
+    url = f"{cluster[0].url}/indexes/ckpt.ckptfs"
+    result = ckptfs_cli.run(ckptfs_cli.publish_args(src, url, cluster, store=False,
+                                                    chunk_size="1M"), timeout=300)
+    assert result.returncode == 0, result.describe()
+    assert f"to {url}" in result.stdout, result.stdout
+    puts = [e for e in cluster[0].log_lines() if e[0] == "PUT"]
+    assert puts[-1][1] == "/indexes/ckpt.ckptfs" and puts[-1][2] in (201, 204), puts[-3:]
+    others = [e for node in cluster[1:] for e in node.log_lines() if e[0] == "PUT"]
+    assert others, "no object went to the other nodes"
+
+    mnt = mount(url)
+    diff = ckptfs_cli.run(["diff", "-r", src, mnt.mountpoint], timeout=120)
+    assert diff.returncode == 0, diff.describe()
+
+
 @pytest.mark.parametrize("failure", ["stopped", "frozen"])
 def test_publish_to_a_dead_node_fails_soon_with_one_line_and_no_index(cluster, test_dir, failure):
     # A stopped node refuses at once (tried 3 times, in under a second); a frozen one accepts and

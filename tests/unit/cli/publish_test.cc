@@ -720,6 +720,45 @@ TEST_F(PublishByPut, APublishOfUnderASecondShowsNoProgress) {
   EXPECT_EQ(progress.str(), "");
 }
 
+TEST_F(PublishByPut, AnIndexForAUrlIsPutThereLastOfAll) {
+  ASSERT_NO_FATAL_FAILURE(MakeSourceTree());
+  const std::string url = "http://127.0.0.1:3/indexes/ckpt.ckptfs";
+  stdfs::create_directories(temp_.Path("tmp"));
+  PublishOptions options = PutOptions();
+  options.index_path = url;
+  options.temp_dir = temp_.Path("tmp");
+  CKPTFS_ASSERT_OK(Run(options));
+  const std::vector<std::string> calls = transport_.CallOrder();
+  ASSERT_EQ(calls.size(), 13u) << "12 objects, then the index";
+  EXPECT_EQ(calls.back(), url);
+  EXPECT_TRUE(stdfs::is_empty(temp_.Path("tmp"))) << "the staged index was left behind";
+  EXPECT_NE(output_.str().find("to " + url), std::string::npos) << output_.str();
+
+  // What the server got is the index: it opens and lists the tree.
+  Result<netfetch::FileFetch> got =
+      transport_.GetToFile(url, temp_.Path("got.ckptfs"), std::chrono::seconds(1));
+  ASSERT_TRUE(got.ok()) << got.status().ToString();
+  CKPTFS_ASSERT_OK_AND_ASSIGN(auto index, index::IndexReader::Open(temp_.Path("got.ckptfs")));
+  EXPECT_EQ(index->stats().files, 3u);
+  EXPECT_TRUE(LookupPath(*index, "sub/b.bin").ok());
+}
+
+TEST_F(PublishByPut, AnIndexPutThatFailsFailsThePublish) {
+  ASSERT_NO_FATAL_FAILURE(MakeSourceTree());
+  const std::string url = "http://127.0.0.1:3/indexes/ckpt.ckptfs";
+  transport_.SetResponse(url, testing::ScriptedResponse::Error(UnavailableError("HTTP 507")));
+  stdfs::create_directories(temp_.Path("tmp"));
+  PublishOptions options = PutOptions();
+  options.index_path = url;
+  options.temp_dir = temp_.Path("tmp");
+  Status status = Run(options);
+  EXPECT_FALSE(status.ok());
+  EXPECT_NE(status.message().find("cannot upload the index (3 attempts)"), std::string::npos)
+      << status.ToString();
+  EXPECT_EQ(transport_.Calls(url), 3);
+  EXPECT_TRUE(stdfs::is_empty(temp_.Path("tmp")));
+}
+
 TEST_F(PublishByPut, ZeroUploadsIsRefused) {
   ASSERT_NO_FATAL_FAILURE(MakeSourceTree());
   PublishOptions options = PutOptions();
