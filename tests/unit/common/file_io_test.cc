@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "tests/support/temp_dir.h"
@@ -87,6 +88,46 @@ TEST(FileIo, MakeDirsUnderAFileFailsNamingThePath) {
   Status status = MakeDirs(file + "/sub", 0700);
   EXPECT_FALSE(status.ok());
   EXPECT_NE(status.message().find(file + "/sub"), std::string::npos) << status.ToString();
+}
+
+TEST(FileIo, TemporaryDirIsPrivateAndGoesWithItsFiles) {
+  testing::TempDir parent;
+  std::string path;
+  {
+    Result<TemporaryDir> made = TemporaryDir::Make(parent.path(), "stage");
+    ASSERT_TRUE(made.ok()) << made.status().ToString();
+    TemporaryDir moved = std::move(made).value();
+    path = moved.path();
+    EXPECT_EQ(path.rfind(parent.path() + "/stage.", 0), 0u) << path;
+    struct stat st;
+    ASSERT_EQ(::stat(path.c_str(), &st), 0);
+    EXPECT_EQ(st.st_mode & 0777, 0700u);
+    for (const char* name : {"/index.ckptfs", "/index.ckptfs-journal"}) {
+      FILE* f = std::fopen((path + name).c_str(), "w");
+      ASSERT_NE(f, nullptr);
+      std::fclose(f);
+    }
+  }
+  struct stat st;
+  EXPECT_NE(::stat(path.c_str(), &st), 0) << "left behind: " << path;
+  EXPECT_FALSE(TemporaryDir::Make(parent.path() + "/missing", "stage").ok());
+}
+
+TEST(FileIo, ReadWholeFileGivesEveryByteOrNamesTheFile) {
+  testing::TempDir dir;
+  const std::string path = dir.path() + "/bytes";
+  std::vector<std::uint8_t> bytes(70000);
+  for (std::size_t i = 0; i < bytes.size(); ++i) bytes[i] = static_cast<std::uint8_t>(i * 7);
+  FILE* f = std::fopen(path.c_str(), "wb");
+  ASSERT_NE(f, nullptr);
+  ASSERT_EQ(std::fwrite(bytes.data(), 1, bytes.size(), f), bytes.size());
+  std::fclose(f);
+  Result<std::vector<std::uint8_t>> read = ReadWholeFile(path);
+  ASSERT_TRUE(read.ok()) << read.status().ToString();
+  EXPECT_EQ(*read, bytes);
+  Result<std::vector<std::uint8_t>> missing = ReadWholeFile(dir.path() + "/none");
+  EXPECT_FALSE(missing.ok());
+  EXPECT_NE(missing.status().message().find(dir.path() + "/none"), std::string::npos);
 }
 
 }  // namespace
