@@ -803,10 +803,14 @@ class PublishWhileWritten : public PublishByPut {
     options.uploads = 1;
     return ExpectFailsCleanly(options);
   }
+  // A rewrite in place truncates the file first: a read that falls in that moment finds it
+  // shorter than the walk did, and says so ("shrank") rather than "changed".
   static void ExpectNamesAChangedFile(const Status& status, const std::string& file) {
     EXPECT_EQ(status.code(), StatusCode::kFailedPrecondition) << status.ToString();
-    EXPECT_NE(status.message().find(file + " changed while it was being published"),
-              std::string::npos)
+    EXPECT_TRUE(status.message().find(file + " changed while it was being published") !=
+                    std::string::npos ||
+                status.message().find(file + " shrank while it was being published") !=
+                    std::string::npos)
         << status.ToString();
   }
 };
