@@ -9,6 +9,7 @@
 #include <thread>
 #include <utility>
 
+#include "cli/node_urls.h"
 #include "common/buffer.h"
 #include "common/digest.h"
 #include "common/file_io.h"
@@ -48,41 +49,25 @@ std::uint64_t& CountOf(ReplicaCounts& counts, Verdict v) {
   return counts.unreachable;
 }
 
-// As long as a mount lets an index URL take (it goes on while bytes arrive).
-constexpr auto kIndexDownloadTimeout = std::chrono::hours(1);
-
-bool IsUrl(const std::string& s) {
-  return s.rfind("http://", 0) == 0 || s.rfind("https://", 0) == 0;
-}
-
-// Where `node` is asked: its --node URL if given, else the index's.
-std::string NodeUrl(const CheckOptions& options, const index::Node& node) {
-  auto given = options.node_urls.find(node.name);
-  std::string url = given == options.node_urls.end() ? node.url : given->second;
-  while (url.size() > 1 && url.back() == '/') url.pop_back();
-  return url;
-}
-
 // One replica to check, and what was found.
 struct ReplicaCheck {
   const index::ChunkRecord* chunk = nullptr;
-  std::size_t node = 0;  // Position in IndexReader::nodes().
+  std::size_t in_page = 0;  // The chunk's position in its page.
+  std::size_t node = 0;     // Position in the node list (IndexReader::nodes()).
   Verdict verdict = Verdict::kOk;
   std::string detail;  // Why it is bad.
 };
 
 class Checker {
  public:
+  // `nodes`: the index's, in its order, with the URLs to ask them at.
   Checker(const CheckOptions& options, netfetch::Transport& transport,
-          const index::IndexReader& index, std::ostream& out)
-      : options_(options), transport_(transport), index_(index), out_(out) {
-    for (std::size_t i = 0; i < index.nodes().size(); ++i) {
-      const index::Node& node = index.nodes()[i];
-      position_[node.id] = i;
-      urls_.push_back(NodeUrl(options, node));
-    }
-    report_.per_node.resize(index.nodes().size());
-    lines_.resize(index.nodes().size());
+          const index::IndexReader& index, const std::vector<netfetch::NodeEndpoint>& nodes,
+          std::ostream& out)
+      : options_(options), transport_(transport), index_(index), nodes_(nodes), out_(out) {
+    for (std::size_t i = 0; i < nodes.size(); ++i) position_[nodes[i].id] = i;
+    report_.per_node.resize(nodes.size());
+    lines_.resize(nodes.size());
     const int jobs = std::max(options.jobs, 1);
     for (int i = 0; i < jobs && options.verify; ++i) buffers_.emplace_back(index.chunk_size());
   }
@@ -102,21 +87,20 @@ class Checker {
  private:
   Status CheckPage(const std::vector<index::ChunkRecord>& page) {
     std::vector<ReplicaCheck> checks;
-    for (const index::ChunkRecord& chunk : page) {
-      CKPTFS_ASSIGN_OR_RETURN(std::vector<std::int64_t> nodes, index_.Replicas(chunk.id));
-      for (std::int64_t node : nodes)
-        checks.push_back({&chunk, position_.at(node), Verdict::kOk, {}});
+    for (std::size_t i = 0; i < page.size(); ++i) {
+      CKPTFS_ASSIGN_OR_RETURN(std::vector<std::int64_t> nodes, index_.Replicas(page[i].id));
+      for (std::int64_t node : nodes) {
+        checks.push_back({&page[i], i, position_.at(node), Verdict::kOk, {}});
+      }
     }
     RunAll(checks);
-    std::map<const index::ChunkRecord*, bool> good;
-    for (const index::ChunkRecord& chunk : page) good[&chunk] = false;
+    std::vector<bool> good(page.size(), false);
     for (const ReplicaCheck& check : checks) {
       Record(check);
-      if (check.verdict == Verdict::kOk) good[check.chunk] = true;
+      if (check.verdict == Verdict::kOk) good[check.in_page] = true;
     }
     report_.chunks += page.size();
-    report_.chunks_without_good_replica +=
-        std::count_if(good.begin(), good.end(), [](const auto& g) { return !g.second; });
+    report_.chunks_without_good_replica += std::count(good.begin(), good.end(), false);
     return Status::Ok();
   }
 
@@ -135,7 +119,7 @@ class Checker {
 
   void CheckOne(ReplicaCheck& check, Buffer* buffer) const {
     const index::ChunkRecord& chunk = *check.chunk;
-    const std::string url = urls_[check.node] + "/" + index::ChunkObjectPath(chunk.digest);
+    const std::string url = nodes_[check.node].url + "/" + index::ChunkObjectPath(chunk.digest);
     Result<std::uint64_t> size = transport_.Head(url, kRequestTimeout);
     if (!size.ok()) {
       const bool gone = size.status().code() == StatusCode::kNotFound;
@@ -170,16 +154,16 @@ class Checker {
     if (check.verdict == Verdict::kOk) return;
     std::uint64_t& listed = lines_[check.node][check.verdict];
     if (++listed > kLinesPerNodeAndKind) return;
-    out_ << "node " << index_.nodes()[check.node].name << ": " << Describe(check.verdict) << ": "
+    out_ << "node " << nodes_[check.node].name << ": " << Describe(check.verdict) << ": "
          << check.detail << "\n";
   }
 
   const CheckOptions& options_;
   netfetch::Transport& transport_;
   const index::IndexReader& index_;
+  const std::vector<netfetch::NodeEndpoint>& nodes_;
   std::ostream& out_;
-  std::map<std::int64_t, std::size_t> position_;         // Node id → position in nodes().
-  std::vector<std::string> urls_;                        // Where each node is asked, by position.
+  std::map<std::int64_t, std::size_t> position_;         // Node id → position in nodes_.
   std::vector<Buffer> buffers_;                          // One per worker, with verify.
   std::vector<std::map<Verdict, std::uint64_t>> lines_;  // Per node: bad lines printed.
   CheckReport report_;
@@ -190,10 +174,10 @@ void PrintCounts(const ReplicaCounts& c, std::ostream& out) {
       << c.corrupt << " corrupt, " << c.unreachable << " unreachable";
 }
 
-void PrintSummary(const CheckOptions& options, const index::IndexReader& index,
+void PrintSummary(const CheckOptions& options, const std::vector<netfetch::NodeEndpoint>& nodes,
                   const CheckReport& report, std::ostream& out) {
-  for (std::size_t i = 0; i < index.nodes().size(); ++i) {
-    out << "node " << index.nodes()[i].name << " (" << NodeUrl(options, index.nodes()[i]) << "): ";
+  for (std::size_t i = 0; i < nodes.size(); ++i) {
+    out << "node " << nodes[i].name << " (" << nodes[i].url << "): ";
     PrintCounts(report.per_node[i], out);
     out << "\n";
   }
@@ -211,28 +195,21 @@ Result<CheckReport> Check(const CheckOptions& options, netfetch::Transport& tran
   if (options.jobs < 1) return InvalidArgumentError("--jobs must be at least 1");
   std::string path = options.index_path;
   std::optional<TemporaryDir> downloaded;
-  if (IsUrl(path)) {
+  if (IsHttpUrl(path)) {
     CKPTFS_ASSIGN_OR_RETURN(downloaded, TemporaryDir::Make(options.temp_dir, "ckptfs-check"));
     path = downloaded->path() + "/index.ckptfs";
     Result<netfetch::FileFetch> got =
-        transport.GetToFile(options.index_path, path, kIndexDownloadTimeout);
+        transport.GetToFile(options.index_path, path, kIndexTransferTimeout);
     if (!got.ok()) return got.status().WithContext("cannot download the index");
   }
   CKPTFS_ASSIGN_OR_RETURN(std::unique_ptr<index::IndexReader> index,
                           index::IndexReader::Open(path));
-  for (const auto& [name, url] : options.node_urls) {
-    const auto& nodes = index->nodes();
-    if (std::none_of(nodes.begin(), nodes.end(),
-                     [&](const index::Node& n) { return n.name == name; })) {
-      return InvalidArgumentError("--node " + name + ": the index has no node '" + name + "'");
-    }
-    if (!IsUrl(url)) {
-      return InvalidArgumentError("--node " + name + ": URL must start with http:// or https://");
-    }
-  }
-  Checker checker(options, transport, *index, out);
+  std::vector<netfetch::NodeEndpoint> nodes;
+  for (const index::Node& node : index->nodes()) nodes.push_back({node.id, node.name, node.url});
+  CKPTFS_RETURN_IF_ERROR(OverrideNodeUrls(options.node_urls, "--node ", nodes));
+  Checker checker(options, transport, *index, nodes, out);
   CKPTFS_ASSIGN_OR_RETURN(CheckReport report, checker.Run());
-  PrintSummary(options, *index, report, out);
+  PrintSummary(options, nodes, report, out);
   return report;
 }
 

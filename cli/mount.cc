@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "cli/mount_table.h"
+#include "cli/node_urls.h"
 #include "cli/stats.h"
 #include "common/clock.h"
 #include "common/digest.h"
@@ -47,15 +48,6 @@ namespace {
 // Our mounts' subtype; the kernel names their file system type "fuse." and this.
 constexpr std::string_view kSubtype = "ckptfs";
 
-bool IsUrl(const std::string& s) {
-  return s.rfind("http://", 0) == 0 || s.rfind("https://", 0) == 0;
-}
-
-// The whole download of an index served over HTTP. Not timeout=, which is what one read may
-// take: a large index on a slow link takes longer (11.6 MiB at 300 KiB/s failed at 20 s). A
-// download that stops moving ends sooner, at the transport's low-speed limit.
-constexpr Duration kIndexDownloadTimeout = std::chrono::hours(1);
-
 // "2026-12-06 17:05 UTC".
 std::string UtcMinute(std::time_t t) {
   std::tm tm{};
@@ -65,13 +57,11 @@ std::string UtcMinute(std::time_t t) {
   return text;
 }
 
-// What to do when `url` could not be downloaded (`failed`) and a copy of it may be kept at
-// `path`: with `fallback`, mount that copy and say so; without, fail, and tell a user who has a
-// copy how to use it.
-Result<std::string> CopyAfterFailedDownload(const std::string& path, const Status& failed,
-                                            bool fallback) {
-  struct stat copy;
-  if (::stat(path.c_str(), &copy) != 0) return failed;
+// What to do when an index URL could not be downloaded (`failed`) while a copy of it is kept at
+// `path` (`copy`: its stat): with `fallback`, mount that copy and say so; without, fail, and tell
+// the user how to use it.
+Result<std::string> CopyAfterFailedDownload(const std::string& path, const struct stat& copy,
+                                            const Status& failed, bool fallback) {
   // Stored (renamed into place) when it was last downloaded whole.
   const std::string stored = UtcMinute(copy.st_ctime);
   if (!fallback) {
@@ -98,16 +88,19 @@ Result<std::string> FetchIndex(const std::string& url, const std::string& cache_
   const std::string etag_path = path + ".etag";
   const std::string tmp = path + ".tmp." + std::to_string(::getpid());
   netfetch::FileVersion have;
-  if (struct stat st; ::stat(path.c_str(), &st) == 0) {
-    if (st.st_mtime > 0) have.last_modified = st.st_mtime;
+  struct stat copy;
+  const bool have_copy = ::stat(path.c_str(), &copy) == 0;
+  if (have_copy) {
+    if (copy.st_mtime > 0) have.last_modified = copy.st_mtime;
     std::ifstream(etag_path) >> have.etag;  // ETags hold no white space.
   }
   Result<netfetch::FileFetch> got = transport.GetToFile(url, tmp, timeout, have);
   if (!got.ok()) {
     ::unlink(tmp.c_str());
     // Network errors name the URL already; a local file error names the file it could not write.
-    return CopyAfterFailedDownload(path, got.status().WithContext("cannot download the index"),
-                                   fallback);
+    Status failed = got.status().WithContext("cannot download the index");
+    if (!have_copy) return failed;
+    return CopyAfterFailedDownload(path, copy, failed, fallback);
   }
   if (got->not_modified) return path;
   // The old ETag goes first: a crash part way leaves a copy that is asked for by its time alone.
@@ -135,16 +128,7 @@ Result<std::vector<netfetch::NodeEndpoint>> Endpoints(const index::IndexReader& 
   for (const index::Node& node : index.nodes()) {
     endpoints.push_back({node.id, node.name, node.url});
   }
-  for (const auto& [name, url] : options.node_urls) {
-    auto it = std::find_if(endpoints.begin(), endpoints.end(),
-                           [&](const netfetch::NodeEndpoint& e) { return e.name == name; });
-    if (it == endpoints.end()) {
-      return InvalidArgumentError("option node." + name + ": the index has no node '" + name + "'");
-    }
-    if (!IsUrl(url)) return InvalidArgumentError("option node." + name + ": not an http(s) URL");
-    it->url = url;
-    while (it->url.size() > 1 && it->url.back() == '/') it->url.pop_back();
-  }
+  CKPTFS_RETURN_IF_ERROR(OverrideNodeUrls(options.node_urls, "option node.", endpoints));
   return endpoints;
 }
 
@@ -470,9 +454,9 @@ Status Mount(const MountOptions& options) {
   CKPTFS_ASSIGN_OR_RETURN(m.cache, fs::DiskCache::Open({cache_dir, options.cache_size, &m.clock}));
   m.transport = std::make_unique<netfetch::CurlTransport>();
   std::string index_path = options.index;
-  if (IsUrl(index_path)) {
+  if (IsHttpUrl(index_path)) {
     CKPTFS_ASSIGN_OR_RETURN(index_path, FetchIndex(options.index, cache_dir, *m.transport,
-                                                   kIndexDownloadTimeout, options.index_fallback));
+                                                   kIndexTransferTimeout, options.index_fallback));
   }
   CKPTFS_ASSIGN_OR_RETURN(m.index, index::IndexReader::Open(index_path));
   CKPTFS_ASSIGN_OR_RETURN(std::vector<netfetch::NodeEndpoint> endpoints,

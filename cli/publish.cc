@@ -17,6 +17,7 @@
 #include <utility>
 #include <vector>
 
+#include "cli/node_urls.h"
 #include "cli/object_uploads.h"
 #include "common/digest.h"
 #include "common/file_io.h"
@@ -33,9 +34,6 @@ namespace {
 
 constexpr std::uint64_t kMinChunkSize = 64 << 10;
 constexpr std::uint64_t kMaxChunkSize = 256 << 20;
-// The index goes on while bytes move (the transport's low-speed limit ends a stalled one), as
-// a mount's download of one does.
-constexpr auto kIndexUploadTimeout = std::chrono::hours(1);
 // Chunk bytes publish keeps in memory for uploads under way, unless two chunks are more.
 constexpr std::uint64_t kUploadMemory = 64 << 20;
 
@@ -109,17 +107,13 @@ Status Walk(const std::string& root, const std::set<FileId>& skip, std::vector<S
   return Status::Ok();
 }
 
-bool IsUrl(const std::string& s) {
-  return s.rfind("http://", 0) == 0 || s.rfind("https://", 0) == 0;
-}
-
 // PUTs the finished index at `path` to `url`: the last step, so that the index a mount can
 // download never names a chunk not yet stored. A server that writes PUTs to a temporary file and
 // renames it (nginx's WebDAV module does) replaces the old index whole.
 Status UploadIndex(const std::string& path, const std::string& url, netfetch::Transport& transport,
                    Clock& clock) {
   CKPTFS_ASSIGN_OR_RETURN(std::vector<std::uint8_t> bytes, ReadWholeFile(path));
-  return PutWithRetries(transport, clock, url, bytes, kIndexUploadTimeout, nullptr,
+  return PutWithRetries(transport, clock, url, bytes, kIndexTransferTimeout, nullptr,
                         "cannot upload the index");
 }
 
@@ -133,7 +127,7 @@ Status CheckOptions(const PublishOptions& options) {
     if (!names.insert(node.name).second) {
       return InvalidArgumentError("node '" + node.name + "' given twice");
     }
-    if (node.url.rfind("http://", 0) != 0 && node.url.rfind("https://", 0) != 0) {
+    if (!IsHttpUrl(node.url)) {
       return InvalidArgumentError("node " + node.name +
                                   ": URL must start with http:// or https://");
     }
@@ -483,9 +477,7 @@ Result<std::pair<std::string, std::string>> SplitAssignment(const std::string& t
 Status Publish(const PublishOptions& given, netfetch::Transport& transport, Clock& clock,
                std::ostream& out) {
   PublishOptions options = given;
-  for (NodeSpec& node : options.nodes) {
-    while (!node.url.empty() && node.url.back() == '/') node.url.pop_back();
-  }
+  for (NodeSpec& node : options.nodes) node.url = WithoutTrailingSlashes(node.url);
   CKPTFS_RETURN_IF_ERROR(CheckOptions(options));
   int replicas =
       options.replicas > 0 ? options.replicas : std::min(2, static_cast<int>(options.nodes.size()));
@@ -494,7 +486,7 @@ Status Publish(const PublishOptions& given, netfetch::Transport& transport, Cloc
   CKPTFS_RETURN_IF_ERROR(CheckStores(options));
 
   // An index for a URL is written in a directory of our own and PUT there last.
-  const bool to_url = IsUrl(options.index_path);
+  const bool to_url = IsHttpUrl(options.index_path);
   std::optional<TemporaryDir> staging;
   std::string tmp = options.index_path + ".tmp." + std::to_string(::getpid());
   if (to_url) {

@@ -510,6 +510,21 @@ class PublishByPut : public Publish {
     Publish::SetUp();
     transport_.SetOnCall(nullptr);  // Requests are the point here.
   }
+  // Where node n`node` keeps the first chunk of `content`.
+  static std::string FirstObjectUrl(const std::vector<std::uint8_t>& content, int node) {
+    return "http://127.0.0.1:" + std::to_string(node) + "/" +
+           index::ChunkObjectPath(Sha256(content.data(), kChunk));
+  }
+  // PutOptions with the index PUT to kIndexUrl, staged in temp_/tmp.
+  PublishOptions UrlIndexOptions() {
+    stdfs::create_directories(temp_.Path("tmp"));
+    PublishOptions options = PutOptions();
+    options.index_path = kIndexUrl;
+    options.temp_dir = temp_.Path("tmp");
+    return options;
+  }
+  static constexpr const char* kIndexUrl = "http://127.0.0.1:3/indexes/ckpt.ckptfs";
+
   PublishOptions PutOptions() {
     PublishOptions options;
     options.source_dir = source_;
@@ -585,8 +600,7 @@ TEST_F(PublishByPut, ObjectsTheNodesHoldAreNotSentAgain) {
 TEST_F(PublishByPut, AnObjectOfAnotherSizeIsSentAgain) {
   auto content = PatternBytes(2 * kChunk, 3);
   WriteBytes(source_ + "/m.bin", content);
-  const std::string url =
-      "http://127.0.0.1:2/" + index::ChunkObjectPath(Sha256(content.data(), kChunk));
+  const std::string url = FirstObjectUrl(content, 2);
   // What a node left of an upload cut short, had it kept one: not the chunk.
   transport_.SetResponse(url, testing::ScriptedResponse::Body(PatternBytes(kChunk / 2, 3)));
   CKPTFS_ASSERT_OK(Run(PutOptions()));
@@ -623,8 +637,7 @@ TEST_F(PublishByPut, AFailedUploadStopsThePublishEarly) {
   // 40 chunks; the first object PUT to n2 fails.
   auto content = PatternBytes(40 * kChunk, 4);
   WriteBytes(source_ + "/big.bin", content);
-  const std::string url =
-      "http://127.0.0.1:2/" + index::ChunkObjectPath(Sha256(content.data(), kChunk));
+  const std::string url = FirstObjectUrl(content, 2);
   transport_.SetResponse(url, testing::ScriptedResponse::Error(UnavailableError("HTTP 507")));
   // One upload thread, so the order is fixed: the first chunk's two stores, then the second
   // chunk's (its buffer filled meanwhile), which the failure drops; nothing more is read.
@@ -639,8 +652,7 @@ TEST_F(PublishByPut, AFailedUploadStopsThePublishEarly) {
 TEST_F(PublishByPut, APutThatFailsOnceIsTriedAgain) {
   auto content = PatternBytes(2 * kChunk, 5);
   WriteBytes(source_ + "/m.bin", content);
-  const std::string url =
-      "http://127.0.0.1:1/" + index::ChunkObjectPath(Sha256(content.data(), kChunk));
+  const std::string url = FirstObjectUrl(content, 1);
   transport_.Enqueue(url, testing::ScriptedResponse::Error(UnavailableError("connection reset")));
   CKPTFS_ASSERT_OK(Run(PutOptions()));
   EXPECT_EQ(transport_.Calls(url), 2);
@@ -653,8 +665,7 @@ TEST_F(PublishByPut, APutThatFailsAfterSecondsIsNotTriedAgain) {
   // What a server that stopped answering gives: nothing, then curl's low-speed abort.
   auto content = PatternBytes(kChunk, 7);
   WriteBytes(source_ + "/m.bin", content);
-  const std::string url =
-      "http://127.0.0.1:2/" + index::ChunkObjectPath(Sha256(content.data(), kChunk));
+  const std::string url = FirstObjectUrl(content, 2);
   transport_.Enqueue(url, testing::ScriptedResponse::Error(UnavailableError("Operation too slow"),
                                                            std::chrono::seconds(3)));
   Status status = ExpectFailsCleanly(PutOptions());
@@ -665,8 +676,7 @@ TEST_F(PublishByPut, APutThatFailsAfterSecondsIsNotTriedAgain) {
 TEST_F(PublishByPut, AHeadThatGetsNoAnswerFailsWithoutAPut) {
   auto content = PatternBytes(kChunk, 8);
   WriteBytes(source_ + "/m.bin", content);
-  const std::string url =
-      "http://127.0.0.1:2/" + index::ChunkObjectPath(Sha256(content.data(), kChunk));
+  const std::string url = FirstObjectUrl(content, 2);
   transport_.SetResponse(url, testing::ScriptedResponse::Error(
                                   UnavailableError("Operation too slow"), std::chrono::seconds(3)));
   Status status = ExpectFailsCleanly(PutOptions());
@@ -678,8 +688,7 @@ TEST_F(PublishByPut, AHeadThatGetsNoAnswerFailsWithoutAPut) {
 TEST_F(PublishByPut, APutPastItsDeadlineIsNotTriedAgain) {
   auto content = PatternBytes(kChunk, 6);
   WriteBytes(source_ + "/m.bin", content);
-  const std::string url =
-      "http://127.0.0.1:2/" + index::ChunkObjectPath(Sha256(content.data(), kChunk));
+  const std::string url = FirstObjectUrl(content, 2);
   transport_.SetResponse(url, testing::ScriptedResponse::Error(DeadlineExceededError("slow")));
   Status status = ExpectFailsCleanly(PutOptions());
   EXPECT_EQ(status.code(), StatusCode::kDeadlineExceeded) << status.ToString();
@@ -722,12 +731,8 @@ TEST_F(PublishByPut, APublishOfUnderASecondShowsNoProgress) {
 
 TEST_F(PublishByPut, AnIndexForAUrlIsPutThereLastOfAll) {
   ASSERT_NO_FATAL_FAILURE(MakeSourceTree());
-  const std::string url = "http://127.0.0.1:3/indexes/ckpt.ckptfs";
-  stdfs::create_directories(temp_.Path("tmp"));
-  PublishOptions options = PutOptions();
-  options.index_path = url;
-  options.temp_dir = temp_.Path("tmp");
-  CKPTFS_ASSERT_OK(Run(options));
+  const std::string url = kIndexUrl;
+  CKPTFS_ASSERT_OK(Run(UrlIndexOptions()));
   const std::vector<std::string> calls = transport_.CallOrder();
   ASSERT_EQ(calls.size(), 13u) << "12 objects, then the index";
   EXPECT_EQ(calls.back(), url);
@@ -745,13 +750,9 @@ TEST_F(PublishByPut, AnIndexForAUrlIsPutThereLastOfAll) {
 
 TEST_F(PublishByPut, AnIndexPutThatFailsFailsThePublish) {
   ASSERT_NO_FATAL_FAILURE(MakeSourceTree());
-  const std::string url = "http://127.0.0.1:3/indexes/ckpt.ckptfs";
+  const std::string url = kIndexUrl;
   transport_.SetResponse(url, testing::ScriptedResponse::Error(UnavailableError("HTTP 507")));
-  stdfs::create_directories(temp_.Path("tmp"));
-  PublishOptions options = PutOptions();
-  options.index_path = url;
-  options.temp_dir = temp_.Path("tmp");
-  Status status = Run(options);
+  Status status = Run(UrlIndexOptions());
   EXPECT_FALSE(status.ok());
   EXPECT_NE(status.message().find("cannot upload the index (3 attempts)"), std::string::npos)
       << status.ToString();
