@@ -281,6 +281,24 @@ void KeepIndexResident(index::IndexReader& index, std::uint64_t budget, std::sto
   LogDebug("index: " + std::to_string(*kept >> 10) + " KiB kept in memory");
 }
 
+// Asks every node for an object it holds before the first read (RetryingFetcher::Greet), so
+// that a node down since before the mount is passed over instead of costing a read the stall
+// timeout. Runs after Detach(): a forked child has none of its parent's threads. Best effort: a
+// node the index's first chunks do not name is simply not greeted.
+void GreetNodes(const index::IndexReader& index, netfetch::RetryingFetcher& fetcher) {
+  // Publish spreads replicas round the nodes, so a few chunks name every node that holds any.
+  constexpr std::size_t kFirstChunks = 256;
+  Result<std::vector<index::NodeChunk>> held = index.ChunkPerNode(kFirstChunks);
+  if (!held.ok()) {
+    LogWarning("nodes are not greeted: " + held.status().ToString());
+    return;
+  }
+  std::vector<netfetch::NodeObject> objects;
+  objects.reserve(held->size());
+  for (const index::NodeChunk& found : *held) objects.push_back({found.node, found.chunk.digest});
+  fetcher.Greet(objects);
+}
+
 // `path` made absolute with its symlinks resolved; it may not exist yet, but its parent must.
 Result<std::string> Resolve(const std::string& path) {
   char resolved[PATH_MAX];
@@ -342,6 +360,7 @@ Status Serve(MountedFs& m, const MountOptions& options) {
   }
   LogInfo("mounted " + options.index + " on " + options.mountpoint);
   LockCode();
+  GreetNodes(*m.index, *m.fetcher);
   // In the background: with a cold page cache, reading the pages of a large index (16 MiB of a
   // 100 GiB model's index) took 0.7 s, and the mount waited for it. Started after Detach(), since
   // a forked child keeps mappings but not their faulted pages; stopped and joined before `m` dies.

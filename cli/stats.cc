@@ -120,7 +120,8 @@ std::string FormatStats(const StatsSources& stats) {
              static_cast<std::uint64_t>(std::chrono::ceil<std::chrono::milliseconds>(
                                             std::max(node.backoff_left, Duration::zero()))
                                             .count()))
-        .Add("awaiting_probe", node.awaiting_probe ? 1 : 0);
+        .Add("awaiting_probe", node.awaiting_probe ? 1 : 0)
+        .Add("unanswered", node.unanswered ? 1 : 0);
   }
   Lines(out, "daemon.")
       .Add("rss_bytes", stats.daemon.rss_bytes)

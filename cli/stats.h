@@ -5,10 +5,10 @@
 // where the number comes from: fs. (FUSE requests, fs::FileSystemCounters), store. (the chunk
 // store, fs::ChunkStoreCounters), fetch. (HTTP, netfetch::FetchCounters), cache. (the disk cache),
 // memory. (the chunk buffers against memory_cache=), node.<name>. (each node's health, in index
-// order) and daemon. (the daemon's memory). Values are non-negative decimal integers; backing_off
-// and awaiting_probe are 0 or 1. Names are stable: a script may rely on them, and new numbers are
-// only ever added. A node name is written with '%', whitespace and control bytes as %XX, so that
-// every line splits into exactly two fields.
+// order) and daemon. (the daemon's memory). Values are non-negative decimal integers; backing_off,
+// awaiting_probe and unanswered are 0 or 1. Names are stable: a script may rely on them, and new
+// numbers are only ever added. A node name is written with '%', whitespace and control bytes as
+// %XX, so that every line splits into exactly two fields.
 //
 // The names of the counters come from each counter struct's ForEach, next to their fields, so a
 // new counter shows up without an edit here. FormatStats takes its sources as arguments, so that

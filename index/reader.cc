@@ -727,6 +727,27 @@ Result<std::vector<Extent>> IndexReader::ExtentsInRange(std::uint64_t file, std:
   return impl_->ExtentsInRange(*c, file, offset, length);
 }
 
+namespace {
+
+// The chunk in columns id, digest, size of the row `s` is on, from column `first` on. DataLoss
+// for a digest that is not 32 bytes or a size outside 1..chunk_size.
+Result<ChunkRecord> ChunkColumns(sqlite3_stmt* s, int first, std::uint64_t chunk_size) {
+  ChunkRecord chunk;
+  chunk.id = sqlite3_column_int64(s, first);
+  const auto* blob = static_cast<const std::uint8_t*>(sqlite3_column_blob(s, first + 1));
+  const std::optional<Digest> digest = Digest::FromBytes(
+      {blob, static_cast<std::size_t>(std::max(sqlite3_column_bytes(s, first + 1), 0))});
+  const sqlite3_int64 size = sqlite3_column_int64(s, first + 2);
+  if (!digest || size < 1 || static_cast<std::uint64_t>(size) > chunk_size) {
+    return DataLossError("index: chunk " + std::to_string(chunk.id) + " has a bad digest or size");
+  }
+  chunk.digest = *digest;
+  chunk.size = static_cast<std::uint64_t>(size);
+  return chunk;
+}
+
+}  // namespace
+
 Result<std::vector<ChunkRecord>> IndexReader::ChunksAfter(std::int64_t after_id,
                                                           std::size_t limit) const {
   CKPTFS_ASSIGN_OR_RETURN(Impl::Lease c, impl_->Borrow());
@@ -741,19 +762,33 @@ Result<std::vector<ChunkRecord>> IndexReader::ChunksAfter(std::int64_t after_id,
   std::vector<ChunkRecord> out;
   int rc;
   while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
-    ChunkRecord chunk;
-    chunk.id = sqlite3_column_int64(s, 0);
-    const auto* blob = static_cast<const std::uint8_t*>(sqlite3_column_blob(s, 1));
-    const std::optional<Digest> digest = Digest::FromBytes(
-        {blob, static_cast<std::size_t>(std::max(sqlite3_column_bytes(s, 1), 0))});
-    const sqlite3_int64 size = sqlite3_column_int64(s, 2);
-    if (!digest || size < 1 || static_cast<std::uint64_t>(size) > impl_->chunk_size) {
-      return DataLossError("index: chunk " + std::to_string(chunk.id) +
-                           " has a bad digest or size");
-    }
-    chunk.digest = *digest;
-    chunk.size = static_cast<std::uint64_t>(size);
+    CKPTFS_ASSIGN_OR_RETURN(ChunkRecord chunk, ChunkColumns(s, 0, impl_->chunk_size));
     out.push_back(chunk);
+  }
+  if (rc != SQLITE_DONE) return sql::Error(c->db.get(), "index query failed");
+  return out;
+}
+
+Result<std::vector<NodeChunk>> IndexReader::ChunkPerNode(std::size_t first_chunks) const {
+  CKPTFS_ASSIGN_OR_RETURN(Impl::Lease c, impl_->Borrow());
+  // Prepared per call: a mount asks once.
+  CKPTFS_ASSIGN_OR_RETURN(
+      sql::Stmt stmt,
+      sql::Prepare(c->db.get(),
+                   "SELECT r.node, c.id, c.digest, c.size FROM (SELECT id, digest, size FROM "
+                   "chunks ORDER BY id LIMIT ?1) c JOIN replicas r ON r.chunk = c.id "
+                   "JOIN nodes n ON n.id = r.node ORDER BY c.id, r.node"));
+  sqlite3_stmt* s = stmt.get();
+  sqlite3_bind_int64(s, 1,
+                     static_cast<sqlite3_int64>(std::min<std::size_t>(first_chunks, INT64_MAX)));
+  std::vector<NodeChunk> out;
+  int rc;
+  while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+    const std::int64_t node = sqlite3_column_int64(s, 0);
+    if (std::any_of(out.begin(), out.end(), [node](const NodeChunk& n) { return n.node == node; }))
+      continue;
+    CKPTFS_ASSIGN_OR_RETURN(ChunkRecord chunk, ChunkColumns(s, 1, impl_->chunk_size));
+    out.push_back({node, chunk});
   }
   if (rc != SQLITE_DONE) return sql::Error(c->db.get(), "index query failed");
   return out;

@@ -54,6 +54,11 @@ class IndexReader {
   Result<std::vector<ChunkRecord>> ChunksAfter(std::int64_t after_id, std::size_t limit) const;
   // Node ids holding a replica of `chunk` (only nodes that exist in the nodes table).
   Result<std::vector<std::int64_t>> Replicas(std::int64_t chunk) const;
+  // One chunk each node holds, for every node with a replica of one of the first
+  // `first_chunks` chunks (id order), nodes in the order first met: an object to ask a node
+  // for without going over the whole index. Publish spreads replicas over all nodes, so any
+  // node that holds something shows up within the first few chunks. DataLoss as ChunksAfter.
+  Result<std::vector<NodeChunk>> ChunkPerNode(std::size_t first_chunks) const;
 
   // The block digests of `chunk`, from the blocks table (one query by primary key; neither
   // ExtentsInRange nor ValidateFile reads that table). An empty list, with block_size 0, for a

@@ -45,6 +45,12 @@ struct ChunkRecord {
   std::uint64_t size = 0;
 };
 
+// A chunk that node `node` holds a replica of.
+struct NodeChunk {
+  std::int64_t node = 0;
+  ChunkRecord chunk;
+};
+
 // One piece of a file: bytes [offset, offset + size) of the file are the chunk's bytes.
 struct Extent {
   std::uint64_t offset = 0;

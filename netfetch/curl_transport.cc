@@ -513,14 +513,14 @@ Status CurlTransport::Put(const std::string& url, std::span<const std::uint8_t> 
   return Status::Ok();
 }
 
-Result<std::uint64_t> CurlTransport::Head(const std::string& url, Duration timeout) {
+Result<std::uint64_t> CurlTransport::Head(const std::string& url, const RequestLimits& limits) {
   Impl::Lease lease(*impl_);
   char error_buffer[CURL_ERROR_SIZE];
-  CKPTFS_RETURN_IF_ERROR(impl_->Start(lease, url, timeout, error_buffer));
+  CKPTFS_RETURN_IF_ERROR(impl_->Start(lease, url, limits.timeout, error_buffer));
   CURL* handle = lease.get();
   curl_easy_setopt(handle, CURLOPT_NOBODY, 1L);
-  Outcome out = Perform(lease.pair(), error_buffer, RequestLimits{});
-  if (out.rc != CURLE_OK) return TransferError(url, out, timeout);
+  Outcome out = Perform(lease.pair(), error_buffer, limits);
+  if (out.rc != CURLE_OK) return TransferError(url, out, limits.timeout);
   if (out.http_code == 404 || out.http_code == 410) {
     return NotFoundError("HTTP " + std::to_string(out.http_code) + " from HEAD " + url);
   }

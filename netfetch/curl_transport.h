@@ -39,7 +39,8 @@ class CurlTransport final : public Transport {
   Status GetRange(const std::string& url, std::uint64_t offset, std::span<std::uint8_t> dst,
                   const RequestLimits& limits, const ProgressCallback& progress) override;
   Status Put(const std::string& url, std::span<const std::uint8_t> body, Duration timeout) override;
-  Result<std::uint64_t> Head(const std::string& url, Duration timeout) override;
+  using Transport::Head;
+  Result<std::uint64_t> Head(const std::string& url, const RequestLimits& limits) override;
   using Transport::GetToFile;
   Result<FileFetch> GetToFile(const std::string& url, const std::string& path, Duration timeout,
                               const FileVersion& have) override;

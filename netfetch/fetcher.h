@@ -9,8 +9,9 @@
 // chunk digest still names the object (its URL) but is not recomputed. A chunk of a v1 index
 // has no block digests and is verified whole against ChunkRef::digest once all of it arrived.
 //
-// RetryingFetcher is the real one: it owns replica order (healthy nodes first, then the node with
-// the fewest requests in flight, then the faster one), failover on any error (connection refused,
+// RetryingFetcher is the real one: it owns replica order (healthy nodes first, then nodes that
+// have answered before nodes greeted and not heard from yet, then the node with the fewest
+// requests in flight, then the faster one), failover on any error (connection refused,
 // timeout, nothing received for RetryOptions::stall_timeout while another replica is healthy, HTTP
 // error, short body, wrong SHA-256), per-node backoff after failures with jitter, and the overall
 // deadline. With block digests, a failover resumes on the next replica with a Range GET from the
@@ -28,6 +29,10 @@
 // by part. A fast single stream is left alone: on a box whose cores are the limit, parts only
 // move the first bytes later. While other fetches run, connections and cores are busy already,
 // and a chunk stays one GET.
+// Greetings. Before the first read a mount asks each node for one object it holds (Greet), all
+// at once: a node that is down is then known, and backed off, before a read would wait for it,
+// and the others have their time to first byte measured, so a read is given less time to wait
+// for an answer from the start (RetryOptions::first_byte_factor).
 // Probes. A node whose attempt failed slowly (a stall, a timeout) would cost the next read that
 // asks it as much again, so when its backoff ends reads still pass it over until a probe, sent
 // on a thread of the fetcher's own, has had an answer from it (RetryOptions::slow_failure).
@@ -121,6 +126,12 @@ struct NodeEndpoint {
   std::string url;  // Base URL, no trailing slash.
 };
 
+// An object that node `node` holds: what RetryingFetcher::Greet asks it for.
+struct NodeObject {
+  std::int64_t node = 0;
+  Digest digest;
+};
+
 struct RetryOptions {
   // The longest one attempt may take; also bounded by what is left of the deadline.
   Duration attempt_timeout = std::chrono::seconds(10);
@@ -188,6 +199,8 @@ struct FetchCounters {
   std::atomic<std::uint64_t> split_fetches{0};  // Lone Fetch calls split into parallel parts.
   std::atomic<std::uint64_t> probes{0};         // Probes of slow nodes (RetryOptions).
   std::atomic<std::uint64_t> failed_probes{0};
+  std::atomic<std::uint64_t> greetings{0};  // Nodes greeted (RetryingFetcher::Greet).
+  std::atomic<std::uint64_t> failed_greetings{0};
 
   // Calls visit(name, value) for each counter, in the order above; the names are the ones
   // `ckptfs stats` shows.
@@ -206,6 +219,8 @@ struct FetchCounters {
     visit("split_fetches", split_fetches.load());
     visit("probes", probes.load());
     visit("failed_probes", failed_probes.load());
+    visit("greetings", greetings.load());
+    visit("failed_greetings", failed_greetings.load());
   }
 };
 
@@ -221,6 +236,8 @@ struct NodeHealth {
   // It failed slowly: reads go back to it only once a probe answers (RetryOptions::slow_failure).
   // Backing off while this holds, even when backoff_left is zero.
   bool awaiting_probe = false;
+  // Greeted (RetryingFetcher::Greet), and not heard from since: asked after nodes that answered.
+  bool unanswered = false;
 };
 
 class RetryingFetcher final : public ChunkFetcher {
@@ -234,6 +251,14 @@ class RetryingFetcher final : public ChunkFetcher {
                const VerifiedCallback& on_verified) override;
   Status FetchBlocks(const ChunkRef& chunk, std::size_t first_block, std::size_t end_block,
                      std::span<std::uint8_t> dst, TimePoint deadline) override;
+
+  // Greets each node of `objects` with a HEAD of the object listed for it, each on a thread of
+  // its own, and returns at once. Until a node has answered (a greeting or a read), reads ask
+  // it after the nodes that have; an answer measures its time to first byte, a failure backs it
+  // off as a failed attempt does, slow ones (a hung or unreachable node) until a probe answers.
+  // The HEADs have the limits of an attempt with the stall timeout. Meant to be called once, as
+  // a mount starts; calls must not overlap. The destructor waits for greetings under way.
+  void Greet(const std::vector<NodeObject>& objects);
 
   const FetchCounters& counters() const { return counters_; }
   // The health of every node, in the order the constructor was given them. Thread safe: the
@@ -280,6 +305,8 @@ class RetryingFetcher final : public ChunkFetcher {
   void RunProbes(std::stop_token stop);
   // One probe of `node` at `url`; updates the node's health.
   void Probe(NodeState& node, const std::string& url);
+  // The greeting of `node`, a HEAD of `url`; updates the node's health.
+  void GreetOne(NodeState& node, const std::string& url);
 
   Transport* transport_;
   Clock* clock_;
@@ -292,6 +319,7 @@ class RetryingFetcher final : public ChunkFetcher {
   std::deque<NodeState*> probe_queue_;     // Guarded by mu_.
   std::condition_variable_any probe_wake_;
   std::jthread prober_;  // Started by the first probe; the destructor stops it first.
+  std::vector<std::jthread> greeters_;  // One per greeting (Greet); joined by the destructor.
 };
 
 // "<base>/chunks/<hh>/<hex>".

@@ -69,6 +69,8 @@ struct RetryingFetcher::NodeState {
   bool awaiting_probe = false;
   bool probe_queued = false;  // Queued or running.
   std::string probe_url;      // The object of its latest slow failure.
+  // Greeted, and no answer or failure from it since: asked after the nodes that answered.
+  bool unanswered = false;
 
   bool BackingOff(TimePoint now) const { return now < not_before || awaiting_probe; }
 };
@@ -84,6 +86,7 @@ RetryingFetcher::~RetryingFetcher() {
   // Before the members the probe thread uses go; a probe under way ends at its own limits.
   prober_.request_stop();
   if (prober_.joinable()) prober_.join();
+  for (std::jthread& greeter : greeters_) greeter.join();
 }
 
 // Verifies the bytes of one fetch as they land in dst: dst holds chunk bytes [base, base +
@@ -354,7 +357,8 @@ std::vector<NodeHealth> RetryingFetcher::Health() const {
   for (const auto& node : nodes_) {
     health.push_back({node->endpoint.id, node->endpoint.name, node->in_flight.load(),
                       node->consecutive_failures, node->BackingOff(now), node->bytes_per_second,
-                      std::max(node->not_before - now, Duration::zero()), node->awaiting_probe});
+                      std::max(node->not_before - now, Duration::zero()), node->awaiting_probe,
+                      node->unanswered});
   }
   return health;
 }
@@ -373,6 +377,7 @@ std::vector<RetryingFetcher::NodeState*> RetryingFetcher::OrderReplicas(const Ch
     NodeState* node;
     bool backing_off;
     TimePoint not_before;
+    bool unanswered;
     int in_flight;
     double speed;
   };
@@ -391,7 +396,8 @@ std::vector<RetryingFetcher::NodeState*> RetryingFetcher::OrderReplicas(const Ch
       if (node->awaiting_probe && now >= node->not_before && !node->probe_queued) {
         QueueProbe(*node);
       }
-      candidates.push_back({node, node->BackingOff(now), node->not_before, node->in_flight.load(),
+      candidates.push_back({node, node->BackingOff(now), node->not_before, node->unanswered,
+                            node->in_flight.load(),
                             node->bytes_per_second > 0 ? node->bytes_per_second : kUnmeasured});
     }
   }
@@ -400,6 +406,7 @@ std::vector<RetryingFetcher::NodeState*> RetryingFetcher::OrderReplicas(const Ch
                    [](const Candidate& a, const Candidate& b) {
                      if (a.backing_off != b.backing_off) return !a.backing_off;
                      if (a.backing_off) return a.not_before < b.not_before;
+                     if (a.unanswered != b.unanswered) return !a.unanswered;
                      if (a.in_flight != b.in_flight) return a.in_flight < b.in_flight;
                      return a.speed > b.speed;
                    });
@@ -491,6 +498,7 @@ void RetryingFetcher::RecordSuccess(NodeState& node, std::uint64_t bytes, Durati
     node.consecutive_failures = 0;
     node.not_before = TimePoint{};
     node.awaiting_probe = false;
+    node.unanswered = false;
     // A transfer that took no measurable time says nothing about speed, nor a first byte that
     // came at once (a test's clock) about how soon the node answers.
     if (took > Duration::zero() && bytes > 0) {
@@ -513,6 +521,7 @@ void RetryingFetcher::RecordFailure(NodeState& node, const Status& error, Durati
     was_healthy = node.consecutive_failures == 0;
     // With the new backoff in place, so that no read sees the node between the two.
     if (ends_probe) node.probe_queued = false;
+    node.unanswered = false;
     if (options_.probe_slow_nodes && took >= options_.slow_failure) {
       node.awaiting_probe = true;
       node.probe_url = url;
@@ -608,6 +617,44 @@ void RetryingFetcher::Probe(NodeState& node, const std::string& url) {
   }
   LogInfo("node " + node.endpoint.name + " (" + node.endpoint.url +
           ") answered a probe; reads use it again");
+}
+
+void RetryingFetcher::Greet(const std::vector<NodeObject>& objects) {
+  for (const NodeObject& object : objects) {
+    NodeState* node = FindNode(object.node);
+    if (node == nullptr) continue;
+    std::string url = ChunkUrl(node->endpoint.url, object.digest);
+    {
+      std::lock_guard lock(mu_);
+      node->unanswered = true;
+    }
+    try {
+      greeters_.emplace_back([this, node, url = std::move(url)] { GreetOne(*node, url); });
+    } catch (const std::system_error&) {
+      // No thread to be had: reads meet the node as they would have without a greeting.
+      std::lock_guard lock(mu_);
+      node->unanswered = false;
+    }
+  }
+}
+
+void RetryingFetcher::GreetOne(NodeState& node, const std::string& url) {
+  ++counters_.greetings;
+  const TimePoint start = clock_->Now();
+  const RequestLimits limits{options_.attempt_timeout, options_.stall_timeout};
+  Result<std::uint64_t> answer = [&] {
+    InFlightGuard in_flight(node.in_flight);
+    return transport_->Head(url, limits);
+  }();
+  const Duration took = clock_->Now() - start;
+  if (!answer.ok()) {
+    ++counters_.failed_greetings;
+    RecordFailure(node, answer.status().WithContext("greeting of node " + node.endpoint.name), took,
+                  url);
+    return;
+  }
+  // The answer's headers are its first bytes; a HEAD has no body to measure a speed by.
+  RecordSuccess(node, 0, took, took);
 }
 
 std::string ChunkUrl(const std::string& base_url, const Digest& digest) {

@@ -98,8 +98,12 @@ class Transport {
   // Asks for `url` with HEAD: the size of the object there (its Content-Length), so that a
   // publisher can leave an object of a content-addressed name that a node already holds.
   // Errors: NotFound for HTTP 404 or 410; Unavailable for any other status that is not 2xx, a
-  // 2xx without a length, or a failed transfer; DeadlineExceeded as for Get.
-  virtual Result<std::uint64_t> Head(const std::string& url, Duration timeout) = 0;
+  // 2xx without a length, or a failed transfer (limits.stall_timeout and first_byte_timeout as
+  // for Get); DeadlineExceeded as for Get.
+  virtual Result<std::uint64_t> Head(const std::string& url, const RequestLimits& limits) = 0;
+  Result<std::uint64_t> Head(const std::string& url, Duration timeout) {
+    return Head(url, RequestLimits{timeout});
+  }
 
   // GETs `url` whole into the file `path` (created or truncated), for indexes served over HTTP.
   // With the version of a copy the caller has (`have`), the file is asked for only if it changed:

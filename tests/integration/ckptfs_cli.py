@@ -226,6 +226,20 @@ def mount_stats(mountpoint):
     return parse_stats(os.getxattr(mountpoint, "user.ckptfs.stats").decode())
 
 
+def wait_for_greetings(mountpoint, timeout=10):
+    """Waits until every node has answered, or failed, the greeting the mount sends it as it
+    starts (node.NAME.unanswered 0 for all), so that a test that then stops or freezes a node
+    knows its reads, not the greeting, meet that. Returns the stats."""
+    def settled():
+        values = mount_stats(mountpoint)
+        unanswered = [k for k, v in values.items() if k.endswith(".unanswered") and v]
+        return None if unanswered else values
+
+    values = wait_until(settled, timeout)
+    assert values is not None, f"greetings still unanswered: {mount_stats(mountpoint)}"
+    return values
+
+
 def wait_until(predicate, timeout, interval=0.05):
     """Polls `predicate` until it is true or `timeout` seconds pass; returns its last value."""
     deadline = time.monotonic() + timeout

@@ -157,20 +157,20 @@ def test_unavailable_chunk_gives_eio_in_time_then_recovers(published, mount):
     assert data == expected
 
 
-@pytest.mark.parametrize("stall_ms", [None, 800], ids=["default", "stall_timeout=0.8"])
-def test_a_frozen_node_costs_one_short_stall_then_is_passed_over(published, mount, stall_ms):
-    """A node that hangs (its port still takes connections and requests, nothing answers) is
-    left once nothing has come from it for the stall timeout, 1 s unless the mount says
-    otherwise, while another replica can take over, not at the transport's low-speed limit, 3 s.
-    The mount must then leave it for 10 times that, not try it again after a quick failure's few
+def test_a_frozen_node_costs_one_short_stall_then_is_passed_over(published, mount):
+    """A node that hangs after the mount greeted it (its port still takes connections and
+    requests, nothing answers) is left once it has not answered for its first-byte timeout, 8
+    times how soon its greeting was answered and no less than 250 ms, while another replica can
+    take over: not at the 1 s stall timeout, nor at the transport's low-speed limit, 3 s. The
+    mount must then leave it for 10 times that, not try it again after a quick failure's few
     hundred milliseconds and stall again."""
     others = [rel for rel in published.tree.files() if rel != BIG]
     with published.db() as db:
         frozen = published.node(db.extents(BIG)[0].nodes[0])  # The first node the read asks.
         held = sum(frozen.name in e.nodes for rel in others for e in db.extents(rel))
     assert held > 0, f"{frozen.name} holds no chunk of the other files, so they prove nothing"
-    options = {} if stall_ms is None else {"stall_timeout": stall_ms / 1000}
-    mnt = mount(published.index, foreground=True, **options)  # Its log is the test's to read.
+    mnt = mount(published.index, foreground=True)  # Its log is the test's to read.
+    ckptfs_cli.wait_for_greetings(mnt.mountpoint)
     frozen.freeze()
     try:
         assert source_tree.sha256_file(mnt.path(BIG)) == published.tree.sha256[BIG]
@@ -180,9 +180,8 @@ def test_a_frozen_node_costs_one_short_stall_then_is_passed_over(published, moun
         assert failed >= 1, f"the frozen node was never tried, so this proved nothing: {after_big}"
         assert after_big[f"node.{frozen.name}.backing_off"] == 1, after_big
         log = mnt.output()
-        expected = f"nothing received for {stall_ms or 1000} ms"
-        assert f"node {frozen.name}" in log and expected in log, (
-            f"the attempt on the frozen node did not end at the stall timeout: {log}")
+        assert f"node {frozen.name}" in log and "no answer within 250 ms" in log, (
+            f"the attempt on the frozen node did not end at its first-byte timeout: {log}")
 
         # Longer than the backoff `failed` quick failures in a row earn (200 ms doubling, +25%).
         pause = min(0.2 * 2 ** (failed - 1), 5.0) * 1.25 + 0.5
@@ -192,8 +191,7 @@ def test_a_frozen_node_costs_one_short_stall_then_is_passed_over(published, moun
         time.sleep(pause)
         later = ckptfs_cli.mount_stats(mnt.mountpoint)
         assert later[f"node.{frozen.name}.backing_off"] == 1, (
-            f"a node that stalled for {stall_ms or 1000} ms is asked again {pause:.2f} s later: "
-            f"{later}")
+            f"a node that stalled for 250 ms is asked again {pause:.2f} s later: {later}")
 
         _read_all_and_compare_files(mnt, published.tree, others)
         end = ckptfs_cli.mount_stats(mnt.mountpoint)
@@ -225,28 +223,48 @@ def _unreachable_url():
                 filler.close()
 
 
-def test_a_node_whose_host_is_unreachable_costs_one_short_stall_and_reads_stay_correct(
-        published, mount):
+@pytest.mark.parametrize("down", ["unreachable", "frozen"])
+def test_a_node_down_before_the_mount_is_found_by_its_greeting_and_no_read_waits_for_it(
+        published, mount, down):
     """The commonest way a server dies is its host going away: connections to it are not refused,
-    they are never answered. Connecting counts as receiving nothing, so the stall timeout (1 s)
-    leaves it, not the transport's 3 s connect timeout, and the node is then passed over."""
+    they are never answered (`unreachable`); or its server hangs (`frozen`: the port takes the
+    request, nothing answers). The mount greets every node as it starts; the greeting of the
+    dead node gets no answer for the stall timeout (1 s; connecting counts as receiving nothing,
+    so not the 3 s connect timeout), and meanwhile reads ask the nodes that answered. No read
+    waits for the dead node, which is then passed over until a probe answers."""
     with published.db() as db:
         lost = published.node(db.extents(BIG)[0].nodes[0])  # The first node the read asks.
-    with _unreachable_url() as url:
-        mnt = mount(published.index, foreground=True, **{f"node.{lost.name}": url})
+    others = [node.name for node in published.nodes if node is not lost]
+    with contextlib.ExitStack() as stack:
+        options = {}
+        if down == "unreachable":
+            options[f"node.{lost.name}"] = stack.enter_context(_unreachable_url())
+        else:
+            lost.freeze()
+            stack.callback(lost.thaw)
+        mnt = mount(published.index, foreground=True, **options)
+        answered = ckptfs_cli.wait_until(lambda: all(
+            ckptfs_cli.mount_stats(mnt.mountpoint)[f"node.{name}.unanswered"] == 0
+            for name in others), timeout=10)
+        assert answered, ckptfs_cli.mount_stats(mnt.mountpoint)
         _read_all_and_compare(mnt, published.tree)
+        read = ckptfs_cli.mount_stats(mnt.mountpoint)
+        failed_greeting = ckptfs_cli.wait_until(
+            lambda: ckptfs_cli.mount_stats(mnt.mountpoint)["fetch.failed_greetings"] == 1,
+            timeout=10)
         stats = ckptfs_cli.mount_stats(mnt.mountpoint)
         log = mnt.output()
-    failed = stats["fetch.failed_attempts"]
-    print(f"{lost.name} unreachable: {failed} failed attempt(s), "
-          f"{stats['fetch.probes']} probe(s)")
-    assert failed >= 1, f"the unreachable node was never tried, so this proved nothing: {stats}"
+    print(f"{lost.name} {down}: {read['fetch.failed_attempts']} failed attempt(s), "
+          f"{stats['fetch.failed_greetings']} failed greeting(s)")
+    assert failed_greeting, f"the greeting of {lost.name} did not fail: {stats}"
+    assert stats["fetch.greetings"] == len(published.nodes), stats
+    assert read["fetch.failed_attempts"] == 0, f"a read waited for the dead node: {read}"
+    assert stats["fetch.failed_attempts"] == 0, stats
     assert stats[f"node.{lost.name}.backing_off"] == 1, stats
-    assert stats["fs.eio_fetch"] == 0, stats
-    assert f"node {lost.name}" in log and "nothing received for 1000 ms" in log, (
-        f"the attempt on the unreachable node did not end at the stall timeout: {log}")
-    # Reads in flight when it went away may each have waited for it once; then it is passed over.
-    assert failed <= 8, f"reads kept asking the unreachable node: {stats}"
+    assert stats[f"node.{lost.name}.awaiting_probe"] == 1, stats
+    assert read["fs.eio_fetch"] == 0, read
+    assert f"greeting of node {lost.name}" in log and "nothing received for 1000 ms" in log, (
+        f"the greeting of the dead node did not end at the stall timeout: {log}")
 
 
 def _sha256_of_range(path, offset, length):
@@ -304,6 +322,7 @@ def _stall_on_first_replica_of(published, mount, rel):
         held = sum(frozen.name in e.nodes for e in db.extents(BIG))
     assert held > 0, f"{frozen.name} holds no chunk of {BIG}, so it proves nothing"
     mnt = mount(published.index, foreground=True, stall_timeout=_SHORT_STALL, dir_readahead=0)
+    ckptfs_cli.wait_for_greetings(mnt.mountpoint)
     frozen.freeze()
     assert source_tree.sha256_file(mnt.path(rel)) == published.tree.sha256[rel]
     stats = ckptfs_cli.mount_stats(mnt.mountpoint)

@@ -82,12 +82,13 @@ def test_stats_count_a_whole_read_and_a_remount_reads_it_from_the_cache(publishe
 
 def test_stats_list_every_group_and_node_and_the_daemon_memory(published, mount):
     mnt = mount(published.index, memory_cache="32M")
+    ckptfs_cli.wait_for_greetings(mnt.mountpoint)
     values = stats(mnt)
     for prefix in ("fs.", "store.", "fetch.", "cache.", "memory."):
         assert any(name.startswith(prefix) for name in values), f"no {prefix}* in {values}"
     for node in published.nodes:
         for field in ("in_flight", "bytes_per_second", "consecutive_failures", "backing_off",
-                      "backoff_ms", "awaiting_probe"):
+                      "backoff_ms", "awaiting_probe", "unanswered"):
             assert values[f"node.{node.name}.{field}"] == 0, values
     assert values["cache.capacity_bytes"] > 0, values
     # Nothing fetched yet: no chunk buffer in use, against the configured budget.
@@ -201,6 +202,7 @@ def _small_file_and_its_first_replica(published):
 def test_stats_show_a_stopped_node_failing(published, mount):
     rel, first_replica = _small_file_and_its_first_replica(published)
     mnt = mount(published.index)
+    ckptfs_cli.wait_for_greetings(mnt.mountpoint)
     published.node(first_replica).stop()
 
     assert read_whole(mnt.path(rel)) == published.tree.sha256[rel]

@@ -193,20 +193,33 @@ class ScriptedTransport final : public netfetch::Transport {
   }
 
   // Answers from the fixed response of `url` (a successful Put sets one): the size of its body,
-  // or its error after its delay; NotFound with none. Not counted among the calls above and runs
-  // no hook, so that tests of what is fetched or PUT see only that: Heads() lists them.
-  Result<std::uint64_t> Head(const std::string& url, Duration timeout) override {
+  // or its error after its delay (a silent one cut at the stall or first-byte timeout, as for
+  // Get); NotFound with none. Not counted among the calls above and runs
+  // no SetOnCall hook (SetOnHead's instead), so that tests of what is fetched or PUT see only
+  // that: Heads() lists them.
+  using netfetch::Transport::Head;
+  Result<std::uint64_t> Head(const std::string& url,
+                             const netfetch::RequestLimits& limits) override {
     std::optional<ScriptedResponse> fixed;
+    std::function<void(const std::string&)> hook;
     {
       std::lock_guard lock(mu_);
       heads_.push_back(url);
       auto it = scripts_.find(url);
       if (it != scripts_.end()) fixed = it->second.fixed;
+      hook = on_head_;
     }
+    if (hook) hook(url);
     if (!fixed) return NotFoundError("HTTP 404 from HEAD " + url);
-    if (Status late = Elapse(url, fixed->delay, timeout); !late.ok()) return late;
+    if (Status late = Elapse(url, *fixed, limits); !late.ok()) return late;
     if (!fixed->status.ok()) return fixed->status;
     return fixed->body.size();
+  }
+  // Runs `hook(url)` at the start of every later Head call, on the calling thread, as SetOnCall
+  // does for the other calls: a test can hold a HEAD in flight.
+  void SetOnHead(std::function<void(const std::string& url)> hook) {
+    std::lock_guard lock(mu_);
+    on_head_ = std::move(hook);
   }
   // URLs asked for with Head, in order.
   std::vector<std::string> Heads() const {
@@ -359,6 +372,7 @@ class ScriptedTransport final : public netfetch::Transport {
   std::vector<std::string> call_order_;
   std::vector<std::string> heads_;                       // Guarded by mu_.
   std::function<void(const std::string& url)> on_call_;  // Guarded by mu_.
+  std::function<void(const std::string& url)> on_head_;  // Guarded by mu_.
   std::size_t piece_size_ = 0;                           // Guarded by mu_. 0: all at once.
 };
 

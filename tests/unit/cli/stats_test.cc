@@ -58,6 +58,8 @@ struct NumberedCounters {
     fetch.split_fetches = 140;
     fetch.probes = 141;
     fetch.failed_probes = 142;
+    fetch.greetings = 143;
+    fetch.failed_greetings = 144;
   }
 
   StatsSources Sources() const {
@@ -79,7 +81,8 @@ struct NumberedCounters {
                        .backing_off = true,
                        .bytes_per_second = 0,
                        .backoff_left = std::chrono::microseconds(2'500'001),
-                       .awaiting_probe = true}},
+                       .awaiting_probe = true,
+                       .unanswered = true}},
             .daemon = {.rss_bytes = 51, .peak_rss_bytes = 52}};
   }
 };
@@ -137,6 +140,8 @@ TEST(FormatStats, WritesEveryNumberAsANameValueLineInAStableOrder) {
             "fetch.split_fetches 140\n"
             "fetch.probes 141\n"
             "fetch.failed_probes 142\n"
+            "fetch.greetings 143\n"
+            "fetch.failed_greetings 144\n"
             "cache.used_bytes 41\n"
             "cache.capacity_bytes 42\n"
             "cache.entries 43\n"
@@ -150,12 +155,14 @@ TEST(FormatStats, WritesEveryNumberAsANameValueLineInAStableOrder) {
             "node.n1.backing_off 0\n"
             "node.n1.backoff_ms 0\n"
             "node.n1.awaiting_probe 0\n"
+            "node.n1.unanswered 0\n"
             "node.n2.in_flight 0\n"
             "node.n2.bytes_per_second 0\n"
             "node.n2.consecutive_failures 3\n"
             "node.n2.backing_off 1\n"
             "node.n2.backoff_ms 2501\n"
             "node.n2.awaiting_probe 1\n"
+            "node.n2.unanswered 1\n"
             "daemon.rss_bytes 51\n"
             "daemon.peak_rss_bytes 52\n");
 }
@@ -197,7 +204,7 @@ TEST(FormatStats, EveryLineIsANameAndANonNegativeInteger) {
     at = end + 1;
     ++lines;
   }
-  EXPECT_EQ(lines, 6 + 16 + 13 + 3 + 4 + 2 * 6 + 2);
+  EXPECT_EQ(lines, 6 + 16 + 15 + 3 + 4 + 2 * 7 + 2);
 }
 
 TEST(ParseProcStatus, ReadsVmRssAndVmHwmInBytes) {

@@ -186,6 +186,41 @@ TEST_F(IndexRoundTrip, ChunksAfterRefusesARowWithABadSize) {
   EXPECT_EQ(reader_->ChunksAfter(0, 10).status().code(), StatusCode::kDataLoss);
 }
 
+TEST_F(IndexRoundTrip, ChunkPerNodeNamesOneChunkOfEachNodeFromTheFirstChunks) {
+  const std::int64_t n0 = reader_->nodes()[0].id;
+  const std::int64_t n1 = reader_->nodes()[1].id;
+  const Digest first = Sha256("abcdefgh", 8);
+  std::vector<NodeChunk> held = Must(reader_->ChunkPerNode(256));
+  ASSERT_EQ(held.size(), 2u) << "each node once, though each holds every chunk";
+  EXPECT_EQ(held[0].node, n0);
+  EXPECT_EQ(held[1].node, n1);
+  EXPECT_EQ(held[0].chunk.digest, first);
+  EXPECT_EQ(held[0].chunk.size, 8u);
+
+  // n0's replica of the first chunk moves to a node the index does not list.
+  const std::int64_t first_id = held[0].chunk.id;
+  reader_.reset();
+  Must(ExecSqlForTesting(path_,
+                         "UPDATE replicas SET node = 99 WHERE chunk = " + std::to_string(first_id) +
+                             " AND node = " + std::to_string(n0)));
+  reader_ = Must(IndexReader::Open(path_));
+  held = Must(reader_->ChunkPerNode(1));
+  ASSERT_EQ(held.size(), 1u) << "only n1 holds the first chunk, and node 99 is unknown";
+  EXPECT_EQ(held[0].node, n1);
+  held = Must(reader_->ChunkPerNode(256));
+  ASSERT_EQ(held.size(), 2u);
+  EXPECT_EQ(held[1].node, n0);
+  EXPECT_EQ(held[1].chunk.digest, Sha256("ABCDEFGH", 8)) << "n0's first chunk is the second";
+  EXPECT_TRUE(Must(reader_->ChunkPerNode(0)).empty());
+}
+
+TEST_F(IndexRoundTrip, ChunkPerNodeRefusesARowWithABadSize) {
+  reader_.reset();
+  Must(ExecSqlForTesting(path_, "UPDATE chunks SET size = 0"));
+  reader_ = Must(IndexReader::Open(path_));
+  EXPECT_EQ(reader_->ChunkPerNode(256).status().code(), StatusCode::kDataLoss);
+}
+
 TEST_F(IndexRoundTrip, ReplicasLeaveOutUnknownNodes) {
   const auto extents = Must(reader_->ExtentsInRange(weights_, 0, 8));
   ASSERT_EQ(extents.size(), 1u);

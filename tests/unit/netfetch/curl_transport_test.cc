@@ -429,6 +429,18 @@ TEST(CurlTransportFirstByte, ServerThatDoesNotAnswerIsLeftAtTheFirstByteTimeout)
   }
 }
 
+TEST(CurlTransportStall, HeadOfAServerThatNeverAnswersIsLeftAtTheStallTimeout) {
+  netfetch::CurlTransport transport(PatientOptions());
+  SilentServer silent;
+  ASSERT_TRUE(silent.ok());
+  const auto start = std::chrono::steady_clock::now();
+  Result<std::uint64_t> size = transport.Head(silent.url() + "/x", {60s, 300ms});
+  EXPECT_LT(std::chrono::steady_clock::now() - start, 10s);
+  ASSERT_EQ(size.status().code(), StatusCode::kUnavailable) << size.status().ToString();
+  EXPECT_NE(size.status().message().find("nothing received for 300 ms"), std::string::npos)
+      << size.status().ToString();
+}
+
 TEST(CurlTransportFirstByte, AnAnswerThatPausesAfterItBeganIsNotCutByIt) {
   // The status line and headers at once, then the body after 600 ms: longer than the
   // first-byte timeout, shorter than the stall timeout.

@@ -729,6 +729,137 @@ TEST_F(RetryingFetcher, TheDestructorWaitsForAProbeUnderWay) {
   EXPECT_TRUE(probe_returned);
 }
 
+// Holds the first call that passes it until Open(): a request kept "in flight".
+class Gate {
+ public:
+  void Pass() {
+    arrived_.set_value();
+    opened_.wait();
+  }
+  void WaitArrived() { arrived_.get_future().wait(); }
+  void Open() { open_.set_value(); }
+
+ private:
+  std::promise<void> arrived_;
+  std::promise<void> open_;
+  std::shared_future<void> opened_ = open_.get_future().share();
+};
+
+// Greets node `id`s with `chunk` as their object and waits until each has answered or failed.
+void GreetAndWait(netfetch::RetryingFetcher& fetcher, const std::vector<std::int64_t>& ids,
+                  const Digest& digest) {
+  std::vector<netfetch::NodeObject> objects;
+  for (std::int64_t id : ids) objects.push_back({id, digest});
+  fetcher.Greet(objects);
+  ASSERT_TRUE(PollUntil([&] {
+    return std::none_of(ids.begin(), ids.end(),
+                        [&](std::int64_t id) { return HealthOf(fetcher, id).unanswered; });
+  }));
+}
+
+TEST_F(RetryingFetcher, ANodeThatHangsAtItsGreetingCostsNoReadAStall) {
+  TestChunk chunk = MakeChunk(80, {1, 2});
+  Silence(1, chunk);  // Takes the HEAD and sends nothing.
+  Serve(2, chunk);
+  auto fetcher = MakeFetcher();
+  GreetAndWait(*fetcher, {1, 2}, chunk.ref.digest);
+  EXPECT_EQ(transport_.Heads().size(), 2u);
+  EXPECT_EQ(fetcher->counters().greetings, 2u);
+  EXPECT_EQ(fetcher->counters().failed_greetings, 1u);
+  const netfetch::NodeHealth hung = HealthOf(*fetcher, 1);
+  EXPECT_TRUE(hung.backing_off);
+  EXPECT_TRUE(hung.awaiting_probe) << "a greeting that stalled 1 s is a slow failure";
+  EXPECT_FALSE(HealthOf(*fetcher, 2).backing_off);
+
+  // node1 comes first in the index's order: without the greeting this read would stall on it.
+  const TimePoint start = clock_.Now();
+  std::vector<std::uint8_t> out;
+  ASSERT_TRUE(Fetch(*fetcher, chunk, &out).ok());
+  EXPECT_EQ(out, chunk.bytes);
+  EXPECT_EQ(clock_.Now(), start) << "the read waited for the hung node";
+  EXPECT_EQ(transport_.Calls(Url(1, chunk)), 0);
+  EXPECT_EQ(fetcher->counters().failed_attempts, 0u) << "a greeting is not an attempt";
+}
+
+TEST_F(RetryingFetcher, AGreetingGetsTheStallTimeoutAndMeasuresHowSoonTheNodeAnswers) {
+  TestChunk chunk = MakeChunk(81, {1, 2});
+  Serve(1, chunk, 40ms);  // The HEAD takes 40 ms: 8 x 40 ms = 320 ms to answer a read.
+  Serve(2, chunk);
+  auto fetcher = MakeFetcher();
+  GreetAndWait(*fetcher, {1}, chunk.ref.digest);
+  EXPECT_EQ(fetcher->counters().failed_greetings, 0u);
+  EXPECT_FALSE(HealthOf(*fetcher, 1).backing_off);
+  EXPECT_EQ(HealthOf(*fetcher, 1).bytes_per_second, 0) << "a HEAD has no body to time";
+  std::vector<std::uint8_t> out;
+  ASSERT_TRUE(Fetch(*fetcher, chunk, &out).ok());
+  EXPECT_EQ(transport_.FirstByteTimeouts(Url(1, chunk)), std::vector<Duration>{320ms})
+      << "the read should know how soon node1 answers from its greeting";
+}
+
+TEST_F(RetryingFetcher, ANodeThatRefusesItsGreetingIsBackedOffBriefly) {
+  TestChunk chunk = MakeChunk(82, {1, 2});
+  Fail(1, chunk);
+  Serve(2, chunk);
+  auto fetcher = MakeFetcher();
+  GreetAndWait(*fetcher, {1}, chunk.ref.digest);
+  const netfetch::NodeHealth refused = HealthOf(*fetcher, 1);
+  EXPECT_TRUE(refused.backing_off);
+  EXPECT_FALSE(refused.awaiting_probe) << "a quick failure needs no probe";
+  EXPECT_LE(refused.backoff_left, 250ms);
+  EXPECT_EQ(fetcher->counters().failed_greetings, 1u);
+}
+
+TEST_F(RetryingFetcher, ReadsAskANodeThatAnsweredBeforeOneWhoseGreetingIsUnderWay) {
+  TestChunk busy = MakeChunk(83, {2});
+  TestChunk chunk = MakeChunk(84, {1, 2});
+  Serve(1, chunk);
+  Serve(2, chunk);
+  Serve(2, busy);
+  Gate greeting;
+  Gate read;
+  transport_.SetOnHead([&](const std::string&) { greeting.Pass(); });
+  transport_.SetOnCall([&](const std::string& url) {
+    if (url == Url(2, busy)) read.Pass();
+  });
+  auto fetcher = MakeFetcher();
+  fetcher->Greet({{1, chunk.ref.digest}});
+  greeting.WaitArrived();
+  std::thread reader([&] {
+    std::vector<std::uint8_t> out;
+    EXPECT_TRUE(Fetch(*fetcher, busy, &out).ok());
+  });
+  read.WaitArrived();
+  // One request in flight on each node, neither measured: only the greeting tells them apart.
+  ASSERT_TRUE(HealthOf(*fetcher, 1).unanswered);
+  std::vector<std::uint8_t> out;
+  ASSERT_TRUE(Fetch(*fetcher, chunk, &out).ok());
+  EXPECT_EQ(out, chunk.bytes);
+  EXPECT_EQ(transport_.Calls(Url(1, chunk)), 0);
+  EXPECT_EQ(transport_.Calls(Url(2, chunk)), 1);
+  greeting.Open();
+  read.Open();
+  reader.join();
+}
+
+TEST_F(RetryingFetcher, TheDestructorWaitsForAGreetingUnderWay) {
+  TestChunk chunk = MakeChunk(85, {1});
+  Serve(1, chunk);
+  Gate greeting;
+  std::atomic<bool> greeting_returned{false};
+  transport_.SetOnHead([&](const std::string&) {
+    greeting.Pass();
+    greeting_returned = true;
+  });
+  auto fetcher = MakeFetcher();
+  fetcher->Greet({{1, chunk.ref.digest}});
+  greeting.WaitArrived();
+  std::thread destroying([&] { fetcher.reset(); });
+  std::this_thread::sleep_for(20ms);
+  greeting.Open();
+  destroying.join();
+  EXPECT_TRUE(greeting_returned);
+}
+
 TEST_F(RetryingFetcher, HealthCountsTheRequestsInFlight) {
   TestChunk chunk = MakeChunk(32, {3});
   Serve(3, chunk);
