@@ -10,13 +10,13 @@
 // has no block digests and is verified whole against ChunkRef::digest once all of it arrived.
 //
 // RetryingFetcher is the real one: it owns replica order (healthy nodes first, then nodes that
-// have answered before nodes greeted and not heard from yet, then the node with the fewest
-// requests in flight, then the faster one), failover on any error (connection refused,
-// timeout, nothing received for RetryOptions::stall_timeout while another replica is healthy, HTTP
-// error, short body, wrong SHA-256), per-node backoff after failures with jitter, and the overall
-// deadline. With block digests, a failover resumes on the next replica with a Range GET from the
-// end of the verified prefix instead of starting over. Bytes that were not verified are never
-// reported as such.
+// have answered before nodes greeted and not heard from yet, then the node that would deliver
+// soonest: its requests in flight plus one, over its measured speed), failover on any error
+// (connection refused, timeout, nothing received for RetryOptions::stall_timeout while another
+// replica is healthy, far slower than a replica left to try, HTTP error, short body, wrong
+// SHA-256), per-node backoff after failures with jitter, and the overall deadline. With block
+// digests, a failover resumes on the next replica with a Range GET from the end of the verified
+// prefix instead of starting over. Bytes that were not verified are never reported as such.
 //
 // Lone fetches in parts. A whole-chunk Fetch that starts while no other Fetch of this fetcher is
 // under way (a file read on its own, the first chunk of a read) and that one GET would take long
@@ -48,11 +48,13 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <random>
 #include <span>
 #include <stop_token>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "common/clock.h"
@@ -170,6 +172,20 @@ struct RetryOptions {
   // further stall. A fetch from the node, or a probe, that succeeds ends that.
   Duration slow_failure = std::chrono::milliseconds(100);
   bool probe_slow_nodes = true;
+  // A node that delivers, only slowly (a failing disk, a congested link, a server that caps each
+  // connection), would hold up every read that waits for its chunk. An attempt that has run for
+  // slow_transfer_grace and, at the speed it has had so far, would take more than
+  // slow_transfer_factor times as long for its remaining bytes as the fastest measured healthy
+  // replica still to try (at that node's measured speed), and more than slow_transfer_grace
+  // longer, is left for that replica, its verified bytes kept (a resume); it fails as a slow
+  // attempt does (backoff, probe). Zero factor: never.
+  double slow_transfer_factor = 4;
+  // A node's measured speed orders the replicas for this long after its last measured transfer
+  // (the fastest node first, each request under way counting as one more for the node to
+  // send); after that the node counts as fast as the fastest, so that one that was slow is
+  // tried again now and then and, if it has recovered, used again.
+  Duration speed_memory = std::chrono::seconds(10);
+  Duration slow_transfer_grace = std::chrono::milliseconds(500);
   // Pause between rounds when every replica failed, doubling up to max_backoff.
   Duration round_pause = std::chrono::milliseconds(100);
   std::uint64_t jitter_seed = 0x5eed;
@@ -188,6 +204,8 @@ struct FetchCounters {
   std::atomic<std::uint64_t> fetches{0};   // Whole chunks asked for (Fetch).
   std::atomic<std::uint64_t> attempts{0};  // Requests sent, by Fetch and FetchBlocks.
   std::atomic<std::uint64_t> failed_attempts{0};
+  // Failed attempts left for a faster replica (RetryOptions::slow_transfer_factor).
+  std::atomic<std::uint64_t> slow_attempts{0};
   std::atomic<std::uint64_t> digest_mismatches{0};  // Attempts that failed a chunk or block digest.
   std::atomic<std::uint64_t> bytes_fetched{0};      // Verified bytes of whole chunks.
   std::atomic<std::uint64_t> failed_fetches{0};     // Fetch: deadline reached, no good replica.
@@ -209,6 +227,7 @@ struct FetchCounters {
     visit("fetches", fetches.load());
     visit("attempts", attempts.load());
     visit("failed_attempts", failed_attempts.load());
+    visit("slow_attempts", slow_attempts.load());
     visit("digest_mismatches", digest_mismatches.load());
     visit("bytes_fetched", bytes_fetched.load());
     visit("failed_fetches", failed_fetches.load());
@@ -283,11 +302,21 @@ class RetryingFetcher final : public ChunkFetcher {
   // Fetch of `chunk` as `parts` parallel Range GETs (REQUIRES: parts > 1, block digests).
   Status FetchInParts(const ChunkRef& chunk, std::span<std::uint8_t> dst, TimePoint deadline,
                       const VerifiedCallback& on_verified, std::size_t parts);
+  // The measured speed (bytes per second) of the fastest of `nodes` that is not backing off,
+  // and its name; 0 when none is measured.
+  std::pair<double, std::string> FastestMeasured(std::span<NodeState* const> nodes);
   // One GET (or Range GET, resuming after the verified prefix) from `node`, verifying as the
   // body arrives; updates the node's health. With `may_stall`, the attempt gets the stall
-  // timeout and, for a measured node, a first-byte timeout (RetryOptions).
+  // timeout and, for a measured node, a first-byte timeout (RetryOptions). `alternatives`: the
+  // healthy replicas left to try, which it may be left for when it is too slow
+  // (RetryOptions::slow_transfer_factor).
   Status TryReplica(NodeState& node, const ChunkRef& chunk, Verifier& verifier, TimePoint deadline,
-                    bool may_stall);
+                    bool may_stall, std::span<NodeState* const> alternatives);
+  // An attempt that has run `elapsed` and received `received` of its `wanted` bytes is to be
+  // left for a replica that delivers `alternative_speed` bytes per second (0: none known): its
+  // speed so far when it is (RetryOptions::slow_transfer_factor), else nothing.
+  std::optional<double> TooSlow(Duration elapsed, std::size_t received, std::size_t wanted,
+                                double alternative_speed) const;
   // The first-byte timeout of an attempt on `node` (zero: none). REQUIRES: mu_ held.
   Duration FirstByteTimeoutLocked(const NodeState& node) const;
   // `first_byte`: how long the first body byte took to come (zero: not known).

@@ -8,6 +8,7 @@
 #include <utility>
 
 #include "common/log.h"
+#include "common/units.h"
 #include "netfetch/fetcher.h"
 
 namespace ckptfs::netfetch {
@@ -18,6 +19,8 @@ namespace {
 // follows a node that slows down within a few chunks, yet one lucky transfer does not reorder
 // everything.
 constexpr double kNewestSampleWeight = 0.3;
+// How often a long attempt looks again for a faster replica (RetryOptions::slow_transfer_factor).
+constexpr Duration kSlowLookInterval = std::chrono::milliseconds(100);
 // A zero pause would spin through rounds without letting time pass.
 constexpr Duration kMinRoundPause = std::chrono::milliseconds(1);
 
@@ -39,6 +42,10 @@ class InFlightGuard {
 };
 
 double Seconds(Duration d) { return std::chrono::duration<double>(d).count(); }
+
+std::string FormatRate(double bytes_per_second) {
+  return FormatSize(static_cast<std::uint64_t>(bytes_per_second)) + "/s";
+}
 
 // Folds `sample` into a node's running average `average` (0: no sample yet).
 void AddSample(double& average, double sample) {
@@ -64,6 +71,7 @@ struct RetryingFetcher::NodeState {
   int consecutive_failures = 0;
   TimePoint not_before{};         // Backing off (tried last) until then.
   double bytes_per_second = 0;    // Average over verified transfers; 0 = not measured yet.
+  TimePoint speed_measured_at{};  // When bytes_per_second last had a sample.
   double first_byte_seconds = 0;  // Average time to the first body byte; 0 = not measured yet.
   // Failed slowly since its last success: backing off until a probe of probe_url answers.
   bool awaiting_probe = false;
@@ -335,7 +343,11 @@ Status RetryingFetcher::RunRounds(const ChunkRef& chunk, Verifier& verifier, Tim
       // part was given it, rotated to the front, shifts them by one: then one attempt fewer
       // gets the stall timeout, the safe side.
       const bool another_healthy = i + 1 < healthy;
-      Status status = TryReplica(*replicas[i], chunk, verifier, deadline, another_healthy);
+      const std::span<NodeState* const> alternatives =
+          another_healthy ? std::span(replicas).subspan(i + 1, healthy - i - 1)
+                          : std::span<NodeState* const>();
+      Status status =
+          TryReplica(*replicas[i], chunk, verifier, deadline, another_healthy, alternatives);
       if (status.ok()) return status;
       last_error = status.ToString();
     }
@@ -378,15 +390,22 @@ std::vector<RetryingFetcher::NodeState*> RetryingFetcher::OrderReplicas(const Ch
     bool backing_off;
     TimePoint not_before;
     bool unanswered;
-    int in_flight;
-    double speed;
+    double cost;  // How long, relatively, it would take the node to deliver.
+    bool measured;
   };
-  // An unmeasured node counts as the fastest, so that every node gets measured.
-  constexpr double kUnmeasured = std::numeric_limits<double>::infinity();
   const TimePoint now = clock_->Now();
   std::vector<Candidate> candidates;
   {
     std::lock_guard lock(mu_);
+    const auto measured = [&](const NodeState& node) {
+      return node.bytes_per_second > 0 && now - node.speed_measured_at < options_.speed_memory;
+    };
+    // A node not measured lately counts as fast as the fastest, so that it gets measured, and
+    // a node that was slow once is tried again now and then.
+    double fastest = 0;
+    for (const auto& node : nodes_) {
+      if (measured(*node)) fastest = std::max(fastest, node->bytes_per_second);
+    }
     for (std::int64_t id : chunk.nodes) {
       NodeState* node = FindNode(id);
       bool seen = std::any_of(candidates.begin(), candidates.end(),
@@ -396,9 +415,12 @@ std::vector<RetryingFetcher::NodeState*> RetryingFetcher::OrderReplicas(const Ch
       if (node->awaiting_probe && now >= node->not_before && !node->probe_queued) {
         QueueProbe(*node);
       }
-      candidates.push_back({node, node->BackingOff(now), node->not_before, node->unanswered,
-                            node->in_flight.load(),
-                            node->bytes_per_second > 0 ? node->bytes_per_second : kUnmeasured});
+      const bool known = measured(*node);
+      const double speed = known ? node->bytes_per_second : (fastest > 0 ? fastest : 1);
+      // Its requests under way share it: a new one waits for them, as it were.
+      const double cost = (node->in_flight.load() + 1) / speed;
+      candidates.push_back(
+          {node, node->BackingOff(now), node->not_before, node->unanswered, cost, known});
     }
   }
   // Stable, so that among equals the index's replica order decides.
@@ -407,8 +429,8 @@ std::vector<RetryingFetcher::NodeState*> RetryingFetcher::OrderReplicas(const Ch
                      if (a.backing_off != b.backing_off) return !a.backing_off;
                      if (a.backing_off) return a.not_before < b.not_before;
                      if (a.unanswered != b.unanswered) return !a.unanswered;
-                     if (a.in_flight != b.in_flight) return a.in_flight < b.in_flight;
-                     return a.speed > b.speed;
+                     if (a.cost != b.cost) return a.cost < b.cost;
+                     return !a.measured && b.measured;
                    });
   if (healthy != nullptr) {
     *healthy = static_cast<std::size_t>(std::count_if(
@@ -420,8 +442,21 @@ std::vector<RetryingFetcher::NodeState*> RetryingFetcher::OrderReplicas(const Ch
   return ordered;
 }
 
+std::pair<double, std::string> RetryingFetcher::FastestMeasured(std::span<NodeState* const> nodes) {
+  const TimePoint now = clock_->Now();
+  std::pair<double, std::string> fastest;
+  std::lock_guard lock(mu_);
+  for (const NodeState* node : nodes) {
+    if (!node->BackingOff(now) && node->bytes_per_second > fastest.first) {
+      fastest = {node->bytes_per_second, node->endpoint.name};
+    }
+  }
+  return fastest;
+}
+
 Status RetryingFetcher::TryReplica(NodeState& node, const ChunkRef& chunk, Verifier& verifier,
-                                   TimePoint deadline, bool may_stall) {
+                                   TimePoint deadline, bool may_stall,
+                                   std::span<NodeState* const> alternatives) {
   const TimePoint start = clock_->Now();
   RequestLimits limits{std::min(options_.attempt_timeout, deadline - start)};
   if (may_stall) {
@@ -435,9 +470,19 @@ Status RetryingFetcher::TryReplica(NodeState& node, const ChunkRef& chunk, Verif
   const std::span<std::uint8_t> rest = verifier.dst().subspan(from);
   // Told of the attempt's bytes; hashes them while they are still in the CPU cache.
   std::optional<TimePoint> first_byte_at;
+  std::optional<double> too_slow;              // Its speed, once it is left for `alternative`.
+  std::pair<double, std::string> alternative;  // The fastest of `alternatives` at the last look.
+  TimePoint next_look = start + options_.slow_transfer_grace;
   const ProgressCallback progress = [&](std::size_t received) {
-    if (!first_byte_at) first_byte_at = clock_->Now();
-    return verifier.Advance(from + received);
+    const TimePoint now = clock_->Now();
+    if (!first_byte_at) first_byte_at = now;
+    if (!verifier.Advance(from + received)) return false;
+    if (now < next_look || alternatives.empty() || options_.slow_transfer_factor <= 0) return true;
+    // Looked up again now and then: the replicas left may have been measured since the start.
+    next_look = now + kSlowLookInterval;
+    alternative = FastestMeasured(alternatives);
+    too_slow = TooSlow(now - start, received, rest.size(), alternative.first);
+    return !too_slow;
   };
   // A whole chunk from its start is a plain GET, the request any cache in between knows best;
   // blocks, and a resumed chunk, are a Range GET of what is still missing. Verified bytes are
@@ -464,6 +509,12 @@ Status RetryingFetcher::TryReplica(NodeState& node, const ChunkRef& chunk, Verif
     // Every byte matched the index's digests; a transport complaint after that (say, a body
     // longer than asked for) does not make the verified bytes wrong.
     status = Status::Ok();
+  } else if (too_slow) {
+    ++counters_.slow_attempts;
+    status = UnavailableError(
+        url + ": too slow, " + FormatRate(*too_slow) + " after " +
+        std::to_string(std::chrono::ceil<std::chrono::milliseconds>(took).count()) +
+        " ms, where node " + alternative.second + " delivers " + FormatRate(alternative.first));
   } else if (status.ok()) {
     status = InternalError("transport returned fewer bytes than asked from " + url);
   }
@@ -476,6 +527,23 @@ Status RetryingFetcher::TryReplica(NodeState& node, const ChunkRef& chunk, Verif
   }
   RecordSuccess(node, rest.size(), took, first_byte_at ? *first_byte_at - start : Duration{});
   return status;
+}
+
+std::optional<double> RetryingFetcher::TooSlow(Duration elapsed, std::size_t received,
+                                               std::size_t wanted, double alternative_speed) const {
+  if (options_.slow_transfer_factor <= 0 || alternative_speed <= 0 ||
+      elapsed < options_.slow_transfer_grace || received >= wanted) {
+    return std::nullopt;
+  }
+  const double speed = static_cast<double>(received) / Seconds(elapsed);
+  const double left = static_cast<double>(wanted - received);
+  const double here = speed > 0 ? left / speed : std::numeric_limits<double>::infinity();
+  const double there = left / alternative_speed;
+  if (here <= options_.slow_transfer_factor * there ||
+      here - there <= Seconds(options_.slow_transfer_grace)) {
+    return std::nullopt;
+  }
+  return speed;
 }
 
 Duration RetryingFetcher::FirstByteTimeoutLocked(const NodeState& node) const {
@@ -503,6 +571,7 @@ void RetryingFetcher::RecordSuccess(NodeState& node, std::uint64_t bytes, Durati
     // came at once (a test's clock) about how soon the node answers.
     if (took > Duration::zero() && bytes > 0) {
       AddSample(node.bytes_per_second, static_cast<double>(bytes) / Seconds(took));
+      node.speed_measured_at = clock_->Now();
     }
     if (first_byte > Duration::zero()) AddSample(node.first_byte_seconds, Seconds(first_byte));
   }

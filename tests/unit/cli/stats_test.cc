@@ -48,6 +48,7 @@ struct NumberedCounters {
     fetch.fetches = 31;
     fetch.attempts = 32;
     fetch.failed_attempts = 33;
+    fetch.slow_attempts = 145;
     fetch.digest_mismatches = 34;
     fetch.bytes_fetched = 35;
     fetch.failed_fetches = 36;
@@ -130,6 +131,7 @@ TEST(FormatStats, WritesEveryNumberAsANameValueLineInAStableOrder) {
             "fetch.fetches 31\n"
             "fetch.attempts 32\n"
             "fetch.failed_attempts 33\n"
+            "fetch.slow_attempts 145\n"
             "fetch.digest_mismatches 34\n"
             "fetch.bytes_fetched 35\n"
             "fetch.failed_fetches 36\n"
@@ -204,7 +206,7 @@ TEST(FormatStats, EveryLineIsANameAndANonNegativeInteger) {
     at = end + 1;
     ++lines;
   }
-  EXPECT_EQ(lines, 6 + 16 + 15 + 3 + 4 + 2 * 7 + 2);
+  EXPECT_EQ(lines, 6 + 16 + 16 + 3 + 4 + 2 * 7 + 2);
 }
 
 TEST(ParseProcStatus, ReadsVmRssAndVmHwmInBytes) {

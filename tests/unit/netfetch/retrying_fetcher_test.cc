@@ -885,5 +885,102 @@ TEST_F(RetryingFetcher, HealthCountsTheRequestsInFlight) {
   EXPECT_EQ(HealthOf(*fetcher, 3).in_flight, 0);
 }
 
+TEST_F(RetryingFetcher, AMuchFasterNodeIsAskedEvenWithARequestUnderWay) {
+  TestChunk slow = MakeChunk(90, {1});
+  TestChunk fast = MakeChunk(91, {2});
+  TestChunk chunk = MakeChunk(92, {1, 2});
+  Serve(1, slow, 100ms);  // 40 KiB/s.
+  Serve(2, fast, 10ms);   // 400 KiB/s.
+  Serve(1, chunk);
+  Serve(2, chunk);
+  auto fetcher = MakeFetcher();
+  std::vector<std::uint8_t> out;
+  ASSERT_TRUE(Fetch(*fetcher, slow, &out).ok());
+  ASSERT_TRUE(Fetch(*fetcher, fast, &out).ok());
+  Gate busy;
+  transport_.SetOnCall([&](const std::string& url) {
+    if (url == Url(2, fast)) busy.Pass();
+  });
+  std::thread reader([&] {
+    std::vector<std::uint8_t> mine;
+    EXPECT_TRUE(Fetch(*fetcher, fast, &mine).ok());
+  });
+  busy.WaitArrived();
+  // node2 with one request under way would still deliver in a fifth of node1's time.
+  ASSERT_TRUE(Fetch(*fetcher, chunk, &out).ok());
+  busy.Open();
+  reader.join();
+  EXPECT_EQ(transport_.Calls(Url(1, chunk)), 0);
+  EXPECT_EQ(transport_.Calls(Url(2, chunk)), 1);
+}
+
+TEST_F(RetryingFetcher, ANodeMeasuredSlowIsTriedAgainOnceItsMeasurementIsOld) {
+  TestChunk slow = MakeChunk(93, {1});
+  TestChunk fast = MakeChunk(94, {2});
+  TestChunk chunk = MakeChunk(95, {1, 2});
+  Serve(1, slow, 100ms);
+  Serve(2, fast, 10ms);
+  Serve(1, chunk);
+  Serve(2, chunk);
+  auto fetcher = MakeFetcher();
+  std::vector<std::uint8_t> out;
+  ASSERT_TRUE(Fetch(*fetcher, slow, &out).ok());
+  ASSERT_TRUE(Fetch(*fetcher, fast, &out).ok());
+  ASSERT_TRUE(Fetch(*fetcher, chunk, &out).ok());
+  EXPECT_EQ(transport_.CallOrder().back(), Url(2, chunk));
+
+  clock_.Advance(options_.speed_memory);
+  ASSERT_TRUE(Fetch(*fetcher, fast, &out).ok());  // node2's speed is recent again; node1's is not.
+  ASSERT_TRUE(Fetch(*fetcher, chunk, &out).ok());
+  EXPECT_EQ(transport_.CallOrder().back(), Url(1, chunk))
+      << "node1 should count as fast as node2 once its slow measurement is old";
+}
+
+TEST_F(RetryingFetcher, AnAttemptFarSlowerThanAMeasuredReplicaIsLeftForItAfterTheGrace) {
+  TestChunk fast = MakeChunk(96, {2});
+  TestChunk chunk = MakeChunk(97, {1, 2}, 64 * 1024);
+  Serve(2, fast, 10ms);  // node2: 400 KiB/s.
+  transport_.SetPieceSize(1024);
+  transport_.SetResponse(Url(1, chunk), ScriptedResponse::Body(chunk.bytes, 2s));
+  Serve(2, chunk);
+  auto fetcher = MakeFetcher();
+  std::vector<std::uint8_t> out;
+  ASSERT_TRUE(Fetch(*fetcher, fast, &out).ok());
+  ASSERT_TRUE(Fetch(*fetcher, chunk, &out).ok());  // node1 first: it is not measured.
+  EXPECT_EQ(out, chunk.bytes);
+  EXPECT_EQ(transport_.Calls(Url(1, chunk)), 1);
+  EXPECT_EQ(transport_.Calls(Url(2, chunk)), 1);
+  EXPECT_EQ(fetcher->counters().slow_attempts, 1u);
+  EXPECT_EQ(fetcher->counters().failed_attempts, 1u);
+  const netfetch::NodeHealth left = HealthOf(*fetcher, 1);
+  EXPECT_TRUE(left.backing_off);
+  EXPECT_TRUE(left.awaiting_probe) << "it took 2 s: a slow failure";
+}
+
+TEST_F(RetryingFetcher, ASlowAttemptIsNotLeftWithoutAMeasuredReplicaOrBeforeTheGrace) {
+  TestChunk fast = MakeChunk(98, {2});
+  TestChunk unmeasured = MakeChunk(99, {1, 3}, 64 * 1024);
+  TestChunk quick = MakeChunk(100, {1, 2}, 64 * 1024);
+  Serve(2, fast, 10ms);
+  transport_.SetPieceSize(1024);
+  transport_.SetResponse(Url(1, unmeasured), ScriptedResponse::Body(unmeasured.bytes, 2s));
+  Serve(3, unmeasured);
+  // 400 ms in all: far slower than node2, but done within the 500 ms grace.
+  transport_.SetResponse(Url(1, quick), ScriptedResponse::Body(quick.bytes, 400ms));
+  Serve(2, quick);
+  auto fetcher = MakeFetcher();
+  std::vector<std::uint8_t> out;
+  ASSERT_TRUE(Fetch(*fetcher, fast, &out).ok());
+  ASSERT_TRUE(Fetch(*fetcher, unmeasured, &out).ok());  // node3, the other replica: unmeasured.
+  EXPECT_EQ(out, unmeasured.bytes);
+  EXPECT_EQ(transport_.Calls(Url(3, unmeasured)), 0);
+  auto fresh = MakeFetcher();
+  ASSERT_TRUE(Fetch(*fresh, fast, &out).ok());
+  ASSERT_TRUE(Fetch(*fresh, quick, &out).ok());
+  EXPECT_EQ(out, quick.bytes);
+  EXPECT_EQ(transport_.Calls(Url(2, quick)), 0);
+  EXPECT_EQ(fetcher->counters().slow_attempts + fresh->counters().slow_attempts, 0u);
+}
+
 }  // namespace
 }  // namespace ckptfs
