@@ -217,7 +217,8 @@ struct FetchCounters {
   std::atomic<std::uint64_t> split_fetches{0};  // Lone Fetch calls split into parallel parts.
   std::atomic<std::uint64_t> probes{0};         // Probes of slow nodes (RetryOptions).
   std::atomic<std::uint64_t> failed_probes{0};
-  std::atomic<std::uint64_t> greetings{0};  // Nodes greeted (RetryingFetcher::Greet).
+  // Greetings (RetryingFetcher::Greet) answered or failed.
+  std::atomic<std::uint64_t> greetings{0};
   std::atomic<std::uint64_t> failed_greetings{0};
 
   // Calls visit(name, value) for each counter, in the order above; the names are the ones

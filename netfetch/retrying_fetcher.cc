@@ -708,7 +708,6 @@ void RetryingFetcher::Greet(const std::vector<NodeObject>& objects) {
 }
 
 void RetryingFetcher::GreetOne(NodeState& node, const std::string& url) {
-  ++counters_.greetings;
   const TimePoint start = clock_->Now();
   const RequestLimits limits{options_.attempt_timeout, options_.stall_timeout};
   Result<std::uint64_t> answer = [&] {
@@ -717,13 +716,18 @@ void RetryingFetcher::GreetOne(NodeState& node, const std::string& url) {
   }();
   const Duration took = clock_->Now() - start;
   if (!answer.ok()) {
-    ++counters_.failed_greetings;
     RecordFailure(node, answer.status().WithContext("greeting of node " + node.endpoint.name), took,
                   url);
-    return;
+    ++counters_.failed_greetings;
+  } else {
+    // The answer's headers are its first bytes; a HEAD has no body to measure a speed by. A read
+    // that failed there meanwhile keeps its backoff: a node may answer a HEAD and hang on a GET.
+    std::lock_guard lock(mu_);
+    node.unanswered = false;
+    if (took > Duration::zero()) AddSample(node.first_byte_seconds, Seconds(took));
   }
-  // The answer's headers are its first bytes; a HEAD has no body to measure a speed by.
-  RecordSuccess(node, 0, took, took);
+  // Last, so that a greeting counted has had its effect on the node's health.
+  ++counters_.greetings;
 }
 
 std::string ChunkUrl(const std::string& base_url, const Digest& digest) {

@@ -750,11 +750,10 @@ void GreetAndWait(netfetch::RetryingFetcher& fetcher, const std::vector<std::int
                   const Digest& digest) {
   std::vector<netfetch::NodeObject> objects;
   for (std::int64_t id : ids) objects.push_back({id, digest});
+  const std::uint64_t before = fetcher.counters().greetings;
   fetcher.Greet(objects);
-  ASSERT_TRUE(PollUntil([&] {
-    return std::none_of(ids.begin(), ids.end(),
-                        [&](std::int64_t id) { return HealthOf(fetcher, id).unanswered; });
-  }));
+  ASSERT_TRUE(PollUntil([&] { return fetcher.counters().greetings == before + ids.size(); }));
+  for (std::int64_t id : ids) EXPECT_FALSE(HealthOf(fetcher, id).unanswered) << id;
 }
 
 TEST_F(RetryingFetcher, ANodeThatHangsAtItsGreetingCostsNoReadAStall) {
@@ -781,7 +780,7 @@ TEST_F(RetryingFetcher, ANodeThatHangsAtItsGreetingCostsNoReadAStall) {
   EXPECT_EQ(fetcher->counters().failed_attempts, 0u) << "a greeting is not an attempt";
 }
 
-TEST_F(RetryingFetcher, AGreetingGetsTheStallTimeoutAndMeasuresHowSoonTheNodeAnswers) {
+TEST_F(RetryingFetcher, AGreetingMeasuresHowSoonTheNodeAnswers) {
   TestChunk chunk = MakeChunk(81, {1, 2});
   Serve(1, chunk, 40ms);  // The HEAD takes 40 ms: 8 x 40 ms = 320 ms to answer a read.
   Serve(2, chunk);
@@ -807,6 +806,28 @@ TEST_F(RetryingFetcher, ANodeThatRefusesItsGreetingIsBackedOffBriefly) {
   EXPECT_FALSE(refused.awaiting_probe) << "a quick failure needs no probe";
   EXPECT_LE(refused.backoff_left, 250ms);
   EXPECT_EQ(fetcher->counters().failed_greetings, 1u);
+}
+
+TEST_F(RetryingFetcher, AnAnsweredGreetingDoesNotEndTheBackoffOfAReadThatFailedMeanwhile) {
+  TestChunk chunk = MakeChunk(86, {1});
+  Serve(1, chunk);  // What the HEAD finds.
+  Gate greeting;
+  transport_.SetOnHead([&](const std::string&) { greeting.Pass(); });
+  auto fetcher = MakeFetcher();
+  fetcher->Greet({{1, chunk.ref.digest}});
+  greeting.WaitArrived();
+  // While the HEAD is under way, a read's GET hangs for 3 s (a node whose disk hangs may still
+  // answer a HEAD), and the read runs out of time.
+  transport_.Enqueue(Url(1, chunk), ScriptedResponse::Silent(3s, Stalled(Url(1, chunk))));
+  std::vector<std::uint8_t> out;
+  EXPECT_FALSE(Fetch(*fetcher, chunk, &out, 3s + 50ms).ok());
+  greeting.Open();
+  ASSERT_TRUE(PollUntil([&] { return fetcher->counters().greetings == 1; }));
+  EXPECT_EQ(fetcher->counters().failed_greetings, 0u);
+  const netfetch::NodeHealth after = HealthOf(*fetcher, 1);
+  EXPECT_TRUE(after.backing_off);
+  EXPECT_TRUE(after.awaiting_probe);
+  EXPECT_EQ(after.consecutive_failures, 1);
 }
 
 TEST_F(RetryingFetcher, ReadsAskANodeThatAnsweredBeforeOneWhoseGreetingIsUnderWay) {
