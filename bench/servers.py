@@ -9,6 +9,7 @@ counts the bytes each system pulled from the network.
 
 import os
 import re
+import signal
 import socket
 import subprocess
 import time
@@ -44,7 +45,7 @@ http {{
 
     server {{
         listen 127.0.0.1:{port};
-        server_name localhost;
+        server_name localhost;{limit}
         root {root};
         location / {{
             autoindex on;{put}
@@ -89,11 +90,33 @@ class NginxNode:
         self.worker_pids = []
         os.makedirs(os.path.join(self.dir, "tmp"), exist_ok=True)
         os.makedirs(self.root, exist_ok=True)
+        self.accept_put = accept_put
+        self._write_config(None)
+        open(self.access_log, "w").close()
+
+    def _write_config(self, limit_rate):
         with open(self.conf_path, "w") as f:
             f.write(_CONFIG.format(dir=self.dir, port=self.port, root=self.root,
-                                   put=_PUT if accept_put else "",
-                                   user="\nuser root;" if accept_put else ""))
-        open(self.access_log, "w").close()
+                                   put=_PUT if self.accept_put else "",
+                                   user="\nuser root;" if self.accept_put else "",
+                                   limit=f"\n        limit_rate {limit_rate};" if limit_rate
+                                   else ""))
+
+    def set_limit_rate(self, limit_rate):
+        """Caps what each new connection is sent per second (nginx syntax, "1m"; None: no cap),
+        like a node with a failing disk or a congested link: rewrites the config and reloads
+        nginx, whose new workers take the connections made from then on."""
+        self._write_config(limit_rate)
+        old = set(children_of(self.proc.pid))
+        os.kill(self.proc.pid, signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            workers = set(children_of(self.proc.pid))
+            if workers and not workers & old:
+                self.worker_pids = sorted(set(self.worker_pids) | workers)
+                return
+            time.sleep(0.05)
+        raise MeasureFailed(f"nginx {self.name} did not reload its configuration")
 
     @property
     def url(self):
