@@ -185,6 +185,9 @@ struct RetryOptions {
   // send); after that the node counts as fast as the fastest, so that one that was slow is
   // tried again now and then and, if it has recovered, used again.
   Duration speed_memory = std::chrono::seconds(10);
+  // Only a transfer of at least this many bytes is a speed sample: a small one takes about a
+  // round trip whatever the node's speed (22 bytes in a millisecond is not a 22 KB/s node).
+  std::uint64_t min_speed_sample_bytes = 256 << 10;
   Duration slow_transfer_grace = std::chrono::milliseconds(500);
   // Pause between rounds when every replica failed, doubling up to max_backoff.
   Duration round_pause = std::chrono::milliseconds(100);

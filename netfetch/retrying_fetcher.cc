@@ -569,7 +569,7 @@ void RetryingFetcher::RecordSuccess(NodeState& node, std::uint64_t bytes, Durati
     node.unanswered = false;
     // A transfer that took no measurable time says nothing about speed, nor a first byte that
     // came at once (a test's clock) about how soon the node answers.
-    if (took > Duration::zero() && bytes > 0) {
+    if (took > Duration::zero() && bytes > 0 && bytes >= options_.min_speed_sample_bytes) {
       AddSample(node.bytes_per_second, static_cast<double>(bytes) / Seconds(took));
       node.speed_measured_at = clock_->Now();
     }

@@ -63,6 +63,7 @@ class FetchParts : public ScriptedFetcherTest {
     options_.lone_fetch_parts = 4;
     options_.min_part_bytes = kBlock;
     options_.split_after = Duration::zero();  // Split every lone fetch, measured or not.
+    options_.min_speed_sample_bytes = 0;      // The test chunks are a few KiB.
   }
 };
 

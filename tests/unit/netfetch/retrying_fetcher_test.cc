@@ -61,6 +61,9 @@ Status Stalled(const std::string& url) {
 
 class RetryingFetcher : public ::testing::Test {
  protected:
+  // The test chunks are a few KiB: each of their transfers is a speed sample here.
+  RetryingFetcher() { options_.min_speed_sample_bytes = 0; }
+
   std::unique_ptr<netfetch::RetryingFetcher> MakeFetcher() {
     return std::make_unique<netfetch::RetryingFetcher>(nodes_, &transport_, &clock_, options_);
   }
@@ -1008,6 +1011,20 @@ TEST_F(RetryingFetcher, ASlowAttemptIsNotLeftWithoutAMeasuredReplicaOrBeforeTheG
   EXPECT_EQ(out, quick.bytes);
   EXPECT_EQ(transport_.Calls(Url(2, quick)), 0);
   EXPECT_EQ(fetcher->counters().slow_attempts + fresh->counters().slow_attempts, 0u);
+}
+
+TEST_F(RetryingFetcher, ASmallTransferIsNoSpeedSample) {
+  options_.min_speed_sample_bytes = 256 << 10;
+  TestChunk small = MakeChunk(101, {1});
+  TestChunk big = MakeChunk(102, {1}, 256 << 10);
+  Serve(1, small, 10ms);
+  Serve(1, big, 10ms);
+  auto fetcher = MakeFetcher();
+  std::vector<std::uint8_t> out;
+  ASSERT_TRUE(Fetch(*fetcher, small, &out).ok());
+  EXPECT_EQ(HealthOf(*fetcher, 1).bytes_per_second, 0) << "4 KiB in 10 ms is a round trip";
+  ASSERT_TRUE(Fetch(*fetcher, big, &out).ok());
+  EXPECT_EQ(HealthOf(*fetcher, 1).bytes_per_second, (256 << 10) / 0.01);
 }
 
 }  // namespace
