@@ -293,8 +293,10 @@ class RetryingFetcher final : public ChunkFetcher {
   struct NodeState;
   class Verifier;
   NodeState* FindNode(std::int64_t id);
-  // Best replica first; `*healthy` (if given) is told how many lead the list not backing off.
-  std::vector<NodeState*> OrderReplicas(const ChunkRef& chunk, std::size_t* healthy = nullptr);
+  // Best replica first; `*healthy` (if given) is told how many lead the list not backing off,
+  // `*answered` (if given) how many of those lead it not waiting for their greeting either.
+  std::vector<NodeState*> OrderReplicas(const ChunkRef& chunk, std::size_t* healthy = nullptr,
+                                        std::size_t* answered = nullptr);
   // Rounds over the replicas until `verifier` has all of its bytes or the deadline passes.
   // `what` names the bytes in the final error. The first round starts with `first_choice` if it
   // holds a replica (the parts of one fetch start on different nodes).

@@ -254,10 +254,14 @@ Status RetryingFetcher::FetchInParts(const ChunkRef& chunk, std::span<std::uint8
     ranges.push_back(BlockBytes(chunk, first, first + count));
     first += count;
   }
-  // Part k starts on the k-th healthy replica, round robin, so that parts share out the nodes.
-  // The order is taken once: parts starting together would all see the same nodes idle.
+  // Part k starts on the k-th healthy replica, round robin, so that parts share out the nodes;
+  // on those that have answered their greeting, when any has (a node down since the mount is
+  // found by its greeting). The order is taken once: parts starting together would all see the
+  // same nodes idle.
   std::size_t healthy = 0;
-  const std::vector<NodeState*> order = OrderReplicas(chunk, &healthy);
+  std::size_t answered = 0;
+  const std::vector<NodeState*> order = OrderReplicas(chunk, &healthy, &answered);
+  if (answered > 0) healthy = answered;
   const auto run_part = [&](std::size_t k, const VerifiedCallback& progress) {
     Verifier verifier(chunk, ranges[k].offset, dst.subspan(ranges[k].offset, ranges[k].length),
                       progress);
@@ -384,7 +388,8 @@ RetryingFetcher::NodeState* RetryingFetcher::FindNode(std::int64_t id) {
 }
 
 std::vector<RetryingFetcher::NodeState*> RetryingFetcher::OrderReplicas(const ChunkRef& chunk,
-                                                                        std::size_t* healthy) {
+                                                                        std::size_t* healthy,
+                                                                        std::size_t* answered) {
   struct Candidate {
     NodeState* node;
     bool backing_off;
@@ -435,6 +440,11 @@ std::vector<RetryingFetcher::NodeState*> RetryingFetcher::OrderReplicas(const Ch
   if (healthy != nullptr) {
     *healthy = static_cast<std::size_t>(std::count_if(
         candidates.begin(), candidates.end(), [](const Candidate& c) { return !c.backing_off; }));
+  }
+  if (answered != nullptr) {
+    *answered = static_cast<std::size_t>(
+        std::count_if(candidates.begin(), candidates.end(),
+                      [](const Candidate& c) { return !c.backing_off && !c.unanswered; }));
   }
   std::vector<NodeState*> ordered;
   ordered.reserve(candidates.size());

@@ -13,6 +13,7 @@
 #include "common/digest.h"
 #include "netfetch/fetcher.h"
 #include "tests/support/fake_clock.h"
+#include "tests/support/gate.h"
 #include "tests/support/pattern_bytes.h"
 #include "tests/support/scripted_fetcher_test.h"
 
@@ -234,6 +235,24 @@ TEST_F(FetchParts, OnlyAChunkOneGetWouldTakeLongOnIsSplit) {
   EXPECT_EQ(out_, slow.bytes);
   EXPECT_EQ(Sorted(transport_.Ranges(Url(2, slow))), (Ranges{kPart0, kPart1, kPart2, kPart3}));
   EXPECT_EQ(fetcher->counters().split_fetches, 1u);
+}
+
+TEST_F(FetchParts, NoPartStartsOnANodeWhoseGreetingIsUnderWay) {
+  TestChunk chunk = MakeChunk(21, {1, 2});
+  Serve(1, chunk);
+  Serve(2, chunk);
+  testing::Gate greeting;
+  transport_.SetOnHead([&](const std::string&) { greeting.Pass(); });
+  auto fetcher = MakeFetcher();
+  fetcher->Greet({{2, chunk.ref.digest}});
+  greeting.WaitArrived();
+  const Status status = Fetch(*fetcher, chunk);
+  greeting.Open();
+  ASSERT_TRUE(status.ok()) << status.ToString();
+  EXPECT_EQ(out_, chunk.bytes);
+  EXPECT_TRUE(transport_.Ranges(Url(2, chunk)).empty())
+      << "a part went to node2 before it answered";
+  EXPECT_EQ(Sorted(transport_.Ranges(Url(1, chunk))), (Ranges{kPart0, kPart1, kPart2, kPart3}));
 }
 
 }  // namespace

@@ -14,6 +14,7 @@
 #include "common/digest.h"
 #include "netfetch/fetcher.h"
 #include "tests/support/fake_clock.h"
+#include "tests/support/gate.h"
 #include "tests/support/pattern_bytes.h"
 #include "tests/support/poll.h"
 #include "tests/support/scripted_transport.h"
@@ -27,6 +28,7 @@ using netfetch::ChunkUrl;
 using netfetch::NodeEndpoint;
 using netfetch::RetryOptions;
 using testing::FakeClock;
+using testing::Gate;
 using testing::PatternBytes;
 using testing::PollUntil;
 using testing::ScriptedResponse;
@@ -731,22 +733,6 @@ TEST_F(RetryingFetcher, TheDestructorWaitsForAProbeUnderWay) {
   destroying.join();
   EXPECT_TRUE(probe_returned);
 }
-
-// Holds the first call that passes it until Open(): a request kept "in flight".
-class Gate {
- public:
-  void Pass() {
-    arrived_.set_value();
-    opened_.wait();
-  }
-  void WaitArrived() { arrived_.get_future().wait(); }
-  void Open() { open_.set_value(); }
-
- private:
-  std::promise<void> arrived_;
-  std::promise<void> open_;
-  std::shared_future<void> opened_ = open_.get_future().share();
-};
 
 // Greets node `id`s with `chunk` as their object and waits until each has answered or failed.
 void GreetAndWait(netfetch::RetryingFetcher& fetcher, const std::vector<std::int64_t>& ids,
