@@ -258,7 +258,7 @@ def test_a_node_down_before_the_mount_is_found_by_its_greeting_and_no_read_waits
           f"{stats['fetch.failed_greetings']} failed greeting(s)")
     assert greeted, f"the greeting of {lost.name} did not end: {stats}"
     assert stats["fetch.failed_greetings"] == 1, stats
-    assert read["fetch.failed_attempts"] == 0, f"a read waited for the dead node: {read}"
+    assert read["fetch.failed_attempts"] == 0, f"a read waited for the dead node: {read}{log}"
     assert stats["fetch.failed_attempts"] == 0, stats
     assert stats[f"node.{lost.name}.backing_off"] == 1, stats
     assert stats[f"node.{lost.name}.awaiting_probe"] == 1, stats
