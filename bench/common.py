@@ -4,6 +4,7 @@ Everything here is single-threaded (the bench runs one measurement at a time) ex
 function says otherwise.
 """
 
+import argparse
 import json
 import os
 import signal
@@ -264,3 +265,21 @@ def percentile(sorted_values, p):
         return None
     rank = max(1, int(-(-p * len(sorted_values) // 100)))
     return sorted_values[min(rank, len(sorted_values)) - 1]
+
+
+def side_by_side_args(doc, size_mib, workdir):
+    """The parser of a script that measures --bin, and --compare alternately with it, on a
+    file of --size-mib MiB in --workdir, --runs times; the first paragraph of `doc` describes it.
+    binaries(cfg) lists the binaries to measure."""
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    p.add_argument("--bin", default=os.environ.get("CKPTFS_BIN", "build/cli/ckptfs"))
+    p.add_argument("--compare", help="another ckptfs binary, measured alternately with --bin")
+    p.add_argument("--size-mib", type=int, default=size_mib)
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--workdir", default=workdir)
+    return p
+
+
+def binaries(cfg):
+    """--bin, then --compare if given, as absolute paths."""
+    return [os.path.abspath(cfg.bin)] + ([os.path.abspath(cfg.compare)] if cfg.compare else [])

@@ -15,15 +15,15 @@ each run) and MiB/s of the source. Scratch space in --workdir (the file plus 2 c
 the nodes) is removed at the end.
 """
 
-import argparse
 import os
 import shutil
 import sys
 import time
 
-from common import (MiB, Cleanup, install_signal_handlers, log, median, run,
-                    sync_and_drop_caches)
-from servers import NginxNode
+from common import Cleanup, install_signal_handlers, log, median, run, side_by_side_args
+from common import binaries as bench_binaries
+from common import sync_and_drop_caches
+from servers import scratch_with_nodes
 
 
 def publish_once(binary, src, index, nodes, extra, store):
@@ -39,33 +39,15 @@ def publish_once(binary, src, index, nodes, extra, store):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--bin", default=os.environ.get("CKPTFS_BIN", "build/cli/ckptfs"))
-    p.add_argument("--compare", help="another ckptfs binary, measured alternately with --bin")
-    p.add_argument("--size-mib", type=int, default=2048)
-    p.add_argument("--runs", type=int, default=3)
+    p = side_by_side_args(__doc__, 2048, "/var/tmp/ckptfs-publish-bench")
     p.add_argument("--store", action="store_true", help="write into the nodes' roots, no PUT")
     p.add_argument("--args", default="", help="extra publish arguments, e.g. '--uploads 1'")
-    p.add_argument("--workdir", default="/var/tmp/ckptfs-publish-bench")
     cfg = p.parse_args()
     install_signal_handlers()
-    binaries = [os.path.abspath(cfg.bin)] + ([os.path.abspath(cfg.compare)] if cfg.compare else [])
+    binaries = bench_binaries(cfg)
     cleanup = Cleanup()
     try:
-        shutil.rmtree(cfg.workdir, ignore_errors=True)
-        cleanup.push("scratch", lambda: shutil.rmtree(cfg.workdir, ignore_errors=True))
-        src = os.path.join(cfg.workdir, "src")
-        os.makedirs(src)
-        with open(os.path.join(src, "big.bin"), "wb") as f:
-            for _ in range(cfg.size_mib):
-                f.write(os.urandom(MiB))
-        nodes = []
-        for i in range(3):
-            node = NginxNode(f"n{i}", os.path.join(cfg.workdir, f"n{i}"),
-                             os.path.join(cfg.workdir, f"n{i}", "www"), accept_put=True)
-            node.start()
-            cleanup.push(f"nginx {node.name}", node.stop)
-            nodes.append(node)
+        src, nodes = scratch_with_nodes(cfg.workdir, cleanup, cfg.size_mib, accept_put=True)
         index = os.path.join(cfg.workdir, "big.ckptfs")
         times = {(b, kind): [] for b in binaries for kind in ("fresh", "again")}
         for r in range(cfg.runs):

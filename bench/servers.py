@@ -9,12 +9,13 @@ counts the bytes each system pulled from the network.
 
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import time
 
-from common import MeasureFailed, children_of, terminate_pid, wait_pid_gone
+from common import MiB, MeasureFailed, children_of, terminate_pid, wait_pid_gone
 
 NGINX = "/usr/sbin/nginx"
 
@@ -223,3 +224,24 @@ def publish_argv(binary, src, index, nodes, chunk_size, replicas=2):
     for n in nodes:
         argv += ["--node", f"{n.name}={n.url}", "--store", f"{n.name}={n.root}"]
     return argv
+
+
+def scratch_with_nodes(workdir, cleanup, size_mib, accept_put=False):
+    """Makes `workdir` afresh with src/big.bin of `size_mib` MiB of random bytes, and starts three
+    nginx nodes n0, n1, n2 serving workdir/nI/www; `cleanup` stops them and removes `workdir`.
+    Returns (the src directory, the nodes)."""
+    shutil.rmtree(workdir, ignore_errors=True)
+    cleanup.push("scratch", lambda: shutil.rmtree(workdir, ignore_errors=True))
+    src = os.path.join(workdir, "src")
+    os.makedirs(src)
+    with open(os.path.join(src, "big.bin"), "wb") as f:
+        for _ in range(size_mib):
+            f.write(os.urandom(MiB))
+    nodes = []
+    for i in range(3):
+        node = NginxNode(f"n{i}", os.path.join(workdir, f"n{i}"),
+                         os.path.join(workdir, f"n{i}", "www"), accept_put=accept_put)
+        node.start()
+        cleanup.push(f"nginx {node.name}", node.stop)
+        nodes.append(node)
+    return src, nodes

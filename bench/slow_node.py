@@ -13,15 +13,16 @@ each run) per rate and binary. nginx sends a limited connection its bytes in bur
 apart, so the mounts get stall_timeout=2, which keeps those gaps from being taken for a stall.
 """
 
-import argparse
 import os
 import shutil
 import subprocess
 import sys
 import time
 
-from common import MiB, Cleanup, install_signal_handlers, log, median, run, sync_and_drop_caches
-from servers import NginxNode, publish_argv
+from common import (MiB, Cleanup, install_signal_handlers, log, median, run, side_by_side_args,
+                    sync_and_drop_caches)
+from common import binaries as bench_binaries
+from servers import publish_argv, scratch_with_nodes
 
 
 def cold_read(binary, index, workdir, size):
@@ -49,32 +50,14 @@ def cold_read(binary, index, workdir, size):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--bin", default=os.environ.get("CKPTFS_BIN", "build/cli/ckptfs"))
-    p.add_argument("--compare", help="another ckptfs binary, measured alternately with --bin")
-    p.add_argument("--size-mib", type=int, default=1024)
-    p.add_argument("--runs", type=int, default=3)
+    p = side_by_side_args(__doc__, 1024, "/var/tmp/ckptfs-slow-node-bench")
     p.add_argument("--rates", default="0,1m,4m,10m", help="n0's cap per connection; 0: none")
-    p.add_argument("--workdir", default="/var/tmp/ckptfs-slow-node-bench")
     cfg = p.parse_args()
     install_signal_handlers()
-    binaries = [os.path.abspath(cfg.bin)] + ([os.path.abspath(cfg.compare)] if cfg.compare else [])
+    binaries = bench_binaries(cfg)
     cleanup = Cleanup()
     try:
-        shutil.rmtree(cfg.workdir, ignore_errors=True)
-        cleanup.push("scratch", lambda: shutil.rmtree(cfg.workdir, ignore_errors=True))
-        src = os.path.join(cfg.workdir, "src")
-        os.makedirs(src)
-        with open(os.path.join(src, "big.bin"), "wb") as f:
-            for _ in range(cfg.size_mib):
-                f.write(os.urandom(MiB))
-        nodes = []
-        for i in range(3):
-            node = NginxNode(f"n{i}", os.path.join(cfg.workdir, f"n{i}"),
-                             os.path.join(cfg.workdir, f"n{i}", "www"))
-            node.start()
-            cleanup.push(f"nginx {node.name}", node.stop)
-            nodes.append(node)
+        src, nodes = scratch_with_nodes(cfg.workdir, cleanup, cfg.size_mib)
         index = os.path.join(cfg.workdir, "big.ckptfs")
         run(publish_argv(binaries[0], src, index, nodes, "4M"), timeout=600)
         speeds = {}

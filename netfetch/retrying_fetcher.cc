@@ -487,7 +487,7 @@ Status RetryingFetcher::TryReplica(NodeState& node, const ChunkRef& chunk, Verif
     const TimePoint now = clock_->Now();
     if (!first_byte_at) first_byte_at = now;
     if (!verifier.Advance(from + received)) return false;
-    if (now < next_look || alternatives.empty() || options_.slow_transfer_factor <= 0) return true;
+    if (now < next_look || alternatives.empty()) return true;
     // Looked up again now and then: the replicas left may have been measured since the start.
     next_look = now + kSlowLookInterval;
     alternative = FastestMeasured(alternatives);
