@@ -524,6 +524,10 @@ Result<std::uint64_t> CurlTransport::Head(const std::string& url, const RequestL
   if (out.http_code == 404 || out.http_code == 410) {
     return NotFoundError("HTTP " + std::to_string(out.http_code) + " from HEAD " + url);
   }
+  if (out.http_code == 405 || out.http_code == 501) {
+    return FailedPreconditionError("HTTP " + std::to_string(out.http_code) + " from HEAD " + url +
+                                   ": the server does not answer HEAD");
+  }
   if (!Is2xx(out.http_code)) return HttpError("HEAD", url, out.http_code);
   curl_off_t length = -1;
   if (curl_easy_getinfo(handle, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &length) != CURLE_OK ||

@@ -725,7 +725,9 @@ void RetryingFetcher::GreetOne(NodeState& node, const std::string& url) {
     return transport_->Head(url, limits);
   }();
   const Duration took = clock_->Now() - start;
-  if (!answer.ok()) {
+  // A server that does not do HEAD still answered, as soon as it would answer a GET.
+  const bool refused_head = answer.status().code() == StatusCode::kFailedPrecondition;
+  if (!answer.ok() && !refused_head) {
     RecordFailure(node, answer.status().WithContext("greeting of node " + node.endpoint.name), took,
                   url);
     ++counters_.failed_greetings;

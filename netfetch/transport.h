@@ -97,7 +97,8 @@ class Transport {
 
   // Asks for `url` with HEAD: the size of the object there (its Content-Length), so that a
   // publisher can leave an object of a content-addressed name that a node already holds.
-  // Errors: NotFound for HTTP 404 or 410; Unavailable for any other status that is not 2xx, a
+  // Errors: NotFound for HTTP 404 or 410; FailedPrecondition for 405 or 501 (a server that serves
+  // GETs but not HEAD: it did answer); Unavailable for any other status that is not 2xx, a
   // 2xx without a length, or a failed transfer (limits.stall_timeout and first_byte_timeout as
   // for Get); DeadlineExceeded as for Get.
   virtual Result<std::uint64_t> Head(const std::string& url, const RequestLimits& limits) = 0;

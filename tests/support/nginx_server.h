@@ -194,6 +194,11 @@ class NginxServer {
          << "    client_max_body_size 0;\n"
          << "    client_body_temp_path " << d << "/tmp/body;\n"
          << "    location /moved/ { rewrite ^/moved/(.*)$ /$1 redirect; }\n"
+         // Serves the same files to GET, and refuses HEAD as some servers do.
+         << "    location /nohead/ {\n"
+         << "      if ($request_method = HEAD) { return 405; }\n"
+         << "      rewrite ^/nohead/(.*)$ /$1 break;\n"
+         << "    }\n"
          << "  }\n"
          << "}\n";
     conf.close();

@@ -206,7 +206,7 @@ class ScriptedTransport final : public netfetch::Transport {
       std::lock_guard lock(mu_);
       heads_.push_back(url);
       auto it = scripts_.find(url);
-      if (it != scripts_.end()) fixed = it->second.fixed;
+      if (it != scripts_.end()) fixed = it->second.head ? it->second.head : it->second.fixed;
       hook = on_head_;
     }
     if (hook) hook(url);
@@ -214,6 +214,12 @@ class ScriptedTransport final : public netfetch::Transport {
     if (Status late = Elapse(url, *fixed, limits); !late.ok()) return late;
     if (!fixed->status.ok()) return fixed->status;
     return fixed->body.size();
+  }
+  // Head answers `url` from `response` instead of from its fixed response: a server that treats
+  // HEAD apart from GET.
+  void SetHeadResponse(const std::string& url, ScriptedResponse response) {
+    std::lock_guard lock(mu_);
+    scripts_[url].head = std::move(response);
   }
   // Runs `hook(url)` at the start of every later Head call, on the calling thread, as SetOnCall
   // does for the other calls: a test can hold a HEAD in flight.
@@ -246,6 +252,7 @@ class ScriptedTransport final : public netfetch::Transport {
   struct Script {
     std::deque<ScriptedResponse> queue;
     std::optional<ScriptedResponse> fixed;
+    std::optional<ScriptedResponse> head;              // For Head, when not `fixed`.
     std::vector<Duration> timeouts;                    // One per call.
     std::vector<Duration> stall_timeouts;              // One per call.
     std::vector<Duration> first_byte_timeouts;         // One per GET.

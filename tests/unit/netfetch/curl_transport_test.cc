@@ -546,6 +546,19 @@ TEST_F(CurlTransport, HeadGivesTheSizeOfAnObjectOrNotFound) {
       << "the connection was not kept";
 }
 
+TEST_F(CurlTransport, HeadThatTheServerDoesNotDoIsAFailedPrecondition) {
+  auto bytes = RandomBytes(1000, 15);
+  Serve("h", bytes);
+  const std::string url = nginx_.url() + "/nohead/h";
+  Result<std::uint64_t> size = transport_.Head(url, kTimeout);
+  EXPECT_EQ(size.status().code(), StatusCode::kFailedPrecondition) << size.status().ToString();
+  EXPECT_NE(size.status().message().find("HTTP 405 from HEAD " + url), std::string::npos)
+      << size.status().ToString();
+  std::vector<std::uint8_t> dst(bytes.size());
+  ASSERT_TRUE(transport_.Get(url, dst, kTimeout).ok()) << "the server serves GETs there";
+  EXPECT_EQ(dst, bytes);
+}
+
 TEST_F(CurlTransport, HeadOfAServerThatIsGoneIsUnavailable) {
   std::string url = Serve("h", RandomBytes(10, 14));
   nginx_.Stop();

@@ -797,6 +797,24 @@ TEST_F(RetryingFetcher, ANodeThatRefusesItsGreetingIsBackedOffBriefly) {
   EXPECT_EQ(fetcher->counters().failed_greetings, 1u);
 }
 
+TEST_F(RetryingFetcher, ANodeThatDoesNotDoHeadHasAnsweredItsGreeting) {
+  TestChunk chunk = MakeChunk(84, {1, 2});
+  Serve(1, chunk);
+  transport_.SetHeadResponse(
+      Url(1, chunk), ScriptedResponse::Error(FailedPreconditionError("HTTP 405 from HEAD"), 30ms));
+  Serve(2, chunk);
+  auto fetcher = MakeFetcher();
+  GreetAndWait(*fetcher, {1}, chunk.ref.digest);
+  EXPECT_EQ(fetcher->counters().failed_greetings, 0u);
+  EXPECT_FALSE(HealthOf(*fetcher, 1).backing_off) << "its GETs work";
+  std::vector<std::uint8_t> out;
+  ASSERT_TRUE(Fetch(*fetcher, chunk, &out).ok());
+  EXPECT_EQ(out, chunk.bytes);
+  EXPECT_EQ(transport_.Calls(Url(1, chunk)), 1) << "the read did not ask node1 first";
+  EXPECT_EQ(transport_.FirstByteTimeouts(Url(1, chunk)), std::vector<Duration>{250ms})
+      << "its refusal came as soon as a GET's first byte would";
+}
+
 TEST_F(RetryingFetcher, AnAnsweredGreetingDoesNotEndTheBackoffOfAReadThatFailedMeanwhile) {
   TestChunk chunk = MakeChunk(86, {1});
   Serve(1, chunk);  // What the HEAD finds.
