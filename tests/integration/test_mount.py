@@ -582,6 +582,7 @@ def test_a_killed_daemon_leaves_no_dead_mount_and_the_mountpoint_mounts_again(pu
     expected = published.tree.read(name, 0, 100)
     assert pread_file(mnt.path(name), 0, 100) == expected
     assert mnt.pids(), "no ckptfs daemon found for the mountpoint"
+    _assert_the_device_goes_before_the_watchdog_socket(mnt)
 
     mnt.kill_daemons()
 
@@ -592,6 +593,54 @@ def test_a_killed_daemon_leaves_no_dead_mount_and_the_mountpoint_mounts_again(pu
         assert mnt.proc.wait(timeout=5) == -signal.SIGKILL
     mnt.start()
     assert pread_file(mnt.path(name), 0, 100) == expected
+
+
+def _descriptors(pid):
+    """{fd: what it refers to} of process `pid`, e.g. "/dev/fuse" or "socket:[123]"."""
+    links = {}
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            links[int(fd)] = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            pass
+    return links
+
+
+def _unix_socket_peers():
+    """{inode of a connected unix socket: inode of its peer}, from `ss -x`."""
+    listed = ckptfs_cli.run(["ss", "-xaHn"], timeout=30)
+    assert listed.returncode == 0, listed.describe()
+    peers = {}
+    for line in listed.stdout.splitlines():
+        fields = line.split()
+        if len(fields) == 8 and fields[5].isdigit() and fields[7].isdigit():
+            peers[int(fields[5])] = int(fields[7])
+    return peers
+
+
+def _assert_the_device_goes_before_the_watchdog_socket(mnt):
+    # A killed process's files are released from its highest descriptor down. The FUSE device
+    # must go before the socket whose closing wakes fusermount3's auto_unmount watchdog: else the
+    # watchdog may find the connection still being torn down (ECONNABORTED, not ENOTCONN) and
+    # leave the dead mount, as it did under CPU load when libfuse's device sat below the socket.
+    watchdog_sockets = {
+        f"socket:[{inode}]"
+        for pid in _watchdogs_of(mnt.mountpoint)
+        for inode in [int(link[8:-1]) for link in _descriptors(pid).values()
+                      if link.startswith("socket:[")]}
+    assert watchdog_sockets, "no fusermount3 watches the mount"
+    peers = _unix_socket_peers()
+    watched = {f"socket:[{peers[int(s[8:-1])]}]" for s in watchdog_sockets
+               if int(s[8:-1]) in peers}
+    for pid in mnt.pids():
+        links = _descriptors(pid)
+        device = [fd for fd, link in links.items() if link == "/dev/fuse"]
+        socket = [fd for fd, link in links.items() if link in watched]
+        assert device and socket, f"daemon {pid}: device at {device}, watchdog socket at {socket}"
+        assert max(device) > max(socket), (
+            f"daemon {pid}: its last /dev/fuse descriptor {max(device)} is below the socket to "
+            f"the watchdog ({max(socket)}): a kill would wake the watchdog before the connection "
+            f"ends")
 
 
 def _watchdogs_of(mountpoint):
