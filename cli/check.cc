@@ -112,22 +112,30 @@ class Checker {
     for (int w = 0; w < jobs; ++w) {
       workers.emplace_back([&, w] {
         Buffer* buffer = options_.verify ? &buffers_[static_cast<std::size_t>(w)] : nullptr;
-        for (std::size_t i; (i = next.fetch_add(1)) < checks.size();) CheckOne(checks[i], buffer);
+        std::optional<Buffer> spare;  // For a server that does not do HEAD, when not verifying.
+        for (std::size_t i; (i = next.fetch_add(1)) < checks.size();) {
+          CheckOne(checks[i], buffer, spare);
+        }
       });
     }
   }
 
-  void CheckOne(ReplicaCheck& check, Buffer* buffer) const {
+  void CheckOne(ReplicaCheck& check, Buffer* buffer, std::optional<Buffer>& spare) const {
     const index::ChunkRecord& chunk = *check.chunk;
     const std::string url = nodes_[check.node].url + "/" + index::ChunkObjectPath(chunk.digest);
     Result<std::uint64_t> size = transport_.Head(url, kRequestTimeout);
-    if (!size.ok()) {
+    if (size.status().code() == StatusCode::kFailedPrecondition) {
+      // A server that refuses HEAD is asked with GET, and then its bytes are checked too.
+      if (buffer == nullptr) {
+        if (!spare) spare.emplace(index_.chunk_size());
+        buffer = &*spare;
+      }
+    } else if (!size.ok()) {
       const bool gone = size.status().code() == StatusCode::kNotFound;
       check.verdict = gone ? Verdict::kMissing : Verdict::kUnreachable;
       check.detail = size.status().message();
       return;
-    }
-    if (*size != chunk.size) {
+    } else if (*size != chunk.size) {
       check.verdict = Verdict::kWrongSize;
       check.detail = url + " has " + std::to_string(*size) + " bytes, the index says " +
                      std::to_string(chunk.size);

@@ -118,6 +118,22 @@ TEST_F(Check, AReplicaWithOtherBytesIsFoundOnlyByVerify) {
   EXPECT_EQ(Lines("node n1: corrupt: " + Url(0, 3) + " has SHA-256 "), 1) << output_.str();
 }
 
+TEST_F(Check, ANodeThatDoesNotDoHeadIsCheckedWithGets) {
+  for (int chunk = 0; chunk < kChunks; ++chunk) {
+    transport_.SetHeadResponse(Url(0, chunk),
+                               ScriptedResponse::Error(FailedPreconditionError("HTTP 405")));
+  }
+  transport_.SetResponse(Url(0, 3), ScriptedResponse::Body(PatternBytes(kChunk, 99)));
+  const int published_n1 = transport_.Calls(Url(0, 0));
+  const int published_n2 = transport_.Calls(Url(1, 0));
+  CKPTFS_ASSERT_OK_AND_ASSIGN(CheckReport report, Run());
+  EXPECT_EQ(report.per_node[0].ok, static_cast<std::uint64_t>(kChunks - 1)) << output_.str();
+  EXPECT_EQ(report.per_node[0].corrupt, 1u) << "its bytes were fetched, so they were checked";
+  EXPECT_EQ(report.per_node[1].ok, static_cast<std::uint64_t>(kChunks));
+  EXPECT_EQ(transport_.Calls(Url(0, 0)), published_n1 + 1) << "node n1's replica was not GET";
+  EXPECT_EQ(transport_.Calls(Url(1, 0)), published_n2) << "node n2 answers HEAD: no GET";
+}
+
 TEST_F(Check, AChunkWithNoGoodReplicaIsCounted) {
   for (int node = 0; node < 2; ++node) {
     transport_.SetResponse(Url(node, 4), ScriptedResponse::Error(NotFoundError("HTTP 404")));
