@@ -264,7 +264,8 @@ class NginxNode:
 
 
 def settle_range_gets(nodes):
-    """Range GETs per node, after settle_chunk_gets has waited for the logs to go quiet."""
+    """Range GETs per node. Call settle_chunk_gets first: this does not wait for the logs to
+    go quiet."""
     return {node.name: node.range_gets() for node in nodes}
 
 
