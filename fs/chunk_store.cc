@@ -232,7 +232,9 @@ Status ChunkStore::Read(const ChunkKey& key, std::uint64_t offset, std::span<std
 }
 
 void ChunkStore::DropUnreadable(const ChunkKey& key, const Status& error) {
-  cache_->Drop(key.digest);
+  // Concurrent reads of one chunk (the kernel's, readahead's) may all meet its bad file: it is
+  // one unreadable chunk, counted and logged once.
+  if (!cache_->Drop(key.digest)) return;
   counters_.cache_read_errors++;
   cache_read_log_.Log(error.ToString() + "; dropped it from the disk cache, fetching it again");
 }

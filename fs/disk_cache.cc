@@ -324,11 +324,14 @@ bool DiskCache::Contains(const Digest& digest) const {
   return by_digest_.contains(digest);
 }
 
-void DiskCache::Drop(const Digest& digest) {
+bool DiskCache::Drop(const Digest& digest) {
   std::lock_guard lock(mu_);
   // Unlinked even when not listed: another mount on the directory may have added it.
   UnlinkEntryFile(PathOf(digest), "remove unreadable cache entry");
-  if (auto it = by_digest_.find(digest); it != by_digest_.end()) EraseLocked(it->second);
+  auto it = by_digest_.find(digest);
+  if (it == by_digest_.end()) return false;
+  EraseLocked(it->second);
+  return true;
 }
 
 Result<UniqueFd> DiskCache::OpenChunk(const Digest& digest, std::uint64_t size) {

@@ -65,7 +65,9 @@ class DiskCache {
 
   // Removes the chunk's whole entry, if any: its file could be opened but not read (a bad
   // sector, a file cut short), so the next OpenChunk is a miss and the chunk is fetched again.
-  void Drop(const Digest& digest);
+  // True when the entry was listed: of two reads that met the same bad file, only the first
+  // drops it.
+  bool Drop(const Digest& digest);
 
   // Stores verified bytes under `digest` and evicts older entries beyond capacity. A chunk
   // larger than the whole capacity is not stored (OK is returned: the cache is best effort).

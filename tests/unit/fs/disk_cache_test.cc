@@ -305,6 +305,16 @@ TEST_F(DiskCache, EntryTruncatedWhileCachedIsDroppedOnOpenChunk) {
   EXPECT_EQ(cache->used_bytes(), 0u);
 }
 
+TEST_F(DiskCache, OnlyTheFirstDropOfAnEntryDropsIt) {
+  CKPTFS_ASSERT_OK_AND_ASSIGN(auto cache, Open(1 << 20));
+  TestChunk a = MakeChunk(1000, 1);
+  CKPTFS_ASSERT_OK(cache->Insert(a.digest, a.bytes));
+  EXPECT_TRUE(cache->Drop(a.digest));
+  EXPECT_FALSE(Exists(cache->PathOf(a.digest)));
+  EXPECT_EQ(cache->used_bytes(), 0u);
+  EXPECT_FALSE(cache->Drop(a.digest)) << "a second read that met the same bad file";
+}
+
 TEST_F(DiskCache, EntryRemovedByAnotherProcessIsAMissAndLeavesTheAccounts) {
   CKPTFS_ASSERT_OK_AND_ASSIGN(auto cache, Open(1 << 20));
   TestChunk a = MakeChunk(1000, 1), b = MakeChunk(700, 2);

@@ -123,6 +123,10 @@ TEST_F(FileSystem, AChunkWhoseCacheFileCannotBeReadIsFetchedInsteadOfFailingTheR
   EXPECT_GE(denier.denied(), 1) << "the read did not go to the cache file, so this proved nothing";
   EXPECT_EQ(store_->counters().cache_read_errors.load(), 1u);
   EXPECT_EQ(store_->counters().cache_hits.load(), 1u);
+  // Another read that had opened the same file before the drop meets the same error: one
+  // unreadable chunk, counted once.
+  store_->DropUnreadable({chunk.digest, chunk.bytes.size()}, UnavailableError("EIO"));
+  EXPECT_EQ(store_->counters().cache_read_errors.load(), 1u);
   StopStore();
   EXPECT_EQ(FetchesPerChunk()[3], 1) << "fetched from the nodes after the cache file failed";
 }
