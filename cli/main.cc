@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
+#include <chrono>
 #include <cstdio>
 #include <exception>
 #include <iostream>
@@ -10,6 +11,7 @@
 #include <vector>
 
 #include "cli/check.h"
+#include "cli/gc.h"
 #include "cli/mount.h"
 #include "cli/mount_options.h"
 #include "cli/publish.h"
@@ -80,6 +82,12 @@ int RunCheck(CheckOptions options, const std::vector<std::string>& nodes) {
   Result<CheckReport> report = Check(options, transport, std::cout);
   if (!report.ok()) return Fail(report.status());
   return report->all.bad() == 0 ? 0 : kExitError;
+}
+
+int RunGc(GcOptions options, double min_age_seconds) {
+  options.min_age = std::chrono::seconds(static_cast<std::int64_t>(min_age_seconds));
+  Result<GcReport> report = CollectGarbage(options, std::cout);
+  return report.ok() ? 0 : Fail(report.status());
 }
 
 int RunMount(const std::string& index, const std::string& mountpoint, bool foreground,
@@ -184,6 +192,19 @@ int Main(int argc, char** argv) {
   check->add_option("--node", check_nodes,
                     "NAME=URL: ask node NAME at URL instead of the index's (repeat for more)");
 
+  GcOptions gc_options;
+  double gc_min_age = 3600;
+  CLI::App* gc = app.add_subcommand(
+      "gc", "Remove from store directories the chunk objects that none of the given indexes needs");
+  gc->add_option("index", gc_options.index_paths, "Every index file still in use")->required();
+  gc->add_option("--store", gc_options.stores,
+                 "A store directory, as given to publish --store (repeat for more)")
+      ->required();
+  gc->add_flag("--delete", gc_options.remove, "Remove them; without it, only tell what it would");
+  gc->add_option("--min-age", gc_min_age,
+                 "Keep every file modified less than this many seconds ago (default 3600)")
+      ->check(CLI::NonNegativeNumber);
+
   std::string stats_mountpoint;
   CLI::App* stats = app.add_subcommand(
       "stats", "Print the runtime statistics of a mount (its root's user.ckptfs.stats attribute)");
@@ -200,6 +221,7 @@ int Main(int argc, char** argv) {
     return kExitUsage;
   }
   if (stats->parsed()) return RunStats(stats_mountpoint);  // No network: no libcurl.
+  if (gc->parsed()) return RunGc(gc_options, gc_min_age);
   Status init = netfetch::GlobalInit();
   if (!init.ok()) return Fail(init);
   int rc = 0;

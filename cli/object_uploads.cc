@@ -70,6 +70,10 @@ Result<bool> ObjectSink::Store(std::size_t node, const Digest& digest,
   std::string path = store->second + "/" + object;
   struct stat st;
   if (::stat(path.c_str(), &st) == 0 && static_cast<std::uint64_t>(st.st_size) == bytes.size()) {
+    // Made recent, so that a `ckptfs gc` before this publish's index is written leaves it.
+    if (::utimensat(AT_FDCWD, path.c_str(), nullptr, 0) != 0) {
+      return ErrnoStatus(errno, "cannot mark " + path + " as in use");
+    }
     return false;
   }
   CKPTFS_RETURN_IF_ERROR(MakeDirs(path.substr(0, path.rfind('/')), 0755));

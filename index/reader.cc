@@ -794,6 +794,24 @@ Result<std::vector<NodeChunk>> IndexReader::ChunkPerNode(std::size_t first_chunk
   return out;
 }
 
+Result<std::vector<bool>> IndexReader::HasChunks(std::span<const Digest> digests) const {
+  CKPTFS_ASSIGN_OR_RETURN(Impl::Lease c, impl_->Borrow());
+  CKPTFS_ASSIGN_OR_RETURN(sql::Stmt stmt,
+                          sql::Prepare(c->db.get(), "SELECT 1 FROM chunks WHERE digest = ?1"));
+  sqlite3_stmt* s = stmt.get();
+  std::vector<bool> found;
+  found.reserve(digests.size());
+  for (const Digest& digest : digests) {
+    sqlite3_reset(s);
+    sqlite3_bind_blob(s, 1, digest.bytes.data(), static_cast<int>(digest.bytes.size()),
+                      SQLITE_STATIC);
+    const int rc = sqlite3_step(s);
+    if (rc != SQLITE_ROW && rc != SQLITE_DONE) return sql::Error(c->db.get(), "index query failed");
+    found.push_back(rc == SQLITE_ROW);
+  }
+  return found;
+}
+
 Result<std::vector<std::int64_t>> IndexReader::Replicas(std::int64_t chunk) const {
   CKPTFS_ASSIGN_OR_RETURN(Impl::Lease c, impl_->Borrow());
   sqlite3_stmt* s = c->replicas.get();

@@ -12,6 +12,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <span>
 #include <stop_token>
 #include <string>
 #include <string_view>
@@ -52,6 +53,9 @@ class IndexReader {
   // every chunk (ckptfs check) a page at a time. DataLoss for a digest that is not 32 bytes or
   // a size outside 1..chunk_size.
   Result<std::vector<ChunkRecord>> ChunksAfter(std::int64_t after_id, std::size_t limit) const;
+  // For each of `digests`, whether the index has a chunk of that digest: which objects of a
+  // store an index still needs (ckptfs gc). One statement for the whole list.
+  Result<std::vector<bool>> HasChunks(std::span<const Digest> digests) const;
   // Node ids holding a replica of `chunk` (only nodes that exist in the nodes table).
   Result<std::vector<std::int64_t>> Replicas(std::int64_t chunk) const;
   // One chunk each node holds, for every node with a replica of one of the first

@@ -179,6 +179,12 @@ TEST_F(IndexRoundTrip, ChunksAfterPagesThroughEveryChunkInIdOrder) {
   }
 }
 
+TEST_F(IndexRoundTrip, HasChunksTellsWhichDigestsAreChunksOfTheIndex) {
+  const std::vector<Digest> asked = {Sha256("xyz!", 4), Sha256("other", 5), Sha256("abcdefgh", 8)};
+  EXPECT_EQ(Must(reader_->HasChunks(asked)), (std::vector<bool>{true, false, true}));
+  EXPECT_TRUE(Must(reader_->HasChunks({})).empty());
+}
+
 TEST_F(IndexRoundTrip, ChunksAfterRefusesARowWithABadSize) {
   reader_.reset();
   Must(ExecSqlForTesting(path_, "UPDATE chunks SET size = 9 WHERE size = 4"));

@@ -1,0 +1,225 @@
+// cli::CollectGarbage on store directories that two publishes filled: what only the older
+// index needed goes, what an index in use lists, what is recent and what is not an object stay.
+#include "cli/gc.h"
+
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <sys/stat.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <set>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "cli/publish.h"
+#include "common/digest.h"
+#include "common/units.h"
+#include "index/reader.h"
+#include "index/types.h"
+#include "tests/support/fake_clock.h"
+#include "tests/support/pattern_bytes.h"
+#include "tests/support/scripted_transport.h"
+#include "tests/support/status_testing.h"
+#include "tests/support/temp_dir.h"
+
+namespace ckptfs {
+namespace {
+
+namespace stdfs = std::filesystem;
+using cli::GcOptions;
+using cli::GcReport;
+using testing::PatternBytes;
+
+constexpr std::uint64_t kChunk = 64 << 10;
+
+class Gc : public ::testing::Test {
+ protected:
+  // v1: old.bin (3 chunks) and shared.bin (2); v2: shared.bin and new.bin (2). Both published
+  // to the same two stores, one replica each, and every object made 2 hours old.
+  void SetUp() override {
+    WriteFile("v1/old.bin", PatternBytes(3 * kChunk, 1));
+    WriteFile("v1/shared.bin", PatternBytes(2 * kChunk, 2));
+    WriteFile("v2/shared.bin", PatternBytes(2 * kChunk, 2));
+    WriteFile("v2/new.bin", PatternBytes(2 * kChunk, 3));
+    CKPTFS_ASSERT_OK(Publish("v1"));
+    CKPTFS_ASSERT_OK(Publish("v2"));
+    AgeEverything(std::chrono::hours(2));
+  }
+
+  void WriteFile(const std::string& rel, const std::vector<std::uint8_t>& bytes) {
+    const stdfs::path path = temp_.Path(rel);
+    stdfs::create_directories(path.parent_path());
+    std::ofstream(path, std::ios::binary)
+        .write(reinterpret_cast<const char*>(bytes.data()),
+               static_cast<std::streamsize>(bytes.size()));
+  }
+
+  Status Publish(const std::string& version) {
+    cli::PublishOptions options;
+    options.source_dir = temp_.Path(version);
+    options.index_path = Index(version);
+    options.chunk_size = kChunk;
+    options.replicas = 1;
+    for (int i = 0; i < 2; ++i) {
+      const std::string name = "n" + std::to_string(i + 1);
+      options.nodes.push_back({name, "http://127.0.0.1:" + std::to_string(i + 1)});
+      options.stores[name] = Store(i);
+    }
+    std::ostringstream ignored;
+    return cli::Publish(options, transport_, clock_, ignored);
+  }
+
+  std::string Index(const std::string& version) const { return temp_.Path(version + ".db"); }
+  std::string Store(int i) const { return temp_.Path("store" + std::to_string(i + 1)); }
+
+  // Every regular file under the stores.
+  std::set<std::string> Files() const {
+    std::set<std::string> files;
+    for (int i = 0; i < 2; ++i) {
+      for (const auto& e : stdfs::recursive_directory_iterator(Store(i))) {
+        if (e.is_regular_file()) files.insert(e.path().string());
+      }
+    }
+    return files;
+  }
+
+  void AgeEverything(std::chrono::seconds by) {
+    for (const std::string& file : Files()) Age(file, by);
+  }
+  static void Age(const std::string& file, std::chrono::seconds by) {
+    const auto then = std::chrono::system_clock::now() - by;
+    const timespec t{std::chrono::system_clock::to_time_t(then), 0};
+    const timespec times[2] = {t, t};
+    ASSERT_EQ(::utimensat(AT_FDCWD, file.c_str(), times, 0), 0) << file;
+  }
+
+  // The store paths of the objects of `version`'s chunks.
+  std::set<std::string> ObjectsOf(const std::string& version) const {
+    auto reader = index::IndexReader::Open(Index(version));
+    EXPECT_TRUE(reader.ok()) << reader.status().ToString();
+    std::set<std::string> objects;
+    auto chunks = (*reader)->ChunksAfter(0, 1000);
+    EXPECT_TRUE(chunks.ok());
+    for (const index::ChunkRecord& chunk : *chunks) {
+      for (int i = 0; i < 2; ++i) {
+        const std::string path = Store(i) + "/" + index::ChunkObjectPath(chunk.digest);
+        if (stdfs::exists(path)) objects.insert(path);
+      }
+    }
+    return objects;
+  }
+
+  Result<GcReport> Run(std::vector<std::string> versions, bool remove) {
+    output_.str("");
+    GcOptions options;
+    for (const std::string& v : versions) options.index_paths.push_back(Index(v));
+    options.stores = {Store(0), Store(1)};
+    options.remove = remove;
+    return cli::CollectGarbage(options, output_);
+  }
+
+  testing::TempDir temp_;
+  testing::FakeClock clock_;
+  testing::ScriptedTransport transport_{&clock_};
+  std::ostringstream output_;
+};
+
+TEST_F(Gc, WhatOnlyAnOldIndexNeededIsRemovedAndWhatTheIndexInUseListsStays) {
+  const std::set<std::string> before = Files(), v2 = ObjectsOf("v2");
+  CKPTFS_ASSERT_OK_AND_ASSIGN(GcReport report, Run({"v2"}, /*remove=*/true));
+  EXPECT_EQ(report.unneeded_objects, 3u) << "old.bin's 3 chunks, one replica each\n"
+                                         << output_.str();
+  EXPECT_EQ(report.unneeded_bytes, 3 * kChunk);
+  EXPECT_EQ(report.kept_objects, v2.size());
+  EXPECT_EQ(before.size(), v2.size() + 3);
+  EXPECT_EQ(report.recent_files, 0u);
+  EXPECT_EQ(Files(), v2) << "exactly the objects of v2's chunks are left";
+  EXPECT_NE(output_.str().find("all stores: " + std::to_string(v2.size()) + " objects (" +
+                               FormatSize(v2.size() * kChunk) +
+                               ") in use; removed 3 objects (192.0 KiB) that no index needs\n"),
+            std::string::npos)
+      << output_.str();
+}
+
+TEST_F(Gc, WithoutDeleteItOnlyTellsWhatItWouldRemove) {
+  const std::set<std::string> before = Files();
+  CKPTFS_ASSERT_OK_AND_ASSIGN(GcReport report, Run({"v2"}, /*remove=*/false));
+  EXPECT_EQ(report.unneeded_objects, 3u);
+  EXPECT_EQ(Files(), before);
+  EXPECT_NE(output_.str().find(
+                "would remove 3 objects (192.0 KiB) that no index needs (run with --delete)"),
+            std::string::npos)
+      << output_.str();
+}
+
+TEST_F(Gc, EveryIndexInUseKeepsWhatItLists) {
+  const std::set<std::string> before = Files();
+  CKPTFS_ASSERT_OK_AND_ASSIGN(GcReport report, Run({"v1", "v2"}, /*remove=*/true));
+  EXPECT_EQ(report.unneeded_objects, 0u);
+  EXPECT_EQ(report.kept_objects, before.size());
+  EXPECT_EQ(Files(), before);
+}
+
+TEST_F(Gc, RecentFilesAndFilesThatAreNotObjectsStay) {
+  // A publish under way writes its objects before its index: they are recent.
+  AgeEverything(std::chrono::minutes(10));
+  const std::string object = *ObjectsOf("v1").begin();
+  const std::string old_leftover = object + ".tmp.123", new_leftover = object + ".tmp.456";
+  const std::string other = Store(0) + "/chunks/README";
+  for (const std::string& file : {old_leftover, new_leftover, other}) std::ofstream(file) << "x";
+  Age(old_leftover, std::chrono::hours(2));
+  Age(other, std::chrono::hours(2));
+  const std::set<std::string> v1 = ObjectsOf("v1");
+
+  CKPTFS_ASSERT_OK_AND_ASSIGN(GcReport report, Run({"v2"}, /*remove=*/true));
+  EXPECT_EQ(report.unneeded_objects, 0u);
+  EXPECT_EQ(report.recent_files, 4u) << "old.bin's 3 objects and the new leftover";
+  EXPECT_EQ(report.temp_files, 1u);
+  EXPECT_EQ(report.other_files, 1u);
+  EXPECT_FALSE(stdfs::exists(old_leftover));
+  EXPECT_TRUE(stdfs::exists(new_leftover));
+  EXPECT_TRUE(stdfs::exists(other));
+  EXPECT_EQ(ObjectsOf("v1"), v1);
+}
+
+TEST_F(Gc, APublishMarksTheObjectsItFindsAlreadyThereAsRecent) {
+  // Publishing v1 again finds all its objects in the stores and sends nothing; a gc that runs
+  // before its index is written must not take them.
+  const std::set<std::string> v1 = ObjectsOf("v1");
+  CKPTFS_ASSERT_OK(Publish("v1"));
+  CKPTFS_ASSERT_OK_AND_ASSIGN(GcReport report, Run({"v2"}, /*remove=*/true));
+  EXPECT_EQ(report.unneeded_objects, 0u) << output_.str();
+  EXPECT_EQ(report.recent_files, 3u);
+  EXPECT_EQ(ObjectsOf("v1"), v1);
+}
+
+TEST_F(Gc, AnIndexThatCannotBeReadRemovesNothing) {
+  const std::set<std::string> before = Files();
+  std::ofstream(temp_.Path("bad.db")) << "not an index";
+  GcOptions options;
+  options.index_paths = {Index("v2"), temp_.Path("bad.db")};
+  options.stores = {Store(0), Store(1)};
+  options.remove = true;
+  Result<GcReport> report = cli::CollectGarbage(options, output_);
+  EXPECT_FALSE(report.ok());
+  EXPECT_NE(report.status().message().find("bad.db"), std::string::npos)
+      << report.status().ToString();
+  EXPECT_EQ(Files(), before);
+}
+
+TEST_F(Gc, AStoreThatIsNotADirectoryIsRefusedBeforeAnythingIsRemoved) {
+  const std::set<std::string> before = Files();
+  GcOptions options;
+  options.index_paths = {Index("v2")};
+  options.stores = {Store(0), temp_.Path("missing")};
+  options.remove = true;
+  Result<GcReport> report = cli::CollectGarbage(options, output_);
+  EXPECT_EQ(report.status().code(), StatusCode::kInvalidArgument) << report.status().ToString();
+  EXPECT_EQ(Files(), before);
+}
+
+}  // namespace
+}  // namespace ckptfs
