@@ -13,6 +13,7 @@
 #include <system_error>
 #include <utility>
 
+#include "cli/store_lock.h"
 #include "common/digest.h"
 #include "common/file_io.h"
 #include "common/units.h"
@@ -123,9 +124,7 @@ class Collector {
         ++report.other_files;
       }
     }
-    if (error && error != std::errc::no_such_file_or_directory) {
-      return ErrnoStatus(error.value(), "cannot list " + chunks.string());
-    }
+    if (error) return ErrnoStatus(error.value(), "cannot list " + chunks.string());
     std::sort(prefixes.begin(), prefixes.end());
     for (const fs::path& prefix : prefixes) {
       CKPTFS_RETURN_IF_ERROR(Prefix(prefix, report));
@@ -211,11 +210,17 @@ Result<GcReport> CollectGarbage(const GcOptions& options, std::ostream& out) {
   if (options.stores.empty()) return InvalidArgumentError("name at least one --store directory");
   for (const std::string& store : options.stores) {
     std::error_code error;
-    if (!fs::is_directory(store, error)) {
-      return InvalidArgumentError("store " + store + " is not a directory");
+    if (!fs::is_directory(fs::path(store) / "chunks", error)) {
+      return InvalidArgumentError("store " + store +
+                                  " is not a directory with the chunks/ of a publish --store");
     }
   }
   CKPTFS_ASSIGN_OR_RETURN(Indexes indexes, Indexes::Open(options.index_paths));
+  std::vector<StoreLock> locks;
+  for (const std::string& store : options.stores) {
+    CKPTFS_ASSIGN_OR_RETURN(StoreLock lock, StoreLock::Take(store, StoreLock::Holder::kGc));
+    locks.push_back(std::move(lock));
+  }
   Collector collector(options, indexes);
   GcReport total;
   for (const std::string& store : options.stores) {

@@ -19,6 +19,7 @@
 
 #include "cli/node_urls.h"
 #include "cli/object_uploads.h"
+#include "cli/store_lock.h"
 #include "common/digest.h"
 #include "common/file_io.h"
 #include "common/unique_fd.h"
@@ -484,6 +485,12 @@ Status Publish(const PublishOptions& given, netfetch::Transport& transport, Cloc
   std::vector<SourceEntry> walk;
   CKPTFS_RETURN_IF_ERROR(Walk(options.source_dir, OwnOutputs(options), walk));
   CKPTFS_RETURN_IF_ERROR(CheckStores(options));
+  // Held until the index that lists the stores' objects is written.
+  std::vector<StoreLock> store_locks;
+  for (const auto& [name, dir] : options.stores) {
+    CKPTFS_ASSIGN_OR_RETURN(StoreLock lock, StoreLock::Take(dir, StoreLock::Holder::kPublish));
+    store_locks.push_back(std::move(lock));
+  }
 
   // An index for a URL is written in a directory of our own and PUT there last.
   const bool to_url = IsHttpUrl(options.index_path);

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "cli/publish.h"
+#include "cli/store_lock.h"
 #include "common/digest.h"
 #include "common/units.h"
 #include "index/reader.h"
@@ -75,11 +76,11 @@ class Gc : public ::testing::Test {
   std::string Index(const std::string& version) const { return temp_.Path(version + ".db"); }
   std::string Store(int i) const { return temp_.Path("store" + std::to_string(i + 1)); }
 
-  // Every regular file under the stores.
+  // Every regular file under the stores' chunks/.
   std::set<std::string> Files() const {
     std::set<std::string> files;
     for (int i = 0; i < 2; ++i) {
-      for (const auto& e : stdfs::recursive_directory_iterator(Store(i))) {
+      for (const auto& e : stdfs::recursive_directory_iterator(Store(i) + "/chunks")) {
         if (e.is_regular_file()) files.insert(e.path().string());
       }
     }
@@ -194,6 +195,28 @@ TEST_F(Gc, APublishMarksTheObjectsItFindsAlreadyThereAsRecent) {
   EXPECT_EQ(report.unneeded_objects, 0u) << output_.str();
   EXPECT_EQ(report.recent_files, 3u);
   EXPECT_EQ(ObjectsOf("v1"), v1);
+}
+
+TEST_F(Gc, WhileAPublishWritesIntoAStoreItRefusesAndRemovesNothing) {
+  const std::set<std::string> before = Files();
+  CKPTFS_ASSERT_OK_AND_ASSIGN(cli::StoreLock publishing,
+                              cli::StoreLock::Take(Store(1), cli::StoreLock::Holder::kPublish));
+  Result<GcReport> report = Run({"v2"}, /*remove=*/true);
+  EXPECT_EQ(report.status().code(), StatusCode::kFailedPrecondition) << report.status().ToString();
+  EXPECT_NE(report.status().message().find("a publish is writing into store " + Store(1)),
+            std::string::npos)
+      << report.status().ToString();
+  EXPECT_EQ(Files(), before) << "not even the first store was collected";
+}
+
+TEST_F(Gc, APublishRefusesWhileAGcRuns) {
+  CKPTFS_ASSERT_OK_AND_ASSIGN(cli::StoreLock collecting,
+                              cli::StoreLock::Take(Store(0), cli::StoreLock::Holder::kGc));
+  Status published = Publish("v1");
+  EXPECT_EQ(published.code(), StatusCode::kFailedPrecondition) << published.ToString();
+  EXPECT_NE(published.message().find("ckptfs gc is removing objects from store " + Store(0)),
+            std::string::npos)
+      << published.ToString();
 }
 
 TEST_F(Gc, AnIndexThatCannotBeReadRemovesNothing) {
