@@ -9,6 +9,7 @@
 #include <thread>
 #include <utility>
 
+#include "cli/local_index.h"
 #include "cli/node_urls.h"
 #include "common/buffer.h"
 #include "common/digest.h"
@@ -201,15 +202,8 @@ void PrintSummary(const CheckOptions& options, const std::vector<netfetch::NodeE
 Result<CheckReport> Check(const CheckOptions& options, netfetch::Transport& transport,
                           std::ostream& out) {
   if (options.jobs < 1) return InvalidArgumentError("--jobs must be at least 1");
-  std::string path = options.index_path;
-  std::optional<TemporaryDir> downloaded;
-  if (IsHttpUrl(path)) {
-    CKPTFS_ASSIGN_OR_RETURN(downloaded, TemporaryDir::Make(options.temp_dir, "ckptfs-check"));
-    path = downloaded->path() + "/index.ckptfs";
-    Result<netfetch::FileFetch> got =
-        transport.GetToFile(options.index_path, path, kIndexTransferTimeout);
-    if (!got.ok()) return got.status().WithContext("cannot download the index");
-  }
+  LocalIndexes local(transport, options.temp_dir, "ckptfs-check");
+  CKPTFS_ASSIGN_OR_RETURN(const std::string path, local.Get(options.index_path));
   CKPTFS_ASSIGN_OR_RETURN(std::unique_ptr<index::IndexReader> index,
                           index::IndexReader::Open(path));
   std::vector<netfetch::NodeEndpoint> nodes;

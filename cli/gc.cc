@@ -13,6 +13,7 @@
 #include <system_error>
 #include <utility>
 
+#include "cli/local_index.h"
 #include "cli/store_lock.h"
 #include "common/digest.h"
 #include "common/file_io.h"
@@ -31,11 +32,14 @@ constexpr std::string_view kTempMark = ".tmp.";
 // Every index still in use: an object is needed when any of them lists it.
 class Indexes {
  public:
-  static Result<Indexes> Open(const std::vector<std::string>& paths) {
+  static Result<Indexes> Open(const std::vector<std::string>& paths, LocalIndexes& local) {
     if (paths.empty()) return InvalidArgumentError("name at least one index that is in use");
     Indexes indexes;
     for (const std::string& path : paths) {
-      Result<std::unique_ptr<index::IndexReader>> reader = index::IndexReader::Open(path);
+      Result<std::unique_ptr<index::IndexReader>> reader = [&]() -> decltype(reader) {
+        CKPTFS_ASSIGN_OR_RETURN(const std::string file, local.Get(path));
+        return index::IndexReader::Open(file);
+      }();
       if (!reader.ok()) return reader.status().WithContext("index " + path);
       indexes.readers_.push_back(std::move(*reader));
     }
@@ -206,7 +210,8 @@ void Print(std::ostream& out, const std::string& what, const GcReport& r, bool r
 
 }  // namespace
 
-Result<GcReport> CollectGarbage(const GcOptions& options, std::ostream& out) {
+Result<GcReport> CollectGarbage(const GcOptions& options, netfetch::Transport& transport,
+                                std::ostream& out) {
   if (options.stores.empty()) return InvalidArgumentError("name at least one --store directory");
   for (const std::string& store : options.stores) {
     std::error_code error;
@@ -215,7 +220,8 @@ Result<GcReport> CollectGarbage(const GcOptions& options, std::ostream& out) {
                                   " is not a directory with the chunks/ of a publish --store");
     }
   }
-  CKPTFS_ASSIGN_OR_RETURN(Indexes indexes, Indexes::Open(options.index_paths));
+  LocalIndexes local(transport, options.temp_dir, "ckptfs-gc");
+  CKPTFS_ASSIGN_OR_RETURN(Indexes indexes, Indexes::Open(options.index_paths, local));
   std::vector<StoreLock> locks;
   for (const std::string& store : options.stores) {
     CKPTFS_ASSIGN_OR_RETURN(StoreLock lock, StoreLock::Take(store, StoreLock::Holder::kGc));

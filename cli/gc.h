@@ -4,11 +4,11 @@
 // ones before, and nothing ever takes the old ones away. Given the store directories a publish
 // wrote with --store (the directories the nodes serve) and every index that is still mounted
 // anywhere, this finds the objects none of those indexes lists, and removes them with `remove`
-// (without it, it only reports what it would remove). An object younger than `min_age` stays
-// whatever it is: a publish writes its objects before its index, and marks an object it finds
-// already there as new, so that a gc that runs meanwhile leaves what that index will need.
-// Leftovers of an interrupted publish (NAME.tmp.PID) older than `min_age` go too; anything
-// else in a store is left alone.
+// (without it, it only reports what it would remove). Index URLs are downloaded for the run. An
+// object younger than `min_age` stays whatever it is: a publish writes its objects before its
+// index, and marks an object it finds already there as new, so that a gc that runs meanwhile leaves
+// what that index will need. Leftovers of an interrupted publish (NAME.tmp.PID) older than
+// `min_age` go too; anything else in a store is left alone.
 //
 // Objects are taken one prefix directory (chunks/XX) at a time and looked up in the indexes,
 // so memory stays bounded whatever the size of the stores or of the indexes.
@@ -21,12 +21,15 @@
 #include <vector>
 
 #include "common/result.h"
+#include "netfetch/transport.h"
 
 namespace ckptfs::cli {
 
 struct GcOptions {
-  std::vector<std::string> index_paths;  // Local index files: every index still in use.
-  std::vector<std::string> stores;       // Store directories, as given to publish --store.
+  std::vector<std::string> index_paths;  // Every index still in use: files or http(s) URLs.
+  // Where index URLs are downloaded to (and removed after); empty: $TMPDIR, else /tmp.
+  std::string temp_dir;
+  std::vector<std::string> stores;  // Store directories, as given to publish --store.
   std::chrono::seconds min_age{std::chrono::hours(1)};
   bool remove = false;  // Remove what no index needs; false: only report it.
   // The time objects' ages are measured from (their mtime); tests set it.
@@ -44,6 +47,7 @@ struct GcReport {
 // Collects as described above, printing a summary per store and in all to `out`. Errors: an
 // index that cannot be read or a store that is not a directory (then nothing is removed
 // anywhere), or a file that cannot be removed (then what was removed before stays removed).
-Result<GcReport> CollectGarbage(const GcOptions& options, std::ostream& out);
+Result<GcReport> CollectGarbage(const GcOptions& options, netfetch::Transport& transport,
+                                std::ostream& out);
 
 }  // namespace ckptfs::cli

@@ -86,7 +86,8 @@ int RunCheck(CheckOptions options, const std::vector<std::string>& nodes) {
 
 int RunGc(GcOptions options, double min_age_seconds) {
   options.min_age = std::chrono::seconds(static_cast<std::int64_t>(min_age_seconds));
-  Result<GcReport> report = CollectGarbage(options, std::cout);
+  netfetch::CurlTransport transport;
+  Result<GcReport> report = CollectGarbage(options, transport, std::cout);
   return report.ok() ? 0 : Fail(report.status());
 }
 
@@ -196,7 +197,8 @@ int Main(int argc, char** argv) {
   double gc_min_age = 3600;
   CLI::App* gc = app.add_subcommand(
       "gc", "Remove from store directories the chunk objects that none of the given indexes needs");
-  gc->add_option("index", gc_options.index_paths, "Every index file still in use")->required();
+  gc->add_option("index", gc_options.index_paths, "Every index still in use (file or http(s) URL)")
+      ->required();
   gc->add_option("--store", gc_options.stores,
                  "A store directory, as given to publish --store (repeat for more)")
       ->required();
@@ -221,7 +223,6 @@ int Main(int argc, char** argv) {
     return kExitUsage;
   }
   if (stats->parsed()) return RunStats(stats_mountpoint);  // No network: no libcurl.
-  if (gc->parsed()) return RunGc(gc_options, gc_min_age);
   Status init = netfetch::GlobalInit();
   if (!init.ok()) return Fail(init);
   int rc = 0;
@@ -229,6 +230,8 @@ int Main(int argc, char** argv) {
     rc = RunPublish(publish);
   } else if (check->parsed()) {
     rc = RunCheck(check_options, check_nodes);
+  } else if (gc->parsed()) {
+    rc = RunGc(gc_options, gc_min_age);
   } else {
     rc = RunMount(index, mountpoint, foreground, mount_opts, OptionSource::kCommandLine);
   }

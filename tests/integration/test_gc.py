@@ -3,6 +3,8 @@ indexes in use still mount and read back."""
 
 import os
 
+import pytest
+
 import ckptfs_cli
 import source_tree
 from index_db import IndexDb
@@ -41,21 +43,28 @@ def _gc(index, cluster, *extra):
     return ckptfs_cli.run(args + list(extra), timeout=120)
 
 
+@pytest.mark.parametrize("given_as", ["file", "url"])
 def test_gc_removes_what_only_an_old_index_needed_and_the_new_one_still_reads_back(
-        cluster, test_dir, mount):
+        cluster, test_dir, mount, given_as):
     versions = _publish_two_versions(cluster, test_dir)
+    in_use = versions["new"][1]
+    if given_as == "url":  # As a publish to -o URL leaves it, for machines to mount.
+        in_use = f"{cluster[0].url}/indexes/new.ckptfs"
+        published = ckptfs_cli.run(ckptfs_cli.publish_args(versions["new"][0], in_use, cluster,
+                                                           chunk_size="1M"), timeout=300)
+        assert published.returncode == 0, published.describe()
     only_old = _chunks(versions["old"][1]) - _chunks(versions["new"][1])
     assert len(only_old) == 4, "old.bin's 4 chunks"
     before = _objects(cluster)
     assert all(any(d in objs for objs in before.values()) for d in only_old)
 
-    told = _gc(versions["new"][1], cluster, "--min-age", "0")
+    told = _gc(in_use, cluster, "--min-age", "0")
     assert told.returncode == 0, told.describe()
     assert "would remove 8 objects (6.0 MiB) that no index needs (run with --delete)" in (
         told.stdout), told.stdout
     assert _objects(cluster) == before, "removed without --delete"
 
-    done = _gc(versions["new"][1], cluster, "--min-age", "0", "--delete")
+    done = _gc(in_use, cluster, "--min-age", "0", "--delete")
     assert done.returncode == 0, done.describe()
     assert "removed 8 objects (6.0 MiB) that no index needs" in done.stdout, done.stdout
     after = _objects(cluster)

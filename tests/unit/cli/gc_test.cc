@@ -17,6 +17,7 @@
 #include "cli/publish.h"
 #include "cli/store_lock.h"
 #include "common/digest.h"
+#include "common/file_io.h"
 #include "common/units.h"
 #include "index/reader.h"
 #include "index/types.h"
@@ -119,7 +120,7 @@ class Gc : public ::testing::Test {
     for (const std::string& v : versions) options.index_paths.push_back(Index(v));
     options.stores = {Store(0), Store(1)};
     options.remove = remove;
-    return cli::CollectGarbage(options, output_);
+    return cli::CollectGarbage(options, transport_, output_);
   }
 
   testing::TempDir temp_;
@@ -143,6 +144,25 @@ TEST_F(Gc, WhatOnlyAnOldIndexNeededIsRemovedAndWhatTheIndexInUseListsStays) {
                                ") in use; removed 3 objects (192.0 KiB) that no index needs\n"),
             std::string::npos)
       << output_.str();
+}
+
+TEST_F(Gc, AnIndexGivenByUrlIsDownloadedAndKeepsWhatItLists) {
+  const std::set<std::string> v2 = ObjectsOf("v2");
+  const std::string url = "http://127.0.0.1:9/indexes/v2.ckptfs";
+  CKPTFS_ASSERT_OK_AND_ASSIGN(std::vector<std::uint8_t> index, ReadWholeFile(Index("v2")));
+  transport_.SetResponse(url, testing::ScriptedResponse::Body(index));
+  GcOptions options;
+  options.index_paths = {url};
+  options.stores = {Store(0), Store(1)};
+  options.remove = true;
+  options.temp_dir = temp_.Path("");
+  CKPTFS_ASSERT_OK_AND_ASSIGN(GcReport report, cli::CollectGarbage(options, transport_, output_));
+  EXPECT_EQ(report.unneeded_objects, 3u) << output_.str();
+  EXPECT_EQ(Files(), v2);
+  for (const auto& e : stdfs::directory_iterator(temp_.Path(""))) {
+    EXPECT_EQ(e.path().filename().string().rfind("ckptfs-gc", 0), std::string::npos)
+        << "the download was left behind: " << e.path();
+  }
 }
 
 TEST_F(Gc, WithoutDeleteItOnlyTellsWhatItWouldRemove) {
@@ -226,7 +246,7 @@ TEST_F(Gc, AnIndexThatCannotBeReadRemovesNothing) {
   options.index_paths = {Index("v2"), temp_.Path("bad.db")};
   options.stores = {Store(0), Store(1)};
   options.remove = true;
-  Result<GcReport> report = cli::CollectGarbage(options, output_);
+  Result<GcReport> report = cli::CollectGarbage(options, transport_, output_);
   EXPECT_FALSE(report.ok());
   EXPECT_NE(report.status().message().find("bad.db"), std::string::npos)
       << report.status().ToString();
@@ -239,7 +259,7 @@ TEST_F(Gc, AStoreThatIsNotADirectoryIsRefusedBeforeAnythingIsRemoved) {
   options.index_paths = {Index("v2")};
   options.stores = {Store(0), temp_.Path("missing")};
   options.remove = true;
-  Result<GcReport> report = cli::CollectGarbage(options, output_);
+  Result<GcReport> report = cli::CollectGarbage(options, transport_, output_);
   EXPECT_EQ(report.status().code(), StatusCode::kInvalidArgument) << report.status().ToString();
   EXPECT_EQ(Files(), before);
 }
