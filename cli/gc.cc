@@ -40,7 +40,11 @@ class Indexes {
         CKPTFS_ASSIGN_OR_RETURN(const std::string file, local.Get(path));
         return index::IndexReader::Open(file);
       }();
-      if (!reader.ok()) return reader.status().WithContext("index " + path);
+      if (!reader.ok()) {
+        const Status& error = reader.status();
+        return error.message().find(path) == std::string::npos ? error.WithContext("index " + path)
+                                                               : error;
+      }
       indexes.readers_.push_back(std::move(*reader));
     }
     return indexes;

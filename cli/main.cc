@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <exception>
@@ -85,7 +86,9 @@ int RunCheck(CheckOptions options, const std::vector<std::string>& nodes) {
 }
 
 int RunGc(GcOptions options, double min_age_seconds) {
-  options.min_age = std::chrono::seconds(static_cast<std::int64_t>(min_age_seconds));
+  constexpr double kCentury = 100 * 365.25 * 24 * 3600;  // Beyond it: everything is recent.
+  options.min_age =
+      std::chrono::seconds(static_cast<std::int64_t>(std::min(min_age_seconds, kCentury)));
   netfetch::CurlTransport transport;
   Result<GcReport> report = CollectGarbage(options, transport, std::cout);
   return report.ok() ? 0 : Fail(report.status());
