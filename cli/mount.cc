@@ -14,6 +14,7 @@
 #include <cerrno>
 #include <climits>
 #include <condition_variable>
+#include <csignal>
 #include <cstdio>
 #include <cstring>
 #include <ctime>
@@ -363,6 +364,13 @@ Status Serve(MountedFs& m, const MountOptions& options) {
   fuse_session* se = fuse_session_new(&fuse_args.args, &ops, sizeof(ops), m.file_system.get());
   if (se == nullptr) return InternalError("cannot create the FUSE session");
   std::unique_ptr<fuse_session, void (*)(fuse_session*)> session(se, fuse_session_destroy);
+  if (!options.foreground) {
+    // The signals that stop a mount (ckptfs(1)) stop a background one even when it was started
+    // from a shell or service that ignores them in its background jobs, as a non-interactive
+    // shell does with SIGINT: libfuse installs its handler only over the default disposition.
+    // A foreground mount keeps what it was given, as any command does.
+    for (int sig : {SIGHUP, SIGINT, SIGTERM}) ::signal(sig, SIG_DFL);
+  }
   if (fuse_set_signal_handlers(se) != 0) return InternalError("cannot install signal handlers");
   // Resolved before mounting: afterwards the path leads into this not-yet-serving file system.
   char resolved[PATH_MAX];

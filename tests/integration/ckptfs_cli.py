@@ -282,6 +282,7 @@ class Mount:
         self.log_dir = log_dir or os.path.dirname(mountpoint)
         self.proc = None
         self.result = None
+        self.prefix = None  # Run in front of `ckptfs mount`, as run(prefix=...) does.
         os.makedirs(mountpoint, exist_ok=True)
 
     @property
@@ -295,7 +296,7 @@ class Mount:
             self._start_foreground(args, timeout)
         else:
             try:
-                self.result = run(args, timeout=timeout)
+                self.result = run(args, timeout=timeout, prefix=self.prefix)
             except subprocess.TimeoutExpired:
                 self.kill_daemons()
                 raise AssertionError(f"`{' '.join(args)}` did not return within {timeout}s")

@@ -572,6 +572,21 @@ def test_unmount_leaves_no_mount_and_the_daemon_exits(published, mount, how, for
         assert code == 0, f"foreground ckptfs exited with {code} after {how} {mnt.output()}"
 
 
+@pytest.mark.parametrize("how", ["sigint", "sigterm"])
+def test_a_background_mount_started_with_the_signals_ignored_still_stops_on_them(published,
+                                                                                 mount, how):
+    # A non-interactive shell starts its background jobs with SIGINT ignored, and libfuse
+    # installs its handlers only over the default disposition: such a mount ignored SIGINT.
+    mnt = mount(published.index, start=False)
+    mnt.prefix = ["sh", "-c", 'trap "" HUP INT TERM; exec "$@"', "sh"]
+    mnt.start()
+    assert mnt.pids(), "no ckptfs daemon found for the mountpoint"
+    _stop_by(how, mnt)
+    assert ckptfs_cli.wait_until(lambda: not ckptfs_cli.is_mounted(mnt.mountpoint), 15), (
+        f"still mounted after {how}")
+    assert ckptfs_cli.wait_until(lambda: not mnt.pids(), 15), f"daemon still up: {mnt.pids()}"
+
+
 @pytest.mark.parametrize("foreground", [False, True])
 def test_a_killed_daemon_leaves_no_dead_mount_and_the_mountpoint_mounts_again(published, mount,
                                                                              foreground):
