@@ -69,8 +69,7 @@ class Checker {
     for (std::size_t i = 0; i < nodes.size(); ++i) position_[nodes[i].id] = i;
     report_.per_node.resize(nodes.size());
     lines_.resize(nodes.size());
-    const int jobs = std::max(options.jobs, 1);
-    for (int i = 0; i < jobs && options.verify; ++i) buffers_.emplace_back(index.chunk_size());
+    buffers_.resize(static_cast<std::size_t>(std::max(options.jobs, 1)));
   }
 
   Result<CheckReport> Run() {
@@ -112,37 +111,34 @@ class Checker {
     const int jobs = std::max(options_.jobs, 1);
     for (int w = 0; w < jobs; ++w) {
       workers.emplace_back([&, w] {
-        Buffer* buffer = options_.verify ? &buffers_[static_cast<std::size_t>(w)] : nullptr;
-        std::optional<Buffer> spare;  // For a server that does not do HEAD, when not verifying.
-        for (std::size_t i; (i = next.fetch_add(1)) < checks.size();) {
-          CheckOne(checks[i], buffer, spare);
-        }
+        std::optional<Buffer>& buffer = buffers_[static_cast<std::size_t>(w)];
+        for (std::size_t i; (i = next.fetch_add(1)) < checks.size();) CheckOne(checks[i], buffer);
       });
     }
   }
 
-  void CheckOne(ReplicaCheck& check, Buffer* buffer, std::optional<Buffer>& spare) const {
+  // `buffer`: the worker's, made at its first GET.
+  void CheckOne(ReplicaCheck& check, std::optional<Buffer>& buffer) const {
     const index::ChunkRecord& chunk = *check.chunk;
     const std::string url = nodes_[check.node].url + "/" + index::ChunkObjectPath(chunk.digest);
     Result<std::uint64_t> size = transport_.Head(url, kRequestTimeout);
-    if (size.status().code() == StatusCode::kFailedPrecondition) {
-      // A server that refuses HEAD is asked with GET, and then its bytes are checked too.
-      if (buffer == nullptr) {
-        if (!spare) spare.emplace(index_.chunk_size());
-        buffer = &*spare;
+    // A server that refuses HEAD is asked with GET, and then its bytes are checked too.
+    if (size.status().code() != StatusCode::kFailedPrecondition) {
+      if (!size.ok()) {
+        const bool gone = size.status().code() == StatusCode::kNotFound;
+        check.verdict = gone ? Verdict::kMissing : Verdict::kUnreachable;
+        check.detail = size.status().message();
+        return;
       }
-    } else if (!size.ok()) {
-      const bool gone = size.status().code() == StatusCode::kNotFound;
-      check.verdict = gone ? Verdict::kMissing : Verdict::kUnreachable;
-      check.detail = size.status().message();
-      return;
-    } else if (*size != chunk.size) {
-      check.verdict = Verdict::kWrongSize;
-      check.detail = url + " has " + std::to_string(*size) + " bytes, the index says " +
-                     std::to_string(chunk.size);
-      return;
+      if (*size != chunk.size) {
+        check.verdict = Verdict::kWrongSize;
+        check.detail = url + " has " + std::to_string(*size) + " bytes, the index says " +
+                       std::to_string(chunk.size);
+        return;
+      }
+      if (!options_.verify) return;
     }
-    if (buffer == nullptr) return;
+    if (!buffer) buffer.emplace(index_.chunk_size());
     Status got = transport_.Get(url, {buffer->data(), chunk.size}, kRequestTimeout);
     if (!got.ok()) {
       check.verdict =
@@ -173,7 +169,7 @@ class Checker {
   const std::vector<netfetch::NodeEndpoint>& nodes_;
   std::ostream& out_;
   std::map<std::int64_t, std::size_t> position_;         // Node id → position in nodes_.
-  std::vector<Buffer> buffers_;                          // One per worker, with verify.
+  std::vector<std::optional<Buffer>> buffers_;           // One per worker, made when needed.
   std::vector<std::map<Verdict, std::uint64_t>> lines_;  // Per node: bad lines printed.
   CheckReport report_;
 };

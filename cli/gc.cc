@@ -36,10 +36,8 @@ class Indexes {
     if (paths.empty()) return InvalidArgumentError("name at least one index that is in use");
     Indexes indexes;
     for (const std::string& path : paths) {
-      Result<std::unique_ptr<index::IndexReader>> reader = [&]() -> decltype(reader) {
-        CKPTFS_ASSIGN_OR_RETURN(const std::string file, local.Get(path));
-        return index::IndexReader::Open(file);
-      }();
+      CKPTFS_ASSIGN_OR_RETURN(const std::string file, local.Get(path));  // Names a URL.
+      Result<std::unique_ptr<index::IndexReader>> reader = index::IndexReader::Open(file);
       if (!reader.ok()) {
         const Status& error = reader.status();
         return error.message().find(path) == std::string::npos ? error.WithContext("index " + path)
