@@ -66,7 +66,7 @@ class Gc : public ::testing::Test {
     options.chunk_size = kChunk;
     options.replicas = 1;
     for (int i = 0; i < 2; ++i) {
-      const std::string name = "n" + std::to_string(i + 1);
+      const std::string name = std::string("n").append(std::to_string(i + 1));
       options.nodes.push_back({name, "http://127.0.0.1:" + std::to_string(i + 1)});
       options.stores[name] = Store(i);
     }

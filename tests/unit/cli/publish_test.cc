@@ -101,7 +101,8 @@ TEST(SplitAssignment, RejectsAMissingNameValueOrEquals) {
     EXPECT_EQ(pair.status().code(), StatusCode::kInvalidArgument) << "'" << text << "'";
     EXPECT_NE(pair.status().message().find("--node"), std::string::npos)
         << pair.status().ToString();
-    EXPECT_NE(pair.status().message().find("'" + std::string(text) + "'"), std::string::npos)
+    EXPECT_NE(pair.status().message().find(std::string("'").append(text).append("'")),
+              std::string::npos)
         << pair.status().ToString();
   }
 }

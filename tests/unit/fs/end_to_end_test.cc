@@ -71,7 +71,7 @@ class EndToEnd : public ::testing::Test {
     for (int i = 0; i < count; ++i) {
       nginx_.push_back(std::make_unique<NginxServer>());
       ASSERT_TRUE(nginx_.back()->Start());
-      nodes.emplace_back("n" + std::to_string(i), nginx_.back()->url());
+      nodes.emplace_back(std::string("n").append(std::to_string(i)), nginx_.back()->url());
     }
     auto written = testing::WriteSingleFileIndex(temp_.Path("index.db"), PatternBytes(kFileSize, 5),
                                                  kChunk, nodes);

@@ -157,6 +157,7 @@ TEST_F(FileSystem, ReadFileRepliesOnceFromWithinAFetchThatFailsAfterItsBytes) {
   // then fails.
   const auto& chunk = file_.chunks.front();
   std::vector<std::uint8_t> corrupt = chunk.bytes;
+  ASSERT_FALSE(corrupt.empty());
   corrupt.back() ^= 0xff;
   fetcher_.ServeAs(chunk.digest, corrupt);
   CKPTFS_ASSERT_OK_AND_ASSIGN(index::Entry entry, index_->GetEntry(file_.id));

@@ -66,8 +66,9 @@ class TestIndexBuilder {
     writer_ = Must(block_size != 0 ? IndexWriter::Create(path, chunk_size, block_size)
                                    : IndexWriter::Create(path, chunk_size));
     for (int i = 0; i < nodes; ++i) {
-      node_ids_.push_back(Must(writer_->AddNode(
-          "n" + std::to_string(i), "http://127.0.0.1:" + std::to_string(8000 + i) + "/")));
+      node_ids_.push_back(
+          Must(writer_->AddNode(std::string("n").append(std::to_string(i)),
+                                "http://127.0.0.1:" + std::to_string(8000 + i) + "/")));
     }
   }
 

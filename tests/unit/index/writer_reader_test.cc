@@ -268,7 +268,7 @@ TEST(IndexListChildren, PaginatesByIdAndSkipsBadEntriesWithoutShorteningAPage) {
     const std::uint64_t d = b.Dir(kRootId, "d");
     ASSERT_EQ(d, 2u);
     for (int i = 0; i < 25; ++i) {
-      const std::string name = "f" + std::to_string(i);
+      const std::string name = std::string("f").append(std::to_string(i));
       b.File(d, name, "x");
       expected.push_back(name);
     }
