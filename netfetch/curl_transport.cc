@@ -8,6 +8,8 @@
 #include <cctype>
 #include <cerrno>
 #include <cstring>
+#include <initializer_list>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -61,6 +63,24 @@ struct HeaderListDeleter {
   void operator()(curl_slist* list) const { curl_slist_free_all(list); }
 };
 using HeaderList = std::unique_ptr<curl_slist, HeaderListDeleter>;
+
+// Sets a call's header list on its handle for the length of the call; unsets it before the list
+// goes, since the handle (back in the pool) outlives the call.
+class CallHeaders {
+ public:
+  CallHeaders(CURL* handle, HeaderList list) : handle_(handle), list_(std::move(list)) {
+    if (list_) curl_easy_setopt(handle_, CURLOPT_HTTPHEADER, list_.get());
+  }
+  ~CallHeaders() {
+    if (list_) curl_easy_setopt(handle_, CURLOPT_HTTPHEADER, nullptr);
+  }
+  CallHeaders(const CallHeaders&) = delete;
+  CallHeaders& operator=(const CallHeaders&) = delete;
+
+ private:
+  CURL* const handle_;
+  const HeaderList list_;
+};
 
 // curl takes whole milliseconds and reads 0 as "no limit": round up so a tiny positive timeout
 // stays a limit.
@@ -400,6 +420,25 @@ struct CurlTransport::Impl {
     HandlePair handle_;
   };
 
+  // The headers of one call: the header file's, then `ours`. A null list when there are none.
+  Result<HeaderList> Headers(std::initializer_list<std::string_view> ours) const {
+    std::shared_ptr<const HeaderLines> given =
+        options.header_file != nullptr ? options.header_file->Current() : nullptr;
+    HeaderList list;
+    auto append = [&list](const std::string& line) {
+      curl_slist* head = curl_slist_append(list.get(), line.c_str());
+      if (head != nullptr && !list) list.reset(head);
+      return head != nullptr;
+    };
+    bool ok = true;
+    if (given) {
+      for (const std::string& line : *given) ok = ok && append(line);
+    }
+    for (std::string_view line : ours) ok = ok && append(std::string(line));
+    if (!ok) return InternalError("curl_slist_append failed");
+    return list;
+  }
+
   // What every request does first: refuses a call with no time left, and sets up the borrowed
   // handle with what every request shares.
   Status Start(const Lease& lease, const std::string& url, Duration timeout,
@@ -444,6 +483,8 @@ Status CurlTransport::GetInto(const std::string& url, std::optional<std::uint64_
   char error_buffer[CURL_ERROR_SIZE];
   CKPTFS_RETURN_IF_ERROR(impl_->Start(lease, url, timeout, error_buffer));
   CURL* handle = lease.get();
+  CKPTFS_ASSIGN_OR_RETURN(HeaderList list, impl_->Headers({}));
+  const CallHeaders headers(handle, std::move(list));
   BufferSink sink;
   sink.filter.handle = handle;
   sink.filter.wanted_status = offset ? IsPartialContent : IsChunkStatus;
@@ -493,11 +534,10 @@ Status CurlTransport::Put(const std::string& url, std::span<const std::uint8_t> 
   CURL* handle = lease.get();
   // Without this curl sends "Expect: 100-continue" for large bodies and waits a second for an
   // answer that nginx does not need to give.
-  HeaderList headers(curl_slist_append(nullptr, "Expect:"));
-  if (!headers) return InternalError("curl_slist_append failed");
+  CKPTFS_ASSIGN_OR_RETURN(HeaderList list, impl_->Headers({"Expect:"}));
+  const CallHeaders headers(handle, std::move(list));
   SpanSource source{body, 0};
   curl_easy_setopt(handle, CURLOPT_UPLOAD, 1L);
-  curl_easy_setopt(handle, CURLOPT_HTTPHEADER, headers.get());
   curl_easy_setopt(handle, CURLOPT_INFILESIZE_LARGE, static_cast<curl_off_t>(body.size()));
   curl_easy_setopt(handle, CURLOPT_READFUNCTION, ReadFromSpan);
   curl_easy_setopt(handle, CURLOPT_READDATA, &source);
@@ -506,8 +546,6 @@ Status CurlTransport::Put(const std::string& url, std::span<const std::uint8_t> 
   curl_easy_setopt(handle, CURLOPT_WRITEFUNCTION, DiscardBody);
 
   Outcome out = Perform(lease.pair(), error_buffer, RequestLimits{});
-  // The handle outlives `headers`; make sure it no longer points at the list.
-  curl_easy_setopt(handle, CURLOPT_HTTPHEADER, nullptr);
   if (out.rc != CURLE_OK) return TransferError(url, out, timeout);
   if (!Is2xx(out.http_code)) return HttpError("PUT", url, out.http_code);
   return Status::Ok();
@@ -518,6 +556,8 @@ Result<std::uint64_t> CurlTransport::Head(const std::string& url, const RequestL
   char error_buffer[CURL_ERROR_SIZE];
   CKPTFS_RETURN_IF_ERROR(impl_->Start(lease, url, limits.timeout, error_buffer));
   CURL* handle = lease.get();
+  CKPTFS_ASSIGN_OR_RETURN(HeaderList list, impl_->Headers({}));
+  const CallHeaders headers(handle, std::move(list));
   curl_easy_setopt(handle, CURLOPT_NOBODY, 1L);
   Outcome out = Perform(lease.pair(), error_buffer, limits);
   if (out.rc != CURLE_OK) return TransferError(url, out, limits.timeout);
@@ -586,12 +626,11 @@ Result<FileFetch> CurlTransport::GetToFile(const std::string& url, const std::st
   // The ETag when there is one: If-Modified-Since is only "not newer than", which a file put back
   // with an older time (a rollback that keeps times) would pass on some servers.
   const bool conditional = !have.etag.empty() || have.last_modified >= 0;
-  HeaderList headers(have.etag.empty()
-                         ? nullptr
-                         : curl_slist_append(nullptr, ("If-None-Match: " + have.etag).c_str()));
-  if (headers != nullptr) {
-    curl_easy_setopt(handle, CURLOPT_HTTPHEADER, headers.get());
-  } else if (have.last_modified >= 0) {
+  const std::string if_none_match = "If-None-Match: " + have.etag;
+  CKPTFS_ASSIGN_OR_RETURN(HeaderList list,
+                          have.etag.empty() ? impl_->Headers({}) : impl_->Headers({if_none_match}));
+  const CallHeaders headers(handle, std::move(list));
+  if (have.etag.empty() && have.last_modified >= 0) {
     curl_easy_setopt(handle, CURLOPT_TIMECONDITION, static_cast<long>(CURL_TIMECOND_IFMODSINCE));
     curl_easy_setopt(handle, CURLOPT_TIMEVALUE_LARGE, static_cast<curl_off_t>(have.last_modified));
   }
@@ -599,8 +638,7 @@ Result<FileFetch> CurlTransport::GetToFile(const std::string& url, const std::st
   Outcome out = Perform(lease.pair(), error_buffer, RequestLimits{});
   curl_off_t filetime = -1;
   curl_easy_getinfo(handle, CURLINFO_FILETIME_T, &filetime);
-  // The handle outlives `headers` and `etag`; its next user's SetCommonOptions resets the rest.
-  curl_easy_setopt(handle, CURLOPT_HTTPHEADER, nullptr);
+  // The handle outlives `etag`; its next user's SetCommonOptions resets the rest.
   curl_easy_setopt(handle, CURLOPT_HEADERDATA, nullptr);
   if (sink.write_errno != 0) return ErrnoStatus(sink.write_errno, "write " + path);
   if (out.rc != CURLE_OK && !sink.filter.discarding) return TransferError(url, out, timeout);

@@ -13,6 +13,7 @@
 #include <optional>
 
 #include "common/clock.h"
+#include "netfetch/header_file.h"
 #include "netfetch/transport.h"
 
 namespace ckptfs::netfetch {
@@ -23,6 +24,9 @@ struct CurlOptions {
   // that hangs mid-body is left for the next replica long before the read's deadline.
   long low_speed_bytes = 64 * 1024;
   std::chrono::seconds low_speed_time{3};
+  // Headers every request carries besides its own (credentials); null: none. Not owned; outlives
+  // the transport.
+  HeaderFile* header_file = nullptr;
 };
 
 class CurlTransport final : public Transport {

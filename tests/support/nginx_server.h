@@ -195,6 +195,11 @@ class NginxServer {
          << "    client_body_temp_path " << d << "/tmp/body;\n"
          << "    location /moved/ { rewrite ^/moved/(.*)$ /$1 redirect; }\n"
          // Serves the same files to GET, and refuses HEAD as some servers do.
+         // Serves the same files, and takes PUTs, only with the test's credentials.
+         << "    location /private/ {\n"
+         << "      if ($http_authorization != \"Bearer sesame\") { return 401; }\n"
+         << "      rewrite ^/private/(.*)$ /$1 break;\n"
+         << "    }\n"
          << "    location /nohead/ {\n"
          << "      if ($request_method = HEAD) { return 405; }\n"
          << "      rewrite ^/nohead/(.*)$ /$1 break;\n"

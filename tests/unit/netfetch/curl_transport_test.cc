@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "netfetch/global_init.h"
+#include "tests/support/fake_clock.h"
 #include "tests/support/nginx_server.h"
 #include "tests/support/status_testing.h"
 
@@ -557,6 +558,79 @@ TEST_F(CurlTransport, HeadThatTheServerDoesNotDoIsAFailedPrecondition) {
   std::vector<std::uint8_t> dst(bytes.size());
   ASSERT_TRUE(transport_.Get(url, dst, kTimeout).ok()) << "the server serves GETs there";
   EXPECT_EQ(dst, bytes);
+}
+
+// A transport whose requests carry the headers of a header file, as http_headers= makes one.
+class CurlTransportWithHeaders : public CurlTransport {
+ protected:
+  void SetUp() override {
+    CurlTransport::SetUp();
+    headers_path_ = nginx_.dir() + "/headers";
+    std::ofstream(headers_path_) << "# for /private/\nAuthorization: Bearer sesame\n";
+    Result<std::unique_ptr<netfetch::HeaderFile>> file =
+        netfetch::HeaderFile::Open(headers_path_, &clock_);
+    ASSERT_TRUE(file.ok()) << file.status().ToString();
+    header_file_ = std::move(*file);
+    netfetch::CurlOptions options;
+    options.header_file = header_file_.get();
+    with_headers_ = std::make_unique<netfetch::CurlTransport>(options);
+  }
+
+  testing::FakeClock clock_;
+  std::string headers_path_;
+  std::unique_ptr<netfetch::HeaderFile> header_file_;
+  std::unique_ptr<netfetch::CurlTransport> with_headers_;
+};
+
+TEST_F(CurlTransportWithHeaders, EveryKindOfRequestCarriesThem) {
+  auto bytes = RandomBytes(200 * 1024 + 5, 16);
+  Serve("p", bytes);
+  const std::string url = nginx_.url() + "/private/p";
+  std::vector<std::uint8_t> dst(bytes.size());
+  Status refused = transport_.Get(url, dst, kTimeout);
+  EXPECT_EQ(refused.code(), StatusCode::kUnavailable);
+  EXPECT_NE(refused.message().find("HTTP 401 from GET " + url), std::string::npos)
+      << refused.ToString();
+
+  ASSERT_TRUE(with_headers_->Get(url, dst, kTimeout).ok());
+  EXPECT_EQ(dst, bytes);
+  std::vector<std::uint8_t> part(1000);
+  ASSERT_TRUE(with_headers_->GetRange(url, 70'000, part, kTimeout).ok());
+  EXPECT_TRUE(std::equal(part.begin(), part.end(), bytes.begin() + 70'000));
+  Result<std::uint64_t> size = with_headers_->Head(url, kTimeout);
+  ASSERT_TRUE(size.ok()) << size.status().ToString();
+  EXPECT_EQ(*size, bytes.size());
+  auto put = RandomBytes(3000, 17);
+  Status stored = with_headers_->Put(nginx_.url() + "/private/chunks/ab/q", put, kTimeout);
+  ASSERT_TRUE(stored.ok()) << stored.ToString() << "\n" << nginx_.ErrorLog();
+  EXPECT_EQ(ReadFile(nginx_.root() + "/chunks/ab/q"), put);
+
+  // A conditional download sends its own header as well as the file's.
+  const std::string path = nginx_.dir() + "/p.copy";
+  Result<netfetch::FileFetch> first = with_headers_->GetToFile(url, path, kTimeout);
+  ASSERT_TRUE(first.ok()) << first.status().ToString();
+  EXPECT_EQ(ReadFile(path), bytes);
+  ASSERT_FALSE(first->version.etag.empty());
+  Result<netfetch::FileFetch> again =
+      with_headers_->GetToFile(url, nginx_.dir() + "/p.again", kTimeout, first->version);
+  ASSERT_TRUE(again.ok()) << again.status().ToString();
+  EXPECT_TRUE(again->not_modified);
+}
+
+TEST_F(CurlTransportWithHeaders, ARewrittenFileReachesTheNextRequest) {
+  Serve("p", RandomBytes(100, 18));
+  const std::string url = nginx_.url() + "/private/p";
+  std::vector<std::uint8_t> dst(100);
+  ASSERT_TRUE(with_headers_->Get(url, dst, kTimeout).ok());
+  std::ofstream(headers_path_ + ".new") << "Authorization: Bearer expired\n";
+  std::filesystem::rename(headers_path_ + ".new", headers_path_);
+  clock_.Advance(netfetch::HeaderFile::kDefaultRecheck);
+  EXPECT_EQ(with_headers_->Get(url, dst, kTimeout).code(), StatusCode::kUnavailable)
+      << "the expired token was not sent";
+  std::ofstream(headers_path_ + ".new") << "Authorization: Bearer sesame\n";
+  std::filesystem::rename(headers_path_ + ".new", headers_path_);
+  clock_.Advance(netfetch::HeaderFile::kDefaultRecheck);
+  EXPECT_TRUE(with_headers_->Get(url, dst, kTimeout).ok()) << "the renewed token was not sent";
 }
 
 TEST_F(CurlTransport, HeadOfAServerThatIsGoneIsUnavailable) {
