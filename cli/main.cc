@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <exception>
 #include <iostream>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -33,8 +34,23 @@ int Fail(const Status& status) {
   return kExitError;
 }
 
+// The headers of --http-headers FILE for a command's transport; null when no file is given.
+Result<std::unique_ptr<netfetch::HeaderFile>> OpenHeaderFile(const std::string& path,
+                                                             Clock* clock) {
+  if (path.empty()) return std::unique_ptr<netfetch::HeaderFile>();
+  Result<std::unique_ptr<netfetch::HeaderFile>> file = netfetch::HeaderFile::Open(path, clock);
+  if (!file.ok()) return file.status().WithContext("--http-headers");
+  return file;
+}
+
+netfetch::CurlOptions WithHeaders(netfetch::HeaderFile* file) {
+  netfetch::CurlOptions options;
+  options.header_file = file;
+  return options;
+}
+
 struct PublishArgs {
-  std::string source, output, chunk_size = "4M", block_size = "64K";
+  std::string source, output, chunk_size = "4M", block_size = "64K", http_headers;
   std::vector<std::string> nodes, stores;
   int replicas = 0;
   int uploads = 8;
@@ -65,31 +81,40 @@ Result<PublishOptions> ToPublishOptions(const PublishArgs& args) {
 int RunPublish(const PublishArgs& args) {
   Result<PublishOptions> options = ToPublishOptions(args);
   if (!options.ok()) return Fail(options.status());
-  netfetch::CurlTransport transport;
-  if (::isatty(STDERR_FILENO) == 1) options->progress = &std::cerr;
   RealClock clock;
+  Result<std::unique_ptr<netfetch::HeaderFile>> headers = OpenHeaderFile(args.http_headers, &clock);
+  if (!headers.ok()) return Fail(headers.status());
+  netfetch::CurlTransport transport(WithHeaders(headers->get()));
+  if (::isatty(STDERR_FILENO) == 1) options->progress = &std::cerr;
   Status status = Publish(*options, transport, clock, std::cout);
   return status.ok() ? 0 : Fail(status);
 }
 
 // Exit status 1 when any replica is bad, after the report: a script can act on it.
-int RunCheck(CheckOptions options, const std::vector<std::string>& nodes) {
+int RunCheck(CheckOptions options, const std::vector<std::string>& nodes,
+             const std::string& http_headers) {
   for (const std::string& node : nodes) {
     Result<std::pair<std::string, std::string>> kv = SplitAssignment(node, "--node");
     if (!kv.ok()) return Fail(kv.status());
     options.node_urls[kv->first] = kv->second;
   }
-  netfetch::CurlTransport transport;
+  RealClock clock;
+  Result<std::unique_ptr<netfetch::HeaderFile>> headers = OpenHeaderFile(http_headers, &clock);
+  if (!headers.ok()) return Fail(headers.status());
+  netfetch::CurlTransport transport(WithHeaders(headers->get()));
   Result<CheckReport> report = Check(options, transport, std::cout);
   if (!report.ok()) return Fail(report.status());
   return report->all.bad() == 0 ? 0 : kExitError;
 }
 
-int RunGc(GcOptions options, double min_age_seconds) {
+int RunGc(GcOptions options, double min_age_seconds, const std::string& http_headers) {
   constexpr double kCentury = 100 * 365.25 * 24 * 3600;  // Beyond it: everything is recent.
   options.min_age =
       std::chrono::seconds(static_cast<std::int64_t>(std::min(min_age_seconds, kCentury)));
-  netfetch::CurlTransport transport;
+  RealClock clock;
+  Result<std::unique_ptr<netfetch::HeaderFile>> headers = OpenHeaderFile(http_headers, &clock);
+  if (!headers.ok()) return Fail(headers.status());
+  netfetch::CurlTransport transport(WithHeaders(headers->get()));
   Result<GcReport> report = CollectGarbage(options, transport, std::cout);
   return report.ok() ? 0 : Fail(report.status());
 }
@@ -171,6 +196,9 @@ int Main(int argc, char** argv) {
                   "chunk size (default 64K)");
   pub->add_option("--uploads", publish.uploads,
                   "Objects stored at a time, over all nodes (default 8)");
+  const char* const kHeadersHelp =
+      "File of HTTP headers (\"Name: value\" lines, e.g. credentials) for every request";
+  pub->add_option("--http-headers", publish.http_headers, kHeadersHelp);
 
   std::string index, mountpoint;
   bool foreground = false;
@@ -183,7 +211,8 @@ int Main(int argc, char** argv) {
                   "Options: cache_dir=DIR, cache_size=SIZE, node.NAME=URL, timeout=SECONDS, "
                   "stall_timeout=SECONDS, fetchers=N, fetch_parts=N, readahead=SIZE, "
                   "dir_readahead=0|1, memory_cache=SIZE, index_cache=SIZE, "
-                  "kernel_readahead=SIZE, index_fallback, allow_other, debug, noexec");
+                  "kernel_readahead=SIZE, http_headers=FILE, index_fallback, allow_other, "
+                  "debug, noexec");
 
   CheckOptions check_options;
   CLI::App* check = app.add_subcommand(
@@ -195,6 +224,8 @@ int Main(int argc, char** argv) {
   std::vector<std::string> check_nodes;
   check->add_option("--node", check_nodes,
                     "NAME=URL: ask node NAME at URL instead of the index's (repeat for more)");
+  std::string check_headers;
+  check->add_option("--http-headers", check_headers, kHeadersHelp);
 
   GcOptions gc_options;
   double gc_min_age = 3600;
@@ -209,6 +240,8 @@ int Main(int argc, char** argv) {
   gc->add_option("--min-age", gc_min_age,
                  "Keep every file modified less than this many seconds ago (default 3600)")
       ->check(CLI::NonNegativeNumber);
+  std::string gc_headers;
+  gc->add_option("--http-headers", gc_headers, kHeadersHelp);
 
   std::string stats_mountpoint;
   CLI::App* stats = app.add_subcommand(
@@ -232,9 +265,9 @@ int Main(int argc, char** argv) {
   if (pub->parsed()) {
     rc = RunPublish(publish);
   } else if (check->parsed()) {
-    rc = RunCheck(check_options, check_nodes);
+    rc = RunCheck(check_options, check_nodes, check_headers);
   } else if (gc->parsed()) {
-    rc = RunGc(gc_options, gc_min_age);
+    rc = RunGc(gc_options, gc_min_age, gc_headers);
   } else {
     rc = RunMount(index, mountpoint, foreground, mount_opts, OptionSource::kCommandLine);
   }

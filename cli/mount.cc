@@ -161,6 +161,7 @@ struct MountedFs {
   RealClock clock;
   std::unique_ptr<index::IndexReader> index;
   std::unique_ptr<fs::DiskCache> cache;
+  std::unique_ptr<netfetch::HeaderFile> header_file;  // Null without http_headers=.
   std::unique_ptr<netfetch::CurlTransport> transport;
   std::unique_ptr<netfetch::RetryingFetcher> fetcher;
   std::unique_ptr<fs::IndexReplicas> replicas;
@@ -508,7 +509,15 @@ Status Mount(const MountOptions& options) {
   }
   CKPTFS_RETURN_IF_ERROR(CheckCacheOutsideMountpoint(cache_dir, options.mountpoint));
   CKPTFS_ASSIGN_OR_RETURN(m.cache, fs::DiskCache::Open({cache_dir, options.cache_size, &m.clock}));
-  m.transport = std::make_unique<netfetch::CurlTransport>();
+  netfetch::CurlOptions curl;
+  if (!options.http_headers.empty()) {
+    Result<std::unique_ptr<netfetch::HeaderFile>> header_file =
+        netfetch::HeaderFile::Open(options.http_headers, &m.clock);
+    if (!header_file.ok()) return header_file.status().WithContext("http_headers");
+    m.header_file = std::move(*header_file);
+    curl.header_file = m.header_file.get();
+  }
+  m.transport = std::make_unique<netfetch::CurlTransport>(curl);
   std::string index_path = options.index;
   if (IsHttpUrl(index_path)) {
     CKPTFS_ASSIGN_OR_RETURN(index_path, FetchIndex(options.index, cache_dir, *m.transport,

@@ -40,6 +40,9 @@ struct MountOptions {
   // An index URL that cannot be downloaded (server down, an error status) mounts the copy an
   // earlier mount of that URL kept in the cache directory, with a warning, instead of failing.
   bool index_fallback = false;
+  // A file of HTTP headers (credentials) for every request to the nodes and the index URL
+  // (http_headers=FILE), read again when it changes: netfetch::HeaderFile.
+  std::string http_headers;
   // The generic mount flags asked for (exec, noexec, nosuid, nodev), in the order given, for the
   // kernel's mount; libfuse adds nosuid and nodev in any case.
   std::vector<std::string> mount_flags;

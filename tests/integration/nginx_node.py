@@ -56,6 +56,7 @@ http {{
         listen 127.0.0.1:{port};
         server_name localhost;
         {limit_rate}
+        {authorization}
         root {dir}/www;
         client_max_body_size 0;
 
@@ -102,20 +103,40 @@ def require_nginx():
 class NginxNode:
     """One nginx node. Not thread safe: drive it from the test's thread."""
 
-    def __init__(self, name, directory, port=None, limit_rate=None):
+    def __init__(self, name, directory, port=None, limit_rate=None, authorization=None):
         """limit_rate (nginx syntax, "16m"): caps what each connection is sent per second, like a
-        store that limits every connection, or a link with a long round trip."""
+        store that limits every connection, or a link with a long round trip.
+        authorization ("Bearer TOKEN"): every request without exactly this Authorization header
+        is answered 401, as a private store does."""
         require_nginx()
         self.name = name
         self.dir = os.path.abspath(directory)
         self.port = port or free_port()
         self.proc = None
+        self.limit_rate = limit_rate
+        self.authorization = authorization
         for sub in ("www", "tmp"):
             os.makedirs(os.path.join(self.dir, sub), exist_ok=True)
-        with open(self.conf_path, "w") as f:
-            f.write(_CONFIG.format(dir=self.dir, port=self.port,
-                                   limit_rate=f"limit_rate {limit_rate};" if limit_rate else ""))
+        self._write_config()
         open(self.access_log, "a").close()
+
+    def _write_config(self):
+        authorization = ""
+        if self.authorization:
+            assert '"' not in self.authorization and "\\" not in self.authorization
+            authorization = (f'if ($http_authorization != "{self.authorization}") '
+                             "{ return 401; }")
+        with open(self.conf_path, "w") as f:
+            f.write(_CONFIG.format(
+                dir=self.dir, port=self.port, authorization=authorization,
+                limit_rate=f"limit_rate {self.limit_rate};" if self.limit_rate else ""))
+
+    def require_authorization(self, authorization):
+        """Restarts the node (same port, same files) wanting `authorization` from now on."""
+        self.stop()
+        self.authorization = authorization
+        self._write_config()
+        self.start()
 
     @property
     def url(self):
