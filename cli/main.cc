@@ -34,23 +34,48 @@ int Fail(const Status& status) {
   return kExitError;
 }
 
-// The headers of --http-headers FILE for a command's transport; null when no file is given.
-Result<std::unique_ptr<netfetch::HeaderFile>> OpenHeaderFile(const std::string& path,
-                                                             Clock* clock) {
-  if (path.empty()) return std::unique_ptr<netfetch::HeaderFile>();
-  Result<std::unique_ptr<netfetch::HeaderFile>> file = netfetch::HeaderFile::Open(path, clock);
-  if (!file.ok()) return file.status().WithContext("--http-headers");
-  return file;
+// What every command that talks to nodes takes: --http-headers FILE and --ca-file FILE.
+struct NetworkArgs {
+  std::string http_headers, ca_file;
+};
+
+void AddNetworkOptions(CLI::App* command, NetworkArgs& args) {
+  command->add_option(
+      "--http-headers", args.http_headers,
+      "File of HTTP headers (\"Name: value\" lines, e.g. credentials) for every request");
+  command->add_option("--ca-file", args.ca_file,
+                      "PEM file of the certificate authorities to trust for https, instead of "
+                      "the system's");
 }
 
-netfetch::CurlOptions WithHeaders(netfetch::HeaderFile* file) {
-  netfetch::CurlOptions options;
-  options.header_file = file;
-  return options;
-}
+// A command's transport and what it uses; made in place by Open, then not moved.
+struct Network {
+  RealClock clock;
+  std::unique_ptr<netfetch::HeaderFile> headers;
+  std::unique_ptr<netfetch::CurlTransport> transport;
+
+  Status Open(const NetworkArgs& args) {
+    netfetch::CurlOptions options;
+    if (!args.http_headers.empty()) {
+      Result<std::unique_ptr<netfetch::HeaderFile>> file =
+          netfetch::HeaderFile::Open(args.http_headers, &clock);
+      if (!file.ok()) return file.status().WithContext("--http-headers");
+      headers = std::move(*file);
+      options.header_file = headers.get();
+    }
+    if (!args.ca_file.empty()) {
+      Result<std::string> ca_file = netfetch::CheckCaFile(args.ca_file);
+      if (!ca_file.ok()) return ca_file.status().WithContext("--ca-file");
+      options.ca_file = *ca_file;
+    }
+    transport = std::make_unique<netfetch::CurlTransport>(options);
+    return Status::Ok();
+  }
+};
 
 struct PublishArgs {
-  std::string source, output, chunk_size = "4M", block_size = "64K", http_headers;
+  std::string source, output, chunk_size = "4M", block_size = "64K";
+  NetworkArgs network;
   std::vector<std::string> nodes, stores;
   int replicas = 0;
   int uploads = 8;
@@ -81,41 +106,35 @@ Result<PublishOptions> ToPublishOptions(const PublishArgs& args) {
 int RunPublish(const PublishArgs& args) {
   Result<PublishOptions> options = ToPublishOptions(args);
   if (!options.ok()) return Fail(options.status());
-  RealClock clock;
-  Result<std::unique_ptr<netfetch::HeaderFile>> headers = OpenHeaderFile(args.http_headers, &clock);
-  if (!headers.ok()) return Fail(headers.status());
-  netfetch::CurlTransport transport(WithHeaders(headers->get()));
+  Network network;
+  if (Status opened = network.Open(args.network); !opened.ok()) return Fail(opened);
   if (::isatty(STDERR_FILENO) == 1) options->progress = &std::cerr;
-  Status status = Publish(*options, transport, clock, std::cout);
+  Status status = Publish(*options, *network.transport, network.clock, std::cout);
   return status.ok() ? 0 : Fail(status);
 }
 
 // Exit status 1 when any replica is bad, after the report: a script can act on it.
 int RunCheck(CheckOptions options, const std::vector<std::string>& nodes,
-             const std::string& http_headers) {
+             const NetworkArgs& network_args) {
   for (const std::string& node : nodes) {
     Result<std::pair<std::string, std::string>> kv = SplitAssignment(node, "--node");
     if (!kv.ok()) return Fail(kv.status());
     options.node_urls[kv->first] = kv->second;
   }
-  RealClock clock;
-  Result<std::unique_ptr<netfetch::HeaderFile>> headers = OpenHeaderFile(http_headers, &clock);
-  if (!headers.ok()) return Fail(headers.status());
-  netfetch::CurlTransport transport(WithHeaders(headers->get()));
-  Result<CheckReport> report = Check(options, transport, std::cout);
+  Network network;
+  if (Status opened = network.Open(network_args); !opened.ok()) return Fail(opened);
+  Result<CheckReport> report = Check(options, *network.transport, std::cout);
   if (!report.ok()) return Fail(report.status());
   return report->all.bad() == 0 ? 0 : kExitError;
 }
 
-int RunGc(GcOptions options, double min_age_seconds, const std::string& http_headers) {
+int RunGc(GcOptions options, double min_age_seconds, const NetworkArgs& network_args) {
   constexpr double kCentury = 100 * 365.25 * 24 * 3600;  // Beyond it: everything is recent.
   options.min_age =
       std::chrono::seconds(static_cast<std::int64_t>(std::min(min_age_seconds, kCentury)));
-  RealClock clock;
-  Result<std::unique_ptr<netfetch::HeaderFile>> headers = OpenHeaderFile(http_headers, &clock);
-  if (!headers.ok()) return Fail(headers.status());
-  netfetch::CurlTransport transport(WithHeaders(headers->get()));
-  Result<GcReport> report = CollectGarbage(options, transport, std::cout);
+  Network network;
+  if (Status opened = network.Open(network_args); !opened.ok()) return Fail(opened);
+  Result<GcReport> report = CollectGarbage(options, *network.transport, std::cout);
   return report.ok() ? 0 : Fail(report.status());
 }
 
@@ -196,9 +215,7 @@ int Main(int argc, char** argv) {
                   "chunk size (default 64K)");
   pub->add_option("--uploads", publish.uploads,
                   "Objects stored at a time, over all nodes (default 8)");
-  const char* const kHeadersHelp =
-      "File of HTTP headers (\"Name: value\" lines, e.g. credentials) for every request";
-  pub->add_option("--http-headers", publish.http_headers, kHeadersHelp);
+  AddNetworkOptions(pub, publish.network);
 
   std::string index, mountpoint;
   bool foreground = false;
@@ -211,8 +228,8 @@ int Main(int argc, char** argv) {
                   "Options: cache_dir=DIR, cache_size=SIZE, node.NAME=URL, timeout=SECONDS, "
                   "stall_timeout=SECONDS, fetchers=N, fetch_parts=N, readahead=SIZE, "
                   "dir_readahead=0|1, memory_cache=SIZE, index_cache=SIZE, "
-                  "kernel_readahead=SIZE, http_headers=FILE, index_fallback, allow_other, "
-                  "debug, noexec");
+                  "kernel_readahead=SIZE, http_headers=FILE, ca_file=FILE, index_fallback, "
+                  "allow_other, debug, noexec");
 
   CheckOptions check_options;
   CLI::App* check = app.add_subcommand(
@@ -224,8 +241,8 @@ int Main(int argc, char** argv) {
   std::vector<std::string> check_nodes;
   check->add_option("--node", check_nodes,
                     "NAME=URL: ask node NAME at URL instead of the index's (repeat for more)");
-  std::string check_headers;
-  check->add_option("--http-headers", check_headers, kHeadersHelp);
+  NetworkArgs check_network;
+  AddNetworkOptions(check, check_network);
 
   GcOptions gc_options;
   double gc_min_age = 3600;
@@ -240,8 +257,8 @@ int Main(int argc, char** argv) {
   gc->add_option("--min-age", gc_min_age,
                  "Keep every file modified less than this many seconds ago (default 3600)")
       ->check(CLI::NonNegativeNumber);
-  std::string gc_headers;
-  gc->add_option("--http-headers", gc_headers, kHeadersHelp);
+  NetworkArgs gc_network;
+  AddNetworkOptions(gc, gc_network);
 
   std::string stats_mountpoint;
   CLI::App* stats = app.add_subcommand(
@@ -265,9 +282,9 @@ int Main(int argc, char** argv) {
   if (pub->parsed()) {
     rc = RunPublish(publish);
   } else if (check->parsed()) {
-    rc = RunCheck(check_options, check_nodes, check_headers);
+    rc = RunCheck(check_options, check_nodes, check_network);
   } else if (gc->parsed()) {
-    rc = RunGc(gc_options, gc_min_age, gc_headers);
+    rc = RunGc(gc_options, gc_min_age, gc_network);
   } else {
     rc = RunMount(index, mountpoint, foreground, mount_opts, OptionSource::kCommandLine);
   }

@@ -517,6 +517,11 @@ Status Mount(const MountOptions& options) {
     m.header_file = std::move(*header_file);
     curl.header_file = m.header_file.get();
   }
+  if (!options.ca_file.empty()) {
+    Result<std::string> ca_file = netfetch::CheckCaFile(options.ca_file);
+    if (!ca_file.ok()) return ca_file.status().WithContext("ca_file");
+    curl.ca_file = *ca_file;
+  }
   m.transport = std::make_unique<netfetch::CurlTransport>(curl);
   std::string index_path = options.index;
   if (IsHttpUrl(index_path)) {

@@ -86,6 +86,9 @@ Status ApplyOne(const std::string& key, const std::string& value, bool has_value
   } else if (key == "http_headers") {
     CKPTFS_RETURN_IF_ERROR(need_value());
     options.http_headers = value;
+  } else if (key == "ca_file") {
+    CKPTFS_RETURN_IF_ERROR(need_value());
+    options.ca_file = value;
   } else if (key == "cache_size") {
     CKPTFS_RETURN_IF_ERROR(need_value());
     CKPTFS_ASSIGN_OR_RETURN(options.cache_size, ParseSize(value));

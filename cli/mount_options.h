@@ -43,6 +43,9 @@ struct MountOptions {
   // A file of HTTP headers (credentials) for every request to the nodes and the index URL
   // (http_headers=FILE), read again when it changes: netfetch::HeaderFile.
   std::string http_headers;
+  // PEM file of the certificate authorities to trust for https instead of the system's
+  // (ca_file=FILE).
+  std::string ca_file;
   // The generic mount flags asked for (exec, noexec, nosuid, nodev), in the order given, for the
   // kernel's mount; libfuse adds nosuid and nodev in any case.
   std::vector<std::string> mount_flags;

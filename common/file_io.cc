@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <climits>
 #include <cstdlib>
 #include <string>
 #include <utility>
@@ -84,6 +85,15 @@ Status MakeDirs(const std::string& path, mode_t mode) {
     }
   }
   return Status::Ok();
+}
+
+Result<std::string> AbsolutePath(const std::string& path) {
+  if (!path.empty() && path.front() == '/') return path;
+  char cwd[PATH_MAX];
+  if (::getcwd(cwd, sizeof(cwd)) == nullptr) {
+    return ErrnoStatus(errno, "cannot resolve " + path + " against the working directory");
+  }
+  return std::string(cwd) + "/" + path;
 }
 
 Result<std::vector<std::uint8_t>> ReadWholeFile(const std::string& path) {

@@ -43,6 +43,10 @@ Status WriteAll(int fd, std::span<const std::uint8_t> bytes);
 // `mkdir -p` does; directories already there are fine.
 Status MakeDirs(const std::string& path, mode_t mode);
 
+// `path` made absolute against the working directory (as given when it already is); the errno
+// when the working directory cannot be had.
+Result<std::string> AbsolutePath(const std::string& path);
+
 // The whole of the regular file `path`.
 Result<std::vector<std::uint8_t>> ReadWholeFile(const std::string& path);
 

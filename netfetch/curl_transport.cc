@@ -17,6 +17,7 @@
 #include <utility>
 #include <vector>
 
+#include "common/file_io.h"
 #include "common/unique_fd.h"
 
 namespace ckptfs::netfetch {
@@ -398,8 +399,13 @@ struct CurlTransport::Impl {
         curl_easy_setopt(handle, CURLOPT_ACCEPT_ENCODING, nullptr),
         curl_easy_setopt(handle, CURLOPT_FOLLOWLOCATION, 0L),
     };
-    return std::all_of(std::begin(results), std::end(results),
-                       [](CURLcode rc) { return rc == CURLE_OK; });
+    const bool own_cas = !options.ca_file.empty();
+    const bool cas_set =
+        !own_cas ||
+        (curl_easy_setopt(handle, CURLOPT_CAINFO, options.ca_file.c_str()) == CURLE_OK &&
+         curl_easy_setopt(handle, CURLOPT_CAPATH, nullptr) == CURLE_OK);
+    return cas_set && std::all_of(std::begin(results), std::end(results),
+                                  [](CURLcode rc) { return rc == CURLE_OK; });
   }
 
   // Borrows a handle from the pool for the length of one call.
@@ -453,6 +459,17 @@ struct CurlTransport::Impl {
   std::mutex mu;
   std::vector<HandlePair> idle;  // Guarded by mu.
 };
+
+Result<std::string> CheckCaFile(const std::string& path) {
+  CKPTFS_ASSIGN_OR_RETURN(std::string absolute, AbsolutePath(path));
+  CKPTFS_ASSIGN_OR_RETURN(std::vector<std::uint8_t> bytes, ReadWholeFile(absolute));
+  constexpr std::string_view kBegin = "-----BEGIN CERTIFICATE-----";
+  if (std::search(bytes.begin(), bytes.end(), kBegin.begin(), kBegin.end()) == bytes.end()) {
+    return InvalidArgumentError(absolute + " holds no PEM certificate (" + std::string(kBegin) +
+                                ")");
+  }
+  return absolute;
+}
 
 CurlTransport::CurlTransport(CurlOptions options) : impl_(std::make_unique<Impl>(options)) {
   // One handle up front: the common case needs it anyway, and it is made on the constructing

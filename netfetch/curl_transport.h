@@ -11,8 +11,10 @@
 #include <cstdint>
 #include <memory>
 #include <optional>
+#include <string>
 
 #include "common/clock.h"
+#include "common/result.h"
 #include "netfetch/header_file.h"
 #include "netfetch/transport.h"
 
@@ -27,7 +29,15 @@ struct CurlOptions {
   // Headers every request carries besides its own (credentials); null: none. Not owned; outlives
   // the transport.
   HeaderFile* header_file = nullptr;
+  // PEM file of the certificate authorities that https servers are checked against, instead of
+  // the system's (CheckCaFile); empty: the system's.
+  std::string ca_file;
 };
+
+// Checks that `path` can be read and holds at least one PEM certificate; returns it absolute (a
+// mount that goes to the background leaves the working directory). InvalidArgument or the errno
+// otherwise, naming the file.
+Result<std::string> CheckCaFile(const std::string& path);
 
 class CurlTransport final : public Transport {
  public:

@@ -8,10 +8,10 @@
 #include <array>
 #include <cctype>
 #include <cerrno>
-#include <climits>
 #include <cstring>
 #include <utility>
 
+#include "common/file_io.h"
 #include "common/log.h"
 #include "common/unique_fd.h"
 
@@ -49,13 +49,6 @@ std::string_view Trim(std::string_view s) {
   while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
   while (!s.empty() && (s.back() == ' ' || s.back() == '\t')) s.remove_suffix(1);
   return s;
-}
-
-std::string AbsolutePath(const std::string& path) {
-  if (path.empty() || path.front() == '/') return path;
-  char cwd[PATH_MAX];
-  if (::getcwd(cwd, sizeof(cwd)) == nullptr) return path;
-  return std::string(cwd) + "/" + path;
 }
 
 }  // namespace
@@ -132,7 +125,7 @@ Result<HeaderFile::Loaded> HeaderFile::Load(const std::string& path) {
 
 Result<std::unique_ptr<HeaderFile>> HeaderFile::Open(const std::string& path, Clock* clock,
                                                      Duration recheck) {
-  const std::string absolute = AbsolutePath(path);
+  CKPTFS_ASSIGN_OR_RETURN(const std::string absolute, AbsolutePath(path));
   CKPTFS_ASSIGN_OR_RETURN(Loaded loaded, Load(absolute));
   std::unique_ptr<HeaderFile> file(new HeaderFile(absolute, clock, recheck));
   file->current_ = std::make_shared<const HeaderLines>(std::move(loaded.lines));

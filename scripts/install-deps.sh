@@ -19,7 +19,7 @@ apt-get install -y --no-install-recommends \
   build-essential cmake pkg-config dpkg-dev file \
   libfuse3-dev fuse3 libcurl4-openssl-dev libsqlite3-dev libssl-dev \
   googletest libgtest-dev libcli11-dev nlohmann-json3-dev \
-  nginx-light sqlite3 curl ca-certificates lintian \
+  nginx-light sqlite3 curl ca-certificates openssl lintian \
   python3 python3-venv clang-format psmisc procps util-linux diffutils iproute2
 
 # The tests start their own nginx processes on free ports; a packaged nginx service that apt may

@@ -126,6 +126,9 @@ def machine_problems(suite):
         problems.append("/dev/fuse is missing")
     if shutil.which("fusermount3") is None:
         problems.append("fusermount3 is missing (apt-get install fuse3)")
+    if shutil.which("openssl") is None:
+        problems.append("openssl is missing (apt-get install openssl): the https tests make "
+                        "their certificates with it")
     try:
         require_nginx()
     except RuntimeError as e:

@@ -53,7 +53,8 @@ http {{
     scgi_temp_path {dir}/tmp/scgi;
 
     server {{
-        listen 127.0.0.1:{port};
+        listen 127.0.0.1:{port}{ssl};
+        {certificate}
         server_name localhost;
         {limit_rate}
         {authorization}
@@ -103,11 +104,13 @@ def require_nginx():
 class NginxNode:
     """One nginx node. Not thread safe: drive it from the test's thread."""
 
-    def __init__(self, name, directory, port=None, limit_rate=None, authorization=None):
+    def __init__(self, name, directory, port=None, limit_rate=None, authorization=None,
+                 tls=None):
         """limit_rate (nginx syntax, "16m"): caps what each connection is sent per second, like a
         store that limits every connection, or a link with a long round trip.
         authorization ("Bearer TOKEN"): every request without exactly this Authorization header
-        is answered 401, as a private store does."""
+        is answered 401, as a private store does.
+        tls ((certificate file, key file), PEM): serves https on the port instead of http."""
         require_nginx()
         self.name = name
         self.dir = os.path.abspath(directory)
@@ -115,6 +118,7 @@ class NginxNode:
         self.proc = None
         self.limit_rate = limit_rate
         self.authorization = authorization
+        self.tls = tls
         for sub in ("www", "tmp"):
             os.makedirs(os.path.join(self.dir, sub), exist_ok=True)
         self._write_config()
@@ -126,9 +130,13 @@ class NginxNode:
             assert '"' not in self.authorization and "\\" not in self.authorization
             authorization = (f'if ($http_authorization != "{self.authorization}") '
                              "{ return 401; }")
+        certificate = ""
+        if self.tls:
+            certificate = f"ssl_certificate {self.tls[0]}; ssl_certificate_key {self.tls[1]};"
         with open(self.conf_path, "w") as f:
             f.write(_CONFIG.format(
                 dir=self.dir, port=self.port, authorization=authorization,
+                ssl=" ssl" if self.tls else "", certificate=certificate,
                 limit_rate=f"limit_rate {self.limit_rate};" if self.limit_rate else ""))
 
     def require_authorization(self, authorization):
@@ -140,7 +148,7 @@ class NginxNode:
 
     @property
     def url(self):
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     @property
     def store_dir(self):

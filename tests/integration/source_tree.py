@@ -125,3 +125,11 @@ def write_file(path, data, mode=0o644):
 
 def random_bytes(seed, size):
     return b"".join(_random_blocks(seed, size))
+
+
+def write_two_files(root, seed):
+    """root/model.bin (5 MiB) and root/sub/opt.bin (3 MiB + 7) of random_bytes(seed, ...) and
+    random_bytes(seed + 1, ...): 9 chunks of 1 MiB. Returns root."""
+    write_file(os.path.join(root, "model.bin"), random_bytes(seed, 5 * MiB))
+    write_file(os.path.join(root, "sub", "opt.bin"), random_bytes(seed + 1, 3 * MiB + 7))
+    return root

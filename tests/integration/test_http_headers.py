@@ -32,11 +32,7 @@ def _write_headers(path, authorization):
 
 
 def _tree(test_dir):
-    src = os.path.join(test_dir, "src")
-    source_tree.write_file(os.path.join(src, "model.bin"), source_tree.random_bytes(41, 5 * MiB))
-    source_tree.write_file(os.path.join(src, "sub", "opt.bin"),
-                           source_tree.random_bytes(42, 3 * MiB + 7))
-    return src
+    return source_tree.write_two_files(os.path.join(test_dir, "src"), 41)
 
 
 def test_publish_mount_check_and_gc_reach_nodes_that_want_a_token(

@@ -22,7 +22,8 @@ TEST(MountOptions, AcceptsEveryOptionAndSetsItsField) {
   CKPTFS_ASSERT_OK(ApplyMountOptionList(
       "cache_dir=/var/tmp/c,cache_size=2G,node.n1=http://127.0.0.1:8080,timeout=2.5,"
       "allow_other,debug,index_fallback,fetchers=4,readahead=8M,memory_cache=32M,index_cache=0,"
-      "dir_readahead=0,fetch_parts=2,stall_timeout=0.25,http_headers=/etc/ckptfs/headers",
+      "dir_readahead=0,fetch_parts=2,stall_timeout=0.25,http_headers=/etc/ckptfs/headers,"
+      "ca_file=/etc/ckptfs/ca.pem",
       options));
   EXPECT_EQ(options.cache_dir, "/var/tmp/c");
   EXPECT_EQ(options.cache_size, 2ull << 30);
@@ -40,6 +41,7 @@ TEST(MountOptions, AcceptsEveryOptionAndSetsItsField) {
   EXPECT_EQ(options.fetch_parts, 2);
   EXPECT_EQ(options.stall_timeout, 250ms);
   EXPECT_EQ(options.http_headers, "/etc/ckptfs/headers");
+  EXPECT_EQ(options.ca_file, "/etc/ckptfs/ca.pem");
 }
 
 TEST(MountOptions, DefaultsAreKeptForOptionsNotGiven) {
@@ -53,6 +55,7 @@ TEST(MountOptions, DefaultsAreKeptForOptionsNotGiven) {
   EXPECT_FALSE(options.allow_other);
   EXPECT_FALSE(options.index_fallback);
   EXPECT_EQ(options.http_headers, "");
+  EXPECT_EQ(options.ca_file, "");
   EXPECT_EQ(options.fetch_threads, defaults.fetch_threads);
   EXPECT_EQ(options.readahead, defaults.readahead);
 }
@@ -119,6 +122,7 @@ TEST(MountOptions, RejectsUnknownOptions) {
   ExpectRejected("index_fallback=1", "index_fallback");
   ExpectRejected("http_headers", "http_headers");
   ExpectRejected("http_headers=", "http_headers");
+  ExpectRejected("ca_file", "ca_file");
   ExpectRejected("ro=1", "ro");
 }
 

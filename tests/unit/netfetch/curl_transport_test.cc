@@ -30,6 +30,7 @@
 #include "tests/support/fake_clock.h"
 #include "tests/support/nginx_server.h"
 #include "tests/support/status_testing.h"
+#include "tests/support/temp_dir.h"
 
 namespace ckptfs {
 namespace {
@@ -631,6 +632,26 @@ TEST_F(CurlTransportWithHeaders, ARewrittenFileReachesTheNextRequest) {
   std::filesystem::rename(headers_path_ + ".new", headers_path_);
   clock_.Advance(netfetch::HeaderFile::kDefaultRecheck);
   EXPECT_TRUE(with_headers_->Get(url, dst, kTimeout).ok()) << "the renewed token was not sent";
+}
+
+TEST(CheckCaFile, TakesAFileWithACertificateAndGivesItAbsolute) {
+  testing::TempDir dir;
+  std::ofstream(dir.Path("ca.pem")) << "# our CA\n-----BEGIN CERTIFICATE-----\nMIIB\n"
+                                       "-----END CERTIFICATE-----\n";
+  std::ofstream(dir.Path("key.pem")) << "-----BEGIN PRIVATE KEY-----\nMIIB\n";
+  const std::filesystem::path before = std::filesystem::current_path();
+  std::filesystem::current_path(dir.path());
+  Result<std::string> relative = netfetch::CheckCaFile("ca.pem");
+  Result<std::string> key = netfetch::CheckCaFile("key.pem");
+  std::filesystem::current_path(before);
+  ASSERT_TRUE(relative.ok()) << relative.status().ToString();
+  EXPECT_EQ(*relative, dir.Path("ca.pem"));
+  EXPECT_EQ(key.status().code(), StatusCode::kInvalidArgument) << key.status().ToString();
+  EXPECT_NE(key.status().message().find(dir.Path("key.pem") + " holds no PEM certificate"),
+            std::string::npos)
+      << key.status().ToString();
+  Result<std::string> missing = netfetch::CheckCaFile(dir.Path("missing.pem"));
+  EXPECT_EQ(missing.status().code(), StatusCode::kNotFound) << missing.status().ToString();
 }
 
 TEST_F(CurlTransport, HeadOfAServerThatIsGoneIsUnavailable) {
