@@ -141,8 +141,9 @@ class Checker {
     if (!buffer) buffer.emplace(index_.chunk_size());
     Status got = transport_.Get(url, {buffer->data(), chunk.size}, kRequestTimeout);
     if (!got.ok()) {
-      check.verdict =
-          got.code() == StatusCode::kDataLoss ? Verdict::kWrongSize : Verdict::kUnreachable;
+      check.verdict = got.code() == StatusCode::kDataLoss   ? Verdict::kWrongSize
+                      : got.code() == StatusCode::kNotFound ? Verdict::kMissing
+                                                            : Verdict::kUnreachable;
       check.detail = got.message();
       return;
     }

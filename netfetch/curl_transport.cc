@@ -343,8 +343,11 @@ Status TransferError(const std::string& url, const Outcome& out, Duration timeou
   return UnavailableError(std::move(message));
 }
 
+// NotFound for 404 and 410: the server is up and says the object is not there.
 Status HttpError(const std::string& method, const std::string& url, long code) {
-  return UnavailableError("HTTP " + std::to_string(code) + " from " + method + " " + url);
+  std::string message = "HTTP " + std::to_string(code) + " from " + method + " " + url;
+  if (code == 404 || code == 410) return NotFoundError(std::move(message));
+  return UnavailableError(std::move(message));
 }
 
 Status NoHandle() { return InternalError("curl could not allocate a handle"); }
@@ -578,9 +581,6 @@ Result<std::uint64_t> CurlTransport::Head(const std::string& url, const RequestL
   curl_easy_setopt(handle, CURLOPT_NOBODY, 1L);
   Outcome out = Perform(lease.pair(), error_buffer, limits);
   if (out.rc != CURLE_OK) return TransferError(url, out, limits.timeout);
-  if (out.http_code == 404 || out.http_code == 410) {
-    return NotFoundError("HTTP " + std::to_string(out.http_code) + " from HEAD " + url);
-  }
   if (out.http_code == 405 || out.http_code == 501) {
     return FailedPreconditionError("HTTP " + std::to_string(out.http_code) + " from HEAD " + url +
                                    ": the server does not answer HEAD");

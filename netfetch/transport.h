@@ -59,8 +59,9 @@ class Transport {
 
   // GETs `url` into `dst`; the body must be exactly dst.size() bytes. `progress` (may be empty)
   // follows the body as it lands, see ProgressCallback.
-  // Errors: Unavailable (cannot connect, HTTP error status, connection reset, too slow: below
-  // the low-speed limit, or stalled past limits.stall_timeout), DataLoss (body shorter or longer
+  // Errors: NotFound (HTTP 404 or 410), Unavailable (cannot connect, another HTTP error status,
+  // connection reset, too slow: below the low-speed limit, or stalled past
+  // limits.stall_timeout), DataLoss (body shorter or longer
   // than dst, or abandoned by `progress`), DeadlineExceeded (the whole request took longer than
   // limits.timeout). The message names the URL and the cause. Bytes of dst past what `progress`
   // was told are unspecified.
@@ -91,7 +92,7 @@ class Transport {
   }
 
   // PUTs `body` to `url` (a WebDAV-style server such as nginx with dav_methods PUT). Any 2xx is
-  // success; everything else is Unavailable with the status.
+  // success; 404 and 410 are NotFound, every other status Unavailable, with the status.
   virtual Status Put(const std::string& url, std::span<const std::uint8_t> body,
                      Duration timeout) = 0;
 

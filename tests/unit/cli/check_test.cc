@@ -124,11 +124,13 @@ TEST_F(Check, ANodeThatDoesNotDoHeadIsCheckedWithGets) {
                                ScriptedResponse::Error(FailedPreconditionError("HTTP 405")));
   }
   transport_.SetResponse(Url(0, 3), ScriptedResponse::Body(PatternBytes(kChunk, 99)));
+  transport_.SetResponse(Url(0, 4), ScriptedResponse::Error(NotFoundError("HTTP 404")));
   const int published_n1 = transport_.Calls(Url(0, 0));
   const int published_n2 = transport_.Calls(Url(1, 0));
   CKPTFS_ASSERT_OK_AND_ASSIGN(CheckReport report, Run());
-  EXPECT_EQ(report.per_node[0].ok, static_cast<std::uint64_t>(kChunks - 1)) << output_.str();
+  EXPECT_EQ(report.per_node[0].ok, static_cast<std::uint64_t>(kChunks - 2)) << output_.str();
   EXPECT_EQ(report.per_node[0].corrupt, 1u) << "its bytes were fetched, so they were checked";
+  EXPECT_EQ(report.per_node[0].missing, 1u) << "a 404 to the GET: " << output_.str();
   EXPECT_EQ(report.per_node[1].ok, static_cast<std::uint64_t>(kChunks));
   EXPECT_EQ(transport_.Calls(Url(0, 0)), published_n1 + 1) << "node n1's replica was not GET";
   EXPECT_EQ(transport_.Calls(Url(1, 0)), published_n2) << "node n2 answers HEAD: no GET";

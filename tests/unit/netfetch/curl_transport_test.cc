@@ -260,11 +260,12 @@ TEST_F(CurlTransport, GetReturnsTheExactBody) {
   EXPECT_EQ(dst, bytes);
 }
 
-TEST_F(CurlTransport, MissingObjectIsUnavailableAndLeavesTheBufferAlone) {
+TEST_F(CurlTransport, MissingObjectIsNotFoundAndLeavesTheBufferAlone) {
   std::string url = nginx_.url() + "/chunks/00/missing";
   std::vector<std::uint8_t> dst(64, 0xaa);
+  EXPECT_EQ(transport_.GetRange(url, 0, dst, kTimeout).code(), StatusCode::kNotFound);
   Status status = transport_.Get(url, dst, kTimeout);
-  EXPECT_EQ(status.code(), StatusCode::kUnavailable);
+  EXPECT_EQ(status.code(), StatusCode::kNotFound);
   EXPECT_NE(status.message().find("HTTP 404"), std::string::npos) << status.ToString();
   EXPECT_NE(status.message().find(url), std::string::npos) << status.ToString();
   EXPECT_EQ(dst, std::vector<std::uint8_t>(64, 0xaa)) << "the error page must not land in dst";
@@ -685,7 +686,7 @@ TEST_F(CurlTransport, GetToFileWritesTheBodyAndFollowsRedirects) {
 TEST_F(CurlTransport, GetToFileFailsOnHttpErrorAndOnBadPath) {
   const std::string path = nginx_.dir() + "/missing.db";
   Status status = transport_.GetToFile(nginx_.url() + "/missing.db", path, kTimeout).status();
-  EXPECT_EQ(status.code(), StatusCode::kUnavailable);
+  EXPECT_EQ(status.code(), StatusCode::kNotFound);
   EXPECT_NE(status.message().find("HTTP 404"), std::string::npos) << status.ToString();
   EXPECT_EQ(std::filesystem::file_size(path), 0u) << "the error page is not the file";
 
