@@ -8,10 +8,12 @@ bench (or the machine) stuck. Drive mounts from the main thread only.
 import os
 import shutil
 import subprocess
+import tempfile
 import time
 
-from common import (MeasureFailed, cpu_seconds, log, pid_alive, run, terminate_pid,
-                    vm_hwm_bytes)
+import reader
+from common import (MeasureFailed, MiB, cpu_seconds, log, pid_alive, run, sync_and_drop_caches,
+                    terminate_pid, vm_hwm_bytes)
 
 FUSECTL = "/sys/fs/fuse/connections"
 
@@ -143,6 +145,27 @@ class CkptfsMount(FuseMount):
 
     def vm_hwm(self):
         return vm_hwm_bytes(self.pid) if self.pid else None
+
+
+def cold_ckptfs_read(binary, index, work, rel_path, options=()):
+    """Reads `rel_path` whole (1 MiB reads) through a fresh ckptfs mount of `index` with its own
+    new cache under `work`, page cache dropped first; returns (bytes, seconds, daemon CPU
+    seconds). The mount and its cache go away after, also on failure."""
+    mount = CkptfsMount(binary, index, os.path.join(work, "mnt"), tempfile.mkdtemp(dir=work),
+                        options)
+    try:
+        mount.start()
+        sync_and_drop_caches()
+        cpu_before = mount.cpu()
+        view = reader.aligned_buffer(MiB)
+        t0 = time.perf_counter()
+        read = reader.read_file(os.path.join(mount.mnt, rel_path), view)
+        seconds = time.perf_counter() - t0
+        cpu = mount.cpu() - cpu_before
+    finally:
+        mount.stop()
+        shutil.rmtree(mount.cache_dir, ignore_errors=True)
+    return read, seconds, cpu
 
 
 class HttpdirfsMount(FuseMount):

@@ -49,10 +49,11 @@ def _split(gets, streams):
     return [gets[k::streams] for k in range(streams) if gets[k::streams]]
 
 
-def fetch(gets, streams=8, timeout=600, verify=False):
+def fetch(gets, streams=8, timeout=600, verify=False, curl_options=()):
     """Fetches every GET with `streams` curl processes; returns the seconds from start to the end.
 
     With `verify` (for GETs without a dest), the bodies are read and hashed instead of discarded.
+    `curl_options` are added to every curl's command line (e.g. --cacert FILE).
 
     Raises RuntimeError when a transfer fails or a byte count is off.
     """
@@ -64,7 +65,8 @@ def fetch(gets, streams=8, timeout=600, verify=False):
     with tempfile.TemporaryDirectory(prefix="bench-curl-") as tmp:
         configs = [_write_config(tmp, k, share, verify) for k, share in enumerate(shares)]
         t0 = time.perf_counter()
-        procs = [_start(cfg, share, verify) for cfg, share in zip(configs, shares)]
+        procs = [_start(cfg, share, verify, curl_options)
+                 for cfg, share in zip(configs, shares)]
         errors = []
         threads = [threading.Thread(target=_drain, args=(p, share, errors, timeout, verify))
                    for p, share in zip(procs, shares)]
@@ -88,9 +90,9 @@ def _write_config(tmp, k, share, verify):
     return path
 
 
-def _start(cfg, share, verify):
+def _start(cfg, share, verify, curl_options):
     to_stdout = share[0].dest is not None or verify
-    argv = [CURL, "-q", "--silent", "--show-error", "--fail", "--config", cfg]
+    argv = [CURL, "-q", "--silent", "--show-error", "--fail", *curl_options, "--config", cfg]
     if not to_stdout:
         argv += ["--write-out", "%{http_code} %{size_download}\\n"]
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,

@@ -105,6 +105,16 @@ def sections(meta):
                  "MiB/s"),
                 (f"shaped.{rate}.ckptfs", f"{rate}: ckptfs cold", "MiB/s"))
         ]),
+        ("https against http, same nodes (bench/https_cost.py: nginx serves each node's files on "
+         "an http and an https port, a certificate of a CA made for the run; one random file of "
+         "1 GiB, 256 MiB with --quick; R=2; fresh cache)", [
+            ("https.curl.http", "parallel curl, 8 streams, http", "MiB/s"),
+            ("https.curl.https", "parallel curl, 8 streams, https", "MiB/s"),
+            ("https.ckptfs.http", "ckptfs cold, http", "MiB/s"),
+            ("https.ckptfs.https", "ckptfs cold, https", "MiB/s"),
+            ("https.ckptfs.http.cpu", "ckptfs daemon CPU per GiB, http", "s"),
+            ("https.ckptfs.https.cpu", "ckptfs daemon CPU per GiB, https", "s"),
+        ]),
         ("TensorFlow and safetensors (loader venv)", [
             ("tf.restore.ckptfs", "TF Checkpoint.read (full restore) from a cold mount", "s"),
             ("tf.restore.download", "download all with parallel curl, then TF restore", "s"),
@@ -197,6 +207,9 @@ def targets():
            lambda r, k, rate=rate: _ratio(r.get(f"shaped.{rate}.ckptfs", k),
                                           r.get(f"shaped.{rate}.curl", k)),
            ">= 0.9", lambda v: v >= 0.9, "x") for rate in SHAPED_RATES),
+        ("cold seq / parallel curl, both over https (extra)",
+         lambda r, k: _ratio(r.get("https.ckptfs.https", k), r.get("https.curl.https", k)),
+         ">= 0.9", lambda v: v >= 0.9, "x"),
         # The bound is 64 MiB plus the configured memory cache; the bench mounts with the
         # default memory_cache (64M), which holds chunks in flight and fetched ahead.
         ("daemon peak RSS (max over stages), memory_cache=64M", _rss_max,

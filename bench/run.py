@@ -54,6 +54,7 @@ class Config:
         self.tf_bytes = (128 * MiB) if args.quick else 1 * GiB
         self.tf_timeout = 900 if args.quick else 1500
         self.shaped_bytes = (256 * MiB) if args.quick else 1 * GiB
+        self.https_bytes = (256 * MiB) if args.quick else 1 * GiB
         self.loaders_venv = os.path.abspath(args.loaders_venv)
         self.peers = [p for p in ("httpdirfs", "rclone") if p not in args.skip]
         self.skip = set(args.skip)
@@ -72,7 +73,7 @@ def parse_args(argv):
     p.add_argument("--reuse", action="store_true",
                    help="reuse data and published chunks kept by an earlier --keep run")
     p.add_argument("--skip", action="append", default=[],
-                   choices=["httpdirfs", "rclone", "tf", "shaped"],
+                   choices=["httpdirfs", "rclone", "tf", "shaped", "https"],
                    help="leave a system or stage out")
     p.add_argument("--random-reads", type=int, help="number of random 4 KiB reads")
     p.add_argument("--seed", type=int, default=1)
@@ -264,26 +265,53 @@ def bench(cfg, res, cleanup):
         res.problem(f"ckptfs: verification read failed: {e}")
     tf_stage(cfg, res, cleanup, nodes)
     shaped_stage(cfg, res)
+    https_stage(cfg, res)
+
+
+def run_json_stage(cfg, res, name, skip, script, args, what):
+    """Runs bench/`script` with --bin, --json and `args` (logging `what` it does), which writes
+    its figures as JSON, and
+    returns them; None, with stage `name` noted as not run, when it is skipped (--skip `skip`) or
+    fails. SIGTERM first on a timeout: the scripts then remove what they made (nodes, mounts, a
+    network namespace)."""
+    if skip in cfg.skip:
+        res.stage_notes[name] = f"not run: --skip {skip}"
+        return None
+    log(f"{name} stage: {what}")
+    out = os.path.join(cfg.workdir, f"{skip}.json")
+    argv = [sys.executable, os.path.join(HERE, script), "--bin", cfg.binary, "--json", out, *args]
+    try:
+        run_bounded(argv, timeout=1800, stop_grace=120)
+        with open(out) as f:
+            return json.load(f)
+    except (MeasureFailed, OSError, ValueError) as e:
+        res.stage_notes[name] = f"not run: {e}"
+        log(f"{name} stage failed: {e}")
+        return None
+
+
+def https_stage(cfg, res):
+    """bench/https_cost.py, which cleans up its own nodes, certificates, mount and file."""
+    measured = run_json_stage(cfg, res, "https", "https", "https_cost.py",
+                              ["--runs", str(cfg.runs), "--size-mib", str(cfg.https_bytes // MiB)],
+                              f"{cfg.runs} run(s) of each side")
+    if measured is None:
+        return
+    for side, values in measured.items():
+        for r, v in enumerate(values):
+            res.put(f"https.{side}", r, v)
+    log(f"  curl {res.med('https.curl.http'):,.0f} / {res.med('https.curl.https'):,.0f}, "
+        f"ckptfs {res.med('https.ckptfs.http'):,.0f} / {res.med('https.ckptfs.https'):,.0f} "
+        "MiB/s (http / https)")
 
 
 def shaped_stage(cfg, res):
     """bench/shaped_link.py at SHAPED_RATES, which cleans up its own namespace, nodes and file."""
-    if "shaped" in cfg.skip:
-        res.stage_notes["shaped link"] = "not run: --skip shaped"
-        return
-    out = os.path.join(cfg.workdir, "shaped.json")
-    argv = [sys.executable, os.path.join(HERE, "shaped_link.py"), "--bin", cfg.binary,
-            "--rates", ",".join(SHAPED_RATES), "--runs", str(cfg.runs),
-            "--size-mib", str(cfg.shaped_bytes // MiB), "--json", out]
-    log(f"shaped link stage: {', '.join(SHAPED_RATES)}, {cfg.runs} run(s) each")
-    try:
-        # SIGTERM first: shaped_link.py then removes its namespace, mount and nodes.
-        run_bounded(argv, timeout=1800, stop_grace=120)
-        with open(out) as f:
-            measured = json.load(f)
-    except (MeasureFailed, OSError, ValueError) as e:
-        res.stage_notes["shaped link"] = f"not run: {e}"
-        log(f"shaped link stage failed: {e}")
+    measured = run_json_stage(cfg, res, "shaped link", "shaped", "shaped_link.py",
+                              ["--rates", ",".join(SHAPED_RATES), "--runs", str(cfg.runs),
+                               "--size-mib", str(cfg.shaped_bytes // MiB)],
+                              f"{', '.join(SHAPED_RATES)}, {cfg.runs} run(s) each")
+    if measured is None:
         return
     for rate, sides in measured.items():
         for side, values in sides.items():

@@ -8,14 +8,17 @@ counts the bytes each system pulled from the network.
 """
 
 import os
+import random
 import re
 import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 
 from common import MiB, MeasureFailed, children_of, terminate_pid, wait_pid_gone
+from source import write_random
 
 NGINX = "/usr/sbin/nginx"
 
@@ -45,7 +48,7 @@ http {{
     scgi_temp_path {dir}/tmp/scgi;
 
     server {{
-        listen 127.0.0.1:{port};
+        listen 127.0.0.1:{port};{tls}
         server_name localhost;{limit}
         root {root};
         location / {{
@@ -82,11 +85,15 @@ def _accepts(port):
 class NginxNode:
     """One nginx serving `root` on 127.0.0.1:port. Drive it from the main thread only."""
 
-    def __init__(self, name, directory, root, accept_put=False):
+    def __init__(self, name, directory, root, accept_put=False, tls=None):
+        """tls ((certificate file, key file), PEM): also serves the root over https, on
+        tls_port."""
         self.name = name
         self.dir = os.path.abspath(directory)
         self.root = os.path.abspath(root)
         self.port = free_port()
+        self.tls = tls
+        self.tls_port = free_port() if tls else None
         self.proc = None
         self.worker_pids = []
         os.makedirs(os.path.join(self.dir, "tmp"), exist_ok=True)
@@ -97,7 +104,12 @@ class NginxNode:
 
     def _write_config(self, limit_rate):
         with open(self.conf_path, "w") as f:
-            f.write(_CONFIG.format(dir=self.dir, port=self.port, root=self.root,
+            tls = ""
+            if self.tls:
+                tls = (f"\n        listen 127.0.0.1:{self.tls_port} ssl;"
+                       f"\n        ssl_certificate {self.tls[0]};"
+                       f"\n        ssl_certificate_key {self.tls[1]};")
+            f.write(_CONFIG.format(dir=self.dir, port=self.port, root=self.root, tls=tls,
                                    put=_PUT if self.accept_put else "",
                                    user="\nuser root;" if self.accept_put else "",
                                    limit=f"\n        limit_rate {limit_rate};" if limit_rate
@@ -122,6 +134,10 @@ class NginxNode:
     @property
     def url(self):
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def https_url(self):
+        return f"https://127.0.0.1:{self.tls_port}"
 
     @property
     def conf_path(self):
@@ -245,3 +261,27 @@ def scratch_with_nodes(workdir, cleanup, size_mib, accept_put=False):
         cleanup.push(f"nginx {node.name}", node.stop)
         nodes.append(node)
     return src, nodes
+
+
+def scratch_dir(prefix):
+    """A new directory under /var/tmp that nginx's workers (an unprivileged user) can serve from."""
+    work = tempfile.mkdtemp(prefix=prefix, dir="/var/tmp")
+    os.chmod(work, 0o755)
+    return work
+
+
+def publish_one_file(work, binary, rel_path, size, seed, nodes, tls=None):
+    """Writes work/src/rel_path (`size` random bytes from `seed`), starts three nginx nodes n0..n2
+    serving work/nodeI/www (each appended to `nodes` once started, for the caller to stop, also
+    on failure), and publishes work/src to them (R=2, 4 MiB chunks, --store). Returns the index
+    path, work/model.ckptfs."""
+    write_random(os.path.join(work, "src", rel_path), size, random.Random(seed))
+    for i in range(3):
+        node = NginxNode(f"n{i}", os.path.join(work, f"node{i}"),
+                         os.path.join(work, f"node{i}", "www"), tls=tls)
+        node.start()
+        nodes.append(node)
+    index = os.path.join(work, "model.ckptfs")
+    subprocess.run(publish_argv(binary, os.path.join(work, "src"), index, nodes, "4M"),
+                   check=True, stdout=subprocess.DEVNULL)
+    return index

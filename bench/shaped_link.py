@@ -16,25 +16,20 @@ the namespace, the mount and the nodes go away at the end, also on failure.
 import argparse
 import json
 import os
-import random
 import shutil
 import signal
 import statistics
 import subprocess
 import sys
-import tempfile
-import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 import ckindex  # noqa: E402
 import netlimit  # noqa: E402
-import reader  # noqa: E402
 import servers  # noqa: E402
 from common import MiB, install_signal_handlers, sync_and_drop_caches  # noqa: E402
-from mounts import CkptfsMount  # noqa: E402
-from source import write_random  # noqa: E402
+from mounts import cold_ckptfs_read  # noqa: E402
 
 FILE = "model.bin"
 SEED = 1
@@ -104,17 +99,7 @@ def curl_mibps(gets, size):
 
 
 def ckptfs_mibps(binary, index, work, size):
-    mount = CkptfsMount(binary, index, os.path.join(work, "mnt"), tempfile.mkdtemp(dir=work))
-    try:
-        mount.start()
-        sync_and_drop_caches()
-        view = reader.aligned_buffer(MiB)
-        t0 = time.perf_counter()
-        read = reader.read_file(os.path.join(mount.mnt, FILE), view)
-        seconds = time.perf_counter() - t0
-    finally:
-        mount.stop()
-        shutil.rmtree(mount.cache_dir, ignore_errors=True)
+    read, seconds, _ = cold_ckptfs_read(binary, index, work, FILE)
     if read != size:
         raise RuntimeError(f"read {read} bytes of {size} through the mount")
     return size / seconds / MiB
@@ -124,18 +109,10 @@ def measure(args):
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
     binary = os.path.abspath(args.bin)
     size = args.size_mib * MiB
-    work = tempfile.mkdtemp(prefix="ckptfs-shaped-", dir="/var/tmp")
-    os.chmod(work, 0o755)  # nginx's workers (an unprivileged user) serve files under it.
+    work = servers.scratch_dir("ckptfs-shaped-")
     nodes = []
     try:
-        write_random(os.path.join(work, "src", FILE), size, random.Random(SEED))
-        for i in range(3):
-            nodes.append(servers.NginxNode(f"n{i}", os.path.join(work, f"node{i}"),
-                                           os.path.join(work, f"node{i}", "www")))
-            nodes[-1].start()
-        index = os.path.join(work, "model.ckptfs")
-        subprocess.run(servers.publish_argv(binary, os.path.join(work, "src"), index, nodes, "4M"),
-                       check=True, stdout=subprocess.DEVNULL)
+        index = servers.publish_one_file(work, binary, FILE, size, SEED, nodes)
         gets = netlimit.gets_for_files(ckindex.ChunkMap(index), [FILE])
         print(f"{'rate':>8} {'curl MiB/s':>26} {'ckptfs MiB/s':>26} {'ratio':>6}", flush=True)
         results = {}

@@ -2,8 +2,8 @@
 # Runs the ckptfs benchmark (bench/run.py) and writes docs/BENCHMARKS.md and docs/bench.png.
 # As root on Debian 12: installs what the bench needs (build dependencies via install-deps.sh,
 # then httpdirfs, rclone, nginx-light, fuse3, curl, linux-perf, iproute2 for the shaped-link
-# stage, and the venv <repo>/.venv-bench with bench/requirements.txt), builds the ckptfs binary,
-# and runs the bench. Arguments go to
+# stage, openssl for the https stage, and the venv <repo>/.venv-bench with
+# bench/requirements.txt), builds the ckptfs binary, and runs the bench. Arguments go to
 # bench/run.py, for example:
 #
 #   bash scripts/bench.sh            full sizes, 3 runs (about 25 minutes on 2 cores)
@@ -45,7 +45,7 @@ if [[ "${CKPTFS_SKIP_DEPS:-0}" != 1 ]]; then
     echo "bench.sh: install-deps.sh failed (try $try); retrying in 30 s" >&2
     sleep 30
   done
-  apt_install httpdirfs rclone nginx-light fuse3 curl linux-perf iproute2
+  apt_install httpdirfs rclone nginx-light fuse3 curl linux-perf iproute2 openssl
   # The bench starts its own nginx processes; a packaged service is not used.
   if command -v systemctl >/dev/null 2>&1; then
     systemctl disable --now nginx >/dev/null 2>&1 || true
