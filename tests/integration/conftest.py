@@ -66,9 +66,10 @@ class NodeFactory:
         self.base = base
         self.nodes = []
 
-    def __call__(self, name, start=True, limit_rate=None, authorization=None, tls=None):
+    def __call__(self, name, start=True, limit_rate=None, authorization=None, tls=None,
+                 host="127.0.0.1"):
         node = NginxNode(name, os.path.join(self.base, "node-" + name), limit_rate=limit_rate,
-                         authorization=authorization, tls=tls)
+                         authorization=authorization, tls=tls, host=host)
         self.nodes.append(node)
         if start:
             node.start()
@@ -87,8 +88,8 @@ class NodeFactory:
 
 @pytest.fixture
 def nginx_node(test_dir):
-    """Factory: nginx_node(name, limit_rate=None, authorization=None, tls=None) → a started
-    NginxNode under this test's directory."""
+    """Factory: nginx_node(name, limit_rate=None, authorization=None, tls=None,
+    host="127.0.0.1") → a started NginxNode under this test's directory."""
     factory = NodeFactory(test_dir)
     yield factory
     factory.stop_all()

@@ -1,4 +1,4 @@
-"""A real nginx process serving one ckptfs node on 127.0.0.1, for integration tests.
+"""A real nginx process serving one ckptfs node on 127.0.0.1 (or ::1), for integration tests.
 
 Each node owns a prefix directory:
     <dir>/nginx.conf   generated configuration
@@ -53,7 +53,7 @@ http {{
     scgi_temp_path {dir}/tmp/scgi;
 
     server {{
-        listen 127.0.0.1:{port}{ssl};
+        listen {listen}:{port}{ssl};
         {certificate}
         server_name localhost;
         {limit_rate}
@@ -77,17 +77,18 @@ def _die_with_parent():
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def free_port():
-    """Returns a TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
+def free_port(host="127.0.0.1"):
+    """Returns a TCP port on `host` (127.0.0.1 or ::1) that nothing listens on right now."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
         return s.getsockname()[1]
 
 
-def port_accepts(port, timeout=0.5):
-    """True when a TCP connection to 127.0.0.1:port succeeds."""
+def port_accepts(port, timeout=0.5, host="127.0.0.1"):
+    """True when a TCP connection to host:port succeeds."""
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=timeout):
+        with socket.create_connection((host, port), timeout=timeout):
             return True
     except OSError:
         return False
@@ -105,16 +106,18 @@ class NginxNode:
     """One nginx node. Not thread safe: drive it from the test's thread."""
 
     def __init__(self, name, directory, port=None, limit_rate=None, authorization=None,
-                 tls=None):
+                 tls=None, host="127.0.0.1"):
         """limit_rate (nginx syntax, "16m"): caps what each connection is sent per second, like a
         store that limits every connection, or a link with a long round trip.
         authorization ("Bearer TOKEN"): every request without exactly this Authorization header
         is answered 401, as a private store does.
-        tls ((certificate file, key file), PEM): serves https on the port instead of http."""
+        tls ((certificate file, key file), PEM): serves https on the port instead of http.
+        host: the loopback address it listens on, 127.0.0.1 or ::1."""
         require_nginx()
         self.name = name
         self.dir = os.path.abspath(directory)
-        self.port = port or free_port()
+        self.host = host
+        self.port = port or free_port(host)
         self.proc = None
         self.limit_rate = limit_rate
         self.authorization = authorization
@@ -136,6 +139,7 @@ class NginxNode:
         with open(self.conf_path, "w") as f:
             f.write(_CONFIG.format(
                 dir=self.dir, port=self.port, authorization=authorization,
+                listen=f"[{self.host}]" if ":" in self.host else self.host,
                 ssl=" ssl" if self.tls else "", certificate=certificate,
                 limit_rate=f"limit_rate {self.limit_rate};" if self.limit_rate else ""))
 
@@ -148,7 +152,8 @@ class NginxNode:
 
     @property
     def url(self):
-        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{'https' if self.tls else 'http'}://{host}:{self.port}"
 
     @property
     def store_dir(self):
@@ -189,7 +194,7 @@ class NginxNode:
                 raise RuntimeError(
                     f"nginx node {self.name} exited with {self.proc.returncode}:\n"
                     f"{self._diagnostics()}")
-            if port_accepts(self.port):
+            if port_accepts(self.port, host=self.host):
                 return
             time.sleep(0.02)
         self.stop()
@@ -222,7 +227,7 @@ class NginxNode:
                 self.proc.wait(timeout=timeout)
         self.proc = None
         deadline = time.monotonic() + timeout
-        while port_accepts(self.port):
+        while port_accepts(self.port, host=self.host):
             if time.monotonic() > deadline:
                 raise RuntimeError(f"port {self.port} of node {self.name} still accepts after stop")
             time.sleep(0.02)

@@ -201,6 +201,27 @@ def test_publish_to_an_index_url_then_mount_that_url(cluster, test_dir, mount):
     assert diff.returncode == 0, diff.describe()
 
 
+def test_nodes_on_the_ipv6_loopback_publish_mount_and_check(nginx_node, test_dir, mount):
+    # URLs with an IPv6 literal, "http://[::1]:PORT", from publish by PUT to mount and check.
+    nodes = [nginx_node(name, host="::1") for name in ("n1", "n2", "n3")]
+    src = _small_tree(os.path.join(test_dir, "src"))
+    url = f"{nodes[0].url}/indexes/ckpt.ckptfs"
+    assert url.startswith("http://[::1]:"), url
+    result = ckptfs_cli.run(ckptfs_cli.publish_args(src, url, nodes, store=False,
+                                                    chunk_size="1M"), timeout=300)
+    assert result.returncode == 0, result.describe()
+    assert all(any(e[0] == "PUT" for e in node.log_lines()) for node in nodes), (
+        "a node was sent nothing")
+
+    mnt = mount(url)
+    diff = ckptfs_cli.run(["diff", "-r", src, mnt.mountpoint], timeout=120)
+    assert diff.returncode == 0, diff.describe()
+    checked = ckptfs_cli.run([ckptfs_cli.ckptfs_bin(), "check", "--verify", url])
+    assert checked.returncode == 0, checked.describe()
+    assert "0 missing, 0 wrong size, 0 corrupt, 0 unreachable" in checked.stdout, (
+        checked.describe())
+
+
 @pytest.mark.parametrize("failure", ["stopped", "frozen"])
 def test_publish_to_a_dead_node_fails_soon_with_one_line_and_no_index(cluster, test_dir, failure):
     # A stopped node refuses at once (tried 3 times, in under a second); a frozen one accepts and
