@@ -356,7 +356,7 @@ Status BadOption(const std::string& url) { return InternalError(url + ": curl re
 }  // namespace
 
 struct CurlTransport::Impl {
-  explicit Impl(const CurlOptions& opts) : options(opts) {}
+  explicit Impl(CurlOptions opts) : options(std::move(opts)) {}
 
   // Hands out an idle pair of handles, or a new one when every pair is busy; an empty pair when
   // curl cannot allocate one.
@@ -474,7 +474,8 @@ Result<std::string> CheckCaFile(const std::string& path) {
   return absolute;
 }
 
-CurlTransport::CurlTransport(CurlOptions options) : impl_(std::make_unique<Impl>(options)) {
+CurlTransport::CurlTransport(CurlOptions options)
+    : impl_(std::make_unique<Impl>(std::move(options))) {
   // One handle up front: the common case needs it anyway, and it is made on the constructing
   // thread rather than on whichever worker calls first.
   HandlePair first = HandlePair::Make();
