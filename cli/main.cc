@@ -51,24 +51,13 @@ void AddNetworkOptions(CLI::App* command, NetworkArgs& args) {
 // A command's transport and what it uses; made in place by Open, then not moved.
 struct Network {
   RealClock clock;
-  std::unique_ptr<netfetch::HeaderFile> headers;
+  netfetch::StoreAccess access;
   std::unique_ptr<netfetch::CurlTransport> transport;
 
   Status Open(const NetworkArgs& args) {
-    netfetch::CurlOptions options;
-    if (!args.http_headers.empty()) {
-      Result<std::unique_ptr<netfetch::HeaderFile>> file =
-          netfetch::HeaderFile::Open(args.http_headers, &clock);
-      if (!file.ok()) return file.status().WithContext("--http-headers");
-      headers = std::move(*file);
-      options.header_file = headers.get();
-    }
-    if (!args.ca_file.empty()) {
-      Result<std::string> ca_file = netfetch::CheckCaFile(args.ca_file);
-      if (!ca_file.ok()) return ca_file.status().WithContext("--ca-file");
-      options.ca_file = *ca_file;
-    }
-    transport = std::make_unique<netfetch::CurlTransport>(options);
+    CKPTFS_ASSIGN_OR_RETURN(access, netfetch::OpenStoreAccess(args.http_headers, "--http-headers",
+                                                              args.ca_file, "--ca-file", &clock));
+    transport = std::make_unique<netfetch::CurlTransport>(access.options);
     return Status::Ok();
   }
 };

@@ -161,7 +161,7 @@ struct MountedFs {
   RealClock clock;
   std::unique_ptr<index::IndexReader> index;
   std::unique_ptr<fs::DiskCache> cache;
-  std::unique_ptr<netfetch::HeaderFile> header_file;  // Null without http_headers=.
+  netfetch::StoreAccess access;  // http_headers= and ca_file=.
   std::unique_ptr<netfetch::CurlTransport> transport;
   std::unique_ptr<netfetch::RetryingFetcher> fetcher;
   std::unique_ptr<fs::IndexReplicas> replicas;
@@ -509,20 +509,10 @@ Status Mount(const MountOptions& options) {
   }
   CKPTFS_RETURN_IF_ERROR(CheckCacheOutsideMountpoint(cache_dir, options.mountpoint));
   CKPTFS_ASSIGN_OR_RETURN(m.cache, fs::DiskCache::Open({cache_dir, options.cache_size, &m.clock}));
-  netfetch::CurlOptions curl;
-  if (!options.http_headers.empty()) {
-    Result<std::unique_ptr<netfetch::HeaderFile>> header_file =
-        netfetch::HeaderFile::Open(options.http_headers, &m.clock);
-    if (!header_file.ok()) return header_file.status().WithContext("http_headers");
-    m.header_file = std::move(*header_file);
-    curl.header_file = m.header_file.get();
-  }
-  if (!options.ca_file.empty()) {
-    Result<std::string> ca_file = netfetch::CheckCaFile(options.ca_file);
-    if (!ca_file.ok()) return ca_file.status().WithContext("ca_file");
-    curl.ca_file = *ca_file;
-  }
-  m.transport = std::make_unique<netfetch::CurlTransport>(curl);
+  CKPTFS_ASSIGN_OR_RETURN(
+      m.access, netfetch::OpenStoreAccess(options.http_headers, "http_headers", options.ca_file,
+                                          "ca_file", &m.clock));
+  m.transport = std::make_unique<netfetch::CurlTransport>(m.access.options);
   std::string index_path = options.index;
   if (IsHttpUrl(index_path)) {
     CKPTFS_ASSIGN_OR_RETURN(index_path, FetchIndex(options.index, cache_dir, *m.transport,

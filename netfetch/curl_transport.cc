@@ -474,6 +474,24 @@ Result<std::string> CheckCaFile(const std::string& path) {
   return absolute;
 }
 
+Result<StoreAccess> OpenStoreAccess(const std::string& header_path,
+                                    const std::string& header_option, const std::string& ca_path,
+                                    const std::string& ca_option, Clock* clock) {
+  StoreAccess access;
+  if (!header_path.empty()) {
+    Result<std::unique_ptr<HeaderFile>> file = HeaderFile::Open(header_path, clock);
+    if (!file.ok()) return file.status().WithContext(header_option);
+    access.header_file = std::move(*file);
+    access.options.header_file = access.header_file.get();
+  }
+  if (!ca_path.empty()) {
+    Result<std::string> ca_file = CheckCaFile(ca_path);
+    if (!ca_file.ok()) return ca_file.status().WithContext(ca_option);
+    access.options.ca_file = *ca_file;
+  }
+  return access;
+}
+
 CurlTransport::CurlTransport(CurlOptions options)
     : impl_(std::make_unique<Impl>(std::move(options))) {
   // One handle up front: the common case needs it anyway, and it is made on the constructing

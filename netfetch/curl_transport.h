@@ -39,6 +39,19 @@ struct CurlOptions {
 // otherwise, naming the file.
 Result<std::string> CheckCaFile(const std::string& path);
 
+// What a transport needs for a store that wants credentials or has its own CA.
+struct StoreAccess {
+  std::unique_ptr<HeaderFile> header_file;  // Null without one; options.header_file points here.
+  CurlOptions options;
+};
+
+// Opens the header file at `header_path` and checks the CA file at `ca_path` (empty: none).
+// Errors carry the option that named the file, as the user spelled it (`header_option`,
+// `ca_option`).
+Result<StoreAccess> OpenStoreAccess(const std::string& header_path,
+                                    const std::string& header_option, const std::string& ca_path,
+                                    const std::string& ca_option, Clock* clock);
+
 class CurlTransport final : public Transport {
  public:
   explicit CurlTransport(CurlOptions options = {});

@@ -9,7 +9,9 @@
 #include <cctype>
 #include <cerrno>
 #include <cstring>
+#include <string_view>
 #include <utility>
+#include <vector>
 
 #include "common/file_io.h"
 #include "common/log.h"
@@ -109,16 +111,9 @@ Result<HeaderFile::Loaded> HeaderFile::Load(const std::string& path) {
     return InvalidArgumentError(path + " is larger than a header file can be (" +
                                 std::to_string(kMaxFileBytes / 1024) + " KiB)");
   }
-  std::string text(static_cast<std::size_t>(st.st_size), '\0');
-  std::size_t got = 0;
-  while (got < text.size()) {
-    const ssize_t n = ::read(fd.get(), text.data() + got, text.size() - got);
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) return ErrnoStatus(errno, path);
-    if (n == 0) break;
-    got += static_cast<std::size_t>(n);
-  }
-  text.resize(got);
+  std::vector<std::uint8_t> bytes(static_cast<std::size_t>(st.st_size));
+  CKPTFS_RETURN_IF_ERROR(PreadExactly(fd.get(), 0, bytes).WithContext(path));
+  const std::string_view text(reinterpret_cast<const char*>(bytes.data()), bytes.size());
   CKPTFS_ASSIGN_OR_RETURN(HeaderLines lines, Parse(text, path));
   return Loaded{Version{st.st_dev, st.st_ino, st.st_size, st.st_mtim}, std::move(lines)};
 }
