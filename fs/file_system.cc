@@ -301,6 +301,8 @@ std::string FileSystem::ListXattr(std::uint64_t ino) const {
   return names;
 }
 
+bool FileSystem::HasXattrNamespace(std::string_view name) { return name.starts_with("user."); }
+
 std::optional<std::string> FileSystem::GetXattr(std::uint64_t ino, std::string_view name) const {
   if (ino != index::kRootId || name != kStatsXattr || !options_.stats_text) return std::nullopt;
   return options_.stats_text();
@@ -572,10 +574,13 @@ void ReplyXattr(fuse_req_t req, const std::string& value, size_t size) {
 }
 
 // Answering getxattr at all (instead of ENOSYS, after which the kernel stops asking) means the
-// kernel now sends every getxattr here, such as security.* and ACLs on `ls -l`: they get a quick
-// ENODATA without touching the index.
+// kernel sends every getxattr here, such as security.selinux and the ACLs that `ls -l` asks
+// for each entry. Their EOPNOTSUPP is what makes ls ask only once per file system:
+// with ENODATA, which says "not on this file", `ls -l` of 5,000 files made 10,000 round trips.
 void OpGetxattr(fuse_req_t req, fuse_ino_t ino, const char* name, size_t size) {
   Guarded(req, [&] {
+    Fs(req).mutable_counters().xattr_requests++;
+    if (!FileSystem::HasXattrNamespace(name)) return (void)fuse_reply_err(req, EOPNOTSUPP);
     std::optional<std::string> value = Fs(req).GetXattr(ino, name);
     if (!value) return (void)fuse_reply_err(req, ENODATA);
     ReplyXattr(req, *value, size);
@@ -583,7 +588,10 @@ void OpGetxattr(fuse_req_t req, fuse_ino_t ino, const char* name, size_t size) {
 }
 
 void OpListxattr(fuse_req_t req, fuse_ino_t ino, size_t size) {
-  Guarded(req, [&] { ReplyXattr(req, Fs(req).ListXattr(ino), size); });
+  Guarded(req, [&] {
+    Fs(req).mutable_counters().xattr_requests++;
+    ReplyXattr(req, Fs(req).ListXattr(ino), size);
+  });
 }
 
 void OpStatfs(fuse_req_t req, fuse_ino_t) {

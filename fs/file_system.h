@@ -63,10 +63,11 @@ inline constexpr std::string_view kStatsXattr = "user.ckptfs.stats";
 struct FileSystemCounters {
   std::atomic<std::uint64_t> reads{0};
   std::atomic<std::uint64_t> bytes_read{0};
-  std::atomic<std::uint64_t> eio_fetch{0};     // No replica delivered a chunk in time.
-  std::atomic<std::uint64_t> eio_index{0};     // The index query failed or was inconsistent.
-  std::atomic<std::uint64_t> eio_invalid{0};   // A file failed its validation at open.
-  std::atomic<std::uint64_t> eio_internal{0};  // An unexpected exception.
+  std::atomic<std::uint64_t> eio_fetch{0};       // No replica delivered a chunk in time.
+  std::atomic<std::uint64_t> eio_index{0};       // The index query failed or was inconsistent.
+  std::atomic<std::uint64_t> eio_invalid{0};     // A file failed its validation at open.
+  std::atomic<std::uint64_t> eio_internal{0};    // An unexpected exception.
+  std::atomic<std::uint64_t> xattr_requests{0};  // getxattr and listxattr requests answered.
 
   // Calls visit(name, value) for each counter, in the order above; the names are the ones
   // `ckptfs stats` shows.
@@ -78,6 +79,7 @@ struct FileSystemCounters {
     visit("eio_index", eio_index.load());
     visit("eio_invalid", eio_invalid.load());
     visit("eio_internal", eio_internal.load());
+    visit("xattr_requests", xattr_requests.load());
   }
 };
 
@@ -216,6 +218,10 @@ class FileSystem {
   // The value of extended attribute `name` of inode `ino`; nullopt when there is no such
   // attribute (ENODATA).
   std::optional<std::string> GetXattr(std::uint64_t ino, std::string_view name) const;
+  // Whether a name like `name` can name an attribute here at all: only the user. namespace can.
+  // The others (security., system. for ACLs, trusted.) are answered EOPNOTSUPP rather than
+  // ENODATA, because that is what makes `ls -l` stop asking for every file.
+  static bool HasXattrNamespace(std::string_view name);
 
   // Runs ValidateFile once per file id; remembers successes only.
   Status ValidateOnce(std::uint64_t file);

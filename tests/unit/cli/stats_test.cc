@@ -29,6 +29,7 @@ struct NumberedCounters {
     fs.eio_index = 4;
     fs.eio_invalid = 5;
     fs.eio_internal = 6;
+    fs.xattr_requests = 7;
     store.memory_hits = 11;
     store.cache_hits = 12;
     store.disk_loads = 13;
@@ -112,6 +113,7 @@ TEST(FormatStats, WritesEveryNumberAsANameValueLineInAStableOrder) {
             "fs.eio_index 4\n"
             "fs.eio_invalid 5\n"
             "fs.eio_internal 6\n"
+            "fs.xattr_requests 7\n"
             "store.memory_hits 11\n"
             "store.cache_hits 12\n"
             "store.disk_loads 13\n"
@@ -206,7 +208,7 @@ TEST(FormatStats, EveryLineIsANameAndANonNegativeInteger) {
     at = end + 1;
     ++lines;
   }
-  EXPECT_EQ(lines, 6 + 16 + 16 + 3 + 4 + 2 * 7 + 2);
+  EXPECT_EQ(lines, 7 + 16 + 16 + 3 + 4 + 2 * 7 + 2);
 }
 
 TEST(ParseProcStatus, ReadsVmRssAndVmHwmInBytes) {

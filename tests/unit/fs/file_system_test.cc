@@ -304,6 +304,16 @@ TEST_F(FileSystemXattr, TheStatsAttributeOfTheRootIsMadeAnewForEachGet) {
   EXPECT_EQ(with_stats->GetXattr(index::kRootId, fs::kStatsXattr), "fs.reads 2\n");
 }
 
+TEST(FileSystemXattrNamespace, OnlyUserNamesCanExist) {
+  EXPECT_TRUE(fs::FileSystem::HasXattrNamespace("user.ckptfs.stats"));
+  EXPECT_TRUE(fs::FileSystem::HasXattrNamespace("user.other"));
+  for (const char* name :
+       {"security.selinux", "security.capability", "system.posix_acl_access",
+        "system.posix_acl_default", "trusted.ckptfs.stats", "user", "users.x", ""}) {
+    EXPECT_FALSE(fs::FileSystem::HasXattrNamespace(name)) << name;
+  }
+}
+
 TEST_F(FileSystemXattr, OtherNamesAndOtherInodesHaveNoAttribute) {
   auto with_stats = WithStats();
   EXPECT_EQ(with_stats->GetXattr(index::kRootId, "security.selinux"), std::nullopt);
