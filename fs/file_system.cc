@@ -415,6 +415,7 @@ void OpInit(void* userdata, fuse_conn_info* conn) {
 void OpLookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
   Guarded(req, [&] {
     FileSystem& fs = Fs(req);
+    fs.mutable_counters().lookups++;
     fuse_entry_param param{};
     param.entry_timeout = fs.options().cache_timeout_s;
     param.attr_timeout = fs.options().cache_timeout_s;
@@ -467,43 +468,60 @@ void OpOpendir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
 }
 
 // Directory offsets: 1 after ".", 2 after "..", and id + 2 after a child, so that a listing
-// resumes with the children whose id is larger than the last one returned.
-void OpReaddir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info*) {
-  Guarded(req, [&] {
-    FileSystem& fs = Fs(req);
-    std::vector<char> buf(size);
-    std::size_t used = 0;
-    auto add = [&](const char* name, std::uint64_t id, mode_t type, off_t next) {
-      struct stat st {};
-      st.st_ino = id;
-      st.st_mode = type;
-      std::size_t need = fuse_add_direntry(req, buf.data() + used, size - used, name, &st, next);
-      if (need > size - used) return false;
-      used += need;
-      return true;
-    };
-    if (off < 1 && !add(".", ino, S_IFDIR, 1)) return (void)fuse_reply_buf(req, buf.data(), used);
-    if (off < 2 && !add("..", ino, S_IFDIR, 2)) return (void)fuse_reply_buf(req, buf.data(), used);
-    std::uint64_t after = static_cast<std::uint64_t>(std::max<off_t>(off, 2) - 2);
-    for (;;) {
-      Result<std::vector<index::Entry>> children = fs.index().ListChildren(ino, after, 128);
-      if (!children.ok()) {
-        fs.mutable_counters().eio_index++;
-        return ReplyError(req, children.status(), "readdir");
-      }
-      if (children->empty()) break;
-      for (const index::Entry& child : *children) {
-        mode_t type = child.type == index::EntryType::kDirectory ? S_IFDIR
-                      : child.type == index::EntryType::kSymlink ? S_IFLNK
-                                                                 : S_IFREG;
-        if (!add(child.name.c_str(), child.id, type, static_cast<off_t>(child.id + 2))) {
-          return (void)fuse_reply_buf(req, buf.data(), used);
-        }
-        after = child.id;
-      }
+// resumes with the children whose id is larger than the last one returned. With `plus` each
+// child carries its attributes (READDIRPLUS), so that `ls -l`, `du` or a loader that stats every
+// file it listed needs no LOOKUP per entry; "." and ".." carry none (node id 0).
+void ReplyDirectory(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, bool plus) {
+  FileSystem& fs = Fs(req);
+  std::vector<char> buf(size);
+  std::size_t used = 0;
+  // `entry` is the node id the kernel may take as looked up: 0 for "." and "..".
+  auto add = [&](const char* name, fuse_ino_t entry, const struct stat& st, off_t next) {
+    std::size_t need = 0;
+    if (plus) {
+      fuse_entry_param param{};
+      param.ino = entry;
+      param.generation = 1;
+      param.attr = st;
+      param.entry_timeout = entry == 0 ? 0 : fs.options().cache_timeout_s;
+      param.attr_timeout = param.entry_timeout;
+      need = fuse_add_direntry_plus(req, buf.data() + used, size - used, name, &param, next);
+    } else {
+      need = fuse_add_direntry(req, buf.data() + used, size - used, name, &st, next);
     }
-    fuse_reply_buf(req, buf.data(), used);
-  });
+    if (need > size - used) return false;
+    used += need;
+    return true;
+  };
+  struct stat dot {};
+  dot.st_ino = ino;
+  dot.st_mode = S_IFDIR;
+  if (off < 1 && !add(".", 0, dot, 1)) return (void)fuse_reply_buf(req, buf.data(), used);
+  if (off < 2 && !add("..", 0, dot, 2)) return (void)fuse_reply_buf(req, buf.data(), used);
+  std::uint64_t after = static_cast<std::uint64_t>(std::max<off_t>(off, 2) - 2);
+  for (;;) {
+    Result<std::vector<index::Entry>> children = fs.index().ListChildren(ino, after, 128);
+    if (!children.ok()) {
+      fs.mutable_counters().eio_index++;
+      return ReplyError(req, children.status(), "readdir");
+    }
+    if (children->empty()) break;
+    for (const index::Entry& child : *children) {
+      if (!add(child.name.c_str(), child.id, ToStat(fs, child), static_cast<off_t>(child.id + 2))) {
+        return (void)fuse_reply_buf(req, buf.data(), used);
+      }
+      after = child.id;
+    }
+  }
+  fuse_reply_buf(req, buf.data(), used);
+}
+
+void OpReaddir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info*) {
+  Guarded(req, [&] { ReplyDirectory(req, ino, size, off, /*plus=*/false); });
+}
+
+void OpReaddirplus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info*) {
+  Guarded(req, [&] { ReplyDirectory(req, ino, size, off, /*plus=*/true); });
 }
 
 void OpOpen(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
@@ -643,6 +661,7 @@ fuse_lowlevel_ops MakeOperations() {
   ops.readlink = OpReadlink;
   ops.opendir = OpOpendir;
   ops.readdir = OpReaddir;
+  ops.readdirplus = OpReaddirplus;
   ops.open = OpOpen;
   ops.read = OpRead;
   ops.release = OpRelease;

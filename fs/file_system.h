@@ -63,10 +63,11 @@ inline constexpr std::string_view kStatsXattr = "user.ckptfs.stats";
 struct FileSystemCounters {
   std::atomic<std::uint64_t> reads{0};
   std::atomic<std::uint64_t> bytes_read{0};
-  std::atomic<std::uint64_t> eio_fetch{0};       // No replica delivered a chunk in time.
-  std::atomic<std::uint64_t> eio_index{0};       // The index query failed or was inconsistent.
-  std::atomic<std::uint64_t> eio_invalid{0};     // A file failed its validation at open.
-  std::atomic<std::uint64_t> eio_internal{0};    // An unexpected exception.
+  std::atomic<std::uint64_t> lookups{0};       // LOOKUP requests: names not listed with attributes.
+  std::atomic<std::uint64_t> eio_fetch{0};     // No replica delivered a chunk in time.
+  std::atomic<std::uint64_t> eio_index{0};     // The index query failed or was inconsistent.
+  std::atomic<std::uint64_t> eio_invalid{0};   // A file failed its validation at open.
+  std::atomic<std::uint64_t> eio_internal{0};  // An unexpected exception.
   std::atomic<std::uint64_t> xattr_requests{0};  // getxattr and listxattr requests answered.
 
   // Calls visit(name, value) for each counter, in the order above; the names are the ones
@@ -75,6 +76,7 @@ struct FileSystemCounters {
   void ForEach(Visit&& visit) const {
     visit("reads", reads.load());
     visit("bytes_read", bytes_read.load());
+    visit("lookups", lookups.load());
     visit("eio_fetch", eio_fetch.load());
     visit("eio_index", eio_index.load());
     visit("eio_invalid", eio_invalid.load());

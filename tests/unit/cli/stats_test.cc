@@ -25,6 +25,7 @@ struct NumberedCounters {
   NumberedCounters() {
     fs.reads = 1;
     fs.bytes_read = 2;
+    fs.lookups = 8;
     fs.eio_fetch = 3;
     fs.eio_index = 4;
     fs.eio_invalid = 5;
@@ -109,6 +110,7 @@ TEST(FormatStats, WritesEveryNumberAsANameValueLineInAStableOrder) {
   EXPECT_EQ(FormatStats(NumberedCounters().Sources()),
             "fs.reads 1\n"
             "fs.bytes_read 2\n"
+            "fs.lookups 8\n"
             "fs.eio_fetch 3\n"
             "fs.eio_index 4\n"
             "fs.eio_invalid 5\n"
@@ -208,7 +210,7 @@ TEST(FormatStats, EveryLineIsANameAndANonNegativeInteger) {
     at = end + 1;
     ++lines;
   }
-  EXPECT_EQ(lines, 7 + 16 + 16 + 3 + 4 + 2 * 7 + 2);
+  EXPECT_EQ(lines, 8 + 16 + 16 + 3 + 4 + 2 * 7 + 2);
 }
 
 TEST(ParseProcStatus, ReadsVmRssAndVmHwmInBytes) {
