@@ -19,6 +19,7 @@
 #include "cli/publish.h"
 #include "cli/stats.h"
 #include "common/clock.h"
+#include "common/file_io.h"
 #include "common/units.h"
 #include "netfetch/curl_transport.h"
 #include "netfetch/global_init.h"
@@ -141,11 +142,25 @@ int RunMount(const std::string& index, const std::string& mountpoint, bool foreg
   return status.ok() ? 0 : Fail(status);
 }
 
-int RunStats(const std::string& mountpoint) {
-  Result<std::string> text = ReadMountStats(mountpoint);
-  if (!text.ok()) return Fail(text.status());
-  std::cout << *text << std::flush;
-  return std::cout ? 0 : Fail(InternalError("cannot write to standard output"));
+// One mount's text as it is; or, with `prometheus`, every mount's in the Prometheus format, a
+// mount that cannot be read shown as down (and its error on stderr, exit status 1).
+int RunStats(const std::vector<std::string>& mountpoints, bool prometheus) {
+  if (!prometheus && mountpoints.size() != 1) {
+    std::cerr << "ckptfs: stats takes one mountpoint, or several with --prometheus" << std::endl;
+    return kExitUsage;
+  }
+  std::vector<MountStats> mounts;
+  int rc = 0;
+  for (const std::string& mountpoint : mountpoints) {
+    // The label names the mount wherever the command was run from.
+    Result<std::string> absolute = AbsolutePath(mountpoint);
+    mounts.push_back({absolute.ok() ? *absolute : mountpoint, ReadMountStats(mountpoint)});
+    if (!mounts.back().text.ok()) rc = Fail(mounts.back().text.status());
+  }
+  if (!prometheus && rc != 0) return rc;
+  std::cout << (prometheus ? FormatPrometheus(mounts) : *mounts.front().text) << std::flush;
+  if (!std::cout) return Fail(InternalError("cannot write to standard output"));
+  return rc;
 }
 
 // mount(8) runs "mount.ckptfs SPEC DIR [-sfnv] [-N NS] [-o OPTIONS] [-t TYPE]" for fstab entries
@@ -249,10 +264,13 @@ int Main(int argc, char** argv) {
   NetworkArgs gc_network;
   AddNetworkOptions(gc, gc_network);
 
-  std::string stats_mountpoint;
+  std::vector<std::string> stats_mountpoints;
+  bool stats_prometheus = false;
   CLI::App* stats = app.add_subcommand(
       "stats", "Print the runtime statistics of a mount (its root's user.ckptfs.stats attribute)");
-  stats->add_option("mountpoint", stats_mountpoint, "Where the index is mounted")->required();
+  stats->add_option("mountpoint", stats_mountpoints, "Where the index is mounted")->required();
+  stats->add_flag("--prometheus", stats_prometheus,
+                  "In the Prometheus text format, for one or more mounts");
 
   try {
     app.parse(argc, argv);
@@ -264,7 +282,8 @@ int Main(int argc, char** argv) {
     std::cerr << "ckptfs: " << e.what() << " (see ckptfs --help)" << std::endl;
     return kExitUsage;
   }
-  if (stats->parsed()) return RunStats(stats_mountpoint);  // No network: no libcurl.
+  if (stats->parsed())
+    return RunStats(stats_mountpoints, stats_prometheus);  // No network: no libcurl.
   Status init = netfetch::GlobalInit();
   if (!init.ok()) return Fail(init);
   int rc = 0;

@@ -13,6 +13,7 @@
 #include <cmath>
 #include <cstring>
 #include <fstream>
+#include <map>
 #include <sstream>
 #include <utility>
 
@@ -83,6 +84,101 @@ std::uint64_t StatusKilobytes(std::string_view status, std::string_view field) {
     return kilobytes * 1024;
   }
   return 0;
+}
+
+// The inverse of EscapeName: %XX back to its byte; a '%' not followed by two hex digits stays.
+std::string UnescapeName(std::string_view escaped) {
+  std::string out;
+  for (std::size_t i = 0; i < escaped.size(); ++i) {
+    unsigned byte = 0;
+    if (escaped[i] == '%' && i + 2 < escaped.size() &&
+        std::from_chars(escaped.data() + i + 1, escaped.data() + i + 3, byte, 16).ptr ==
+            escaped.data() + i + 3) {
+      out += static_cast<char>(byte);
+      i += 2;
+    } else {
+      out += escaped[i];
+    }
+  }
+  return out;
+}
+
+// A Prometheus label value: backslash, double quote and newline escaped.
+std::string LabelValue(std::string_view value) {
+  std::string out;
+  for (char c : value) {
+    if (c == '\\' || c == '"') out += '\\';
+    if (c == '\n') {
+      out += "\\n";
+      continue;
+    }
+    out += c;
+  }
+  return out;
+}
+
+bool IsMetricName(std::string_view name) {
+  return !name.empty() && std::all_of(name.begin(), name.end(), [](char c) {
+    return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_';
+  });
+}
+
+// The samples of one metric family, in the order they were added.
+struct Family {
+  std::string name;
+  bool counter = false;
+  std::string samples;
+};
+
+class Families {
+ public:
+  void Add(const std::string& name, bool counter, const std::string& labels,
+           std::string_view value) {
+    auto [it, added] = index_.try_emplace(name, families_.size());
+    if (added) families_.push_back({name, counter, {}});
+    std::string& out = families_[it->second].samples;
+    out += name + "{" + labels + "} ";
+    out += value;
+    out += '\n';
+  }
+
+  std::string Text() const {
+    std::string out;
+    for (const Family& family : families_) {
+      out += "# TYPE " + family.name + (family.counter ? " counter\n" : " gauge\n");
+      out += family.samples;
+    }
+    return out;
+  }
+
+ private:
+  std::vector<Family> families_;
+  std::map<std::string, std::size_t> index_;
+};
+
+// One "name value" line of a mount's text into `families`; false if it is not one.
+bool AddStatsLine(std::string_view line, const std::string& mount_label, Families& families) {
+  const std::size_t space = line.find(' ');
+  if (space == std::string_view::npos) return false;
+  std::string_view key = line.substr(0, space);
+  const std::string_view value = line.substr(space + 1);
+  if (value.empty() || value.find_first_not_of("0123456789") != std::string_view::npos) {
+    return false;
+  }
+  std::string labels = mount_label;
+  std::string metric(key);
+  if (key.starts_with("node.")) {
+    const std::size_t dot = key.rfind('.');
+    if (dot <= 5) return false;
+    labels += ",node=\"" + LabelValue(UnescapeName(key.substr(5, dot - 5))) + "\"";
+    metric = "node" + std::string(key.substr(dot));
+  }
+  const bool counter =
+      metric.starts_with("fs.") || metric.starts_with("store.") || metric.starts_with("fetch.");
+  std::replace(metric.begin(), metric.end(), '.', '_');
+  if (!IsMetricName(metric)) return false;
+  families.Add("ckptfs_" + metric + (counter ? "_total" : ""), counter, labels, value);
+  return true;
 }
 
 }  // namespace
@@ -234,6 +330,24 @@ Result<std::string> ReadMountStats(const std::string& mountpoint, Duration timeo
     return ErrnoStatus(err, "cannot read the statistics of " + mountpoint);
   }
   return reply.substr(sizeof(answer));
+}
+
+std::string FormatPrometheus(const std::vector<MountStats>& mounts) {
+  Families families;
+  auto mount_label = [](const MountStats& mount) {
+    return "mountpoint=\"" + LabelValue(mount.mountpoint) + "\"";
+  };
+  for (const MountStats& mount : mounts) {
+    families.Add("ckptfs_up", false, mount_label(mount), mount.text.ok() ? "1" : "0");
+  }
+  for (const MountStats& mount : mounts) {
+    if (!mount.text.ok()) continue;
+    std::istringstream lines(*mount.text);
+    for (std::string line; std::getline(lines, line);) {
+      AddStatsLine(line, mount_label(mount), families);
+    }
+  }
+  return families.Text();
 }
 
 }  // namespace ckptfs::cli

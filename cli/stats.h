@@ -56,6 +56,23 @@ struct StatsSources {
 // The text described at the top of this file.
 std::string FormatStats(const StatsSources& stats);
 
+// One mount for FormatPrometheus: where it is, and its text (FormatStats) or why it could not
+// be read.
+struct MountStats {
+  std::string mountpoint;
+  Result<std::string> text;
+};
+
+// The mounts' statistics in the Prometheus text format (0.0.4), for node_exporter's textfile
+// collector or a scraper. First ckptfs_up{mountpoint="..."}, 1 or 0 for each mount, so that a
+// mount whose daemon did not answer is seen; then each "name value" line as the metric
+// ckptfs_<name, '.' as '_'> labelled with its mountpoint, node.<NAME>.<field> lines as
+// ckptfs_node_<field> with a node label (the name unescaped). fs., store. and fetch. numbers
+// count since the mount started: counters, named with the suffix _total; the others are gauges.
+// Each family's samples follow its one TYPE line, in the order of `mounts`. Lines that are not
+// a name and a number are left out.
+std::string FormatPrometheus(const std::vector<MountStats>& mounts);
+
 // VmRSS and VmHWM of a /proc/<pid>/status text, in bytes; 0 for a field that is missing.
 DaemonMemory ParseProcStatus(std::string_view status);
 

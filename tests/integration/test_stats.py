@@ -7,6 +7,7 @@ import os
 import signal
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 import ckptfs_cli
 import source_tree
@@ -146,6 +147,45 @@ def test_the_root_has_exactly_the_stats_attribute(published, mount):
     assert info.value.errno == errno.EROFS, info.value
     ls = ckptfs_cli.run(["ls", "-l", root], timeout=30)
     assert ls.returncode == 0, ls.describe()
+
+
+def test_stats_in_the_prometheus_format_parse_and_show_a_mount_that_is_not_there(
+        published, mount, test_dir):
+    first = mount(published.index)
+    second = mount(published.index)
+    ckptfs_cli.wait_for_greetings(first.mountpoint)
+    assert read_whole(first.path(ODD)) == published.tree.sha256[ODD]
+    plain = os.path.join(test_dir, "plain")
+    os.mkdir(plain)
+    result = ckptfs_cli.run([ckptfs_cli.ckptfs_bin(), "stats", "--prometheus", first.mountpoint,
+                             second.mountpoint, plain], timeout=30)
+
+    # Every mount's numbers are printed; the one that is not a mount is down, and said once.
+    assert result.returncode == 1, result.describe()
+    lines = result.stderr_lines()
+    assert len(lines) == 1 and plain in lines[0], result.describe()
+    families = {f.name: f for f in text_string_to_metric_families(result.stdout)}
+    up = {s.labels["mountpoint"]: s.value for s in families["ckptfs_up"].samples}
+    assert up == {first.mountpoint: 1, second.mountpoint: 1, plain: 0}, up
+
+    reads = families["ckptfs_fs_bytes_read"]
+    assert reads.type == "counter", reads
+    read = {s.labels["mountpoint"]: s.value for s in reads.samples}
+    assert read == {first.mountpoint: source_tree.FILES[ODD][0], second.mountpoint: 0}, read
+    assert families["ckptfs_cache_capacity_bytes"].type == "gauge"
+    in_flight = families["ckptfs_node_in_flight"].samples
+    assert {(s.labels["mountpoint"], s.labels["node"]) for s in in_flight} == {
+        (m.mountpoint, n.name) for m in (first, second) for n in published.nodes}, in_flight
+    # The same numbers as the plain text, one sample per line of it.
+    plain_text = ckptfs_cli.run([ckptfs_cli.ckptfs_bin(), "stats", second.mountpoint],
+                                timeout=30)
+    samples = sum(len(f.samples) for f in families.values())
+    assert samples == 3 + len(stats(first)) + len(plain_text.stdout.splitlines()), result.stdout
+
+    usage = ckptfs_cli.run([ckptfs_cli.ckptfs_bin(), "stats", first.mountpoint,
+                            second.mountpoint], timeout=30)
+    assert usage.returncode == 2, usage.describe()
+    assert "--prometheus" in usage.stderr, usage.describe()
 
 
 def test_ls_l_of_a_directory_makes_no_request_per_entry(cluster, mount, test_dir):

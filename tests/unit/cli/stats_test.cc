@@ -5,7 +5,9 @@
 #include <gtest/gtest.h>
 
 #include <limits>
+#include <sstream>
 #include <string>
+#include <vector>
 
 #include "tests/support/status_testing.h"
 #include "tests/support/temp_dir.h"
@@ -211,6 +213,73 @@ TEST(FormatStats, EveryLineIsANameAndANonNegativeInteger) {
     ++lines;
   }
   EXPECT_EQ(lines, 8 + 16 + 16 + 3 + 4 + 2 * 7 + 2);
+}
+
+TEST(FormatPrometheus, CountersGaugesAndNodesOfEachMountWithOneTypeLinePerFamily) {
+  const std::vector<cli::MountStats> mounts = {
+      {"/mnt/a", std::string("fs.reads 3\ncache.entries 7\nnode.n1.in_flight 2\n"
+                             "node.rack%201.in_flight 0\n")},
+      {"/mnt/b", std::string("fs.reads 5\ncache.entries 9\nnode.n1.in_flight 1\n")},
+  };
+  EXPECT_EQ(cli::FormatPrometheus(mounts),
+            "# TYPE ckptfs_up gauge\n"
+            "ckptfs_up{mountpoint=\"/mnt/a\"} 1\n"
+            "ckptfs_up{mountpoint=\"/mnt/b\"} 1\n"
+            "# TYPE ckptfs_fs_reads_total counter\n"
+            "ckptfs_fs_reads_total{mountpoint=\"/mnt/a\"} 3\n"
+            "ckptfs_fs_reads_total{mountpoint=\"/mnt/b\"} 5\n"
+            "# TYPE ckptfs_cache_entries gauge\n"
+            "ckptfs_cache_entries{mountpoint=\"/mnt/a\"} 7\n"
+            "ckptfs_cache_entries{mountpoint=\"/mnt/b\"} 9\n"
+            "# TYPE ckptfs_node_in_flight gauge\n"
+            "ckptfs_node_in_flight{mountpoint=\"/mnt/a\",node=\"n1\"} 2\n"
+            "ckptfs_node_in_flight{mountpoint=\"/mnt/a\",node=\"rack 1\"} 0\n"
+            "ckptfs_node_in_flight{mountpoint=\"/mnt/b\",node=\"n1\"} 1\n");
+}
+
+TEST(FormatPrometheus, AMountThatCouldNotBeReadIsDown) {
+  const std::vector<cli::MountStats> mounts = {
+      {"/mnt/a", std::string("store.fetches 4\n")},
+      {"/mnt/hung", DeadlineExceededError("did not answer")},
+  };
+  EXPECT_EQ(cli::FormatPrometheus(mounts),
+            "# TYPE ckptfs_up gauge\n"
+            "ckptfs_up{mountpoint=\"/mnt/a\"} 1\n"
+            "ckptfs_up{mountpoint=\"/mnt/hung\"} 0\n"
+            "# TYPE ckptfs_store_fetches_total counter\n"
+            "ckptfs_store_fetches_total{mountpoint=\"/mnt/a\"} 4\n");
+}
+
+TEST(FormatPrometheus, LabelValuesAreEscapedAndNodeNamesUnescaped) {
+  ZeroCounters zero;
+  StatsSources s = zero.Sources();
+  s.nodes = {{.id = 1, .name = "a\"b\\c.d%e\nf"}};
+  const std::string text = cli::FormatPrometheus({{"/mnt/x\"y", FormatStats(s)}});
+  EXPECT_NE(
+      text.find(
+          "ckptfs_node_backing_off{mountpoint=\"/mnt/x\\\"y\",node=\"a\\\"b\\\\c.d%e\\nf\"} 0\n"),
+      std::string::npos)
+      << text;
+}
+
+TEST(FormatPrometheus, EveryLineOfTheStatsTextBecomesOneSample) {
+  NumberedCounters numbered;
+  const std::string text = cli::FormatPrometheus({{"/m", FormatStats(numbered.Sources())}});
+  int samples = 0, types = 0;
+  std::istringstream lines(text);
+  for (std::string line; std::getline(lines, line);) {
+    (line.starts_with("# TYPE ") ? types : samples)++;
+  }
+  EXPECT_EQ(samples, 1 + 8 + 16 + 16 + 3 + 4 + 2 * 7 + 2) << text;
+  EXPECT_EQ(types, 1 + 8 + 16 + 16 + 3 + 4 + 7 + 2) << text;
+}
+
+TEST(FormatPrometheus, LinesThatAreNotANameAndANumberAreLeftOut) {
+  const std::string text = cli::FormatPrometheus(
+      {{"/m", std::string("fs.reads 1\nno value\nfs.x -1\nnode.in_flight 1\nFs.Upper 2\n\n")}});
+  EXPECT_EQ(text,
+            "# TYPE ckptfs_up gauge\nckptfs_up{mountpoint=\"/m\"} 1\n"
+            "# TYPE ckptfs_fs_reads_total counter\nckptfs_fs_reads_total{mountpoint=\"/m\"} 1\n");
 }
 
 TEST(ParseProcStatus, ReadsVmRssAndVmHwmInBytes) {
