@@ -35,6 +35,7 @@
 #include "common/digest.h"
 #include "common/file_io.h"
 #include "common/log.h"
+#include "common/thread_name.h"
 #include "common/unique_fd.h"
 #include "common/units.h"
 #include "fs/chunk_store.h"
@@ -403,11 +404,13 @@ Status Serve(MountedFs& m, const MountOptions& options) {
   // 100 GiB model's index) took 0.7 s, and the mount waited for it. Started after Detach(), since
   // a forked child keeps mappings but not their faulted pages; stopped and joined before `m` dies.
   std::jthread keep_resident([&m, budget = options.index_cache](std::stop_token stop) {
+    SetThreadName("ckptfs-resident");
     KeepIndexResident(*m.index, budget, stop);
   });
   // Settles the mount once INIT is through, then releases the waiting parent. A mount that never
   // gets INIT (unmounted at once) releases it after a bound.
   std::thread settle([&] {
+    SetThreadName("ckptfs-settle");
     {
       std::unique_lock lock(m.init_mu);
       m.init_cv.wait_for(lock, std::chrono::seconds(10), [&] { return m.initialized; });

@@ -10,6 +10,7 @@
 
 #include "common/file_io.h"
 #include "common/log.h"
+#include "common/thread_name.h"
 
 namespace ckptfs::fs {
 
@@ -75,7 +76,10 @@ void ChunkStore::Start() {
     }
   }
   for (int i = 0; i < options_.prefetch_threads; ++i) {
-    workers_.emplace_back([this] { PrefetchLoop(); });
+    workers_.emplace_back([this] {
+      SetThreadName("ckptfs-prefetch");
+      PrefetchLoop();
+    });
   }
   {
     // Counted idle from the start, so a reader arriving before they run still hands off.
@@ -83,13 +87,19 @@ void ChunkStore::Start() {
     foreground_idle_ = options_.foreground_threads;
   }
   for (int i = 0; i < options_.foreground_threads; ++i) {
-    workers_.emplace_back([this] { ForegroundLoop(); });
+    workers_.emplace_back([this] {
+      SetThreadName("ckptfs-fetch");
+      ForegroundLoop();
+    });
   }
   {
     std::lock_guard lock(writes_mu_);
     writer_running_ = true;
   }
-  writer_ = std::thread([this] { BlockWriterLoop(); });
+  writer_ = std::thread([this] {
+    SetThreadName("ckptfs-cachewr");
+    BlockWriterLoop();
+  });
 }
 
 ChunkStore::~ChunkStore() {

@@ -8,6 +8,7 @@
 #include <utility>
 
 #include "common/log.h"
+#include "common/thread_name.h"
 #include "common/units.h"
 #include "netfetch/fetcher.h"
 
@@ -275,7 +276,10 @@ Status RetryingFetcher::FetchInParts(const ChunkRef& chunk, std::span<std::uint8
   helpers.reserve(parts - 1);
   for (std::size_t k = 1; k < parts; ++k) {
     try {
-      helpers.emplace_back([&, k] { results[k] = run_part(k, kNobody); });
+      helpers.emplace_back([&, k] {
+        SetThreadName("ckptfs-part");
+        results[k] = run_part(k, kNobody);
+      });
     } catch (const std::system_error&) {
       break;  // No thread to be had: the parts left run on this thread, after the first.
     }
@@ -638,7 +642,10 @@ Duration RetryingFetcher::Jitter(Duration d) {
 void RetryingFetcher::QueueProbe(NodeState& node) {
   if (!prober_.joinable()) {
     try {
-      prober_ = std::jthread([this](std::stop_token stop) { RunProbes(stop); });
+      prober_ = std::jthread([this](std::stop_token stop) {
+        SetThreadName("ckptfs-probe");
+        RunProbes(stop);
+      });
     } catch (const std::system_error&) {
       // No thread to be had: the node goes back to reads when its backoff ends, as a node that
       // failed quickly does, and its next stall shows again.
@@ -708,7 +715,10 @@ void RetryingFetcher::Greet(const std::vector<NodeObject>& objects) {
       node->unanswered = true;
     }
     try {
-      greeters_.emplace_back([this, node, url = std::move(url)] { GreetOne(*node, url); });
+      greeters_.emplace_back([this, node, url = std::move(url)] {
+        SetThreadName("ckptfs-greet");
+        GreetOne(*node, url);
+      });
     } catch (const std::system_error&) {
       // No thread to be had: reads meet the node as they would have without a greeting.
       std::lock_guard lock(mu_);

@@ -1,5 +1,6 @@
 """`ckptfs stats` and the root's user.ckptfs.stats attribute on a real mount."""
 
+import collections
 import ctypes
 import errno
 import hashlib
@@ -186,6 +187,23 @@ def test_stats_in_the_prometheus_format_parse_and_show_a_mount_that_is_not_there
                             second.mountpoint], timeout=30)
     assert usage.returncode == 2, usage.describe()
     assert "--prometheus" in usage.stderr, usage.describe()
+
+
+def test_the_daemon_threads_are_named_by_their_job(published, mount):
+    mnt = mount(published.index, fetchers=3)
+    assert read_whole(mnt.path(ODD)) == published.tree.sha256[ODD]
+    [pid] = ckptfs_cli.daemon_pids(mnt.mountpoint)
+    names = collections.Counter()
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{tid}/comm") as f:
+            names[f.read().strip()] += 1
+    # One prefetch worker per fetcher; the main thread and libfuse's workers keep the process
+    # name, which ps and pgrep show.
+    assert names["ckptfs-prefetch"] == 3, names
+    assert names["ckptfs-fetch"] >= 1 and names["ckptfs-cachewr"] == 1, names
+    assert names["ckptfs"] >= 2, names
+    with open(f"/proc/{pid}/comm") as f:
+        assert f.read().strip() == "ckptfs"
 
 
 def test_ls_l_of_a_directory_makes_no_request_per_entry(cluster, mount, test_dir):
