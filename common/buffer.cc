@@ -12,15 +12,17 @@ std::size_t AlignmentFor(std::size_t size) {
 
 }  // namespace
 
-Buffer::Buffer(std::size_t size)
+Buffer::Buffer(std::size_t size, BufferStart start)
     : data_(
           static_cast<std::uint8_t*>(::operator new[](size, std::align_val_t(AlignmentFor(size)))),
           AlignedDelete{AlignmentFor(size)}),
       size_(size) {
-  if (size < kHugePageSize) return;
+  const std::size_t first = start == BufferStart::kQuickFirstBytes ? kHugePageSize : 0;
+  const std::size_t huge_end = size / kHugePageSize * kHugePageSize;
+  if (huge_end <= first) return;
   // A tail shorter than a huge page keeps small pages. Best effort: a kernel without transparent
   // huge pages answers EINVAL, and the buffer works the same with small pages.
-  (void)::madvise(data_.get(), size / kHugePageSize * kHugePageSize, MADV_HUGEPAGE);
+  (void)::madvise(data_.get() + first, huge_end - first, MADV_HUGEPAGE);
 }
 
 }  // namespace ckptfs

@@ -25,10 +25,19 @@ inline constexpr std::size_t kBufferAlignment = 4096;
 // The x86-64 (and 4 KiB-page arm64) size of a transparent huge page.
 inline constexpr std::size_t kHugePageSize = 2u << 20;
 
+// How the start of a buffer of kHugePageSize or more is backed.
+enum class BufferStart {
+  kHuge,  // Every whole huge page advised.
+  // The first huge page left on small pages, the rest advised. The first write into a huge page
+  // clears all 2 MiB of it before the write goes on; a buffer made for a reader that waits for
+  // its first bytes (a fresh one, when no idle buffer is left) takes 4 KiB faults there instead.
+  kQuickFirstBytes,
+};
+
 class Buffer {
  public:
   Buffer() = default;
-  explicit Buffer(std::size_t size);
+  explicit Buffer(std::size_t size, BufferStart start = BufferStart::kHuge);
 
   std::uint8_t* data() { return data_.get(); }
   const std::uint8_t* data() const { return data_.get(); }

@@ -403,7 +403,9 @@ void ChunkStore::Lead(const ChunkKey& key, Flight& flight, TimePoint deadline, P
                  : UnavailableError("shutting down");
   } else {
     counters_.fetches++;
-    std::shared_ptr<Buffer> buffer = TakeBuffer(key.size, room);
+    std::shared_ptr<Buffer> buffer = TakeBuffer(
+        key.size, room,
+        priority == Priority::kForeground ? BufferStart::kQuickFirstBytes : BufferStart::kHuge);
     std::span<std::uint8_t> chunk_bytes = buffer->span().first(key.size);
     Result<netfetch::ChunkRef> ref = Locate(key);
     if (!ref.ok()) {
@@ -463,7 +465,8 @@ void ChunkStore::Complete(Flight& flight, const Status& status, bool keep_bytes)
   flight.cv.notify_all();
 }
 
-std::shared_ptr<Buffer> ChunkStore::TakeBuffer(std::size_t size, std::uint64_t* room) {
+std::shared_ptr<Buffer> ChunkStore::TakeBuffer(std::size_t size, std::uint64_t* room,
+                                               BufferStart fresh_start) {
   // Whole blocks, so that a disk load can read the chunk's file with O_DIRECT.
   size = AlignedReadSize(0, size);
   {
@@ -486,7 +489,7 @@ std::shared_ptr<Buffer> ChunkStore::TakeBuffer(std::size_t size, std::uint64_t* 
       spare_bytes_ -= size;
     }
   }
-  if (buffer == nullptr) buffer = std::make_unique<Buffer>(size);
+  if (buffer == nullptr) buffer = std::make_unique<Buffer>(size, fresh_start);
   return std::shared_ptr<Buffer>(buffer.release(),
                                  [this](Buffer* b) { GiveBack(std::unique_ptr<Buffer>(b)); });
 }

@@ -339,8 +339,10 @@ class ChunkStore {
   // it: chunk-sized buffers are reused instead of being mapped, zeroed and unmapped per fetch.
   // Counts toward memory_bytes until handed to the ready list or dropped (ReleaseBufferBytes).
   // `room`, when set, is budget that WaitForRoom set aside for this buffer: it becomes the
-  // buffer's share instead of being counted twice.
-  std::shared_ptr<Buffer> TakeBuffer(std::size_t size, std::uint64_t* room = nullptr);
+  // buffer's share instead of being counted twice. A buffer made anew, when no spare fits,
+  // starts as `fresh_start` says: a reader's own fetch asks for kQuickFirstBytes.
+  std::shared_ptr<Buffer> TakeBuffer(std::size_t size, std::uint64_t* room = nullptr,
+                                     BufferStart fresh_start = BufferStart::kHuge);
   void GiveBack(std::unique_ptr<Buffer> buffer);
   void ReleaseBufferBytes(std::uint64_t bytes);
   bool AcquireSlot(Priority priority, TimePoint deadline);

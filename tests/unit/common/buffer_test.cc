@@ -52,6 +52,26 @@ TEST(Buffer, ChunkSizedBufferAsksForHugePages) {
   EXPECT_NE(VmFlagsAt(Address(buffer) + (4u << 20) - 1).find(" hg"), std::string::npos);
 }
 
+TEST(Buffer, QuickFirstBytesLeavesTheFirstHugePageOnSmallPages) {
+  Buffer buffer(4u << 20, BufferStart::kQuickFirstBytes);
+  EXPECT_EQ(Address(buffer) % kHugePageSize, 0u);
+  const std::string first = VmFlagsAt(Address(buffer));
+  ASSERT_FALSE(first.empty());
+  EXPECT_EQ(first.find(" hg"), std::string::npos) << first;
+  EXPECT_EQ(VmFlagsAt(Address(buffer) + kHugePageSize - 1).find(" hg"), std::string::npos);
+  EXPECT_NE(VmFlagsAt(Address(buffer) + kHugePageSize).find(" hg"), std::string::npos);
+  EXPECT_NE(VmFlagsAt(Address(buffer) + (4u << 20) - 1).find(" hg"), std::string::npos);
+}
+
+TEST(Buffer, QuickFirstBytesOfOneHugePageAsksForNone) {
+  Buffer buffer(kHugePageSize + 4096, BufferStart::kQuickFirstBytes);
+  for (std::size_t offset : {std::size_t{0}, kHugePageSize - 1, kHugePageSize}) {
+    const std::string flags = VmFlagsAt(Address(buffer) + offset);
+    ASSERT_FALSE(flags.empty());
+    EXPECT_EQ(flags.find(" hg"), std::string::npos) << offset << ": " << flags;
+  }
+}
+
 TEST(Buffer, TailShorterThanAHugePageKeepsSmallPages) {
   Buffer buffer(3u << 20);
   EXPECT_NE(VmFlagsAt(Address(buffer)).find(" hg"), std::string::npos);
