@@ -7,6 +7,7 @@
 #include <chrono>
 #include <cstdio>
 #include <exception>
+#include <filesystem>
 #include <iostream>
 #include <memory>
 #include <string>
@@ -142,6 +143,17 @@ int RunMount(const std::string& index, const std::string& mountpoint, bool foreg
   return status.ok() ? 0 : Fail(status);
 }
 
+// How a mount is labelled in the Prometheus format: its path made absolute and lexically
+// normal, so that one mount named twice ("/mnt/x", "/mnt/x/.", from another directory) is
+// recognised.
+std::string MountLabel(const std::string& mountpoint) {
+  Result<std::string> absolute = AbsolutePath(mountpoint);
+  std::string label =
+      std::filesystem::path(absolute.ok() ? *absolute : mountpoint).lexically_normal().string();
+  if (label.size() > 1 && label.back() == '/') label.pop_back();
+  return label;
+}
+
 // One mount's text as it is; or, with `prometheus`, every mount's in the Prometheus format, a
 // mount that cannot be read shown as down (and its error on stderr, exit status 1).
 int RunStats(const std::vector<std::string>& mountpoints, bool prometheus) {
@@ -152,9 +164,13 @@ int RunStats(const std::vector<std::string>& mountpoints, bool prometheus) {
   std::vector<MountStats> mounts;
   int rc = 0;
   for (const std::string& mountpoint : mountpoints) {
-    // The label names the mount wherever the command was run from.
-    Result<std::string> absolute = AbsolutePath(mountpoint);
-    mounts.push_back({absolute.ok() ? *absolute : mountpoint, ReadMountStats(mountpoint)});
+    // A mount named twice would give the same series twice, which a scraper refuses.
+    const std::string label = MountLabel(mountpoint);
+    if (std::any_of(mounts.begin(), mounts.end(),
+                    [&](const MountStats& m) { return m.mountpoint == label; })) {
+      continue;
+    }
+    mounts.push_back({label, ReadMountStats(mountpoint)});
     if (!mounts.back().text.ok()) rc = Fail(mounts.back().text.status());
   }
   if (!prometheus && rc != 0) return rc;

@@ -156,29 +156,26 @@ class Families {
   std::map<std::string, std::size_t> index_;
 };
 
-// One "name value" line of a mount's text into `families`; false if it is not one.
-bool AddStatsLine(std::string_view line, const std::string& mount_label, Families& families) {
+// One "name value" line of a mount's text into `families`; a line that is not one is skipped.
+void AddStatsLine(std::string_view line, const std::string& mount_label, Families& families) {
   const std::size_t space = line.find(' ');
-  if (space == std::string_view::npos) return false;
+  if (space == std::string_view::npos) return;
   std::string_view key = line.substr(0, space);
   const std::string_view value = line.substr(space + 1);
-  if (value.empty() || value.find_first_not_of("0123456789") != std::string_view::npos) {
-    return false;
-  }
+  if (value.empty() || value.find_first_not_of("0123456789") != std::string_view::npos) return;
   std::string labels = mount_label;
   std::string metric(key);
   if (key.starts_with("node.")) {
     const std::size_t dot = key.rfind('.');
-    if (dot <= 5) return false;
+    if (dot <= 5) return;
     labels += ",node=\"" + LabelValue(UnescapeName(key.substr(5, dot - 5))) + "\"";
     metric = "node" + std::string(key.substr(dot));
   }
   const bool counter =
       metric.starts_with("fs.") || metric.starts_with("store.") || metric.starts_with("fetch.");
   std::replace(metric.begin(), metric.end(), '.', '_');
-  if (!IsMetricName(metric)) return false;
+  if (!IsMetricName(metric)) return;
   families.Add("ckptfs_" + metric + (counter ? "_total" : ""), counter, labels, value);
-  return true;
 }
 
 }  // namespace

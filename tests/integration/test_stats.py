@@ -158,16 +158,18 @@ def test_stats_in_the_prometheus_format_parse_and_show_a_mount_that_is_not_there
     assert read_whole(first.path(ODD)) == published.tree.sha256[ODD]
     plain = os.path.join(test_dir, "plain")
     os.mkdir(plain)
+    # The first mount named again, as a path of its own: its numbers once, as one series each.
+    again = os.path.join(first.mountpoint, ".")
     result = ckptfs_cli.run([ckptfs_cli.ckptfs_bin(), "stats", "--prometheus", first.mountpoint,
-                             second.mountpoint, plain], timeout=30)
+                             second.mountpoint, plain, again], timeout=30)
 
     # Every mount's numbers are printed; the one that is not a mount is down, and said once.
     assert result.returncode == 1, result.describe()
     lines = result.stderr_lines()
     assert len(lines) == 1 and plain in lines[0], result.describe()
     families = {f.name: f for f in text_string_to_metric_families(result.stdout)}
-    up = {s.labels["mountpoint"]: s.value for s in families["ckptfs_up"].samples}
-    assert up == {first.mountpoint: 1, second.mountpoint: 1, plain: 0}, up
+    up = [(s.labels["mountpoint"], s.value) for s in families["ckptfs_up"].samples]
+    assert up == [(first.mountpoint, 1), (second.mountpoint, 1), (plain, 0)], up
 
     reads = families["ckptfs_fs_bytes_read"]
     assert reads.type == "counter", reads
