@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <exception>
 #include <filesystem>
+#include <iomanip>
 #include <iostream>
 #include <memory>
 #include <string>
@@ -22,6 +23,7 @@
 #include "common/clock.h"
 #include "common/file_io.h"
 #include "common/units.h"
+#include "fs/cache_verify.h"
 #include "netfetch/curl_transport.h"
 #include "netfetch/global_init.h"
 
@@ -141,6 +143,33 @@ int RunMount(const std::string& index, const std::string& mountpoint, bool foreg
   }
   Status status = Mount(options);
   return status.ok() ? 0 : Fail(status);
+}
+
+// One line per bad entry, then the totals. Exit status 1 while a bad entry is left.
+int RunVerifyCache(fs::CacheVerifyOptions options) {
+  if (options.dir.empty()) {
+    Result<std::string> dir = DefaultCacheDir();
+    if (!dir.ok()) return Fail(dir.status());
+    options.dir = *dir;
+  }
+  const auto start = std::chrono::steady_clock::now();
+  Result<fs::CacheVerifyReport> report = fs::VerifyCache(options);
+  if (!report.ok()) return Fail(report.status());
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  std::size_t left = 0;
+  for (const fs::BadCacheEntry& bad : report->bad) {
+    std::cout << "bad " << bad.path << ": " << bad.reason << (bad.removed ? " (removed)" : "")
+              << "\n";
+    if (!bad.removed) ++left;
+  }
+  std::cout << options.dir << ": " << report->entries << " entries, " << FormatSize(report->bytes)
+            << ", hashed in " << std::fixed << std::setprecision(1) << seconds << " s; "
+            << report->bad.size() << " bad";
+  if (report->bad.size() > left) std::cout << ", " << report->bad.size() - left << " removed";
+  if (left > 0 && !options.remove) std::cout << " (ckptfs verify-cache --delete removes them)";
+  std::cout << std::endl;
+  return left == 0 ? 0 : kExitError;
 }
 
 // How a mount is labelled in the Prometheus format: its path made absolute and lexically
@@ -288,6 +317,18 @@ int Main(int argc, char** argv) {
   stats->add_flag("--prometheus", stats_prometheus,
                   "In the Prometheus text format, for one or more mounts");
 
+  fs::CacheVerifyOptions verify_options;
+  CLI::App* verify = app.add_subcommand(
+      "verify-cache",
+      "Hash every whole chunk in a cache directory against its name; exit 1 if any is bad");
+  verify->add_option("cache_dir", verify_options.dir,
+                     "The cache directory (default: the one a mount by this user takes)");
+  verify->add_flag("--delete", verify_options.remove,
+                   "Remove the bad entries, so that mounts fetch those chunks again");
+  verify_options.jobs = 2;
+  verify->add_option("--jobs", verify_options.jobs, "Directories hashed at once (default 2)")
+      ->check(CLI::Range(1, 64));
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
@@ -298,8 +339,9 @@ int Main(int argc, char** argv) {
     std::cerr << "ckptfs: " << e.what() << " (see ckptfs --help)" << std::endl;
     return kExitUsage;
   }
-  if (stats->parsed())
-    return RunStats(stats_mountpoints, stats_prometheus);  // No network: no libcurl.
+  // Neither needs the network, so they come before libcurl's set-up.
+  if (stats->parsed()) return RunStats(stats_mountpoints, stats_prometheus);
+  if (verify->parsed()) return RunVerifyCache(std::move(verify_options));
   Status init = netfetch::GlobalInit();
   if (!init.ok()) return Fail(init);
   int rc = 0;
