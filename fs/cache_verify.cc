@@ -68,12 +68,17 @@ Status VerifyPrefix(const CacheVerifyOptions& options, const std::string& prefix
                     std::mutex& mu, CacheVerifyReport& report) {
   const std::string sub = options.dir + "/" + prefix;
   Result<std::vector<std::string>> names = ListEntries(sub);
-  if (!names.ok())
+  if (!names.ok()) {
     return names.status().code() == StatusCode::kNotFound ? Status::Ok() : names.status();
+  }
   for (const std::string& name : *names) {
     const std::string path = sub + "/" + name;
     Result<std::pair<Digest, std::uint64_t>> hashed = HashFile(path, scratch);
     if (!hashed.ok() && hashed.status().code() == StatusCode::kNotFound) continue;
+    // Not the entry's fault: another user's cache. Nothing of it is to be called bad.
+    if (!hashed.ok() && hashed.status().code() == StatusCode::kPermissionDenied) {
+      return hashed.status().WithContext(path);
+    }
     BadCacheEntry bad{path, "", false};
     if (!hashed.ok()) {
       bad.reason = "cannot be read: " + hashed.status().message();
@@ -100,6 +105,9 @@ Result<CacheVerifyReport> VerifyCache(const CacheVerifyOptions& options) {
     return ErrnoStatus(errno, "cannot use cache directory " + options.dir);
   }
   if (!S_ISDIR(st.st_mode)) return FailedPreconditionError(options.dir + " is not a directory");
+  if (::access(options.dir.c_str(), R_OK | X_OK | (options.remove ? W_OK : 0)) != 0) {
+    return ErrnoStatus(errno, "cannot use cache directory " + options.dir);
+  }
   std::vector<std::string> prefixes;
   for (char hi : kHex) {
     for (char lo : kHex) prefixes.push_back({hi, lo});

@@ -39,8 +39,9 @@ struct CacheVerifyReport {
   std::vector<BadCacheEntry> bad;  // In path order.
 };
 
-// NotFound when `options.dir` does not exist, FailedPrecondition when it is not a directory; a
-// prefix directory that cannot be listed is an error too (nothing has been removed from it).
+// NotFound when `options.dir` does not exist, FailedPrecondition when it is not a directory,
+// PermissionDenied when this user may not read it (or, with `remove`, write it) or an entry in
+// it; a prefix directory that cannot be listed is an error too.
 Result<CacheVerifyReport> VerifyCache(const CacheVerifyOptions& options);
 
 }  // namespace ckptfs::fs

@@ -86,3 +86,32 @@ def test_a_cache_directory_that_is_not_there_is_one_line(test_dir):
     assert result.stdout == "", result.describe()
     usage = _run(missing, "--jobs", "0")
     assert usage.returncode == 2, usage.describe()
+
+
+def test_another_users_cache_is_an_error_not_bad_entries(user_sandbox):
+    as_user = user_sandbox["as_user"].split()
+    closed = os.path.join(user_sandbox["base"], "closed-cache")
+    readable = os.path.join(user_sandbox["base"], "readable-cache")
+    name = hashlib.sha256(b"chunk").hexdigest()
+    for cache, dir_mode in ((closed, 0o700), (readable, 0o755)):
+        os.makedirs(os.path.join(cache, name[:2]))
+        entry = os.path.join(cache, name[:2], name)
+        with open(entry, "wb") as f:
+            f.write(b"chunk")
+        os.chmod(entry, 0o600)  # As a mount writes them (in 0700 directories).
+        os.chmod(os.path.join(cache, name[:2]), 0o755)
+        os.chmod(cache, dir_mode)
+
+    for cache, needle in ((closed, closed), (readable, name)):
+        result = ckptfs_cli.run(
+            [*as_user, ckptfs_cli.ckptfs_bin(), "verify-cache", "--delete", cache], timeout=60)
+        assert result.returncode == 1, result.describe()
+        lines = result.stderr_lines()
+        assert len(lines) == 1 and "Permission denied" in lines[0], result.describe()
+        assert result.stdout == "", result.describe()
+        unread = ckptfs_cli.run(
+            [*as_user, ckptfs_cli.ckptfs_bin(), "verify-cache", cache], timeout=60)
+        assert unread.returncode == 1 and unread.stdout == "", unread.describe()
+        assert needle in unread.stderr and "Permission denied" in unread.stderr, unread.describe()
+    # Root's own check still finds the entry good.
+    assert _run(closed).returncode == 0
