@@ -130,6 +130,8 @@ struct Family {
   std::string samples;
 };
 
+// Metric families in the order first seen, so that each one's samples come out together under
+// one TYPE line, as the format requires, whichever mount they came from.
 class Families {
  public:
   void Add(const std::string& name, bool counter, const std::string& labels,
@@ -137,9 +139,7 @@ class Families {
     auto [it, added] = index_.try_emplace(name, families_.size());
     if (added) families_.push_back({name, counter, {}});
     std::string& out = families_[it->second].samples;
-    out += name + "{" + labels + "} ";
-    out += value;
-    out += '\n';
+    out.append(name).append("{").append(labels).append("} ").append(value).append("\n");
   }
 
   std::string Text() const {

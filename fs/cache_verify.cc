@@ -87,7 +87,8 @@ Status VerifyPrefix(const CacheVerifyOptions& options, const std::string& prefix
     }
     if (!bad.reason.empty() && options.remove) {
       bad.removed = ::unlink(path.c_str()) == 0 || errno == ENOENT;
-      if (!bad.removed) bad.reason += "; " + ErrnoStatus(errno, "cannot remove it").message();
+      if (!bad.removed)
+        bad.reason.append("; ").append(ErrnoStatus(errno, "cannot remove it").message());
     }
     std::lock_guard lock(mu);
     ++report.entries;
