@@ -18,6 +18,7 @@
 #include "cli/gc.h"
 #include "cli/mount.h"
 #include "cli/mount_options.h"
+#include "cli/mount_table.h"
 #include "cli/publish.h"
 #include "cli/stats.h"
 #include "common/clock.h"
@@ -185,7 +186,9 @@ std::string MountLabel(const std::string& mountpoint) {
 
 // One mount's text as it is; or, with `prometheus`, every mount's in the Prometheus format, a
 // mount that cannot be read shown as down (and its error on stderr, exit status 1).
-int RunStats(const std::vector<std::string>& mountpoints, bool prometheus) {
+int RunStats(std::vector<std::string> mountpoints, bool prometheus) {
+  // For a collector run from cron, whatever is mounted now.
+  if (prometheus && mountpoints.empty()) mountpoints = CurrentMountPointsOfType("fuse.ckptfs");
   if (!prometheus && mountpoints.size() != 1) {
     std::cerr << "ckptfs: stats takes one mountpoint, or several with --prometheus" << std::endl;
     return kExitUsage;
@@ -313,9 +316,10 @@ int Main(int argc, char** argv) {
   bool stats_prometheus = false;
   CLI::App* stats = app.add_subcommand(
       "stats", "Print the runtime statistics of a mount (its root's user.ckptfs.stats attribute)");
-  stats->add_option("mountpoint", stats_mountpoints, "Where the index is mounted")->required();
+  stats->add_option("mountpoint", stats_mountpoints, "Where the index is mounted");
   stats->add_flag("--prometheus", stats_prometheus,
-                  "In the Prometheus text format, for one or more mounts");
+                  "In the Prometheus text format, for one or more mounts (default: every "
+                  "ckptfs mount)");
 
   fs::CacheVerifyOptions verify_options;
   CLI::App* verify = app.add_subcommand(

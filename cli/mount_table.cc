@@ -46,23 +46,48 @@ std::optional<MountEntry> ParseLine(const std::string& line) {
   return MountEntry{device, Unescape(point), fs_type};
 }
 
-}  // namespace
-
-std::vector<MountEntry> MountsAt(std::string_view mountinfo, std::string_view path) {
+// Every entry of `mountinfo` that parses, in the file's order.
+std::vector<MountEntry> AllMounts(std::string_view mountinfo) {
   std::vector<MountEntry> found;
   std::istringstream lines{std::string(mountinfo)};
   std::string line;
   while (std::getline(lines, line)) {
     std::optional<MountEntry> entry = ParseLine(line);
-    if (entry && entry->mount_point == path) found.push_back(std::move(*entry));
+    if (entry) found.push_back(std::move(*entry));
   }
   return found;
 }
 
-std::vector<MountEntry> CurrentMountsAt(std::string_view path) {
+std::string CurrentMountinfo() {
   std::ifstream file("/proc/self/mountinfo");
-  const std::string text{std::istreambuf_iterator<char>(file), std::istreambuf_iterator<char>()};
-  return MountsAt(text, path);
+  return {std::istreambuf_iterator<char>(file), std::istreambuf_iterator<char>()};
+}
+
+}  // namespace
+
+std::vector<MountEntry> MountsAt(std::string_view mountinfo, std::string_view path) {
+  std::vector<MountEntry> found = AllMounts(mountinfo);
+  std::erase_if(found, [&](const MountEntry& entry) { return entry.mount_point != path; });
+  return found;
+}
+
+std::vector<MountEntry> CurrentMountsAt(std::string_view path) {
+  return MountsAt(CurrentMountinfo(), path);
+}
+
+std::vector<std::string> MountPointsOfType(std::string_view mountinfo, std::string_view fs_type) {
+  std::vector<std::string> points;
+  for (MountEntry& entry : AllMounts(mountinfo)) {
+    if (entry.fs_type == fs_type &&
+        std::find(points.begin(), points.end(), entry.mount_point) == points.end()) {
+      points.push_back(std::move(entry.mount_point));
+    }
+  }
+  return points;
+}
+
+std::vector<std::string> CurrentMountPointsOfType(std::string_view fs_type) {
+  return MountPointsOfType(CurrentMountinfo(), fs_type);
 }
 
 Result<std::string> ResolveMountpoint(const std::string& mountpoint) {

@@ -25,6 +25,14 @@ std::vector<MountEntry> MountsAt(std::string_view mountinfo, std::string_view pa
 // MountsAt over /proc/self/mountinfo; empty when it cannot be read.
 std::vector<MountEntry> CurrentMountsAt(std::string_view path);
 
+// The mount points of `mountinfo` where a file system of type `fs_type` ("fuse.ckptfs") is
+// mounted, each once, in the file's order. `ckptfs stats --prometheus` without a mountpoint
+// shows every ckptfs mount this way.
+std::vector<std::string> MountPointsOfType(std::string_view mountinfo, std::string_view fs_type);
+
+// MountPointsOfType over /proc/self/mountinfo; empty when it cannot be read.
+std::vector<std::string> CurrentMountPointsOfType(std::string_view fs_type);
+
 // `mountpoint` as the mount table names it: absolute, its directory resolved by realpath(), its
 // last component taken as it is. Resolving that too would ask the file system mounted there,
 // which may be dead or not answering. Errors: those of realpath() on the directory.

@@ -190,6 +190,19 @@ def test_stats_in_the_prometheus_format_parse_and_show_a_mount_that_is_not_there
     assert usage.returncode == 2, usage.describe()
     assert "--prometheus" in usage.stderr, usage.describe()
 
+    # Without a mountpoint: every ckptfs mount in the mount table, both of these among them.
+    every = ckptfs_cli.run([ckptfs_cli.ckptfs_bin(), "stats", "--prometheus"], timeout=60)
+    families = {f.name: f for f in text_string_to_metric_families(every.stdout)}
+    up = {s.labels["mountpoint"]: s.value for s in families["ckptfs_up"].samples}
+    assert up[first.mountpoint] == 1 and up[second.mountpoint] == 1, every.describe()
+    assert plain not in up, up
+    first.unmount()
+    after = ckptfs_cli.run([ckptfs_cli.ckptfs_bin(), "stats", "--prometheus"], timeout=60)
+    up = {s.labels["mountpoint"]: s.value
+          for f in text_string_to_metric_families(after.stdout) if f.name == "ckptfs_up"
+          for s in f.samples}
+    assert first.mountpoint not in up and up.get(second.mountpoint) == 1, after.describe()
+
 
 def test_the_daemon_threads_are_named_by_their_job(published, mount):
     mnt = mount(published.index, fetchers=3)

@@ -56,6 +56,19 @@ TEST(MountsAt, ABackslashThatIsNoEscapeIsKept) {
   ASSERT_EQ(mounts.size(), 1u);
 }
 
+TEST(MountPointsOfType, EachMountPointOfTheTypeOnceInOrder) {
+  const std::string mountinfo =
+      std::string(kMountinfo) +
+      "65 22 0:56 / /mnt/other\\040ckpt rw - fuse.ckptfs ckptfs:/srv/c.ckptfs ro\n"
+      "66 22 0:57 / /mnt/sshfs rw - fuse.sshfs host: rw\n";
+  EXPECT_EQ(cli::MountPointsOfType(mountinfo, "fuse.ckptfs"),
+            (std::vector<std::string>{"/mnt/ckpt", "/mnt/other ckpt"}));
+  EXPECT_EQ(cli::MountPointsOfType(mountinfo, "tmpfs"),
+            (std::vector<std::string>{"/mnt/with space\\and\ttab"}));
+  EXPECT_TRUE(cli::MountPointsOfType(mountinfo, "nfs").empty());
+  EXPECT_TRUE(cli::MountPointsOfType("", "fuse.ckptfs").empty());
+}
+
 // The temporary directory as realpath() gives it (TMPDIR may lie behind a symlink).
 std::string RealPath(const std::string& path) {
   char resolved[PATH_MAX];
