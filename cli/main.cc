@@ -22,7 +22,6 @@
 #include "cli/publish.h"
 #include "cli/stats.h"
 #include "common/clock.h"
-#include "common/file_io.h"
 #include "common/units.h"
 #include "fs/cache_verify.h"
 #include "netfetch/curl_transport.h"
@@ -173,15 +172,13 @@ int RunVerifyCache(fs::CacheVerifyOptions options) {
   return left == 0 ? 0 : kExitError;
 }
 
-// How a mount is labelled in the Prometheus format: its path made absolute and lexically
-// normal, so that one mount named twice ("/mnt/x", "/mnt/x/.", from another directory) is
-// recognised.
+// How a mount is labelled in the Prometheus format: as the mount table names it
+// (ResolveMountpoint), which is also how the mounts found without a mountpoint are named, so
+// that one mount named twice ("/mnt/x", "/mnt/x/.", through a symlink) is recognised.
 std::string MountLabel(const std::string& mountpoint) {
-  Result<std::string> absolute = AbsolutePath(mountpoint);
-  std::string label =
-      std::filesystem::path(absolute.ok() ? *absolute : mountpoint).lexically_normal().string();
-  if (label.size() > 1 && label.back() == '/') label.pop_back();
-  return label;
+  const std::string normal = std::filesystem::path(mountpoint).lexically_normal().string();
+  Result<std::string> resolved = ResolveMountpoint(normal);
+  return resolved.ok() ? *resolved : normal;
 }
 
 // One mount's text as it is; or, with `prometheus`, every mount's in the Prometheus format, a

@@ -339,10 +339,9 @@ std::string FormatPrometheus(const std::vector<MountStats>& mounts) {
   }
   for (const MountStats& mount : mounts) {
     if (!mount.text.ok()) continue;
+    const std::string label = mount_label(mount);
     std::istringstream lines(*mount.text);
-    for (std::string line; std::getline(lines, line);) {
-      AddStatsLine(line, mount_label(mount), families);
-    }
+    for (std::string line; std::getline(lines, line);) AddStatsLine(line, label, families);
   }
   return families.Text();
 }

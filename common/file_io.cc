@@ -35,6 +35,14 @@ std::size_t AlignedReadSize(std::uint64_t offset, std::size_t length) {
   return static_cast<std::size_t>(end - begin);
 }
 
+UniqueFd OpenForDirectRead(const std::string& path, int extra_flags) {
+  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_DIRECT | extra_flags));
+  if (!fd.valid() && errno == EINVAL) {
+    fd = UniqueFd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | extra_flags));
+  }
+  return fd;
+}
+
 Result<std::span<const std::uint8_t>> PreadAligned(int fd, std::uint64_t offset, std::size_t length,
                                                    std::span<std::uint8_t> scratch) {
   const std::uint64_t begin = offset / kDirectIoBlock * kDirectIoBlock;

@@ -12,6 +12,7 @@
 
 #include "common/result.h"
 #include "common/status.h"
+#include "common/unique_fd.h"
 
 namespace ckptfs {
 
@@ -23,6 +24,10 @@ Status PreadExactly(int fd, std::uint64_t offset, std::span<std::uint8_t> dst);
 // whole kDirectIoBlock blocks.
 inline constexpr std::uint64_t kDirectIoBlock = 4096;
 std::size_t AlignedReadSize(std::uint64_t offset, std::size_t length);
+
+// Opens `path` read-only with O_DIRECT (plus `extra_flags`), or without it on a file system that
+// refuses it (tmpfs answers EINVAL): read it with PreadAligned. Invalid with errno set on failure.
+UniqueFd OpenForDirectRead(const std::string& path, int extra_flags = 0);
 
 // Reads bytes [offset, offset + length) of a file that may be open with O_DIRECT, which only
 // takes whole blocks into aligned memory: reads the widened range into `scratch` (REQUIRES:

@@ -9,7 +9,6 @@
 #include <atomic>
 #include <cerrno>
 #include <mutex>
-#include <string_view>
 #include <thread>
 
 #include "common/buffer.h"
@@ -17,12 +16,12 @@
 #include "common/file_io.h"
 #include "common/status.h"
 #include "common/unique_fd.h"
+#include "fs/disk_cache.h"
 
 namespace ckptfs::fs {
 
 namespace {
 
-constexpr std::string_view kHex = "0123456789abcdef";
 constexpr std::size_t kReadSize = 1 << 20;
 
 // The names of the whole entries in one prefix directory, sorted; NotFound when it is missing
@@ -43,10 +42,7 @@ Result<std::vector<std::string>> ListEntries(const std::string& sub) {
 // The SHA-256 of the regular file at `path` and its size. NotFound when it is gone or not a
 // regular file (evicted, or not an entry).
 Result<std::pair<Digest, std::uint64_t>> HashFile(const std::string& path, Buffer& scratch) {
-  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_DIRECT | O_NOFOLLOW));
-  if (!fd.valid() && errno == EINVAL) {
-    fd = UniqueFd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW));
-  }
+  UniqueFd fd = OpenForDirectRead(path, O_NOFOLLOW);
   if (!fd.valid()) return ErrnoStatus(errno, "cannot open");
   struct stat st {};
   if (::fstat(fd.get(), &st) != 0) return ErrnoStatus(errno, "cannot stat");
@@ -64,9 +60,8 @@ Result<std::pair<Digest, std::uint64_t>> HashFile(const std::string& path, Buffe
 }
 
 // Checks the entries of one prefix directory into `report` (under `mu`).
-Status VerifyPrefix(const CacheVerifyOptions& options, const std::string& prefix, Buffer& scratch,
+Status VerifyPrefix(const CacheVerifyOptions& options, const std::string& sub, Buffer& scratch,
                     std::mutex& mu, CacheVerifyReport& report) {
-  const std::string sub = options.dir + "/" + prefix;
   Result<std::vector<std::string>> names = ListEntries(sub);
   if (!names.ok()) {
     return names.status().code() == StatusCode::kNotFound ? Status::Ok() : names.status();
@@ -109,10 +104,7 @@ Result<CacheVerifyReport> VerifyCache(const CacheVerifyOptions& options) {
   if (::access(options.dir.c_str(), R_OK | X_OK | (options.remove ? W_OK : 0)) != 0) {
     return ErrnoStatus(errno, "cannot use cache directory " + options.dir);
   }
-  std::vector<std::string> prefixes;
-  for (char hi : kHex) {
-    for (char lo : kHex) prefixes.push_back({hi, lo});
-  }
+  const std::vector<std::string> prefixes = DiskCache::PrefixDirs(options.dir);
   CacheVerifyReport report;
   std::mutex mu;
   std::atomic<std::size_t> next{0};

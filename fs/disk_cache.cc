@@ -169,11 +169,7 @@ Result<std::unique_ptr<DiskCache>> DiskCache::Open(DiskCacheOptions options) {
   if (::access(dir.c_str(), W_OK | X_OK) != 0) {
     return ErrnoStatus(errno, "cache directory " + dir + " is not writable");
   }
-  for (char hi : std::string_view(kHex, 16)) {
-    for (char lo : std::string_view(kHex, 16)) {
-      CKPTFS_RETURN_IF_ERROR(MakeDir(dir + "/" + hi + lo));
-    }
-  }
+  for (const std::string& sub : PrefixDirs(dir)) CKPTFS_RETURN_IF_ERROR(MakeDir(sub));
   RemoveLeftoverTemporaries(dir + "/tmp");
   CKPTFS_RETURN_IF_ERROR(cache->Scan());
   return cache;
@@ -187,27 +183,24 @@ Status DiskCache::Scan() {
     bool partial;
   };
   std::vector<Found> found;
-  for (char hi : std::string_view(kHex, 16)) {
-    for (char lo : std::string_view(kHex, 16)) {
-      std::string sub = options_.dir + "/" + hi + lo;
-      DIR* d = ::opendir(sub.c_str());
-      if (d == nullptr) return ErrnoStatus(errno, "cannot read cache directory " + sub);
-      while (dirent* e = ::readdir(d)) {
-        std::string_view name = e->d_name;
-        const bool partial = name.ends_with(kPartialSuffix);
-        if (partial) name.remove_suffix(kPartialSuffix.size());
-        auto digest = Digest::FromHex(std::string(name));
-        if (!digest.has_value()) continue;
-        struct stat st;
-        if (::fstatat(::dirfd(d), e->d_name, &st, 0) != 0 || !S_ISREG(st.st_mode)) continue;
-        // A partial file is sparse: what it occupies, not its length.
-        std::uint64_t size = partial ? static_cast<std::uint64_t>(st.st_blocks) * 512
-                                     : static_cast<std::uint64_t>(st.st_size);
-        found.push_back(
-            {*digest, size, st.st_mtim.tv_sec * 1'000'000'000LL + st.st_mtim.tv_nsec, partial});
-      }
-      ::closedir(d);
+  for (const std::string& sub : PrefixDirs(options_.dir)) {
+    DIR* d = ::opendir(sub.c_str());
+    if (d == nullptr) return ErrnoStatus(errno, "cannot read cache directory " + sub);
+    while (dirent* e = ::readdir(d)) {
+      std::string_view name = e->d_name;
+      const bool partial = name.ends_with(kPartialSuffix);
+      if (partial) name.remove_suffix(kPartialSuffix.size());
+      auto digest = Digest::FromHex(std::string(name));
+      if (!digest.has_value()) continue;
+      struct stat st;
+      if (::fstatat(::dirfd(d), e->d_name, &st, 0) != 0 || !S_ISREG(st.st_mode)) continue;
+      // A partial file is sparse: what it occupies, not its length.
+      std::uint64_t size = partial ? static_cast<std::uint64_t>(st.st_blocks) * 512
+                                   : static_cast<std::uint64_t>(st.st_size);
+      found.push_back(
+          {*digest, size, st.st_mtim.tv_sec * 1'000'000'000LL + st.st_mtim.tv_nsec, partial});
     }
+    ::closedir(d);
   }
   // Newest first, so that the oldest end up at the back of the LRU list.
   std::sort(found.begin(), found.end(),
@@ -219,6 +212,15 @@ Status DiskCache::Scan() {
   }
   EvictLocked(0);
   return Status::Ok();
+}
+
+std::vector<std::string> DiskCache::PrefixDirs(const std::string& dir) {
+  std::vector<std::string> dirs;
+  dirs.reserve(256);
+  for (char hi : std::string_view(kHex, 16)) {
+    for (char lo : std::string_view(kHex, 16)) dirs.push_back(dir + "/" + hi + lo);
+  }
+  return dirs;
 }
 
 std::string DiskCache::PathOf(const Digest& digest, bool partial) const {
@@ -341,8 +343,7 @@ Result<UniqueFd> DiskCache::OpenChunk(const Digest& digest, std::uint64_t size) 
   }
   std::string path = PathOf(digest);
   // Direct reads, like the writes: the bytes go to the mount's page cache, not to two.
-  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_DIRECT));
-  if (!fd.valid() && errno == EINVAL) fd = UniqueFd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  UniqueFd fd = OpenForDirectRead(path);
   struct stat st;
   bool good =
       fd.valid() && ::fstat(fd.get(), &st) == 0 && static_cast<std::uint64_t>(st.st_size) == size;

@@ -32,6 +32,7 @@
 #include <span>
 #include <string>
 #include <unordered_map>
+#include <vector>
 
 #include "common/clock.h"
 #include "common/digest.h"
@@ -54,6 +55,10 @@ class DiskCache {
   // created or written, and (FailedPrecondition) when someone other than this user and root may
   // write to it: another user owns it, or it is writable by every user.
   static Result<std::unique_ptr<DiskCache>> Open(DiskCacheOptions options);
+
+  // The 256 prefix directories <dir>/<hh> that hold the entries, in order: the layout, for
+  // whatever walks a cache directory (Open, VerifyCache).
+  static std::vector<std::string> PrefixDirs(const std::string& dir);
 
   // Opens the cached chunk for reading and marks it used. The descriptor may be open with
   // O_DIRECT: read it with PreadAligned (common/file_io.h). NotFound when it is not cached (or
