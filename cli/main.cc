@@ -277,8 +277,8 @@ int Main(int argc, char** argv) {
                   "Options: cache_dir=DIR, cache_size=SIZE, node.NAME=URL, timeout=SECONDS, "
                   "stall_timeout=SECONDS, fetchers=N, fetch_parts=N, readahead=SIZE, "
                   "dir_readahead=0|1, memory_cache=SIZE, index_cache=SIZE, "
-                  "kernel_readahead=SIZE, http_headers=FILE, ca_file=FILE, index_fallback, "
-                  "allow_other, debug, noexec");
+                  "kernel_readahead=SIZE, http_headers=FILE, ca_file=FILE, index_sha256=HEX, "
+                  "index_fallback, allow_other, debug, noexec");
 
   CheckOptions check_options;
   CLI::App* check = app.add_subcommand(

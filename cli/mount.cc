@@ -28,6 +28,7 @@
 #include <thread>
 #include <vector>
 
+#include "cli/index_download.h"
 #include "cli/mount_table.h"
 #include "cli/node_urls.h"
 #include "cli/stats.h"
@@ -51,80 +52,6 @@ namespace {
 
 // Our mounts' subtype; the kernel names their file system type "fuse." and this.
 constexpr std::string_view kSubtype = "ckptfs";
-
-// "2026-12-06 17:05 UTC".
-std::string UtcMinute(std::time_t t) {
-  std::tm tm{};
-  ::gmtime_r(&t, &tm);
-  char text[32];
-  std::strftime(text, sizeof text, "%Y-%m-%d %H:%M UTC", &tm);
-  return text;
-}
-
-// What to do when an index URL could not be downloaded (`failed`) while a copy of it is kept at
-// `path` (`copy`: its stat): with `fallback`, mount that copy and say so; without, fail, and tell
-// the user how to use it.
-Result<std::string> CopyAfterFailedDownload(const std::string& path, const struct stat& copy,
-                                            const Status& failed, bool fallback) {
-  // Stored (renamed into place) when it was last downloaded whole.
-  const std::string stored = UtcMinute(copy.st_ctime);
-  if (!fallback) {
-    return Status(failed.code(), failed.message() + "; a copy stored " + stored +
-                                     " by an earlier mount is kept: -o index_fallback mounts it");
-  }
-  LogWarning(failed.message() + "; mounting the copy stored " + stored +
-             " by an earlier mount (index_fallback)");
-  return path;
-}
-
-// Fetches an index served over HTTP into the cache directory (temporary name, then rename) and
-// returns its local path. A copy from an earlier mount keeps the version the server gave it
-// (its ETag in "<copy>.etag", its Last-Modified as the copy's mtime; 0 when none) and is asked
-// for only if it changed: remounting an unchanged index costs one request, not its whole size.
-// When the download fails, that copy is used with `fallback` (CopyAfterFailedDownload).
-Result<std::string> FetchIndex(const std::string& url, const std::string& cache_dir,
-                               netfetch::Transport& transport, Duration timeout, bool fallback) {
-  std::string dir = cache_dir + "/indexes";
-  if (::mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST) {
-    return ErrnoStatus(errno, "cannot create " + dir);
-  }
-  const std::string path = dir + "/" + Sha256(url.data(), url.size()).Hex() + ".ckptfs";
-  const std::string etag_path = path + ".etag";
-  const std::string tmp = path + ".tmp." + std::to_string(::getpid());
-  netfetch::FileVersion have;
-  struct stat copy;
-  const bool have_copy = ::stat(path.c_str(), &copy) == 0;
-  if (have_copy) {
-    if (copy.st_mtime > 0) have.last_modified = copy.st_mtime;
-    std::ifstream(etag_path) >> have.etag;  // ETags hold no white space.
-  }
-  Result<netfetch::FileFetch> got = transport.GetToFile(url, tmp, timeout, have);
-  if (!got.ok()) {
-    ::unlink(tmp.c_str());
-    // Network errors name the URL already; a local file error names the file it could not write.
-    Status failed = got.status().WithContext("cannot download the index");
-    if (!have_copy) return failed;
-    return CopyAfterFailedDownload(path, copy, failed, fallback);
-  }
-  if (got->not_modified) return path;
-  // The old ETag goes first: a crash part way leaves a copy that is asked for by its time alone.
-  ::unlink(etag_path.c_str());
-  const std::int64_t mtime = std::max<std::int64_t>(got->version.last_modified, 0);
-  const timespec times[2] = {{mtime, 0}, {mtime, 0}};
-  if (::utimensat(AT_FDCWD, tmp.c_str(), times, 0) != 0 ||
-      ::rename(tmp.c_str(), path.c_str()) != 0) {
-    const int err = errno;
-    ::unlink(tmp.c_str());
-    return ErrnoStatus(err, "cannot store index");
-  }
-  if (!got->version.etag.empty()) {
-    // Best effort: without it the next mount asks by time, or downloads the index whole.
-    const std::string etag_tmp = etag_path + ".tmp." + std::to_string(::getpid());
-    std::ofstream(etag_tmp) << got->version.etag;
-    if (::rename(etag_tmp.c_str(), etag_path.c_str()) != 0) ::unlink(etag_tmp.c_str());
-  }
-  return path;
-}
 
 Result<std::vector<netfetch::NodeEndpoint>> Endpoints(const index::IndexReader& index,
                                                       const MountOptions& options) {
@@ -518,10 +445,15 @@ Status Mount(const MountOptions& options) {
   m.transport = std::make_unique<netfetch::CurlTransport>(m.access.options);
   std::string index_path = options.index;
   if (IsHttpUrl(index_path)) {
-    CKPTFS_ASSIGN_OR_RETURN(index_path, FetchIndex(options.index, cache_dir, *m.transport,
-                                                   kIndexTransferTimeout, options.index_fallback));
+    CKPTFS_ASSIGN_OR_RETURN(index_path, LocalIndexCopy({.url = options.index,
+                                                        .cache_dir = cache_dir,
+                                                        .timeout = kIndexTransferTimeout,
+                                                        .sha256 = options.index_sha256,
+                                                        .fallback = options.index_fallback,
+                                                        .now = std::time(nullptr)},
+                                                       *m.transport));
   }
-  CKPTFS_ASSIGN_OR_RETURN(m.index, index::IndexReader::Open(index_path));
+  CKPTFS_ASSIGN_OR_RETURN(m.index, index::IndexReader::Open(index_path, options.index_sha256));
   CKPTFS_ASSIGN_OR_RETURN(std::vector<netfetch::NodeEndpoint> endpoints,
                           Endpoints(*m.index, options));
 

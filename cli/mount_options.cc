@@ -80,6 +80,15 @@ Status ApplyOne(const std::string& key, const std::string& value, bool has_value
     options.index_fallback = true;
   } else if (key == "debug" && !has_value) {
     options.debug = true;
+  } else if (key == "index_sha256") {
+    CKPTFS_RETURN_IF_ERROR(need_value());
+    options.index_sha256 = Digest::FromHex(value);
+    if (!options.index_sha256.has_value()) {
+      return InvalidArgumentError(
+          "option index_sha256 must be 64 hex digits, the SHA-256 that "
+          "ckptfs publish printed for the index; got '" +
+          value + "'");
+    }
   } else if (key == "cache_dir") {
     CKPTFS_RETURN_IF_ERROR(need_value());
     options.cache_dir = value;

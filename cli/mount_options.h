@@ -5,10 +5,12 @@
 
 #include <cstdint>
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "common/clock.h"
+#include "common/digest.h"
 #include "common/result.h"
 
 namespace ckptfs::cli {
@@ -40,6 +42,10 @@ struct MountOptions {
   // An index URL that cannot be downloaded (server down, an error status) mounts the copy an
   // earlier mount of that URL kept in the cache directory, with a warning, instead of failing.
   bool index_fallback = false;
+  // The SHA-256 the index must have (index_sha256=HEX, as publish prints it): a mount of another
+  // version fails. An index URL's pinned copy is mounted without asking the server (see
+  // cli/index_download.h).
+  std::optional<Digest> index_sha256;
   // A file of HTTP headers (credentials) for every request to the nodes and the index URL
   // (http_headers=FILE), read again when it changes: netfetch::HeaderFile.
   std::string http_headers;

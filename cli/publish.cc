@@ -444,8 +444,15 @@ class Publisher {
   const std::size_t max_hashing_;
 };
 
+// The SHA-256 of the index written at `path`, which mounts can pin (index_sha256=).
+Result<Digest> IndexFileSha256(const std::string& path) {
+  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd.valid()) return ErrnoStatus(errno, "cannot read the index written to " + path);
+  return FileSha256(fd.get(), "the index written to " + path);
+}
+
 void PrintSummary(const PublishOptions& options, const Publisher& publisher, int replicas,
-                  std::ostream& out) {
+                  const Digest& index_sha256, std::ostream& out) {
   const Totals& t = publisher.totals();
   out << "published " << options.source_dir << " to " << options.index_path << "\n"
       << "  files: " << t.stats.files << ", directories: " << t.stats.directories
@@ -454,6 +461,7 @@ void PrintSummary(const PublishOptions& options, const Publisher& publisher, int
       << "  chunks: " << t.chunk_refs << ", unique chunks: " << t.stats.chunks << " ("
       << FormatSize(t.stats.chunk_bytes) << "), chunk size: " << FormatSize(options.chunk_size)
       << ", block size: " << FormatSize(options.block_size) << ", replicas: " << replicas << "\n";
+  out << "  index SHA-256: " << index_sha256.Hex() << " (-o index_sha256= pins this version)\n";
   for (std::size_t i = 0; i < options.nodes.size(); ++i) {
     std::uint64_t bytes = publisher.bytes_per_node()[i];
     const UploadCounts& sent = publisher.upload_counts();
@@ -509,6 +517,12 @@ Status Publish(const PublishOptions& given, netfetch::Transport& transport, Cloc
   if (status.ok()) status = SyncStores(options);
   if (status.ok()) status = writer->Finish(publisher.totals().stats);
   writer.reset();
+  Digest index_sha256;
+  if (status.ok()) {
+    Result<Digest> hashed = IndexFileSha256(tmp);
+    status = hashed.status();
+    if (hashed.ok()) index_sha256 = *hashed;
+  }
   if (status.ok() && to_url) {
     status = UploadIndex(tmp, options.index_path, transport, clock);
   } else if (status.ok() && ::rename(tmp.c_str(), options.index_path.c_str()) != 0) {
@@ -519,7 +533,7 @@ Status Publish(const PublishOptions& given, netfetch::Transport& transport, Cloc
     ::unlink((tmp + "-journal").c_str());
     return status;
   }
-  PrintSummary(options, publisher, replicas, out);
+  PrintSummary(options, publisher, replicas, index_sha256, out);
   return Status::Ok();
 }
 

@@ -113,6 +113,19 @@ Result<std::vector<std::uint8_t>> ReadWholeFile(const std::string& path) {
   return bytes;
 }
 
+Result<Digest> FileSha256(int fd, std::string_view name) {
+  std::vector<std::uint8_t> buffer(1 << 20);
+  Sha256Hasher hasher;
+  for (std::uint64_t offset = 0;;) {
+    const ssize_t n = ::pread(fd, buffer.data(), buffer.size(), static_cast<off_t>(offset));
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return ErrnoStatus(errno, "cannot read " + std::string(name));
+    if (n == 0) return hasher.Finish();
+    hasher.Update(buffer.data(), static_cast<std::size_t>(n));
+    offset += static_cast<std::uint64_t>(n);
+  }
+}
+
 Result<TemporaryDir> TemporaryDir::Make(std::string parent, const std::string& stem) {
   if (parent.empty()) {
     const char* env = std::getenv("TMPDIR");

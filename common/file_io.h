@@ -7,9 +7,11 @@
 #include <cstdint>
 #include <span>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
+#include "common/digest.h"
 #include "common/result.h"
 #include "common/status.h"
 #include "common/unique_fd.h"
@@ -54,6 +56,11 @@ Result<std::string> AbsolutePath(const std::string& path);
 
 // The whole of the regular file `path`.
 Result<std::vector<std::uint8_t>> ReadWholeFile(const std::string& path);
+
+// The SHA-256 of everything in the file open as `fd`, read from its start (page-cache reads of
+// 1 MiB; `fd` must not be open with O_DIRECT). The errno as a Status, "cannot read <name>: ...",
+// when a read fails.
+Result<Digest> FileSha256(int fd, std::string_view name);
 
 // A directory of our own (mode 0700, made by mkdtemp) for files that must not outlive a command:
 // removed with what is in it (not subdirectories) when the object goes. Inside it, files can be

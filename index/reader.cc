@@ -10,6 +10,7 @@
 #include <mutex>
 #include <optional>
 
+#include "common/file_io.h"
 #include "common/log.h"
 #include "common/unique_fd.h"
 #include "index/resident_pages.h"
@@ -651,10 +652,21 @@ struct IndexReader::Impl {
 IndexReader::IndexReader(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 IndexReader::~IndexReader() = default;
 
-Result<std::unique_ptr<IndexReader>> IndexReader::Open(const std::string& path) {
+Result<std::unique_ptr<IndexReader>> IndexReader::Open(const std::string& path,
+                                                       const std::optional<Digest>& sha256) {
   auto impl = std::make_unique<Impl>();
   impl->path = path;
   CKPTFS_ASSIGN_OR_RETURN(impl->index_file, OpenIndexFile(path));
+  // The file hashed is the one SQLite opens below (through its descriptor), whatever is renamed
+  // over `path` meanwhile.
+  if (sha256.has_value()) {
+    Result<Digest> got = FileSha256(impl->index_file.get(), "index " + path);
+    if (!got.ok()) return got.status();
+    if (*got != *sha256) {
+      return FailedPreconditionError("index " + path + " has SHA-256 " + got->Hex() + ", not the " +
+                                     sha256->Hex() + " asked for");
+    }
+  }
   impl->uri = ImmutableUri("/proc/self/fd/" + std::to_string(impl->index_file.get()));
   // Statements are prepared only after the checks: they need the tables to be there.
   CKPTFS_ASSIGN_OR_RETURN(std::unique_ptr<Connection> conn, impl->OpenSameFile());

@@ -4,7 +4,8 @@
 // knows, the required tables and columns, a root directory, at least one node) and fails with
 // InvalidArgument and a one-line reason otherwise. Nothing is loaded whole: every call is an
 // indexed query, so a mount of a million-chunk index is ready at once. ValidateFile() does the
-// per-file checks the first time a file is opened.
+// per-file checks the first time a file is opened. Given the SHA-256 the index must have (a
+// pinned version), Open() hashes the file it opened before SQLite reads a byte of it.
 //
 // Thread safety: all methods may be called from many threads at once. Each calling thread gets
 // its own read-only SQLite connection from a small pool, with its statements prepared once.
@@ -12,12 +13,14 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <span>
 #include <stop_token>
 #include <string>
 #include <string_view>
 #include <vector>
 
+#include "common/digest.h"
 #include "common/result.h"
 #include "index/types.h"
 
@@ -25,7 +28,9 @@ namespace ckptfs::index {
 
 class IndexReader {
  public:
-  static Result<std::unique_ptr<IndexReader>> Open(const std::string& path);
+  // FailedPrecondition, naming both digests, when `sha256` is given and the file's differs.
+  static Result<std::unique_ptr<IndexReader>> Open(const std::string& path,
+                                                   const std::optional<Digest>& sha256 = {});
   ~IndexReader();
 
   std::uint64_t chunk_size() const;

@@ -203,9 +203,21 @@ TEST(MountOptions, FetchPartsIsBetweenOneAndSixteen) {
   ExpectRejected("fetch_parts=all", "fetch_parts");
 }
 
+TEST(MountOptions, IndexSha256IsSixtyFourHexDigitsOfEitherCase) {
+  MountOptions options;
+  EXPECT_FALSE(options.index_sha256.has_value());
+  const std::string hex(64, 'a');
+  CKPTFS_ASSERT_OK(ApplyMountOptionList("index_sha256=" + std::string(64, 'A'), options));
+  ASSERT_TRUE(options.index_sha256.has_value());
+  EXPECT_EQ(options.index_sha256->Hex(), hex);
+  ExpectRejected("index_sha256=" + hex.substr(1), "index_sha256");
+  ExpectRejected("index_sha256=" + hex + "0", "index_sha256");
+  ExpectRejected("index_sha256=" + hex.substr(1) + "g", "index_sha256");
+}
+
 TEST(MountOptions, RejectsMissingValues) {
   for (const char* key : {"cache_dir", "cache_size", "timeout", "stall_timeout", "fetchers",
-                          "readahead", "dir_readahead", "fetch_parts", "node.n1"}) {
+                          "readahead", "dir_readahead", "fetch_parts", "node.n1", "index_sha256"}) {
     ExpectRejected(key, key);
     ExpectRejected(std::string(key) + "=", key);
   }

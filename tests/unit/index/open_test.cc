@@ -1,9 +1,13 @@
 // IndexReader::Open() on broken indexes: each failure is one clear line.
 #include <gtest/gtest.h>
 
+#include <cstdint>
 #include <fstream>
 #include <string>
+#include <vector>
 
+#include "common/digest.h"
+#include "common/file_io.h"
 #include "index/reader.h"
 #include "index/testing_sql.h"
 #include "tests/unit/index/index_test_util.h"
@@ -47,6 +51,24 @@ class IndexOpen : public ::testing::Test {
 TEST_F(IndexOpen, AcceptsAValidIndex) {
   WriteValidIndex(path_);
   EXPECT_TRUE(IndexReader::Open(path_).ok());
+}
+
+TEST_F(IndexOpen, OpensWithTheSha256OfItsFile) {
+  WriteValidIndex(path_);
+  const std::vector<std::uint8_t> bytes = Must(ReadWholeFile(path_));
+  EXPECT_TRUE(IndexReader::Open(path_, Sha256(bytes.data(), bytes.size())).ok());
+}
+
+TEST_F(IndexOpen, RefusesAnotherSha256NamingBoth) {
+  WriteValidIndex(path_);
+  const std::vector<std::uint8_t> bytes = Must(ReadWholeFile(path_));
+  const Digest want = Sha256("other", 5);
+  const auto reader = IndexReader::Open(path_, want);
+  ASSERT_FALSE(reader.ok());
+  EXPECT_EQ(reader.status().code(), StatusCode::kFailedPrecondition);
+  EXPECT_EQ(reader.status().message(), "index " + path_ + " has SHA-256 " +
+                                           Sha256(bytes.data(), bytes.size()).Hex() + ", not the " +
+                                           want.Hex() + " asked for");
 }
 
 TEST_F(IndexOpen, MissingFileIsNotFound) {
