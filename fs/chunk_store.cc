@@ -395,8 +395,9 @@ void ChunkStore::Lead(const ChunkKey& key, Flight& flight, TimePoint deadline, P
                       const EarlyReader* early, std::uint64_t* room) {
   Status status;
   bool kept = false;
-  if (cache_->Contains(key.digest)) {
-    // Someone else's fetch completed between our cache miss and our taking the lead.
+  if (cache_->Has(key.digest, key.size)) {
+    // Someone else's fetch completed between our cache miss and our taking the lead (in this
+    // mount, or in another one on the same cache directory).
   } else if (!AcquireSlot(priority, deadline)) {
     status = priority == Priority::kForeground
                  ? DeadlineExceededError("no fetch slot free before the deadline")
@@ -751,7 +752,7 @@ void ChunkStore::PrefetchLoop() {
     std::optional<ChunkKey> key = TakeQueued(&room);
     if (!key.has_value()) return;
     if (FindReady(key->digest) == nullptr) {
-      if (!cache_->Contains(key->digest)) {
+      if (!cache_->Has(key->digest, key->size)) {
         if (auto [flight, started] = FlightFor(key->digest); started) {
           Lead(*key, *flight, clock_->Now() + options_.prefetch_timeout, Priority::kBackground,
                nullptr, &room);

@@ -326,6 +326,25 @@ bool DiskCache::Contains(const Digest& digest) const {
   return by_digest_.contains(digest);
 }
 
+bool DiskCache::Has(const Digest& digest, std::uint64_t size) {
+  if (Contains(digest)) return true;
+  struct stat st;
+  if (::stat(PathOf(digest).c_str(), &st) != 0 || !S_ISREG(st.st_mode) ||
+      static_cast<std::uint64_t>(st.st_size) != size) {
+    return false;
+  }
+  const TimePoint now = options_.clock->Now();
+  std::lock_guard lock(mu_);
+  if (!by_digest_.contains(digest)) AdoptLocked(digest, size, now);
+  return true;
+}
+
+void DiskCache::AdoptLocked(const Digest& digest, std::uint64_t size, TimePoint now) {
+  RemovePartialLocked(digest);  // The whole chunk replaces it, as in Insert.
+  EvictLocked(size);
+  AddLocked(digest, size, now, /*front=*/true);
+}
+
 bool DiskCache::Drop(const Digest& digest) {
   std::lock_guard lock(mu_);
   // Unlinked even when not listed: another mount on the directory may have added it.
@@ -337,10 +356,8 @@ bool DiskCache::Drop(const Digest& digest) {
 }
 
 Result<UniqueFd> DiskCache::OpenChunk(const Digest& digest, std::uint64_t size) {
-  {
-    std::lock_guard lock(mu_);
-    if (!by_digest_.contains(digest)) return NotFoundError("not cached");
-  }
+  // Opened even when not listed: another mount on the directory may have written it. A miss
+  // costs one failed open, against a fetch.
   std::string path = PathOf(digest);
   // Direct reads, like the writes: the bytes go to the mount's page cache, not to two.
   UniqueFd fd = OpenForDirectRead(path);
@@ -360,7 +377,7 @@ Result<UniqueFd> DiskCache::OpenChunk(const Digest& digest, std::uint64_t size) 
     return NotFoundError("not cached");
   }
   if (it == by_digest_.end()) {
-    AddLocked(digest, size, now, /*front=*/true);  // Another mount added it meanwhile.
+    AdoptLocked(digest, size, now);
   } else {
     lru_.splice(lru_.begin(), lru_, it->second);
     // Not `now - last_touch`: entries found by Scan() have last_touch == TimePoint::min(), and

@@ -16,9 +16,10 @@
 // rather than none from then on. Once the file system has room again (other files deleted), a
 // whole chunk written raises the bound towards it, up to capacity_bytes. A cache directory
 // removed under a mount is made again, one <hh>/ at a time, by the writes that need it; its
-// entries then are misses (OpenChunk finds them gone). Several
-// mounts may share one directory: each accounts for what it found at Open() plus what it
-// inserted, and an entry another process evicted is simply a miss.
+// entries then are misses (OpenChunk finds them gone). Several mounts may share one directory:
+// each accounts for what it found at Open(), what it inserted, and what another one wrote since
+// that this one came to need (OpenChunk and Has look on disk for an entry they do not list, and
+// adopt it); an entry another process evicted is simply a miss.
 //
 // Memory: one small record per cached chunk (about 100 bytes), so capacity / chunk size records.
 // Thread safety: all methods may be called from many threads.
@@ -65,8 +66,11 @@ class DiskCache {
   // its file has the wrong size, in which case it is removed).
   Result<UniqueFd> OpenChunk(const Digest& digest, std::uint64_t size);
 
-  // True when the chunk is cached (no system call; does not mark it used).
+  // True when the chunk is listed as cached (no system call; does not mark it used).
   bool Contains(const Digest& digest) const;
+  // True when the chunk is cached: listed, or written by another process on this directory
+  // since Open(), which one stat finds and which is then listed as most recently used.
+  bool Has(const Digest& digest, std::uint64_t size);
 
   // Removes the chunk's whole entry, if any: its file could be opened but not read (a bad
   // sector, a file cut short), so the next OpenChunk is a miss and the chunk is fetched again.
@@ -114,6 +118,8 @@ class DiskCache {
   void AddLocked(const Digest& digest, std::uint64_t size, TimePoint touch, bool front,
                  bool partial = false);
   void RemovePartialLocked(const Digest& digest);
+  // Lists a whole entry another process wrote, making room for it.
+  void AdoptLocked(const Digest& digest, std::uint64_t size, TimePoint now);
   // After a write of `incoming` bytes found the file system full: lowers the bound to what the
   // cache holds and evicts to make room for them. True when anything was evicted, so that a
   // second try may succeed.

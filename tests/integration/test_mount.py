@@ -798,3 +798,26 @@ def test_a_user_without_root_mounts_with_a_cache_made_under_a_fresh_home(publish
         st = os.stat(path)
         assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (nobody, 0o700), path
     assert os.listdir(os.path.join(box["home"], ".cache/ckptfs")), "nothing was cached"
+
+
+def test_mounts_sharing_a_cache_read_what_the_other_fetched_since_they_started(published,
+                                                                               mount, test_dir):
+    """Two mounts on one cache directory (two versions of a model on one machine, or the same
+    one mounted twice) started before either read anything: what one fetched, the other reads
+    from the disk, not from the nodes. Before, a mount knew only the entries it found at start
+    and those it wrote, and fetched everything else again."""
+    cache = os.path.join(test_dir, "shared-cache")
+    first = mount(published.index, cache_dir=cache, dir_readahead=0)
+    second = mount(published.index, cache_dir=cache, dir_readahead=0)
+    assert source_tree.sha256_file(first.path(source_tree.ODD)) == published.tree.sha256[
+        source_tree.ODD]
+    assert total(settle_chunk_gets(published.nodes)) > 0, "the first mount fetched nothing"
+    published.clear_logs()
+
+    assert source_tree.sha256_file(second.path(source_tree.ODD)) == published.tree.sha256[
+        source_tree.ODD]
+    fetched = total(settle_chunk_gets(published.nodes)) + total(settle_range_gets(published.nodes))
+    assert fetched == 0, f"the second mount fetched {fetched} chunks the first had cached"
+    stats = ckptfs_cli.mount_stats(second.mountpoint)
+    assert stats["store.fetches"] == 0, stats
+    assert stats["cache.entries"] >= 2, stats

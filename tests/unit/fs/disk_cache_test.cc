@@ -326,6 +326,60 @@ TEST_F(DiskCache, EntryRemovedByAnotherProcessIsAMissAndLeavesTheAccounts) {
   EXPECT_EQ(cache->used_bytes(), 700u);
 }
 
+TEST_F(DiskCache, AnEntryAnotherMountWroteSinceOpenIsFoundAndAdopted) {
+  CKPTFS_ASSERT_OK_AND_ASSIGN(auto mine, Open(1 << 20));
+  CKPTFS_ASSERT_OK_AND_ASSIGN(auto other, Open(1 << 20));
+  TestChunk a = MakeChunk(1000, 1), b = MakeChunk(700, 2);
+  CKPTFS_ASSERT_OK(other->Insert(a.digest, a.bytes));
+  CKPTFS_ASSERT_OK(other->Insert(b.digest, b.bytes));
+  EXPECT_FALSE(mine->Contains(a.digest));
+
+  CKPTFS_ASSERT_OK_AND_ASSIGN(auto read, ReadBack(*mine, a));
+  EXPECT_EQ(read, a.bytes);
+  EXPECT_TRUE(mine->Has(b.digest, 700));
+  EXPECT_TRUE(mine->Contains(a.digest) && mine->Contains(b.digest));
+  EXPECT_EQ(mine->used_bytes(), 1700u);
+  EXPECT_EQ(mine->entry_count(), 2u);
+  EXPECT_FALSE(mine->Has(MakeChunk(10, 3).digest, 10));
+}
+
+TEST_F(DiskCache, AnEntryOfTheWrongSizeIsNotAdopted) {
+  CKPTFS_ASSERT_OK_AND_ASSIGN(auto mine, Open(1 << 20));
+  CKPTFS_ASSERT_OK_AND_ASSIGN(auto other, Open(1 << 20));
+  TestChunk a = MakeChunk(1000, 1);
+  CKPTFS_ASSERT_OK(other->Insert(a.digest, a.bytes));
+  EXPECT_FALSE(mine->Has(a.digest, 1001));
+  EXPECT_EQ(mine->entry_count(), 0u);
+  EXPECT_EQ(mine->used_bytes(), 0u);
+}
+
+TEST_F(DiskCache, AdoptingAnEntryEvictsTheLeastRecentlyUsedBeyondCapacity) {
+  CKPTFS_ASSERT_OK_AND_ASSIGN(auto mine, Open(2000));
+  CKPTFS_ASSERT_OK_AND_ASSIGN(auto other, Open(1 << 20));
+  TestChunk old = MakeChunk(1000, 1), kept = MakeChunk(600, 2), theirs = MakeChunk(900, 3);
+  CKPTFS_ASSERT_OK(mine->Insert(old.digest, old.bytes));
+  clock_.Advance(std::chrono::seconds(1));
+  CKPTFS_ASSERT_OK(mine->Insert(kept.digest, kept.bytes));
+  CKPTFS_ASSERT_OK(other->Insert(theirs.digest, theirs.bytes));
+
+  EXPECT_TRUE(mine->Has(theirs.digest, 900));
+  EXPECT_FALSE(mine->Contains(old.digest));
+  EXPECT_FALSE(Exists(mine->PathOf(old.digest)));
+  EXPECT_TRUE(mine->Contains(kept.digest));
+  EXPECT_EQ(mine->used_bytes(), 1500u);
+}
+
+TEST_F(DiskCache, AdoptingAWholeChunkDropsItsPartialFile) {
+  CKPTFS_ASSERT_OK_AND_ASSIGN(auto mine, Open(1 << 20));
+  CKPTFS_ASSERT_OK_AND_ASSIGN(auto other, Open(1 << 20));
+  TestChunk a = MakeChunk(8192, 1);
+  CKPTFS_ASSERT_OK(mine->InsertBlocks(a.digest, 0, std::span(a.bytes).first(4096)));
+  CKPTFS_ASSERT_OK(other->Insert(a.digest, a.bytes));
+  EXPECT_TRUE(mine->Has(a.digest, 8192));
+  EXPECT_EQ(mine->OpenPartial(a.digest).status().code(), StatusCode::kNotFound);
+  EXPECT_EQ(mine->used_bytes(), 8192u);
+}
+
 TEST_F(DiskCache, EntriesSurviveReopen) {
   TestChunk a = MakeChunk(1000, 1), b = MakeChunk(2500, 2);
   {
