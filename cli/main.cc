@@ -18,12 +18,16 @@
 #include "cli/gc.h"
 #include "cli/mount.h"
 #include "cli/mount_options.h"
+#include "cli/mount_setup.h"
 #include "cli/mount_table.h"
 #include "cli/publish.h"
 #include "cli/stats.h"
+#include "cli/warmup.h"
 #include "common/clock.h"
 #include "common/units.h"
 #include "fs/cache_verify.h"
+#include "fs/disk_cache.h"
+#include "index/reader.h"
 #include "netfetch/curl_transport.h"
 #include "netfetch/global_init.h"
 
@@ -143,6 +147,60 @@ int RunMount(const std::string& index, const std::string& mountpoint, bool foreg
   }
   Status status = Mount(options);
   return status.ok() ? 0 : Fail(status);
+}
+
+// The summary line, then one line per chunk that failed (the first few). Exit status 1 when any
+// failed.
+int PrintWarmup(const std::string& cache_dir, const WarmupReport& r) {
+  const double seconds = std::chrono::duration<double>(r.elapsed).count();
+  std::cout << "warmed " << r.chunks << " chunks (" << FormatSize(r.bytes) << ") into " << cache_dir
+            << ": " << r.fetched_chunks << " fetched";
+  if (r.fetched_bytes > 0 && seconds > 0) {
+    std::cout << " (" << FormatSize(r.fetched_bytes) << " in " << std::fixed << std::setprecision(1)
+              << seconds << " s, "
+              << FormatSize(static_cast<std::uint64_t>(r.fetched_bytes / seconds)) << "/s)";
+  }
+  std::cout << ", " << r.cached_chunks << " already cached";
+  if (r.failed_chunks > 0) std::cout << ", " << r.failed_chunks << " failed";
+  std::cout << std::endl;
+  for (const std::string& failure : r.failures) std::cout << "failed " << failure << "\n";
+  if (r.failed_chunks == 0) return 0;
+  return Fail(UnavailableError(std::to_string(r.failed_chunks) +
+                               " chunks could not be fetched; the next warmup or mount asks "
+                               "for them again"));
+}
+
+// ckptfs warmup: the mount's own set-up (cache directory, index, nodes; mount options), then
+// Warmup instead of a mount.
+int RunWarmup(const std::string& index, const std::vector<std::string>& option_lists,
+              WarmupOptions warmup) {
+  MountOptions options;
+  options.index = index;
+  for (const std::string& list : option_lists) {
+    Status applied = ApplyMountOptionList(list, options);
+    if (!applied.ok()) return Fail(applied);
+  }
+  RealClock clock;
+  Result<std::string> cache_dir = ChooseCacheDir(options);
+  if (!cache_dir.ok()) return Fail(cache_dir.status());
+  Result<std::unique_ptr<fs::DiskCache>> cache =
+      fs::DiskCache::Open({*cache_dir, options.cache_size, &clock});
+  if (!cache.ok()) return Fail(cache.status());
+  Result<netfetch::StoreAccess> access = netfetch::OpenStoreAccess(
+      options.http_headers, "http_headers", options.ca_file, "ca_file", &clock);
+  if (!access.ok()) return Fail(access.status());
+  netfetch::CurlTransport transport(access->options);
+  Result<std::unique_ptr<index::IndexReader>> reader = OpenIndex(options, *cache_dir, transport);
+  if (!reader.ok()) return Fail(reader.status());
+  Result<std::vector<netfetch::NodeEndpoint>> endpoints = Endpoints(**reader, options);
+  if (!endpoints.ok()) return Fail(endpoints.status());
+  netfetch::RetryingFetcher fetcher(std::move(*endpoints), &transport, &clock,
+                                    RetryOptionsFor(options));
+  warmup.chunk_timeout = options.timeout;
+  if (::isatty(STDERR_FILENO) == 1) warmup.progress = &std::cerr;
+  Result<WarmupReport> report = Warmup(**reader, fetcher, **cache, clock, warmup);
+  if (!report.ok()) return Fail(report.status());
+  return PrintWarmup(*cache_dir, *report);
 }
 
 // One line per bad entry, then the totals. Exit status 1 while a bad entry is left.
@@ -318,6 +376,23 @@ int Main(int argc, char** argv) {
                   "In the Prometheus text format, for one or more mounts (default: every "
                   "ckptfs mount)");
 
+  std::string warmup_index;
+  std::vector<std::string> warmup_option_lists;
+  WarmupOptions warmup_options;
+  CLI::App* warm = app.add_subcommand(
+      "warmup",
+      "Fetch an index's chunks (or those of some of its files) into the cache directory, "
+      "verified, so that mounts read them from disk");
+  warm->add_option("index", warmup_index, "Index file or http(s) URL")->required();
+  warm->add_option("path", warmup_options.paths,
+                   "Files or directories of the checkpoint, relative to its root (default: all)");
+  warm->add_option("-o", warmup_option_lists,
+                   "A mount's options: cache_dir=, cache_size=, node.NAME=, timeout=, "
+                   "stall_timeout=, http_headers=, ca_file=, index_sha256=, index_fallback "
+                   "apply; the others are accepted and change nothing");
+  warm->add_option("--jobs", warmup_options.jobs, "Chunks fetched at a time (default 8)")
+      ->check(CLI::Range(1, 64));
+
   fs::CacheVerifyOptions verify_options;
   CLI::App* verify = app.add_subcommand(
       "verify-cache",
@@ -352,6 +427,8 @@ int Main(int argc, char** argv) {
     rc = RunCheck(check_options, check_nodes, check_network);
   } else if (gc->parsed()) {
     rc = RunGc(gc_options, gc_min_age, gc_network);
+  } else if (warm->parsed()) {
+    rc = RunWarmup(warmup_index, warmup_option_lists, std::move(warmup_options));
   } else {
     rc = RunMount(index, mountpoint, foreground, mount_opts, OptionSource::kCommandLine);
   }

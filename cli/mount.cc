@@ -28,7 +28,7 @@
 #include <thread>
 #include <vector>
 
-#include "cli/index_download.h"
+#include "cli/mount_setup.h"
 #include "cli/mount_table.h"
 #include "cli/node_urls.h"
 #include "cli/stats.h"
@@ -52,16 +52,6 @@ namespace {
 
 // Our mounts' subtype; the kernel names their file system type "fuse." and this.
 constexpr std::string_view kSubtype = "ckptfs";
-
-Result<std::vector<netfetch::NodeEndpoint>> Endpoints(const index::IndexReader& index,
-                                                      const MountOptions& options) {
-  std::vector<netfetch::NodeEndpoint> endpoints;
-  for (const index::Node& node : index.nodes()) {
-    endpoints.push_back({node.id, node.name, node.url});
-  }
-  CKPTFS_RETURN_IF_ERROR(OverrideNodeUrls(options.node_urls, "option node.", endpoints));
-  return endpoints;
-}
 
 struct FuseArgs {
   std::vector<std::string> storage;
@@ -429,40 +419,19 @@ Status Mount(const MountOptions& options) {
   CKPTFS_RETURN_IF_ERROR(CheckMountpoint(options.mountpoint));
   if (options.debug) SetLogLevel(LogLevel::kDebug);
   MountedFs m;
-  std::string cache_dir = options.cache_dir;
-  if (cache_dir.empty()) {
-    CKPTFS_ASSIGN_OR_RETURN(cache_dir, DefaultCacheDir());
-    // A fresh account has no ~/.cache yet; its parents are made as XDG asks (0700). An explicit
-    // cache_dir= is made only itself: a data disk that is not mounted must not turn into a cache
-    // on the root file system.
-    CKPTFS_RETURN_IF_ERROR(MakeDirs(cache_dir.substr(0, cache_dir.rfind('/')), 0700));
-  }
+  CKPTFS_ASSIGN_OR_RETURN(const std::string cache_dir, ChooseCacheDir(options));
   CKPTFS_RETURN_IF_ERROR(CheckCacheOutsideMountpoint(cache_dir, options.mountpoint));
   CKPTFS_ASSIGN_OR_RETURN(m.cache, fs::DiskCache::Open({cache_dir, options.cache_size, &m.clock}));
   CKPTFS_ASSIGN_OR_RETURN(
       m.access, netfetch::OpenStoreAccess(options.http_headers, "http_headers", options.ca_file,
                                           "ca_file", &m.clock));
   m.transport = std::make_unique<netfetch::CurlTransport>(m.access.options);
-  std::string index_path = options.index;
-  if (IsHttpUrl(index_path)) {
-    CKPTFS_ASSIGN_OR_RETURN(index_path, LocalIndexCopy({.url = options.index,
-                                                        .cache_dir = cache_dir,
-                                                        .timeout = kIndexTransferTimeout,
-                                                        .sha256 = options.index_sha256,
-                                                        .fallback = options.index_fallback,
-                                                        .now = std::time(nullptr)},
-                                                       *m.transport));
-  }
-  CKPTFS_ASSIGN_OR_RETURN(m.index, index::IndexReader::Open(index_path, options.index_sha256));
+  CKPTFS_ASSIGN_OR_RETURN(m.index, OpenIndex(options, cache_dir, *m.transport));
   CKPTFS_ASSIGN_OR_RETURN(std::vector<netfetch::NodeEndpoint> endpoints,
                           Endpoints(*m.index, options));
 
-  netfetch::RetryOptions retry;
-  retry.attempt_timeout = std::min<Duration>(retry.attempt_timeout, options.timeout);
-  retry.lone_fetch_parts = options.fetch_parts;
-  retry.stall_timeout = options.stall_timeout;
   m.fetcher = std::make_unique<netfetch::RetryingFetcher>(std::move(endpoints), m.transport.get(),
-                                                          &m.clock, retry);
+                                                          &m.clock, RetryOptionsFor(options));
   fs::FileSystemOptions fs_options;
   fs_options.read_timeout = options.timeout;
   fs_options.uid = ::getuid();
