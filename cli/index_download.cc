@@ -44,19 +44,59 @@ Status SetTimes(const std::string& path, std::int64_t seconds) {
   return Status::Ok();
 }
 
+// A copy's access time is its last mount (set here; a noatime file system leaves it alone), its
+// mtime the server's Last-Modified. Best effort: a copy whose mark fails may be removed sooner,
+// and is then downloaded again.
+void MarkMounted(const std::string& path, std::time_t now) {
+  const timespec times[2] = {{now, 0}, {0, UTIME_OMIT}};
+  (void)::utimensat(AT_FDCWD, path.c_str(), times, 0);
+}
+
+bool IsHexName(std::string_view name) {
+  return name.size() == 2 * kDigestSize && Digest::FromHex(name).has_value();
+}
+
+// "<64 hex>.ckptfs" (by URL) or "sha256-<64 hex>.ckptfs" (by content).
+bool IsCopyName(std::string_view name) {
+  if (!name.ends_with(kCopySuffix)) return false;
+  name.remove_suffix(kCopySuffix.size());
+  if (name.starts_with(kPinnedPrefix)) name.remove_prefix(kPinnedPrefix.size());
+  return IsHexName(name);
+}
+
+// Deletes the copies in `dir` (and the ETags of copies by URL) that no mount has used for
+// kIndexCopyLifetime.
+void RemoveUnusedCopies(const std::string& dir, std::time_t now) {
+  DIR* listing = ::opendir(dir.c_str());
+  if (listing == nullptr) return;
+  const auto lifetime = std::chrono::seconds(kIndexCopyLifetime).count();
+  while (const dirent* entry = ::readdir(listing)) {
+    const std::string name = entry->d_name;
+    if (!IsCopyName(name)) continue;
+    struct stat st;
+    if (::fstatat(::dirfd(listing), name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) continue;
+    if (S_ISREG(st.st_mode) && now - st.st_atime > lifetime) {
+      ::unlinkat(::dirfd(listing), name.c_str(), 0);
+      ::unlinkat(::dirfd(listing), (name + ".etag").c_str(), 0);
+    }
+  }
+  ::closedir(listing);
+}
+
 // What to do when an index URL could not be downloaded (`failed`) while a copy of it is kept at
 // `path` (`copy`: its stat): with `fallback`, mount that copy and say so; without, fail, and tell
-// the user how to use it.
+// the user how to use it. Either way the line says which version the copy is: the server's
+// Last-Modified, its mtime (0 when the server gave none).
 Result<std::string> CopyAfterFailedDownload(const std::string& path, const struct stat& copy,
                                             const Status& failed, bool fallback) {
-  // Stored (renamed into place) when it was last downloaded whole.
-  const std::string stored = UtcMinute(copy.st_ctime);
+  const std::string version =
+      copy.st_mtime > 0 ? " (the server's version of " + UtcMinute(copy.st_mtime) + ")" : "";
   if (!fallback) {
-    return Status(failed.code(), failed.message() + "; a copy stored " + stored +
-                                     " by an earlier mount is kept: -o index_fallback mounts it");
+    return Status(failed.code(), failed.message() + "; an earlier mount kept a copy" + version +
+                                     ": -o index_fallback mounts it");
   }
-  LogWarning(failed.message() + "; mounting the copy stored " + stored +
-             " by an earlier mount (index_fallback)");
+  LogWarning(failed.message() + "; mounting the copy an earlier mount kept" + version +
+             " (index_fallback)");
   return path;
 }
 
@@ -71,6 +111,7 @@ Result<std::string> CopyByUrl(const IndexDownload& download, const std::string& 
   struct stat copy;
   const bool have_copy = ::stat(path.c_str(), &copy) == 0;
   if (have_copy) {
+    MarkMounted(path, download.now);  // Before the request: it may end in using the copy.
     if (copy.st_mtime > 0) have.last_modified = copy.st_mtime;
     std::ifstream(etag_path) >> have.etag;  // ETags hold no white space.
   }
@@ -86,6 +127,7 @@ Result<std::string> CopyByUrl(const IndexDownload& download, const std::string& 
   // The old ETag goes first: a crash part way leaves a copy that is asked for by its time alone.
   ::unlink(etag_path.c_str());
   Status stored = SetTimes(tmp, std::max<std::int64_t>(got->version.last_modified, 0));
+  MarkMounted(tmp, download.now);
   if (stored.ok() && ::rename(tmp.c_str(), path.c_str()) != 0) {
     stored = ErrnoStatus(errno, "cannot store index");
   }
@@ -123,37 +165,14 @@ bool HasPinnedCopy(const std::string& path, const Digest& want) {
   return false;
 }
 
-bool IsPinnedCopyName(std::string_view name) {
-  return name.size() == kPinnedPrefix.size() + 2 * kDigestSize + kCopySuffix.size() &&
-         name.starts_with(kPinnedPrefix) && name.ends_with(kCopySuffix);
-}
-
-// Deletes the pinned copies in `dir` that no mount has used for kPinnedCopyLifetime.
-void RemoveUnusedPinnedCopies(const std::string& dir, std::time_t now) {
-  DIR* listing = ::opendir(dir.c_str());
-  if (listing == nullptr) return;
-  const auto lifetime = std::chrono::seconds(kPinnedCopyLifetime).count();
-  while (const dirent* entry = ::readdir(listing)) {
-    if (!IsPinnedCopyName(entry->d_name)) continue;
-    struct stat st;
-    if (::fstatat(::dirfd(listing), entry->d_name, &st, AT_SYMLINK_NOFOLLOW) != 0) continue;
-    if (S_ISREG(st.st_mode) && now - st.st_mtime > lifetime) {
-      ::unlinkat(::dirfd(listing), entry->d_name, 0);
-    }
-  }
-  ::closedir(listing);
-}
-
 // The copy by content (see the header).
 Result<std::string> PinnedCopy(const IndexDownload& download, const std::string& dir,
                                netfetch::Transport& transport) {
   const Digest& want = *download.sha256;
   const std::string path =
       dir + "/" + std::string(kPinnedPrefix) + want.Hex() + std::string(kCopySuffix);
-  RemoveUnusedPinnedCopies(dir, download.now);
   if (HasPinnedCopy(path, want)) {
-    // Best effort: a copy whose time stays old may be removed, and then is downloaded again.
-    (void)SetTimes(path, download.now);
+    MarkMounted(path, download.now);
     return path;
   }
   const std::string tmp = TemporaryName(path);
@@ -167,7 +186,7 @@ Result<std::string> PinnedCopy(const IndexDownload& download, const std::string&
                                        ", not the " + want.Hex() + " of index_sha256=");
     }
   }
-  if (stored.ok()) stored = SetTimes(tmp, download.now);
+  MarkMounted(tmp, download.now);
   if (stored.ok() && ::rename(tmp.c_str(), path.c_str()) != 0) {
     stored = ErrnoStatus(errno, "cannot store index");
   }
@@ -185,6 +204,7 @@ Result<std::string> LocalIndexCopy(const IndexDownload& download, netfetch::Tran
   if (::mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST) {
     return ErrnoStatus(errno, "cannot create " + dir);
   }
+  RemoveUnusedCopies(dir, download.now);
   return download.sha256.has_value() ? PinnedCopy(download, dir, transport)
                                      : CopyByUrl(download, dir, transport);
 }

@@ -8,9 +8,11 @@
 //  - By content, "sha256-<hex>.ckptfs", for a mount that pins the version (index_sha256=): used
 //    with no request at all whenever it is there and has that SHA-256, and otherwise downloaded
 //    and kept only if it has. The server may have moved on to another version meanwhile, or be
-//    down: the pinned one still mounts. Its mtime is its last mount; a pinned copy not mounted
-//    for kPinnedCopyLifetime is deleted by the next pinned mount (a running mount keeps its open
-//    file).
+//    down: the pinned one still mounts.
+// A copy's access time is its last mount; copies of either kind not mounted for
+// kIndexCopyLifetime are deleted by the next mount of an index URL (a running mount keeps its
+// open file), so that a directory of versions published one after another does not grow for
+// ever.
 #pragma once
 
 #include <chrono>
@@ -25,7 +27,7 @@
 
 namespace ckptfs::cli {
 
-inline constexpr std::chrono::hours kPinnedCopyLifetime{24 * 30};
+inline constexpr std::chrono::hours kIndexCopyLifetime{24 * 30};
 
 struct IndexDownload {
   std::string url;
@@ -33,7 +35,7 @@ struct IndexDownload {
   Duration timeout{};            // Of the download.
   std::optional<Digest> sha256;  // index_sha256=: the only version to accept.
   bool fallback = false;         // index_fallback: mount the copy by URL when the download fails.
-  std::time_t now = 0;           // Wall time, for the age of pinned copies.
+  std::time_t now = 0;           // Wall time, for the age of copies.
 };
 
 // The local path of the index that `download` names, downloaded as the header says.

@@ -142,10 +142,11 @@ for i in 1 2 3; do
 done
 
 say "Publishing"
-"$CKPTFS" publish "$DEMO/src" -o "$DEMO/ckpt.index" "${node_args[@]}"
+"$CKPTFS" publish "$DEMO/src" -o "$DEMO/ckpt.index" "${node_args[@]}" | tee "$DEMO/publish.txt"
+index_sha256="$(sed -n 's/^  index SHA-256: \([0-9a-f]\{64\}\) .*/\1/p' "$DEMO/publish.txt")"
 
-say "Mounting at $MNT"
-"$CKPTFS" mount "$DEMO/ckpt.index" "$MNT" -o "cache_dir=$DEMO/cache"
+say "Mounting at $MNT, pinned to the index version just published"
+"$CKPTFS" mount "$DEMO/ckpt.index" "$MNT" -o "cache_dir=$DEMO/cache,index_sha256=$index_sha256"
 ls -lR "$MNT"
 
 say "Checking every file against the source (sha256)"

@@ -421,13 +421,14 @@ def test_index_fallback_mounts_the_kept_copy_when_the_index_cannot_be_downloaded
     server.stop()
     line = _assert_mount_refused(mount(url, cache_dir=cache, start=False))
     assert line.startswith("ckptfs: cannot download the index: ") and url in line, line
-    assert "by an earlier mount is kept: -o index_fallback mounts it" in line, line
+    assert "; an earlier mount kept a copy (the server's version of " in line, line
+    assert line.endswith("): -o index_fallback mounts it"), line
 
     for node in cluster:
         node.stop()
     offline = mount(url, cache_dir=cache, index_fallback=True)
     warned = [l for l in offline.result.stderr_lines() if "index_fallback" in l]
-    assert len(warned) == 1 and "mounting the copy stored" in warned[0], offline.result.describe()
+    assert len(warned) == 1 and "mounting the copy an earlier mount kept (the server's version of " in warned[0], offline.result.describe()
     diff = ckptfs_cli.run(["diff", "-r", src, offline.mountpoint], timeout=120)
     assert diff.returncode == 0, diff.describe()
 

@@ -2,6 +2,7 @@
 // pinned version (index_sha256=), by content.
 #include "cli/index_download.h"
 
+#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <sys/stat.h>
 
@@ -46,15 +47,16 @@ std::vector<std::string> Listing(const std::string& dir) {
   return names;
 }
 
-std::time_t MtimeOf(const std::string& path) {
+struct stat StatOf(const std::string& path) {
   struct stat st {};
   EXPECT_EQ(::stat(path.c_str(), &st), 0) << path;
-  return st.st_mtime;
+  return st;
 }
 
-void SetMtime(const std::string& path, std::time_t t) {
-  std::filesystem::last_write_time(path, std::filesystem::file_time_type::clock::from_sys(
-                                             std::chrono::system_clock::from_time_t(t)));
+// Access and modification time.
+void SetTimes(const std::string& path, std::time_t atime, std::time_t mtime) {
+  const timespec times[2] = {{atime, 0}, {mtime, 0}};
+  ASSERT_EQ(::utimensat(AT_FDCWD, path.c_str(), times, 0), 0) << path;
 }
 
 class IndexDownloadTest : public ::testing::Test {
@@ -87,7 +89,7 @@ TEST_F(IndexDownloadTest, APinnedVersionIsDownloadedOnceAndThenMountedWithoutARe
   CKPTFS_ASSERT_OK_AND_ASSIGN(std::string path, LocalIndexCopy(Pinned("version one"), transport_));
   EXPECT_EQ(path, PinnedPath("version one"));
   EXPECT_EQ(Contents(path), "version one");
-  EXPECT_EQ(MtimeOf(path), now_);
+  EXPECT_EQ(StatOf(path).st_atime, now_);
   EXPECT_EQ(transport_.Calls(kUrl), 1);
 
   // The server moves on to another version; the pinned one is still what mounts, unasked.
@@ -95,7 +97,7 @@ TEST_F(IndexDownloadTest, APinnedVersionIsDownloadedOnceAndThenMountedWithoutARe
   now_ += 3600;
   CKPTFS_ASSERT_OK_AND_ASSIGN(path, LocalIndexCopy(Pinned("version one"), transport_));
   EXPECT_EQ(Contents(path), "version one");
-  EXPECT_EQ(MtimeOf(path), now_) << "a pinned copy's time is its last mount";
+  EXPECT_EQ(StatOf(path).st_atime, now_) << "a copy's access time is its last mount";
   EXPECT_EQ(transport_.Calls(kUrl), 1);
 
   CKPTFS_ASSERT_OK_AND_ASSIGN(path, LocalIndexCopy(Pinned("version two"), transport_));
@@ -136,28 +138,54 @@ TEST_F(IndexDownloadTest, APinnedVersionNeverDownloadedFailsWhenTheServerDoes) {
   EXPECT_EQ(Listing(Indexes()), std::vector<std::string>{by_url.substr(Indexes().size() + 1)});
 }
 
-TEST_F(IndexDownloadTest, APinnedMountRemovesPinnedCopiesUnusedForThirtyDays) {
+TEST_F(IndexDownloadTest, CopiesOfEitherKindNotMountedForThirtyDaysAreRemoved) {
   ASSERT_EQ(::mkdir(Indexes().c_str(), 0700), 0);
   const std::time_t day = 24 * 3600;
   const std::string old_pin = PinnedPath("old"), recent_pin = PinnedPath("recent");
-  const std::string by_url = Indexes() + "/" + Sha256Of("some url").Hex() + ".ckptfs";
+  const std::string old_url = Indexes() + "/" + Sha256Of("old url").Hex() + ".ckptfs";
+  const std::string recent_url = Indexes() + "/" + Sha256Of("recent url").Hex() + ".ckptfs";
   const std::string not_a_copy = Indexes() + "/sha256-notes.ckptfs";
-  for (const std::string& path : {old_pin, recent_pin, by_url, not_a_copy}) {
+  for (const std::string& path : {old_pin, recent_pin, old_url, old_url + ".etag", recent_url,
+                                  recent_url + ".etag", not_a_copy}) {
     std::ofstream(path) << "x";
   }
-  SetMtime(old_pin, now_ - 31 * day);
-  SetMtime(recent_pin, now_ - 29 * day);
-  SetMtime(by_url, now_ - 300 * day);  // Its time is the server's Last-Modified, not a use.
-  SetMtime(not_a_copy, now_ - 300 * day);
+  // Access time: the last mount; modification time: the server's version, whatever its age.
+  SetTimes(old_pin, now_ - 31 * day, now_ - 31 * day);
+  SetTimes(recent_pin, now_ - 29 * day, now_ - 300 * day);
+  SetTimes(old_url, now_ - 31 * day, now_ - 400 * day);
+  SetTimes(recent_url, now_ - day, now_ - 400 * day);
+  SetTimes(not_a_copy, now_ - 300 * day, now_ - 300 * day);
   transport_.SetResponse(kUrl, ScriptedResponse::Body(Bytes("version one")));
 
   CKPTFS_ASSERT_OK_AND_ASSIGN(std::string path, LocalIndexCopy(Pinned("version one"), transport_));
 
   EXPECT_EQ(path, PinnedPath("version one"));
   EXPECT_FALSE(std::filesystem::exists(old_pin));
-  EXPECT_TRUE(std::filesystem::exists(recent_pin));
-  EXPECT_TRUE(std::filesystem::exists(by_url));
-  EXPECT_TRUE(std::filesystem::exists(not_a_copy));
+  EXPECT_FALSE(std::filesystem::exists(old_url));
+  EXPECT_FALSE(std::filesystem::exists(old_url + ".etag"));
+  for (const std::string& kept : {recent_pin, recent_url, recent_url + ".etag", not_a_copy}) {
+    EXPECT_TRUE(std::filesystem::exists(kept)) << kept;
+  }
+}
+
+TEST_F(IndexDownloadTest, ACopyByUrlKeepsTheServersTimeAsItsMtimeAndItsLastMountAsItsAtime) {
+  transport_.SetResponse(kUrl, ScriptedResponse::Body(Bytes("version one")));
+  CKPTFS_ASSERT_OK_AND_ASSIGN(std::string path, LocalIndexCopy(Unpinned(), transport_));
+  SetTimes(path, now_ - 10 * 24 * 3600, 1234567890);
+  // The server is down: the copy is still used, and counts as mounted now.
+  transport_.SetResponse(kUrl, ScriptedResponse::Error(UnavailableError("HTTP 503")));
+  IndexDownload fallback = Unpinned();
+  fallback.fallback = true;
+  CKPTFS_ASSERT_OK_AND_ASSIGN(path, LocalIndexCopy(fallback, transport_));
+  EXPECT_EQ(Contents(path), "version one");
+  EXPECT_EQ(StatOf(path).st_atime, now_);
+  EXPECT_EQ(StatOf(path).st_mtime, 1234567890);
+  fallback.fallback = false;
+  const auto refused = LocalIndexCopy(fallback, transport_);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.status().message(),
+            "cannot download the index: HTTP 503; an earlier mount kept a copy (the server's "
+            "version of 2009-02-13 23:31 UTC): -o index_fallback mounts it");
 }
 
 TEST_F(IndexDownloadTest, AnUnpinnedDownloadIsKeptUnderTheUrlsName) {
