@@ -3,12 +3,16 @@
 # integration tests (pytest: real ckptfs binary, real nginx nodes, real FUSE mounts). Run as root.
 #
 # Then the same unit and integration tests again against a build with AddressSanitizer and
-# UndefinedBehaviorSanitizer (leaks and undefined behaviour fail the run).
+# UndefinedBehaviorSanitizer (leaks and undefined behaviour fail the run), and the unit tests
+# against a build with ThreadSanitizer (a data race fails the run). The integration tests are
+# not run under ThreadSanitizer here: its shadow memory and slowdown fail the daemon's memory
+# bound and the stall timings they check.
 #
 # Environment: CKPTFS_BUILD (build dir, default <repo>/build), CKPTFS_VENV (default <repo>/.venv),
-# CKPTFS_SANITIZE_BUILD (default <repo>/build-asan), CKPTFS_SKIP_DEPS=1 / CKPTFS_SKIP_BUILD=1 to
-# skip those steps on a prepared machine, CKPTFS_SKIP_SANITIZE=1 to skip the sanitizer stage,
-# PYTEST_ARGS for extra pytest arguments (for example "-k mount -x").
+# CKPTFS_SANITIZE_BUILD (default <repo>/build-asan), CKPTFS_TSAN_BUILD (default
+# <repo>/build-tsan), CKPTFS_SKIP_DEPS=1 / CKPTFS_SKIP_BUILD=1 to skip those steps on a prepared
+# machine, CKPTFS_SKIP_SANITIZE=1 to skip both sanitizer stages, PYTEST_ARGS for extra pytest
+# arguments (for example "-k mount -x").
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -74,5 +78,15 @@ if [[ "${CKPTFS_SKIP_SANITIZE:-0}" != 1 ]]; then
   # shellcheck disable=SC2086 # PYTEST_ARGS is a list of words on purpose.
   export CKPTFS_BIN="$SAN_BUILD/cli/ckptfs"
   run_pytest "integration (sanitizers)" "$VENV" tests/integration ${PYTEST_ARGS:-}
+
+  echo "=== thread sanitizer build (TSan): unit tests"
+  TSAN_BUILD="${CKPTFS_TSAN_BUILD:-$REPO/build-tsan}"
+  export TSAN_OPTIONS="halt_on_error=1:second_deadlock_stack=1"
+  cmake -S "$REPO" -B "$TSAN_BUILD" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCKPTFS_TSAN=ON
+  cmake --build "$TSAN_BUILD" -j"$(nproc)"
+  if ! ctest --test-dir "$TSAN_BUILD" --output-on-failure --no-tests=error -j2; then
+    echo "test.sh: unit tests failed in the thread sanitizer build" >&2
+    status=1
+  fi
 fi
 exit $status
