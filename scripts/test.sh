@@ -64,29 +64,30 @@ echo "=== loader tests (pytest: TensorFlow, Keras, PyTorch, safetensors, numpy)"
 # shellcheck disable=SC2086 # LOADERS_PYTEST_ARGS is a list of words on purpose.
 run_pytest loader "${CKPTFS_LOADERS_VENV:-$REPO/.venv-loaders}" tests/loaders ${LOADERS_PYTEST_ARGS:-}
 
+# sanitizer_build NAME DIR CMAKE_FLAG: builds the tree DIR with CMAKE_FLAG=ON and runs its unit
+# tests; a failure marks the whole run failed.
+sanitizer_build() {
+  local name="$1" dir="$2" flag="$3"
+  cmake -S "$REPO" -B "$dir" -DCMAKE_BUILD_TYPE=RelWithDebInfo "-D$flag=ON"
+  cmake --build "$dir" -j"$(nproc)"
+  if ! ctest --test-dir "$dir" --output-on-failure --no-tests=error -j2; then
+    echo "test.sh: unit tests failed in the $name build" >&2
+    status=1
+  fi
+}
+
 if [[ "${CKPTFS_SKIP_SANITIZE:-0}" != 1 ]]; then
   echo "=== sanitizer build (ASan + UBSan): unit and integration tests"
   SAN_BUILD="${CKPTFS_SANITIZE_BUILD:-$REPO/build-asan}"
   export ASAN_OPTIONS="detect_leaks=1:abort_on_error=0"
   export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1"
-  cmake -S "$REPO" -B "$SAN_BUILD" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCKPTFS_SANITIZE=ON
-  cmake --build "$SAN_BUILD" -j"$(nproc)"
-  if ! ctest --test-dir "$SAN_BUILD" --output-on-failure --no-tests=error -j2; then
-    echo "test.sh: unit tests failed in the sanitizer build" >&2
-    status=1
-  fi
+  sanitizer_build sanitizer "$SAN_BUILD" CKPTFS_SANITIZE
   # shellcheck disable=SC2086 # PYTEST_ARGS is a list of words on purpose.
   export CKPTFS_BIN="$SAN_BUILD/cli/ckptfs"
   run_pytest "integration (sanitizers)" "$VENV" tests/integration ${PYTEST_ARGS:-}
 
   echo "=== thread sanitizer build (TSan): unit tests"
-  TSAN_BUILD="${CKPTFS_TSAN_BUILD:-$REPO/build-tsan}"
   export TSAN_OPTIONS="halt_on_error=1:second_deadlock_stack=1"
-  cmake -S "$REPO" -B "$TSAN_BUILD" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCKPTFS_TSAN=ON
-  cmake --build "$TSAN_BUILD" -j"$(nproc)"
-  if ! ctest --test-dir "$TSAN_BUILD" --output-on-failure --no-tests=error -j2; then
-    echo "test.sh: unit tests failed in the thread sanitizer build" >&2
-    status=1
-  fi
+  sanitizer_build "thread sanitizer" "${CKPTFS_TSAN_BUILD:-$REPO/build-tsan}" CKPTFS_TSAN
 fi
 exit $status
