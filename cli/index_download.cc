@@ -56,8 +56,14 @@ bool IsHexName(std::string_view name) {
   return name.size() == 2 * kDigestSize && Digest::FromHex(name).has_value();
 }
 
-// "<64 hex>.ckptfs" (by URL) or "sha256-<64 hex>.ckptfs" (by content).
+// "<64 hex>.ckptfs" (by URL) or "sha256-<64 hex>.ckptfs" (by content), or either with the
+// ".tmp.<pid>" of a download that a crash left behind.
 bool IsCopyName(std::string_view name) {
+  if (const std::size_t tmp = name.rfind(".tmp."); tmp != std::string_view::npos) {
+    const std::string_view pid = name.substr(tmp + 5);
+    if (pid.empty() || pid.find_first_not_of("0123456789") != std::string_view::npos) return false;
+    name = name.substr(0, tmp);
+  }
   if (!name.ends_with(kCopySuffix)) return false;
   name.remove_suffix(kCopySuffix.size());
   if (name.starts_with(kPinnedPrefix)) name.remove_prefix(kPinnedPrefix.size());
@@ -65,7 +71,7 @@ bool IsCopyName(std::string_view name) {
 }
 
 // Deletes the copies in `dir` (and the ETags of copies by URL) that no mount has used for
-// kIndexCopyLifetime.
+// kIndexCopyLifetime, and downloads left that long.
 void RemoveUnusedCopies(const std::string& dir, std::time_t now) {
   DIR* listing = ::opendir(dir.c_str());
   if (listing == nullptr) return;

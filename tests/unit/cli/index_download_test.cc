@@ -145,8 +145,9 @@ TEST_F(IndexDownloadTest, CopiesOfEitherKindNotMountedForThirtyDaysAreRemoved) {
   const std::string old_url = Indexes() + "/" + Sha256Of("old url").Hex() + ".ckptfs";
   const std::string recent_url = Indexes() + "/" + Sha256Of("recent url").Hex() + ".ckptfs";
   const std::string not_a_copy = Indexes() + "/sha256-notes.ckptfs";
+  const std::string crashed = recent_pin + ".tmp.4242", fresh_download = old_url + ".tmp.4243";
   for (const std::string& path : {old_pin, recent_pin, old_url, old_url + ".etag", recent_url,
-                                  recent_url + ".etag", not_a_copy}) {
+                                  recent_url + ".etag", not_a_copy, crashed, fresh_download}) {
     std::ofstream(path) << "x";
   }
   // Access time: the last mount; modification time: the server's version, whatever its age.
@@ -155,6 +156,8 @@ TEST_F(IndexDownloadTest, CopiesOfEitherKindNotMountedForThirtyDaysAreRemoved) {
   SetTimes(old_url, now_ - 31 * day, now_ - 400 * day);
   SetTimes(recent_url, now_ - day, now_ - 400 * day);
   SetTimes(not_a_copy, now_ - 300 * day, now_ - 300 * day);
+  SetTimes(crashed, now_ - 31 * day, now_ - 31 * day);
+  SetTimes(fresh_download, now_, now_);
   transport_.SetResponse(kUrl, ScriptedResponse::Body(Bytes("version one")));
 
   CKPTFS_ASSERT_OK_AND_ASSIGN(std::string path, LocalIndexCopy(Pinned("version one"), transport_));
@@ -163,7 +166,9 @@ TEST_F(IndexDownloadTest, CopiesOfEitherKindNotMountedForThirtyDaysAreRemoved) {
   EXPECT_FALSE(std::filesystem::exists(old_pin));
   EXPECT_FALSE(std::filesystem::exists(old_url));
   EXPECT_FALSE(std::filesystem::exists(old_url + ".etag"));
-  for (const std::string& kept : {recent_pin, recent_url, recent_url + ".etag", not_a_copy}) {
+  EXPECT_FALSE(std::filesystem::exists(crashed));
+  for (const std::string& kept :
+       {recent_pin, recent_url, recent_url + ".etag", not_a_copy, fresh_download}) {
     EXPECT_TRUE(std::filesystem::exists(kept)) << kept;
   }
 }
