@@ -121,7 +121,7 @@ class Fetches {
         last_shown_(start_) {}
 
   void Run(const std::vector<index::ChunkRecord>& chunks) {
-    todo_ = &chunks;
+    work_ = &chunks;
     std::vector<std::jthread> workers;
     const std::size_t jobs = std::min<std::size_t>(std::max(options_.jobs, 1), chunks.size());
     for (std::size_t i = 0; i < jobs; ++i) {
@@ -140,8 +140,8 @@ class Fetches {
     Buffer buffer(index_.chunk_size());
     for (;;) {
       const std::size_t i = next_.fetch_add(1);
-      if (i >= todo_->size()) return;
-      const index::ChunkRecord& chunk = (*todo_)[i];
+      if (i >= work_->size()) return;
+      const index::ChunkRecord& chunk = (*work_)[i];
       Status status = FetchOne(chunk, buffer.span().first(chunk.size));
       Record(chunk, status);
     }
@@ -190,7 +190,7 @@ class Fetches {
   Clock& clock_;
   const WarmupOptions& options_;
   WarmupReport& report_;  // GUARDED_BY(mu_) while Run runs.
-  const std::vector<index::ChunkRecord>* todo_ = nullptr;
+  const std::vector<index::ChunkRecord>* work_ = nullptr;
   std::atomic<std::size_t> next_{0};
   std::mutex mu_;
   const TimePoint start_;
