@@ -17,7 +17,6 @@
 #include <csignal>
 #include <cstdio>
 #include <cstring>
-#include <ctime>
 #include <filesystem>
 #include <fstream>
 #include <memory>
@@ -30,7 +29,6 @@
 
 #include "cli/mount_setup.h"
 #include "cli/mount_table.h"
-#include "cli/node_urls.h"
 #include "cli/stats.h"
 #include "common/clock.h"
 #include "common/digest.h"
