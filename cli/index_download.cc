@@ -89,6 +89,18 @@ void RemoveUnusedCopies(const std::string& dir, std::time_t now) {
   ::closedir(listing);
 }
 
+// Puts the download `tmp` in place as the copy `path`, marked mounted, when `checked` (what the
+// caller found of it) is OK; otherwise, or when the rename fails, removes it and returns why.
+Status StoreDownload(const std::string& tmp, const std::string& path, Status checked,
+                     std::time_t now) {
+  MarkMounted(tmp, now);
+  if (checked.ok() && ::rename(tmp.c_str(), path.c_str()) != 0) {
+    checked = ErrnoStatus(errno, "cannot store index");
+  }
+  if (!checked.ok()) ::unlink(tmp.c_str());
+  return checked;
+}
+
 // What to do when an index URL could not be downloaded (`failed`) while a copy of it is kept at
 // `path` (`copy`: its stat): with `fallback`, mount that copy and say so; without, fail, and tell
 // the user how to use it. Either way the line says which version the copy is: the server's
@@ -132,15 +144,9 @@ Result<std::string> CopyByUrl(const IndexDownload& download, const std::string& 
   if (got->not_modified) return path;
   // The old ETag goes first: a crash part way leaves a copy that is asked for by its time alone.
   ::unlink(etag_path.c_str());
-  Status stored = SetTimes(tmp, std::max<std::int64_t>(got->version.last_modified, 0));
-  MarkMounted(tmp, download.now);
-  if (stored.ok() && ::rename(tmp.c_str(), path.c_str()) != 0) {
-    stored = ErrnoStatus(errno, "cannot store index");
-  }
-  if (!stored.ok()) {
-    ::unlink(tmp.c_str());
-    return stored;
-  }
+  CKPTFS_RETURN_IF_ERROR(
+      StoreDownload(tmp, path, SetTimes(tmp, std::max<std::int64_t>(got->version.last_modified, 0)),
+                    download.now));
   if (!got->version.etag.empty()) {
     // Best effort: without it the next mount asks by time, or downloads the index whole.
     const std::string etag_tmp = TemporaryName(etag_path);
@@ -192,14 +198,7 @@ Result<std::string> PinnedCopy(const IndexDownload& download, const std::string&
                                        ", not the " + want.Hex() + " of index_sha256=");
     }
   }
-  MarkMounted(tmp, download.now);
-  if (stored.ok() && ::rename(tmp.c_str(), path.c_str()) != 0) {
-    stored = ErrnoStatus(errno, "cannot store index");
-  }
-  if (!stored.ok()) {
-    ::unlink(tmp.c_str());
-    return stored;
-  }
+  CKPTFS_RETURN_IF_ERROR(StoreDownload(tmp, path, stored, download.now));
   return path;
 }
 

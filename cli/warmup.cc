@@ -11,6 +11,8 @@
 #include "common/buffer.h"
 #include "common/thread_name.h"
 #include "common/units.h"
+#include "fs/chunk_store.h"
+#include "fs/file_system.h"
 
 namespace ckptfs::cli {
 
@@ -25,8 +27,8 @@ Result<std::vector<index::ChunkRecord>> AllChunks(const index::IndexReader& inde
   for (;;) {
     const std::int64_t after = chunks.empty() ? 0 : chunks.back().id;
     CKPTFS_ASSIGN_OR_RETURN(std::vector<index::ChunkRecord> page, index.ChunksAfter(after, kPage));
+    if (page.empty()) return chunks;
     chunks.insert(chunks.end(), page.begin(), page.end());
-    if (page.size() < kPage) return chunks;
   }
 }
 
@@ -43,13 +45,15 @@ class ChunkCollector {
       const std::uint64_t dir = dirs.back();
       dirs.pop_back();
       for (std::uint64_t after = 0;;) {
+        // Until an empty page: a short one is not the last, since entries with an invalid
+        // name are left out of it.
         CKPTFS_ASSIGN_OR_RETURN(std::vector<index::Entry> page,
                                 index_.ListChildren(dir, after, kPage));
+        if (page.empty()) break;
         for (const index::Entry& child : page) {
           if (child.type == index::EntryType::kDirectory) dirs.push_back(child.id);
           if (child.type == index::EntryType::kFile) CKPTFS_RETURN_IF_ERROR(AddFile(child));
         }
-        if (page.size() < kPage) break;
         after = page.back().id;
       }
     }
@@ -148,11 +152,8 @@ class Fetches {
   }
 
   Status FetchOne(const index::ChunkRecord& chunk, std::span<std::uint8_t> dst) {
-    netfetch::ChunkRef ref{chunk.digest, chunk.size, {}};
-    CKPTFS_ASSIGN_OR_RETURN(ref.nodes, index_.Replicas(chunk.id));
-    CKPTFS_ASSIGN_OR_RETURN(index::BlockList blocks, index_.Blocks(chunk.id));
-    ref.block_size = blocks.block_size;
-    ref.blocks = std::move(blocks.digests);
+    CKPTFS_ASSIGN_OR_RETURN(netfetch::ChunkRef ref,
+                            fs::LocateChunk(replicas_, {chunk.digest, chunk.size, chunk.id}));
     CKPTFS_RETURN_IF_ERROR(fetcher_.Fetch(ref, dst, clock_.Now() + options_.chunk_timeout));
     return cache_.Insert(chunk.digest, dst).WithContext("cannot cache it");
   }
@@ -185,6 +186,7 @@ class Fetches {
   }
 
   const index::IndexReader& index_;
+  fs::IndexReplicas replicas_{&index_};
   netfetch::ChunkFetcher& fetcher_;
   fs::DiskCache& cache_;
   Clock& clock_;

@@ -138,6 +138,18 @@ ChunkStore::Memory ChunkStore::memory() const {
           .spare_bytes = spare_bytes_};
 }
 
+Result<netfetch::ChunkRef> LocateChunk(ReplicaSource& replicas, const ChunkKey& key) {
+  CKPTFS_ASSIGN_OR_RETURN(index::BlockList blocks, replicas.Blocks(key.chunk_id));
+  return LocateChunk(replicas, key, std::move(blocks));
+}
+
+Result<netfetch::ChunkRef> LocateChunk(ReplicaSource& replicas, const ChunkKey& key,
+                                       index::BlockList blocks) {
+  CKPTFS_ASSIGN_OR_RETURN(std::vector<std::int64_t> nodes, replicas.Replicas(key.chunk_id));
+  return netfetch::ChunkRef{key.digest, key.size, std::move(nodes), blocks.block_size,
+                            std::move(blocks.digests)};
+}
+
 Result<ChunkData> ChunkStore::Get(const ChunkKey& key, std::uint64_t offset, std::uint64_t length,
                                   Access access, TimePoint deadline, const EarlyServe* early) {
   const std::uint64_t need_end = offset + length;
@@ -268,7 +280,7 @@ Result<ChunkData> ChunkStore::FetchIsolated(const ChunkKey& key, const index::Bl
   }
   counters_.block_fetches++;
   Status status;
-  Result<netfetch::ChunkRef> ref = Locate(key, blocks);
+  Result<netfetch::ChunkRef> ref = LocateChunk(*replicas_, key, blocks);
   if (!ref.ok()) {
     status = ref.status();
   } else {
@@ -349,17 +361,6 @@ bool ChunkStore::ReadPartial(const ChunkKey& key, const index::BlockList& blocks
   return true;
 }
 
-Result<netfetch::ChunkRef> ChunkStore::Locate(const ChunkKey& key) {
-  CKPTFS_ASSIGN_OR_RETURN(index::BlockList blocks, replicas_->Blocks(key.chunk_id));
-  return Locate(key, std::move(blocks));
-}
-
-Result<netfetch::ChunkRef> ChunkStore::Locate(const ChunkKey& key, index::BlockList blocks) {
-  CKPTFS_ASSIGN_OR_RETURN(std::vector<std::int64_t> nodes, replicas_->Replicas(key.chunk_id));
-  return netfetch::ChunkRef{key.digest, key.size, std::move(nodes), blocks.block_size,
-                            std::move(blocks.digests)};
-}
-
 bool ChunkStore::HandOff(const ChunkKey& key, std::shared_ptr<Flight> flight, TimePoint deadline) {
   {
     std::lock_guard lock(queue_mu_);
@@ -395,9 +396,9 @@ void ChunkStore::Lead(const ChunkKey& key, Flight& flight, TimePoint deadline, P
                       const EarlyReader* early, std::uint64_t* room) {
   Status status;
   bool kept = false;
-  if (cache_->Has(key.digest, key.size)) {
-    // Someone else's fetch completed between our cache miss and our taking the lead (in this
-    // mount, or in another one on the same cache directory).
+  if (cache_->Contains(key.digest)) {
+    // Someone else's fetch completed between our cache miss and our taking the lead. (Whoever
+    // leads has just looked on disk for another mount's entry: OpenChunk or Has.)
   } else if (!AcquireSlot(priority, deadline)) {
     status = priority == Priority::kForeground
                  ? DeadlineExceededError("no fetch slot free before the deadline")
@@ -408,7 +409,7 @@ void ChunkStore::Lead(const ChunkKey& key, Flight& flight, TimePoint deadline, P
         key.size, room,
         priority == Priority::kForeground ? BufferStart::kQuickFirstBytes : BufferStart::kHuge);
     std::span<std::uint8_t> chunk_bytes = buffer->span().first(key.size);
-    Result<netfetch::ChunkRef> ref = Locate(key);
+    Result<netfetch::ChunkRef> ref = LocateChunk(*replicas_, key);
     if (!ref.ok()) {
       status = ref.status();
     } else {

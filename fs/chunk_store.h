@@ -105,6 +105,12 @@ class ReplicaSource {
   virtual Result<index::BlockList> Blocks(std::int64_t /*chunk_id*/) { return index::BlockList{}; }
 };
 
+// The chunk's replicas and blocks, as the fetcher wants them; the second form for blocks already
+// looked up. For whatever fetches a chunk the index lists: the store, `ckptfs warmup`.
+Result<netfetch::ChunkRef> LocateChunk(ReplicaSource& replicas, const ChunkKey& key);
+Result<netfetch::ChunkRef> LocateChunk(ReplicaSource& replicas, const ChunkKey& key,
+                                       index::BlockList blocks);
+
 struct ChunkStoreOptions {
   int prefetch_threads = 8;
   // Threads that fetch for waiting readers, so a reader can take its bytes while the rest of
@@ -283,10 +289,6 @@ class ChunkStore {
   // holds all of them, each matching its digest.
   bool ReadPartial(const ChunkKey& key, const index::BlockList& blocks, std::size_t first,
                    std::size_t end, std::span<std::uint8_t> dst);
-  // The chunk's replicas and blocks, as the fetcher wants them; the second form for blocks
-  // already looked up.
-  Result<netfetch::ChunkRef> Locate(const ChunkKey& key);
-  Result<netfetch::ChunkRef> Locate(const ChunkKey& key, index::BlockList blocks);
   // Reads a cached chunk whole into memory (the ready list) as a flight readers can join. Runs
   // on a prefetch thread.
   void LoadFromDisk(const ChunkKey& key, std::uint64_t* room);

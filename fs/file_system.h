@@ -88,7 +88,7 @@ struct FileSystemCounters {
 // The index as the chunk store's ReplicaSource.
 class IndexReplicas final : public ReplicaSource {
  public:
-  explicit IndexReplicas(index::IndexReader* index) : index_(index) {}
+  explicit IndexReplicas(const index::IndexReader* index) : index_(index) {}
   Result<std::vector<std::int64_t>> Replicas(std::int64_t chunk_id) override {
     return index_->Replicas(chunk_id);
   }
@@ -97,7 +97,7 @@ class IndexReplicas final : public ReplicaSource {
   }
 
  private:
-  index::IndexReader* index_;
+  const index::IndexReader* index_;
 };
 
 // The windows of streams that read ahead into files not opened yet: file id → window. Opening
