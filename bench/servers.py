@@ -61,7 +61,7 @@ http {{
 # What `ckptfs publish` without --store needs: WebDAV PUT into the root, any body size, by
 # workers that may write there (the bench runs as root and makes the root).
 _PUT = """
-            dav_methods PUT;
+            dav_methods PUT DELETE;
             create_full_put_path on;
             client_max_body_size 0;"""
 

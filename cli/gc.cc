@@ -14,6 +14,7 @@
 #include <utility>
 
 #include "cli/local_index.h"
+#include "cli/store_leases.h"
 #include "cli/store_lock.h"
 #include "common/digest.h"
 #include "common/file_io.h"
@@ -114,8 +115,8 @@ Result<std::vector<StoreFile>> ListPrefix(const fs::path& dir, const std::string
 
 class Collector {
  public:
-  Collector(const GcOptions& options, const Indexes& indexes)
-      : options_(options), indexes_(indexes) {}
+  Collector(const GcOptions& options, const Indexes& indexes, GcLeases& leases)
+      : options_(options), indexes_(indexes), leases_(leases) {}
 
   Result<GcReport> Store(const std::string& store) {
     GcReport report;
@@ -140,6 +141,7 @@ class Collector {
 
  private:
   Status Prefix(const fs::path& dir, GcReport& report) {
+    CKPTFS_RETURN_IF_ERROR(leases_.Renew());
     CKPTFS_ASSIGN_OR_RETURN(std::vector<StoreFile> files, ListPrefix(dir, dir.filename().string()));
     std::vector<Digest> digests;
     for (const StoreFile& file : files) {
@@ -165,7 +167,7 @@ class Collector {
           if (needed[next_object++]) {
             ++report.kept_objects;
             report.kept_bytes += file.size;
-          } else if (young) {
+          } else if (young || leases_.RecentlyFound(file.digest)) {
             ++report.recent_files;
           } else {
             ++report.unneeded_objects;
@@ -185,6 +187,7 @@ class Collector {
 
   const GcOptions& options_;
   const Indexes& indexes_;
+  GcLeases& leases_;
 };
 
 void Add(GcReport& total, const GcReport& one) {
@@ -222,14 +225,22 @@ Result<GcReport> CollectGarbage(const GcOptions& options, netfetch::Transport& t
                                   " is not a directory with the chunks/ of a publish --store");
     }
   }
-  LocalIndexes local(transport, options.temp_dir, "ckptfs-gc");
-  CKPTFS_ASSIGN_OR_RETURN(Indexes indexes, Indexes::Open(options.index_paths, local));
   std::vector<StoreLock> locks;
   for (const std::string& store : options.stores) {
     CKPTFS_ASSIGN_OR_RETURN(StoreLock lock, StoreLock::Take(store, StoreLock::Holder::kGc));
     locks.push_back(std::move(lock));
   }
-  Collector collector(options, indexes);
+  // With --delete a note in each store keeps publishes by PUT away, and this refuses while one
+  // is under way; objects that recent ones found on their nodes stay either way.
+  CKPTFS_ASSIGN_OR_RETURN(GcLeases leases, GcLeases::Open(options.stores, options.now,
+                                                          options.min_age, options.remove));
+  for (const std::string& running : leases.running()) {
+    out << "a publish by PUT is under way (gc --delete refuses to start while it is): " << running
+        << "\n";
+  }
+  LocalIndexes local(transport, options.temp_dir, "ckptfs-gc");
+  CKPTFS_ASSIGN_OR_RETURN(Indexes indexes, Indexes::Open(options.index_paths, local));
+  Collector collector(options, indexes, leases);
   GcReport total;
   for (const std::string& store : options.stores) {
     Result<GcReport> one = collector.Store(store);

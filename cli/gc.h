@@ -7,8 +7,10 @@
 // (without it, it only reports what it would remove). Index URLs are downloaded for the run. An
 // object younger than `min_age` stays whatever it is: a publish writes its objects before its
 // index, and marks an object it finds already there as new, so that a gc that runs meanwhile leaves
-// what that index will need. Leftovers of an interrupted publish (NAME.tmp.PID) older than
-// `min_age` go too; anything else in a store is left alone.
+// what that index will need. A publish by PUT cannot mark objects; the leases of store_leases.h
+// keep it and a removing gc apart, and keep what it found for `min_age`. Leftovers of an
+// interrupted publish (NAME.tmp.PID) older than `min_age` go too; anything else in a store is left
+// alone.
 //
 // Objects are taken one prefix directory (chunks/XX) at a time and looked up in the indexes,
 // so memory stays bounded whatever the size of the stores or of the indexes.

@@ -8,6 +8,7 @@
 #include <chrono>
 #include <utility>
 
+#include "cli/store_leases.h"
 #include "common/file_io.h"
 #include "common/unique_fd.h"
 #include "index/types.h"
@@ -66,7 +67,7 @@ Result<bool> ObjectSink::Store(std::size_t node, const Digest& digest,
   const NodeSpec& spec = options_.nodes[node];
   std::string object = index::ChunkObjectPath(digest);
   auto store = options_.stores.find(spec.name);
-  if (store == options_.stores.end()) return Upload(spec, object, bytes);
+  if (store == options_.stores.end()) return Upload(node, digest, bytes);
   std::string path = store->second + "/" + object;
   struct stat st;
   if (::stat(path.c_str(), &st) == 0 && static_cast<std::uint64_t>(st.st_size) == bytes.size()) {
@@ -81,13 +82,17 @@ Result<bool> ObjectSink::Store(std::size_t node, const Digest& digest,
   return true;
 }
 
-Result<bool> ObjectSink::Upload(const NodeSpec& node, const std::string& object,
+Result<bool> ObjectSink::Upload(std::size_t node, const Digest& digest,
                                 std::span<const std::uint8_t> bytes) {
-  const std::string url = node.url + "/" + object;
-  const std::string context = "cannot upload to node " + node.name;
+  const NodeSpec& spec = options_.nodes[node];
+  const std::string url = spec.url + "/" + index::ChunkObjectPath(digest);
+  const std::string context = "cannot upload to node " + spec.name;
   TimePoint start = clock_.Now();
   Result<std::uint64_t> there = transport_.Head(url, kHeadTimeout);
-  if (there.ok() && *there == bytes.size()) return false;
+  if (there.ok() && *there == bytes.size()) {
+    if (leases_ != nullptr) leases_->Found(node, digest);
+    return false;
+  }
   // Any answer (a 404, a server that does not do HEAD) means the object is sent. No answer for
   // seconds means the server has stopped answering, and a PUT would wait as long again.
   if (!there.ok() && there.status().code() != StatusCode::kNotFound &&

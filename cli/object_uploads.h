@@ -43,11 +43,15 @@ Status PutWithRetries(netfetch::Transport& transport, Clock& clock, const std::s
                       std::span<const std::uint8_t> bytes, Duration timeout,
                       const std::atomic<bool>* abandoned, const std::string& what);
 
+class PublishLeases;
+
 class ObjectSink {
  public:
-  // All three must outlive the sink. Thread safe.
-  ObjectSink(const PublishOptions& options, netfetch::Transport& transport, Clock& clock)
-      : options_(options), transport_(transport), clock_(clock) {}
+  // All four must outlive the sink; `leases` (may be null) is told of the objects a HEAD found on
+  // a node. Thread safe.
+  ObjectSink(const PublishOptions& options, netfetch::Transport& transport, Clock& clock,
+             PublishLeases* leases)
+      : options_(options), transport_(transport), clock_(clock), leases_(leases) {}
 
   // Stores `bytes`, the chunk named `digest`, on node `node` (an index into options.nodes).
   // True when it was written or sent, false when the node already held it.
@@ -57,12 +61,12 @@ class ObjectSink {
   void Abandon() { abandoned_ = true; }
 
  private:
-  Result<bool> Upload(const NodeSpec& node, const std::string& object,
-                      std::span<const std::uint8_t> bytes);
+  Result<bool> Upload(std::size_t node, const Digest& digest, std::span<const std::uint8_t> bytes);
 
   const PublishOptions& options_;
   netfetch::Transport& transport_;
   Clock& clock_;
+  PublishLeases* const leases_;
   std::atomic<bool> abandoned_{false};
 };
 

@@ -19,6 +19,7 @@
 
 #include "cli/node_urls.h"
 #include "cli/object_uploads.h"
+#include "cli/store_leases.h"
 #include "cli/store_lock.h"
 #include "common/digest.h"
 #include "common/file_io.h"
@@ -264,10 +265,10 @@ std::size_t HashingAhead(const PublishOptions& options) {
 class Publisher {
  public:
   Publisher(const PublishOptions& options, netfetch::Transport& transport, Clock& clock,
-            int replicas, Progress& progress)
+            PublishLeases& leases, int replicas, Progress& progress)
       : options_(options),
         progress_(progress),
-        sink_(options, transport, clock),
+        sink_(options, transport, clock, &leases),
         uploads_(sink_, options.nodes.size(), options.chunk_size, options.uploads,
                  UploadBuffers(options)),
         placement_(static_cast<int>(options.nodes.size()), replicas),
@@ -499,6 +500,9 @@ Status Publish(const PublishOptions& given, netfetch::Transport& transport, Cloc
     CKPTFS_ASSIGN_OR_RETURN(StoreLock lock, StoreLock::Take(dir, StoreLock::Holder::kPublish));
     store_locks.push_back(std::move(lock));
   }
+  // The same for the nodes that get their objects by PUT; given up when this returns.
+  CKPTFS_ASSIGN_OR_RETURN(std::unique_ptr<PublishLeases> leases,
+                          PublishLeases::Take(options, transport, clock));
 
   // An index for a URL is written in a directory of our own and PUT there last.
   const bool to_url = IsHttpUrl(options.index_path);
@@ -511,10 +515,11 @@ Status Publish(const PublishOptions& given, netfetch::Transport& transport, Cloc
   CKPTFS_ASSIGN_OR_RETURN(std::unique_ptr<index::IndexWriter> writer,
                           index::IndexWriter::Create(tmp, options.chunk_size, options.block_size));
   Progress progress(options.progress, clock, walk);
-  Publisher publisher(options, transport, clock, replicas, progress);
+  Publisher publisher(options, transport, clock, *leases, replicas, progress);
   Status status = publisher.Run(walk, *writer);
   progress.End();
   if (status.ok()) status = SyncStores(options);
+  if (status.ok()) status = leases->Settle();
   if (status.ok()) status = writer->Finish(publisher.totals().stats);
   writer.reset();
   Digest index_sha256;

@@ -40,6 +40,9 @@ struct PublishOptions {
   std::uint64_t block_size = 64ull << 10;
   // Objects stored at a time, over all nodes (see ObjectUploads).
   int uploads = 8;
+  // Names this publish's leases on the nodes it PUTs to (store_leases.h); empty: made from the
+  // host name, the process id and random bits. Tests set it.
+  std::string lease_id;
   // A terminal to show how far the publish has got on, one line rewritten at most once a
   // second; null: none.
   std::ostream* progress = nullptr;

@@ -68,6 +68,8 @@ class CurlTransport final : public Transport {
   Status Put(const std::string& url, std::span<const std::uint8_t> body, Duration timeout) override;
   using Transport::Head;
   Result<std::uint64_t> Head(const std::string& url, const RequestLimits& limits) override;
+  Result<std::chrono::seconds> Age(const std::string& url, Duration timeout) override;
+  Status Delete(const std::string& url, Duration timeout) override;
   using Transport::GetToFile;
   Result<FileFetch> GetToFile(const std::string& url, const std::string& path, Duration timeout,
                               const FileVersion& have) override;

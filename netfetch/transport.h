@@ -5,6 +5,7 @@
 // Thread safety: implementations must allow concurrent calls from many threads.
 #pragma once
 
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
@@ -106,6 +107,18 @@ class Transport {
   Result<std::uint64_t> Head(const std::string& url, Duration timeout) {
     return Head(url, RequestLimits{timeout});
   }
+
+  // How long ago, by the server's own clock, the object at `url` last changed: its Date minus its
+  // Last-Modified, from a HEAD; without a Date header, this machine's time instead. Comparing the
+  // server's two times makes the age independent of how far this machine's clock is off. Errors:
+  // NotFound for HTTP 404 or 410; Unavailable for another status that is not 2xx, an answer
+  // without Last-Modified, or a failed transfer; DeadlineExceeded after `timeout`.
+  virtual Result<std::chrono::seconds> Age(const std::string& url, Duration timeout) = 0;
+
+  // DELETEs `url` (a WebDAV-style server such as nginx with dav_methods PUT DELETE). Any 2xx is
+  // success; NotFound for 404 or 410; FailedPrecondition for 405 or 501 (the server does not
+  // take DELETE); Unavailable for any other status or a failed transfer.
+  virtual Status Delete(const std::string& url, Duration timeout) = 0;
 
   // GETs `url` whole into the file `path` (created or truncated), for indexes served over HTTP.
   // With the version of a copy the caller has (`have`), the file is asked for only if it changed:

@@ -67,7 +67,7 @@ http {
         root $dir/www;
         client_max_body_size 0;
         location / {
-            dav_methods PUT;
+            dav_methods PUT DELETE;
             create_full_put_path on;
         }
     }

@@ -62,7 +62,7 @@ http {{
         client_max_body_size 0;
 
         location / {{
-            dav_methods PUT;
+            dav_methods PUT DELETE;
             create_full_put_path on;
             dav_access user:rw group:r all:r;
         }}

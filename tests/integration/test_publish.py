@@ -164,6 +164,11 @@ def test_publish_again_sends_only_what_the_nodes_lack(cluster, test_dir, mount):
         node.clear_log()
     result = ckptfs_cli.publish(src, index, cluster, store=False, chunk_size="1M")
     requests = [e for node in cluster for e in node.log_lines()]
+    # Each node also gets this publish's lease, the list of what it found, and a look for a gc.
+    leases = [e for e in requests if e[1].startswith("/leases/")]
+    assert sorted(e[0] + " " + e[1].rsplit(".", 1)[-1] for e in leases) == sorted(
+        ["PUT publishing", "HEAD /leases/gc", "PUT found", "DELETE publishing"] * 3), leases
+    requests = [e for e in requests if not e[1].startswith("/leases/")]
     assert not [e for e in requests if e[0] == "PUT"], requests
     heads = sorted(e for e in requests if e[0] == "HEAD")
     assert len(heads) == 12 and all(e[2] == 200 for e in heads), heads
@@ -175,7 +180,8 @@ def test_publish_again_sends_only_what_the_nodes_lack(cluster, test_dir, mount):
     for node in cluster:
         node.clear_log()
     ckptfs_cli.publish(src, index, cluster, store=False, chunk_size="1M")
-    puts = [(node.name, e[1]) for node in cluster for e in node.log_lines() if e[0] == "PUT"]
+    puts = [(node.name, e[1]) for node in cluster for e in node.log_lines()
+            if e[0] == "PUT" and e[1].startswith("/chunks/")]
     assert puts == [(lost_name, f"/chunks/{lost_digest[:2]}/{lost_digest}")], puts
 
     mnt = mount(index)

@@ -189,17 +189,22 @@ class NginxServer {
          << "  server {\n"
          << "    listen 127.0.0.1:" << port_ << ";\n"
          << "    root " << d << "/www;\n"
-         << "    dav_methods PUT;\n"
+         << "    dav_methods PUT DELETE;\n"
          << "    create_full_put_path on;\n"
          << "    client_max_body_size 0;\n"
          << "    client_body_temp_path " << d << "/tmp/body;\n"
          << "    location /moved/ { rewrite ^/moved/(.*)$ /$1 redirect; }\n"
-         // Serves the same files to GET, and refuses HEAD as some servers do.
          // Serves the same files, and takes PUTs, only with the test's credentials.
          << "    location /private/ {\n"
          << "      if ($http_authorization != \"Bearer sesame\") { return 401; }\n"
          << "      rewrite ^/private/(.*)$ /$1 break;\n"
          << "    }\n"
+         // The same files and PUTs, but no DELETE, as with nginx's `dav_methods PUT`.
+         << "    location /putonly/ {\n"
+         << "      dav_methods PUT;\n"
+         << "      rewrite ^/putonly/(.*)$ /$1 break;\n"
+         << "    }\n"
+         // Serves the same files to GET, and refuses HEAD as some servers do.
          << "    location /nohead/ {\n"
          << "      if ($request_method = HEAD) { return 405; }\n"
          << "      rewrite ^/nohead/(.*)$ /$1 break;\n"

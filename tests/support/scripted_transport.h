@@ -22,6 +22,7 @@
 // Thread safety: every method may be called from many threads at once.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <cstring>
 #include <deque>
@@ -189,6 +190,7 @@ class ScriptedTransport final : public netfetch::Transport {
     if (Status late = Elapse(url, delay, timeout); !late.ok()) return late;
     if (scripted && !scripted->status.ok()) return scripted->status;
     SetResponse(url, ScriptedResponse::Body({body.begin(), body.end()}));
+    SetAge(url, std::chrono::seconds(0));
     return Status::Ok();
   }
 
@@ -231,6 +233,48 @@ class ScriptedTransport final : public netfetch::Transport {
   std::vector<std::string> Heads() const {
     std::lock_guard lock(mu_);
     return heads_;
+  }
+
+  // Answers with the age SetAge gave `url` (a successful Put makes it 0 s), or NotFound. Not
+  // counted among the calls above, nor does it run a hook.
+  Result<std::chrono::seconds> Age(const std::string& url, Duration) override {
+    std::lock_guard lock(mu_);
+    auto it = ages_.find(url);
+    if (it == ages_.end()) return NotFoundError("HTTP 404 from HEAD " + url);
+    return it->second;
+  }
+  void SetAge(const std::string& url, Result<std::chrono::seconds> age) {
+    std::lock_guard lock(mu_);
+    ages_.insert_or_assign(url, std::move(age));
+  }
+
+  // Fails with the status SetDeleteStatus gave `url`, if any; otherwise removes what Put made
+  // (NotFound when there was nothing). Recorded in Deletes(), not among the calls above.
+  Status Delete(const std::string& url, Duration) override {
+    std::lock_guard lock(mu_);
+    deletes_.push_back(url);
+    if (auto it = delete_statuses_.find(url); it != delete_statuses_.end()) return it->second;
+    const bool there = scripts_.erase(url) > 0;
+    ages_.erase(url);
+    if (!there) return NotFoundError("HTTP 404 from DELETE " + url);
+    return Status::Ok();
+  }
+  void SetDeleteStatus(const std::string& url, Status status) {
+    std::lock_guard lock(mu_);
+    delete_statuses_.insert_or_assign(url, std::move(status));
+  }
+  std::vector<std::string> Deletes() const {
+    std::lock_guard lock(mu_);
+    return deletes_;
+  }
+  // The body a successful Put left at `url`, if any.
+  std::optional<std::vector<std::uint8_t>> Stored(const std::string& url) const {
+    std::lock_guard lock(mu_);
+    auto it = scripts_.find(url);
+    if (it == scripts_.end() || !it->second.fixed || !it->second.fixed->status.ok()) {
+      return std::nullopt;
+    }
+    return it->second.fixed->body;
   }
 
   using Transport::GetToFile;
@@ -377,10 +421,13 @@ class ScriptedTransport final : public netfetch::Transport {
   mutable std::mutex mu_;
   std::map<std::string, Script> scripts_;  // Guarded by mu_.
   std::vector<std::string> call_order_;
-  std::vector<std::string> heads_;                       // Guarded by mu_.
-  std::function<void(const std::string& url)> on_call_;  // Guarded by mu_.
-  std::function<void(const std::string& url)> on_head_;  // Guarded by mu_.
-  std::size_t piece_size_ = 0;                           // Guarded by mu_. 0: all at once.
+  std::vector<std::string> heads_;                            // Guarded by mu_.
+  std::map<std::string, Result<std::chrono::seconds>> ages_;  // Guarded by mu_.
+  std::map<std::string, Status> delete_statuses_;             // Guarded by mu_.
+  std::vector<std::string> deletes_;                          // Guarded by mu_.
+  std::function<void(const std::string& url)> on_call_;       // Guarded by mu_.
+  std::function<void(const std::string& url)> on_head_;       // Guarded by mu_.
+  std::size_t piece_size_ = 0;                                // Guarded by mu_. 0: all at once.
 };
 
 }  // namespace ckptfs::testing

@@ -239,6 +239,98 @@ TEST_F(Gc, APublishRefusesWhileAGcRuns) {
       << published.ToString();
 }
 
+// A lease that a publish by PUT left in store `i` (as nginx writes it), `age` old.
+std::string PutLease(const std::string& store, const std::string& name, const std::string& body,
+                     std::chrono::seconds age) {
+  stdfs::create_directories(store + "/leases");
+  const std::string path = store + "/leases/" + name;
+  std::ofstream(path) << body;
+  const auto then = std::chrono::system_clock::now() - age;
+  const timespec t{std::chrono::system_clock::to_time_t(then), 0};
+  const timespec times[2] = {t, t};
+  EXPECT_EQ(::utimensat(AT_FDCWD, path.c_str(), times, 0), 0) << path;
+  return path;
+}
+
+constexpr char kPublishing[] = "ckptfs publish\nhost: trainer-7\npid: 4242\nindex: x\n";
+
+TEST_F(Gc, ALivePublishByPutStopsADeleteBeforeItRemovesAnything) {
+  const std::set<std::string> before = Files();
+  const std::string lease =
+      PutLease(Store(1), "publish-a.publishing", kPublishing, std::chrono::seconds(30));
+  Result<GcReport> report = Run({"v2"}, /*remove=*/true);
+  EXPECT_EQ(report.status().code(), StatusCode::kFailedPrecondition) << report.status().ToString();
+  EXPECT_NE(report.status().message().find("a publish by PUT is under way: " + lease +
+                                           " (host trainer-7, pid 4242), renewed 30 s ago"),
+            std::string::npos)
+      << report.status().ToString();
+  EXPECT_EQ(Files(), before);
+  EXPECT_TRUE(stdfs::exists(lease));
+  EXPECT_FALSE(stdfs::exists(Store(0) + "/leases/gc")) << "the gc note stayed";
+  EXPECT_FALSE(stdfs::exists(Store(1) + "/leases/gc")) << "the gc note stayed";
+
+  // Without --delete it says so and goes on.
+  CKPTFS_ASSERT_OK_AND_ASSIGN(GcReport dry, Run({"v2"}, /*remove=*/false));
+  EXPECT_EQ(dry.unneeded_objects, 3u);
+  EXPECT_NE(output_.str().find("a publish by PUT is under way (gc --delete refuses to start "
+                               "while it is): " +
+                               lease),
+            std::string::npos)
+      << output_.str();
+}
+
+TEST_F(Gc, APublishLeaseNotRenewedForTenMinutesIsACrashedOnesAndGoes) {
+  const std::string lease =
+      PutLease(Store(1), "publish-a.publishing", kPublishing, std::chrono::seconds(601));
+  CKPTFS_ASSERT_OK_AND_ASSIGN(GcReport report, Run({"v2"}, /*remove=*/true));
+  EXPECT_EQ(report.unneeded_objects, 3u) << output_.str();
+  EXPECT_FALSE(stdfs::exists(lease));
+}
+
+TEST_F(Gc, WhatARecentPublishByPutFoundStaysUntilItsListIsOld) {
+  // A publish by PUT found old.bin's objects on the nodes (HEAD), so its index, which this gc
+  // is not told of, lists them. Its lease stayed because the server refused the DELETE.
+  std::string list;
+  for (const std::string& path : ObjectsOf("v1")) {
+    const std::string name = stdfs::path(path).filename().string();
+    list += name + "\n";
+  }
+  const std::string publishing =
+      PutLease(Store(0), "publish-b.publishing", kPublishing, std::chrono::seconds(30));
+  const std::string found = PutLease(Store(0), "publish-b.found", list, std::chrono::minutes(59));
+  const std::set<std::string> before = Files();
+  CKPTFS_ASSERT_OK_AND_ASSIGN(GcReport report, Run({"v2"}, /*remove=*/true));
+  EXPECT_EQ(report.unneeded_objects, 0u) << output_.str();
+  EXPECT_EQ(report.recent_files, 3u);
+  EXPECT_EQ(Files(), before);
+  EXPECT_FALSE(stdfs::exists(publishing)) << "a finished publish's lease stayed";
+  EXPECT_TRUE(stdfs::exists(found));
+
+  Age(found, std::chrono::minutes(61));  // Older than the minimum age: its index is named by now.
+  CKPTFS_ASSERT_OK_AND_ASSIGN(GcReport later, Run({"v2"}, /*remove=*/true));
+  EXPECT_EQ(later.unneeded_objects, 3u) << output_.str();
+  EXPECT_FALSE(stdfs::exists(found));
+}
+
+TEST_F(Gc, AFoundListThatIsNoListRemovesNothing) {
+  const std::set<std::string> before = Files();
+  const std::string found =
+      PutLease(Store(1), "publish-c.found", "not a digest\n", std::chrono::seconds(5));
+  Result<GcReport> report = Run({"v2"}, /*remove=*/true);
+  EXPECT_EQ(report.status().code(), StatusCode::kDataLoss) << report.status().ToString();
+  EXPECT_NE(report.status().message().find(found + " is not a list of object digests (line 1)"),
+            std::string::npos)
+      << report.status().ToString();
+  EXPECT_EQ(Files(), before);
+}
+
+TEST_F(Gc, ACrashedGcsNoteIsReplacedAndRemoved) {
+  const std::string note = PutLease(Store(0), "gc", "ckptfs gc\n", std::chrono::hours(3));
+  CKPTFS_ASSERT_OK_AND_ASSIGN(GcReport report, Run({"v2"}, /*remove=*/true));
+  EXPECT_EQ(report.unneeded_objects, 3u);
+  EXPECT_FALSE(stdfs::exists(note));
+}
+
 TEST_F(Gc, AnIndexThatCannotBeReadRemovesNothing) {
   const std::set<std::string> before = Files();
   std::ofstream(temp_.Path("bad.db")) << "not an index";

@@ -17,12 +17,16 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
+#include "cli/store_leases.h"
+#include "common/clock.h"
 #include "common/digest.h"
 #include "common/units.h"
 #include "index/reader.h"
@@ -525,9 +529,22 @@ class PublishByPut : public Publish {
     return options;
   }
   static constexpr const char* kIndexUrl = "http://127.0.0.1:3/indexes/ckpt.ckptfs";
+  static constexpr const char* kLeaseId = "publish-test-1";
+  static std::string LeaseUrl(int node, const char* suffix) {
+    return "http://127.0.0.1:" + std::to_string(node) + "/leases/" + kLeaseId + suffix;
+  }
+  // The calls of the transport that went to chunk objects, in order.
+  std::vector<std::string> ObjectCalls() const {
+    std::vector<std::string> calls;
+    for (const std::string& url : transport_.CallOrder()) {
+      if (url.find("/chunks/") != std::string::npos) calls.push_back(url);
+    }
+    return calls;
+  }
 
   PublishOptions PutOptions() {
     PublishOptions options;
+    options.lease_id = kLeaseId;
     options.source_dir = source_;
     options.index_path = index_path_;
     options.chunk_size = kChunk;
@@ -539,7 +556,7 @@ class PublishByPut : public Publish {
 TEST_F(PublishByPut, WithoutStoresEveryObjectIsPutToItsNodesUrl) {
   ASSERT_NO_FATAL_FAILURE(MakeSourceTree());
   CKPTFS_ASSERT_OK(Run(PutOptions()));
-  std::vector<std::string> put = transport_.CallOrder();
+  std::vector<std::string> put = ObjectCalls();
 
   CKPTFS_ASSERT_OK_AND_ASSIGN(auto index, index::IndexReader::Open(index_path_));
   ASSERT_EQ(index->nodes().size(), 2u);
@@ -581,8 +598,8 @@ TEST_F(PublishByPut, PutBodiesHaveTheChunksDigest) {
 TEST_F(PublishByPut, ObjectsTheNodesHoldAreNotSentAgain) {
   ASSERT_NO_FATAL_FAILURE(MakeSourceTree());
   CKPTFS_ASSERT_OK(Run(PutOptions()));
-  const int first_puts = transport_.TotalCalls();
-  ASSERT_EQ(first_puts, 12) << "6 unique chunks on 2 nodes";
+  const std::size_t first_puts = ObjectCalls().size();
+  ASSERT_EQ(first_puts, 12u) << "6 unique chunks on 2 nodes";
   EXPECT_EQ(transport_.Heads().size(), 12u) << "each object is asked for before it is sent";
   EXPECT_NE(output_.str().find("node n1: "), std::string::npos) << output_.str();
   EXPECT_NE(output_.str().find("sent 6 ("), std::string::npos) << output_.str();
@@ -590,7 +607,7 @@ TEST_F(PublishByPut, ObjectsTheNodesHoldAreNotSentAgain) {
   // Published again, as after a failed publish or for the next checkpoint: the scripted nodes
   // now hold every object.
   CKPTFS_ASSERT_OK(Run(PutOptions()));
-  EXPECT_EQ(transport_.TotalCalls(), first_puts) << "an object a node holds was sent again";
+  EXPECT_EQ(ObjectCalls().size(), first_puts) << "an object a node holds was sent again";
   EXPECT_EQ(transport_.Heads().size(), 24u);
   EXPECT_NE(output_.str().find("sent 0 (0 B), already there 6 ("), std::string::npos)
       << output_.str();
@@ -620,7 +637,8 @@ TEST_F(PublishByPut, UploadsRunSideBySide) {
   int started = 0;
   bool all_four = false;
   bool waited_out = false;  // Then later calls do not wait again.
-  transport_.SetOnCall([&](const std::string&) {
+  transport_.SetOnCall([&](const std::string& url) {
+    if (url.find("/chunks/") == std::string::npos) return;  // The leases.
     std::unique_lock lock(mu);
     if (++started == kAtOnce) arrived.notify_all();
     if (waited_out) return;
@@ -631,7 +649,7 @@ TEST_F(PublishByPut, UploadsRunSideBySide) {
   options.uploads = kAtOnce;
   CKPTFS_ASSERT_OK(Run(options));
   EXPECT_TRUE(all_four) << "fewer than " << kAtOnce << " PUTs were ever under way at once";
-  EXPECT_EQ(transport_.TotalCalls(), 12);
+  EXPECT_EQ(ObjectCalls().size(), 12u);
 }
 
 TEST_F(PublishByPut, AFailedUploadStopsThePublishEarly) {
@@ -647,7 +665,11 @@ TEST_F(PublishByPut, AFailedUploadStopsThePublishEarly) {
   Status status = ExpectFailsCleanly(options);
   EXPECT_NE(status.message().find("HTTP 507"), std::string::npos) << status.ToString();
   EXPECT_EQ(transport_.Calls(url), 3);
-  EXPECT_LE(transport_.TotalCalls(), 1 + 3) << "publish went on after an upload failed";
+  EXPECT_LE(ObjectCalls().size(), 1u + 3) << "publish went on after an upload failed";
+  EXPECT_EQ(transport_.Deletes(),
+            (std::vector<std::string>{LeaseUrl(1, ".publishing"), LeaseUrl(2, ".publishing")}))
+      << "the leases stayed after the publish failed";
+  EXPECT_FALSE(transport_.Stored(LeaseUrl(1, ".found"))) << "a failed publish listed what it found";
 }
 
 TEST_F(PublishByPut, APutThatFailsOnceIsTriedAgain) {
@@ -735,7 +757,8 @@ TEST_F(PublishByPut, AnIndexForAUrlIsPutThereLastOfAll) {
   const std::string url = kIndexUrl;
   CKPTFS_ASSERT_OK(Run(UrlIndexOptions()));
   const std::vector<std::string> calls = transport_.CallOrder();
-  ASSERT_EQ(calls.size(), 13u) << "12 objects, then the index";
+  ASSERT_EQ(ObjectCalls().size(), 12u);
+  ASSERT_EQ(calls.size(), 2u + 12 + 2 + 1) << "leases, objects, found lists, then the index";
   EXPECT_EQ(calls.back(), url);
   EXPECT_TRUE(stdfs::is_empty(temp_.Path("tmp"))) << "the staged index was left behind";
   EXPECT_NE(output_.str().find("to " + url), std::string::npos) << output_.str();
@@ -747,6 +770,123 @@ TEST_F(PublishByPut, AnIndexForAUrlIsPutThereLastOfAll) {
   CKPTFS_ASSERT_OK_AND_ASSIGN(auto index, index::IndexReader::Open(temp_.Path("got.ckptfs")));
   EXPECT_EQ(index->stats().files, 3u);
   EXPECT_TRUE(LookupPath(*index, "sub/b.bin").ok());
+}
+
+TEST_F(PublishByPut, ALeaseComesFirstAndGoesAfterTheIndex) {
+  ASSERT_NO_FATAL_FAILURE(MakeSourceTree());
+  CKPTFS_ASSERT_OK(Run(UrlIndexOptions()));
+  const std::vector<std::string> calls = transport_.CallOrder();
+  ASSERT_GE(calls.size(), 2u);
+  EXPECT_EQ(std::set<std::string>(calls.begin(), calls.begin() + 2),
+            (std::set<std::string>{LeaseUrl(1, ".publishing"), LeaseUrl(2, ".publishing")}))
+      << "an object went out before the leases";
+  const auto found_at = std::find(calls.begin(), calls.end(), LeaseUrl(2, ".found"));
+  const auto last_object = std::find_if(calls.rbegin(), calls.rend(), [](const std::string& url) {
+    return url.find("/chunks/") != std::string::npos;
+  });
+  ASSERT_NE(found_at, calls.end());
+  EXPECT_GT(found_at - calls.begin(), calls.rend() - last_object - 1)
+      << "the list of found objects went out before the last object";
+  EXPECT_EQ(transport_.Heads().front().find("/leases/"), std::string::npos)
+      << "a lease was asked for with HEAD";
+  EXPECT_EQ(transport_.Deletes(),
+            (std::vector<std::string>{LeaseUrl(1, ".publishing"), LeaseUrl(2, ".publishing")}));
+  const std::string body = [&] {
+    std::optional<std::vector<std::uint8_t>> bytes = transport_.Stored(LeaseUrl(1, ".found"));
+    return bytes ? std::string(bytes->begin(), bytes->end()) : std::string("(none)");
+  }();
+  EXPECT_EQ(body, "") << "nothing was on the nodes before";
+}
+
+TEST_F(PublishByPut, TheObjectsANodeHeldAreListedForGc) {
+  ASSERT_NO_FATAL_FAILURE(MakeSourceTree());
+  CKPTFS_ASSERT_OK(Run(PutOptions()));
+  std::set<std::string> objects;
+  for (const std::string& url : ObjectCalls()) {
+    if (url.rfind("http://127.0.0.1:1/", 0) == 0) objects.insert(url.substr(url.rfind('/') + 1));
+  }
+  ASSERT_EQ(objects.size(), 6u);
+  CKPTFS_ASSERT_OK(Run(PutOptions()));  // Every object is there now.
+  std::optional<std::vector<std::uint8_t>> found = transport_.Stored(LeaseUrl(1, ".found"));
+  ASSERT_TRUE(found);
+  std::string expected;
+  for (const std::string& hex : objects) expected += hex + "\n";  // The set is sorted.
+  EXPECT_EQ(std::string(found->begin(), found->end()), expected);
+}
+
+TEST_F(PublishByPut, AGcAtWorkOnANodeStopsThePublishBeforeAnyObject) {
+  ASSERT_NO_FATAL_FAILURE(MakeSourceTree());
+  transport_.SetAge("http://127.0.0.1:2/leases/gc", std::chrono::seconds(30));
+  Status status = ExpectFailsCleanly(PutOptions());
+  EXPECT_EQ(status.code(), StatusCode::kFailedPrecondition) << status.ToString();
+  EXPECT_NE(status.message().find("node n2: `ckptfs gc` is removing unused objects from its "
+                                  "store (http://127.0.0.1:2/leases/gc was renewed 30 s ago)"),
+            std::string::npos)
+      << status.ToString();
+  EXPECT_TRUE(ObjectCalls().empty());
+  EXPECT_TRUE(transport_.Heads().empty());
+  EXPECT_EQ(transport_.Deletes(),
+            (std::vector<std::string>{LeaseUrl(1, ".publishing"), LeaseUrl(2, ".publishing")}))
+      << "the leases stayed";
+}
+
+TEST_F(PublishByPut, AGcNoteNotRenewedForTenMinutesIsPassedOver) {
+  ASSERT_NO_FATAL_FAILURE(MakeSourceTree());
+  transport_.SetAge("http://127.0.0.1:2/leases/gc", std::chrono::seconds(600));
+  CKPTFS_ASSERT_OK(Run(PutOptions()));
+  EXPECT_EQ(ObjectCalls().size(), 12u);
+}
+
+TEST_F(PublishByPut, ANodeThatRefusesTheLeaseIsStillPublishedTo) {
+  ASSERT_NO_FATAL_FAILURE(MakeSourceTree());
+  // A server that takes PUT under chunks/ only.
+  transport_.SetResponse(LeaseUrl(2, ".publishing"),
+                         testing::ScriptedResponse::Error(UnavailableError("HTTP 403")));
+  CKPTFS_ASSERT_OK(Run(PutOptions()));
+  EXPECT_EQ(ObjectCalls().size(), 12u);
+  EXPECT_EQ(transport_.Calls(LeaseUrl(2, ".publishing")), 3) << "tried as a chunk PUT is";
+  EXPECT_EQ(transport_.Calls(LeaseUrl(2, ".found")), 0);
+  EXPECT_EQ(transport_.Deletes(), std::vector<std::string>{LeaseUrl(1, ".publishing")});
+}
+
+TEST_F(PublishByPut, ALeaseThatWentUnrenewedForItsLifetimeFailsThePublish) {
+  ASSERT_NO_FATAL_FAILURE(MakeSourceTree());
+  // The first object takes 11 minutes, in which no renewal is made: a gc would have passed the
+  // lease over.
+  std::atomic<bool> first{true};
+  transport_.SetOnCall([&](const std::string& url) {
+    if (url.find("/chunks/") != std::string::npos && first.exchange(false)) {
+      clock_.Advance(std::chrono::minutes(11));
+    }
+  });
+  Status status = ExpectFailsCleanly(PutOptions());
+  EXPECT_EQ(status.code(), StatusCode::kFailedPrecondition) << status.ToString();
+  EXPECT_NE(status.message().find("lease went 660 s without renewal"), std::string::npos)
+      << status.ToString();
+  EXPECT_EQ(transport_.Calls(LeaseUrl(1, ".found")), 0);
+}
+
+TEST_F(PublishByPut, ALeaseIsRenewedWhileThePublishRuns) {
+  PublishOptions options = PutOptions();
+  options.nodes[0].url = "http://127.0.0.1:1";  // As Publish passes it on: no trailing slash.
+  testing::ScriptedTransport transport;
+  RealClock clock;
+  {
+    CKPTFS_ASSERT_OK_AND_ASSIGN(
+        std::unique_ptr<cli::PublishLeases> leases,
+        cli::PublishLeases::Take(options, transport, clock,
+                                 {std::chrono::seconds(600), std::chrono::seconds(0)}));
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    while (transport.Calls(LeaseUrl(1, ".publishing")) < 3 &&
+           std::chrono::steady_clock::now() < deadline) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    EXPECT_GE(transport.Calls(LeaseUrl(1, ".publishing")), 3) << "not renewed";
+    CKPTFS_EXPECT_OK(leases->Settle());
+  }
+  EXPECT_FALSE(transport.Stored(LeaseUrl(1, ".publishing")));
+  EXPECT_FALSE(transport.Stored(LeaseUrl(2, ".publishing")));
+  EXPECT_TRUE(transport.Stored(LeaseUrl(2, ".found")));
 }
 
 TEST_F(PublishByPut, AnIndexPutThatFailsFailsThePublish) {

@@ -549,6 +549,44 @@ TEST_F(CurlTransport, HeadGivesTheSizeOfAnObjectOrNotFound) {
       << "the connection was not kept";
 }
 
+TEST_F(CurlTransport, AgeIsTheServersTimeSinceTheObjectChanged) {
+  const std::string url = Serve("aged", RandomBytes(100, 21));
+  const std::string path = nginx_.root() + "/aged";
+  const auto then = std::chrono::system_clock::now() - std::chrono::seconds(100);
+  const timespec t{std::chrono::system_clock::to_time_t(then), 0};
+  const timespec times[2] = {t, t};
+  ASSERT_EQ(::utimensat(AT_FDCWD, path.c_str(), times, 0), 0);
+  Result<std::chrono::seconds> age = transport_.Age(url, kTimeout);
+  ASSERT_TRUE(age.ok()) << age.status().ToString();
+  EXPECT_GE(age->count(), 99);
+  EXPECT_LE(age->count(), 105);
+  Result<std::chrono::seconds> missing = transport_.Age(nginx_.url() + "/missing", kTimeout);
+  EXPECT_EQ(missing.status().code(), StatusCode::kNotFound) << missing.status().ToString();
+}
+
+TEST_F(CurlTransport, DeleteRemovesAnObjectOrSaysWhyNot) {
+  const std::string url = nginx_.url() + "/leases/x.publishing";
+  ASSERT_TRUE(transport_.Put(url, RandomBytes(10, 22), kTimeout).ok());
+  const std::string path = nginx_.root() + "/leases/x.publishing";
+  ASSERT_TRUE(std::filesystem::exists(path));
+
+  Status refused = transport_.Delete(nginx_.url() + "/putonly/leases/x.publishing", kTimeout);
+  EXPECT_EQ(refused.code(), StatusCode::kFailedPrecondition) << refused.ToString();
+  EXPECT_NE(refused.message().find("HTTP 405 from DELETE"), std::string::npos)
+      << refused.ToString();
+  EXPECT_TRUE(std::filesystem::exists(path));
+
+  CKPTFS_EXPECT_OK(transport_.Delete(url, kTimeout));
+  EXPECT_FALSE(std::filesystem::exists(path));
+  EXPECT_EQ(transport_.Delete(url, kTimeout).code(), StatusCode::kNotFound);
+  // The pooled handle is an ordinary GET again afterwards.
+  const auto bytes = RandomBytes(1000, 23);
+  const std::string other = Serve("after-delete", bytes);
+  std::vector<std::uint8_t> dst(bytes.size());
+  CKPTFS_EXPECT_OK(transport_.Get(other, dst, kTimeout));
+  EXPECT_EQ(dst, bytes);
+}
+
 TEST_F(CurlTransport, HeadThatTheServerDoesNotDoIsAFailedPrecondition) {
   auto bytes = RandomBytes(1000, 15);
   Serve("h", bytes);
