@@ -313,7 +313,8 @@ Result<GcLeases> GcLeases::Open(const std::vector<std::string>& stores, SystemTi
       bool expired = false;
       if (EndsWith(name, kPublishingSuffix)) {
         const std::string id = name.substr(0, name.size() - std::strlen(kPublishingSuffix));
-        const bool finished = fs::exists(dir / (id + kFoundSuffix), error);
+        std::error_code unused;  // Not `error`, which ends the listing.
+        const bool finished = fs::exists(dir / (id + kFoundSuffix), unused);
         expired = finished || age >= times.lifetime;
         if (!expired) {
           leases.running_.push_back(path + " (" + Holder(path) + "), renewed " +
