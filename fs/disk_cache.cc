@@ -300,15 +300,22 @@ Status DiskCache::InsertBlocks(const Digest& digest, std::uint64_t offset,
 }
 
 Result<UniqueFd> DiskCache::OpenPartial(const Digest& digest) {
-  {
-    std::lock_guard lock(mu_);
-    auto it = partial_.find(digest);
-    if (it == partial_.end()) return NotFoundError("no partial chunk");
-    lru_.splice(lru_.begin(), lru_, it->second);
-  }
+  // Opened even when not listed, as OpenChunk does: another mount on the directory may have
+  // fetched blocks of this chunk. A miss costs one failed open, against a Range GET.
   const std::string path = PathOf(digest, /*partial=*/true);
   UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
   if (!fd.valid()) return NotFoundError("cannot open " + path);
+  struct stat st;
+  std::lock_guard lock(mu_);
+  auto it = partial_.find(digest);
+  if (it != partial_.end()) {
+    lru_.splice(lru_.begin(), lru_, it->second);
+  } else if (!by_digest_.contains(digest) && ::fstat(fd.get(), &st) == 0) {
+    // A partial file is sparse: what it occupies, not its length.
+    const auto allocated = static_cast<std::uint64_t>(st.st_blocks) * 512;
+    EvictLocked(allocated);
+    AddLocked(digest, allocated, options_.clock->Now(), /*front=*/true, /*partial=*/true);
+  }
   return fd;
 }
 

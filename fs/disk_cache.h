@@ -90,7 +90,8 @@ class DiskCache {
   // cached.
   Status InsertBlocks(const Digest& digest, std::uint64_t offset,
                       std::span<const std::uint8_t> bytes);
-  // The chunk's partial file, marked used; NotFound when there is none.
+  // The chunk's partial file, marked used (and listed, when another mount on the directory
+  // wrote it); NotFound when there is none.
   Result<UniqueFd> OpenPartial(const Digest& digest);
 
   std::uint64_t used_bytes() const;

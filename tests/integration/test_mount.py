@@ -822,3 +822,26 @@ def test_mounts_sharing_a_cache_read_what_the_other_fetched_since_they_started(p
     stats = ckptfs_cli.mount_stats(second.mountpoint)
     assert stats["store.fetches"] == 0, stats
     assert stats["cache.entries"] >= 2, stats
+
+
+def test_mounts_sharing_a_cache_read_the_blocks_the_other_fetched(published, mount, test_dir):
+    """The same for the blocks of isolated reads (a loader peeking at one tensor), which go into
+    a partial file of their chunk: a second mount on the cache directory reads them from it."""
+    cache = os.path.join(test_dir, "shared-cache")
+    extent, offset = _mid_chunk(published, 29)
+    first = mount(published.index, cache_dir=cache, dir_readahead=0)
+    second = mount(published.index, cache_dir=cache, dir_readahead=0)
+    assert pread_file(first.path(BIG), offset, PAGE) == published.tree.read(BIG, offset, PAGE)
+    assert total(settle_range_gets(published.nodes)) == 1
+    part = os.path.join(cache, extent.digest[:2], extent.digest + ".part")
+    deadline = time.monotonic() + 30
+    while not os.path.exists(part):  # The block is written after the reply.
+        assert time.monotonic() < deadline, f"{part} was not written"
+        time.sleep(0.01)
+    published.clear_logs()
+
+    assert pread_file(second.path(BIG), offset, PAGE) == published.tree.read(BIG, offset, PAGE)
+    fetched = total(settle_chunk_gets(published.nodes)) + total(settle_range_gets(published.nodes))
+    assert fetched == 0, f"the second mount fetched {fetched} times what the first had cached"
+    stats = ckptfs_cli.mount_stats(second.mountpoint)
+    assert stats["cache.entries"] == 1, stats

@@ -380,6 +380,25 @@ TEST_F(DiskCache, AdoptingAWholeChunkDropsItsPartialFile) {
   EXPECT_EQ(mine->used_bytes(), 8192u);
 }
 
+TEST_F(DiskCache, APartialFileAnotherMountWroteIsOpenedAndCounted) {
+  CKPTFS_ASSERT_OK_AND_ASSIGN(auto mine, Open(1 << 20));
+  CKPTFS_ASSERT_OK_AND_ASSIGN(auto other, Open(1 << 20));
+  TestChunk a = MakeChunk(64 << 10, 1);
+  CKPTFS_ASSERT_OK(
+      other->InsertBlocks(a.digest, 16 << 10, std::span(a.bytes).subspan(16 << 10, 4096)));
+  EXPECT_EQ(mine->used_bytes(), 0u);
+
+  CKPTFS_ASSERT_OK_AND_ASSIGN(UniqueFd fd, mine->OpenPartial(a.digest));
+  std::vector<std::uint8_t> block(4096);
+  CKPTFS_ASSERT_OK(PreadExactly(fd.get(), 16 << 10, block));
+  EXPECT_EQ(block,
+            std::vector<std::uint8_t>(a.bytes.begin() + (16 << 10), a.bytes.begin() + (20 << 10)));
+  EXPECT_EQ(mine->entry_count(), 1u);
+  EXPECT_EQ(mine->used_bytes(), other->used_bytes()) << "counted as the blocks it occupies";
+  EXPECT_EQ(mine->OpenPartial(MakeChunk(10, 2).digest).status().code(), StatusCode::kNotFound);
+  EXPECT_EQ(mine->entry_count(), 1u);
+}
+
 TEST_F(DiskCache, EntriesSurviveReopen) {
   TestChunk a = MakeChunk(1000, 1), b = MakeChunk(2500, 2);
   {
