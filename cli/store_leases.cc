@@ -100,13 +100,19 @@ std::string PublishLeases::LeaseUrl(const Node& node, const char* suffix) const 
 
 Status PublishLeases::PutLeases() {
   for (Node& node : nodes_) {
+    const std::string url = LeaseUrl(node, kPublishingSuffix);
+    const std::string context = "cannot upload to node " + node.name;
     const TimePoint start = clock_.Now();
-    Status put = PutWithRetries(transport_, clock_, LeaseUrl(node, kPublishingSuffix), Bytes(body_),
-                                kNoteTimeout, nullptr, "cannot upload to node " + node.name);
+    Status put = transport_.Put(url, Bytes(body_), kNoteTimeout);
+    if (!put.ok() && clock_.Now() - start >= kQuickFailure) {
+      return put.WithContext(context);  // No answer: its stores would wait as long again.
+    }
+    // An answer (a refusal, or a reset a moment later) is tried again as a chunk's PUT is.
+    if (!put.ok()) {
+      put = PutWithRetries(transport_, clock_, url, Bytes(body_), kNoteTimeout, nullptr, context);
+    }
     if (put.ok()) {
       node.leased = true;
-    } else if (clock_.Now() - start >= kQuickFailure) {
-      return put;  // Its stores would wait as long again.
     } else {
       node.refusal = put.message();  // Said at the end, if the publish gets there.
     }

@@ -844,8 +844,34 @@ TEST_F(PublishByPut, ANodeThatRefusesTheLeaseIsStillPublishedTo) {
                          testing::ScriptedResponse::Error(UnavailableError("HTTP 403")));
   CKPTFS_ASSERT_OK(Run(PutOptions()));
   EXPECT_EQ(ObjectCalls().size(), 12u);
-  EXPECT_EQ(transport_.Calls(LeaseUrl(2, ".publishing")), 3) << "tried as a chunk PUT is";
+  EXPECT_EQ(transport_.Calls(LeaseUrl(2, ".publishing")), 1 + 3)
+      << "a first try, then tried as a chunk PUT is";
   EXPECT_EQ(transport_.Calls(LeaseUrl(2, ".found")), 0);
+  EXPECT_EQ(transport_.Deletes(), std::vector<std::string>{LeaseUrl(1, ".publishing")});
+}
+
+TEST_F(PublishByPut, ANodeThatRefusesTheLeaseSlowlyIsStillPublishedTo) {
+  ASSERT_NO_FATAL_FAILURE(MakeSourceTree());
+  // Each refusal takes 0.4 s (a far server): the attempts add up to more than a second, but each
+  // was an answer.
+  transport_.SetResponse(LeaseUrl(2, ".publishing"),
+                         testing::ScriptedResponse::Error(UnavailableError("HTTP 403"),
+                                                          std::chrono::milliseconds(400)));
+  CKPTFS_ASSERT_OK(Run(PutOptions()));
+  EXPECT_EQ(ObjectCalls().size(), 12u);
+  EXPECT_EQ(transport_.Calls(LeaseUrl(2, ".publishing")), 1 + 3);
+}
+
+TEST_F(PublishByPut, ALeasePutThatGetsNoAnswerFailsThePublishBeforeAnyObject) {
+  ASSERT_NO_FATAL_FAILURE(MakeSourceTree());
+  transport_.SetResponse(LeaseUrl(2, ".publishing"),
+                         testing::ScriptedResponse::Error(UnavailableError("Operation too slow"),
+                                                          std::chrono::seconds(3)));
+  Status status = ExpectFailsCleanly(PutOptions());
+  EXPECT_NE(status.message().find("cannot upload to node n2: "), std::string::npos)
+      << status.ToString();
+  EXPECT_EQ(transport_.Calls(LeaseUrl(2, ".publishing")), 1) << "a node that did not answer";
+  EXPECT_TRUE(ObjectCalls().empty());
   EXPECT_EQ(transport_.Deletes(), std::vector<std::string>{LeaseUrl(1, ".publishing")});
 }
 
