@@ -49,11 +49,11 @@ struct LeaseTimes {
 class PublishLeases {
  public:
   // Puts a lease on each such node of `options`, then looks for a gc at work on each. A node
-  // that refuses the lease at once (a server that takes PUT only under chunks/, or one that is
-  // down, which the stores will find) is left out, and Settle warns of it: a gc of its store
-  // cannot see this publish. A lease PUT that waits for seconds fails the publish, as a store
-  // would; so does a gc at work on a node (FailedPrecondition). `transport` and `clock` must
-  // outlive the leases.
+  // that answers with a refusal, however slowly (a server that takes PUT only under chunks/), or
+  // refuses the connection (down, which the stores will find), is left out, and Settle warns of
+  // it: a gc of its store cannot see this publish. A lease PUT that gets no answer for a second
+  // fails the publish, as a store would; so does a gc at work on a node (FailedPrecondition).
+  // `transport` and `clock` must outlive the leases.
   static Result<std::unique_ptr<PublishLeases>> Take(const PublishOptions& options,
                                                      netfetch::Transport& transport, Clock& clock,
                                                      LeaseTimes times = {});
