@@ -452,6 +452,25 @@ def test_a_cache_whose_file_system_has_room_again_grows_back(published, mount, t
     assert grown["fs.eio_fetch"] == 0, grown
 
 
+def _wait_until_cache_written(cache, quiet=0.5, limit=30.0):
+    """Waits until the mount has written what it read into `cache`: its files stay the same for
+    `quiet` seconds and none is being written (tmp/ empty). The writes come after the replies;
+    under a sanitizer's slowdown a removal right after a read met them still going."""
+    def snapshot():
+        return sorted(os.path.join(d, n) for d, _, names in os.walk(cache) for n in names)
+    deadline = time.monotonic() + limit
+    last, since = snapshot(), time.monotonic()
+    while True:
+        time.sleep(0.05)
+        now = snapshot()
+        writing = any(f.startswith(os.path.join(cache, "tmp") + os.sep) for f in now)
+        if now != last or writing:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since >= quiet:
+            return
+        assert time.monotonic() < deadline, f"the cache kept changing: {now}"
+
+
 def test_a_cache_directory_removed_under_a_mount_is_made_again(published, mount, test_dir):
     """Someone (a cleaner of old files, an operator freeing space) removes the cache directory
     while it is mounted: reads go on, and the writes that follow make the directories they need
@@ -459,6 +478,7 @@ def test_a_cache_directory_removed_under_a_mount_is_made_again(published, mount,
     cache = os.path.join(test_dir, "cache")
     mnt = mount(published.index, foreground=True, cache_dir=cache, dir_readahead=0)
     assert source_tree.sha256_file(mnt.path(ODD)) == published.tree.sha256[ODD]
+    _wait_until_cache_written(cache)
     shutil.rmtree(cache)
     ckptfs_cli.drop_page_cache()
     assert source_tree.sha256_file(mnt.path(ODD)) == published.tree.sha256[ODD]
