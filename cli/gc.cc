@@ -102,8 +102,7 @@ Result<std::vector<StoreFile>> ListPrefix(const fs::path& dir, const std::string
       return ErrnoStatus(errno, "cannot stat " + file.path);
     }
     file.size = static_cast<std::uint64_t>(st.st_size);
-    file.modified = SystemTime(std::chrono::duration_cast<SystemTime::duration>(
-        std::chrono::seconds(st.st_mtim.tv_sec) + std::chrono::nanoseconds(st.st_mtim.tv_nsec)));
+    file.modified = ModifiedTime(st);
     if (S_ISREG(st.st_mode)) {
       file.kind = Classify(prefix, it->path().filename().string(), &file.digest);
     }

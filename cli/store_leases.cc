@@ -167,8 +167,10 @@ void PublishLeases::RenewLoop() {
 
 void PublishLeases::Found(std::size_t node, const Digest& digest) {
   if (node >= node_of_option_.size() || node_of_option_[node] == std::string::npos) return;
+  Node& leased = nodes_[node_of_option_[node]];
+  if (!leased.leased) return;  // No list goes to it.
   std::lock_guard lock(mu_);
-  nodes_[node_of_option_[node]].found.push_back(digest);
+  leased.found.push_back(digest);
 }
 
 Status PublishLeases::Settle() {
@@ -285,15 +287,6 @@ Status ReadFoundList(const std::string& path, std::vector<Digest>& found) {
   return Status::Ok();
 }
 
-SystemTime ModifiedTime(const struct stat& st) {
-  return SystemTime(std::chrono::duration_cast<SystemTime::duration>(
-      std::chrono::seconds(st.st_mtim.tv_sec) + std::chrono::nanoseconds(st.st_mtim.tv_nsec)));
-}
-
-bool EndsWith(std::string_view text, std::string_view suffix) {
-  return text.size() > suffix.size() && text.substr(text.size() - suffix.size()) == suffix;
-}
-
 }  // namespace
 
 Result<GcLeases> GcLeases::Open(const std::vector<std::string>& stores, SystemTime now,
@@ -317,7 +310,7 @@ Result<GcLeases> GcLeases::Open(const std::vector<std::string>& stores, SystemTi
       if (name == kGcNote || ::lstat(path.c_str(), &st) != 0 || !S_ISREG(st.st_mode)) continue;
       const auto age = now - ModifiedTime(st);
       bool expired = false;
-      if (EndsWith(name, kPublishingSuffix)) {
+      if (name.ends_with(kPublishingSuffix)) {
         const std::string id = name.substr(0, name.size() - std::strlen(kPublishingSuffix));
         std::error_code unused;  // Not `error`, which ends the listing.
         const bool finished = fs::exists(dir / (id + kFoundSuffix), unused);
@@ -326,7 +319,7 @@ Result<GcLeases> GcLeases::Open(const std::vector<std::string>& stores, SystemTi
           leases.running_.push_back(path + " (" + Holder(path) + "), renewed " +
                                     Seconds(std::max<Duration>(age, Duration::zero())) + " ago");
         }
-      } else if (EndsWith(name, kFoundSuffix)) {
+      } else if (name.ends_with(kFoundSuffix)) {
         expired = age >= min_age;
         if (!expired) CKPTFS_RETURN_IF_ERROR(ReadFoundList(path, leases.found_));
       }

@@ -164,4 +164,10 @@ void TemporaryDir::Remove() {
   path_.clear();
 }
 
+std::chrono::system_clock::time_point ModifiedTime(const struct stat& st) {
+  using SystemTime = std::chrono::system_clock::time_point;
+  return SystemTime(std::chrono::duration_cast<SystemTime::duration>(
+      std::chrono::seconds(st.st_mtim.tv_sec) + std::chrono::nanoseconds(st.st_mtim.tv_nsec)));
+}
+
 }  // namespace ckptfs

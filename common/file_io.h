@@ -2,8 +2,10 @@
 // made with their parents.
 #pragma once
 
+#include <sys/stat.h>
 #include <sys/types.h>
 
+#include <chrono>
 #include <cstdint>
 #include <span>
 #include <string>
@@ -53,6 +55,9 @@ Status MakeDirs(const std::string& path, mode_t mode);
 // `path` made absolute against the working directory (as given when it already is); the errno
 // when the working directory cannot be had.
 Result<std::string> AbsolutePath(const std::string& path);
+
+// The modification time of what `st` describes, as a wall-clock time.
+std::chrono::system_clock::time_point ModifiedTime(const struct stat& st);
 
 // The whole of the regular file `path`.
 Result<std::vector<std::uint8_t>> ReadWholeFile(const std::string& path);
