@@ -335,7 +335,7 @@ Status Serve(MountedFs& m, const MountOptions& options) {
   });
 
   fuse_loop_config* config = fuse_loop_cfg_create();
-  fuse_loop_cfg_set_max_threads(config, 16);
+  fuse_loop_cfg_set_max_threads(config, fs::kMaxWorkerThreads);
   fuse_loop_cfg_set_idle_threads(config, 8);
   int rc = fuse_session_loop_mt(se, config);
   fuse_loop_cfg_destroy(config);

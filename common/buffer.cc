@@ -1,6 +1,9 @@
 #include "common/buffer.h"
 
 #include <sys/mman.h>
+#include <unistd.h>
+
+#include <cstdint>
 
 namespace ckptfs {
 
@@ -23,6 +26,15 @@ Buffer::Buffer(std::size_t size, BufferStart start)
   // A tail shorter than a huge page keeps small pages. Best effort: a kernel without transparent
   // huge pages answers EINVAL, and the buffer works the same with small pages.
   (void)::madvise(data_.get() + first, huge_end - first, MADV_HUGEPAGE);
+}
+
+void DiscardPages(std::span<std::uint8_t> bytes) {
+  const auto page = static_cast<std::uintptr_t>(::sysconf(_SC_PAGESIZE));
+  const auto begin = reinterpret_cast<std::uintptr_t>(bytes.data());
+  const std::uintptr_t first = (begin + page - 1) / page * page;
+  const std::uintptr_t end = (begin + bytes.size()) / page * page;
+  if (end <= first) return;
+  (void)::madvise(reinterpret_cast<void*>(first), end - first, MADV_DONTNEED);
 }
 
 }  // namespace ckptfs

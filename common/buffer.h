@@ -54,4 +54,10 @@ class Buffer {
   std::size_t size_ = 0;
 };
 
+// Gives the whole pages within `bytes` back to the system (MADV_DONTNEED): they take no memory
+// until written again and read as zeros meanwhile; the bytes of pages that `bytes` covers only in
+// part are left as they are. For bytes whose value no longer matters, in any anonymous memory
+// (a Buffer, the heap). Best effort: a failure leaves the bytes in place.
+void DiscardPages(std::span<std::uint8_t> bytes);
+
 }  // namespace ckptfs

@@ -280,14 +280,16 @@ Result<ChunkData> ChunkStore::FetchIsolated(const ChunkKey& key, const index::Bl
   }
   counters_.block_fetches++;
   Status status;
+  bool slot_held = true;
   Result<netfetch::ChunkRef> ref = LocateChunk(*replicas_, key, blocks);
   if (!ref.ok()) {
     status = ref.status();
   } else {
-    status = fetcher_->FetchBlocks(*ref, first, end, buffer->span(), deadline);
+    status = fetcher_->FetchBlocks(*ref, first, end, buffer->span(), deadline,
+                                   PauseWithoutSlot(Priority::kForeground, deadline, &slot_held));
     RememberOutcome(key.digest, status);
   }
-  ReleaseSlot();
+  if (slot_held) ReleaseSlot();
   if (!status.ok()) {
     counters_.fetch_errors++;
     return status;
@@ -405,6 +407,7 @@ void ChunkStore::Lead(const ChunkKey& key, Flight& flight, TimePoint deadline, P
                  : UnavailableError("shutting down");
   } else {
     counters_.fetches++;
+    bool slot_held = true;
     std::shared_ptr<Buffer> buffer = TakeBuffer(
         key.size, room,
         priority == Priority::kForeground ? BufferStart::kQuickFirstBytes : BufferStart::kHuge);
@@ -417,7 +420,8 @@ void ChunkStore::Lead(const ChunkKey& key, Flight& flight, TimePoint deadline, P
         std::lock_guard lock(flight.mu);
         flight.bytes = buffer;
       }
-      status = FetchInto(*ref, flight, buffer, chunk_bytes, deadline, early);
+      status = FetchInto(*ref, flight, buffer, chunk_bytes, deadline, early,
+                         PauseWithoutSlot(priority, deadline, &slot_held));
     }
     if (status.ok()) {
       // Readers have the bytes now; the cache write follows while the flight stays registered,
@@ -434,7 +438,7 @@ void ChunkStore::Lead(const ChunkKey& key, Flight& flight, TimePoint deadline, P
       counters_.fetch_errors++;
       ReleaseBufferBytes(buffer->size());
     }
-    ReleaseSlot();
+    if (slot_held) ReleaseSlot();
   }
   EndFlight(key.digest);
   if (!kept) Complete(flight, status, /*keep_bytes=*/false);
@@ -442,7 +446,8 @@ void ChunkStore::Lead(const ChunkKey& key, Flight& flight, TimePoint deadline, P
 
 Status ChunkStore::FetchInto(const netfetch::ChunkRef& ref, Flight& flight,
                              const std::shared_ptr<Buffer>& buffer, std::span<std::uint8_t> dst,
-                             TimePoint deadline, const EarlyReader* early) {
+                             TimePoint deadline, const EarlyReader* early,
+                             const netfetch::PauseCallback& pause) {
   bool served_early = false;
   auto on_verified = [&](std::size_t verified) {
     flight.Advance(verified);
@@ -452,7 +457,7 @@ Status ChunkStore::FetchInto(const netfetch::ChunkRef& ref, Flight& flight,
       (*early->serve)(ChunkData{UniqueFd(), buffer, 0});
     }
   };
-  Status status = fetcher_->Fetch(ref, dst, deadline, on_verified);
+  Status status = fetcher_->Fetch(ref, dst, deadline, on_verified, pause);
   RememberOutcome(ref.digest, status);
   return status;
 }
@@ -676,6 +681,16 @@ void ChunkStore::ReleaseSlot() {
     --inflight_;
   }
   slots_cv_.notify_all();
+}
+
+netfetch::PauseCallback ChunkStore::PauseWithoutSlot(Priority priority, TimePoint deadline,
+                                                     bool* slot_held) {
+  return [this, priority, deadline, slot_held](Duration pause) {
+    ReleaseSlot();
+    clock_->SleepFor(pause);
+    *slot_held = AcquireSlot(priority, deadline);
+    return *slot_held;
+  };
 }
 
 Status ChunkStore::RecentFailure(const Digest& digest) {

@@ -326,7 +326,8 @@ class ChunkStore {
   // remembers a failure for failure_memory.
   Status FetchInto(const netfetch::ChunkRef& ref, Flight& flight,
                    const std::shared_ptr<Buffer>& buffer, std::span<std::uint8_t> dst,
-                   TimePoint deadline, const EarlyReader* early);
+                   TimePoint deadline, const EarlyReader* early,
+                   const netfetch::PauseCallback& pause);
   // Marks `flight` done and wakes its readers; `ok` with null bytes: the chunk is in the cache.
   static void Complete(Flight& flight, const Status& status, bool keep_bytes);
   std::shared_ptr<Flight> FindFlight(const Digest& digest);
@@ -349,6 +350,12 @@ class ChunkStore {
   void ReleaseBufferBytes(std::uint64_t bytes);
   bool AcquireSlot(Priority priority, TimePoint deadline);
   void ReleaseSlot();
+  // The pauses between a fetch's rounds over its replicas, for a fetch that holds a slot of
+  // `priority`: the slot goes back for the pause and is taken again after it. A fetch whose
+  // nodes are all down pauses again and again until its deadline, and holding the slot meanwhile
+  // made every other read wait behind a few such fetches. False, ending the fetch, when no slot
+  // is had again (the deadline passed, or the store is stopping); `*slot_held` then turns false.
+  netfetch::PauseCallback PauseWithoutSlot(Priority priority, TimePoint deadline, bool* slot_held);
   void PrefetchLoop();
   // The error of a fetch of `digest` that failed within failure_memory, or OK.
   Status RecentFailure(const Digest& digest);

@@ -65,15 +65,35 @@ Result<std::vector<FileSystem::Part>> FileSystem::GatherRange(std::uint64_t file
   if (early != nullptr && extents.size() == 1) {
     return GatherEarly(extents.front(), offset, length, access, deadline, *early);
   }
+  // Every chunk first, then the disk reads, so that the scratch space for those is held only
+  // while they are read and replied, never while a later chunk is waited for.
+  struct Piece {
+    ChunkKey key;
+    std::uint64_t offset = 0;  // In the chunk.
+    std::size_t length = 0;
+    ChunkData data;
+  };
+  std::vector<Piece> pieces;
+  std::vector<std::size_t> from_disk;
   for (const index::Extent& e : extents) {
     std::uint64_t from = std::max(offset, e.offset);
     std::uint64_t to = std::min(end, e.offset + e.size);
-    ChunkKey key{e.digest, e.size, e.chunk_id};
-    CKPTFS_ASSIGN_OR_RETURN(ChunkData data,
-                            store_->Get(key, from - e.offset, to - from, access, deadline));
+    Piece piece{ChunkKey{e.digest, e.size, e.chunk_id}, from - e.offset,
+                static_cast<std::size_t>(to - from), ChunkData{}};
+    CKPTFS_ASSIGN_OR_RETURN(piece.data,
+                            store_->Get(piece.key, piece.offset, piece.length, access, deadline));
+    if (piece.data.bytes == nullptr)
+      from_disk.push_back(AlignedReadSize(piece.offset, piece.length));
+    pieces.push_back(std::move(piece));
+  }
+  std::vector<std::shared_ptr<Buffer>> scratch = TakeScratch(from_disk);
+  std::size_t next_scratch = 0;
+  for (Piece& piece : pieces) {
+    std::shared_ptr<Buffer> space;
+    if (piece.data.bytes == nullptr) space = std::move(scratch[next_scratch++]);
     CKPTFS_ASSIGN_OR_RETURN(
-        Part part, ResolveOrRefetch(key, std::move(data), from - e.offset,
-                                    static_cast<std::size_t>(to - from), access, deadline));
+        Part part, ResolveOrRefetch(piece.key, std::move(piece.data), piece.offset, piece.length,
+                                    access, deadline, space));
     parts.push_back(std::move(part));
   }
   return parts;
@@ -90,27 +110,33 @@ Result<std::vector<FileSystem::Part>> FileSystem::GatherEarly(const index::Exten
   const EarlyServe serve = [&](ChunkData data) {
     served = true;
     // In memory (a chunk buffer being filled), so Resolve cannot fail here.
-    Result<Part> part = Resolve(key, std::move(data), in_chunk, length);
+    Result<Part> part = Resolve(key, std::move(data), in_chunk, length, nullptr);
     early({std::move(part).value()});
   };
   Result<ChunkData> data = store_->Get(key, in_chunk, length, access, deadline, &serve);
   if (served) return std::vector<Part>{};
   if (!data.ok()) return data.status();
+  std::shared_ptr<Buffer> scratch;
+  if (data->bytes == nullptr) {
+    const std::size_t size = AlignedReadSize(in_chunk, length);
+    scratch = TakeScratch(std::span(&size, 1)).front();
+  }
   CKPTFS_ASSIGN_OR_RETURN(Part part, ResolveOrRefetch(key, std::move(data).value(), in_chunk,
-                                                      length, access, deadline));
+                                                      length, access, deadline, scratch));
   std::vector<Part> parts;
   parts.push_back(std::move(part));
   return parts;
 }
 
 Result<FileSystem::Part> FileSystem::Resolve(const ChunkKey& key, ChunkData data,
-                                             std::uint64_t offset, std::size_t length) {
+                                             std::uint64_t offset, std::size_t length,
+                                             std::shared_ptr<Buffer> scratch) {
   if (data.bytes != nullptr) {
     store_->Served(key.digest, length);
     std::span<const std::uint8_t> bytes(data.bytes->data() + (offset - data.base), length);
     return Part{std::move(data.bytes), bytes};
   }
-  std::shared_ptr<Buffer> scratch = TakeScratch(AlignedReadSize(offset, length));
+  if (scratch == nullptr) return InternalError("no scratch space to read a cached chunk into");
   Result<std::span<const std::uint8_t>> bytes =
       PreadAligned(data.fd.get(), offset, length, scratch->span());
   if (!bytes.ok()) {
@@ -121,34 +147,60 @@ Result<FileSystem::Part> FileSystem::Resolve(const ChunkKey& key, ChunkData data
 
 Result<FileSystem::Part> FileSystem::ResolveOrRefetch(const ChunkKey& key, ChunkData data,
                                                       std::uint64_t offset, std::size_t length,
-                                                      Access access, TimePoint deadline) {
+                                                      Access access, TimePoint deadline,
+                                                      const std::shared_ptr<Buffer>& scratch) {
   const bool from_disk = data.bytes == nullptr;
-  Result<Part> part = Resolve(key, std::move(data), offset, length);
+  Result<Part> part = Resolve(key, std::move(data), offset, length, scratch);
   if (part.ok() || !from_disk) return part;
   store_->DropUnreadable(key, part.status());
   CKPTFS_ASSIGN_OR_RETURN(ChunkData again, store_->Get(key, offset, length, access, deadline));
-  return Resolve(key, std::move(again), offset, length);
+  return Resolve(key, std::move(again), offset, length, scratch);
 }
 
-std::shared_ptr<Buffer> FileSystem::TakeScratch(std::size_t length) {
+std::vector<std::shared_ptr<Buffer>> FileSystem::TakeScratch(std::span<const std::size_t> lengths) {
   // One size for every pooled buffer: a whole maximal FUSE read plus the blocks around it.
   constexpr std::size_t kPooledSize = (1u << 20) + 2 * kDirectIoBlock;
   constexpr std::size_t kMaxPooled = 16;
-  if (length > kPooledSize) return std::make_shared<Buffer>(length);
-  std::unique_ptr<Buffer> buffer;
+  constexpr std::size_t kMaxScratchInUse = 16;
+  std::vector<std::unique_ptr<Buffer>> pooled;
   {
-    std::lock_guard lock(scratch_mu_);
-    if (!scratch_.empty()) {
-      buffer = std::move(scratch_.back());
+    std::unique_lock lock(scratch_mu_);
+    const std::size_t limit = std::max(kMaxScratchInUse, lengths.size());
+    scratch_cv_.wait(lock, [&] { return scratch_in_use_ + lengths.size() <= limit; });
+    scratch_in_use_ += lengths.size();
+    for (std::size_t length : lengths) {
+      if (scratch_.empty()) break;
+      if (length > kPooledSize) continue;
+      pooled.push_back(std::move(scratch_.back()));
       scratch_.pop_back();
     }
   }
-  if (buffer == nullptr) buffer = std::make_unique<Buffer>(kPooledSize);
-  return std::shared_ptr<Buffer>(buffer.release(), [this](Buffer* b) {
+  const auto give_back = [this](Buffer* b) {
     std::unique_ptr<Buffer> owned(b);
-    std::lock_guard lock(scratch_mu_);
-    if (scratch_.size() < kMaxPooled) scratch_.push_back(std::move(owned));
-  });
+    {
+      std::lock_guard lock(scratch_mu_);
+      --scratch_in_use_;
+      if (owned->size() == kPooledSize && scratch_.size() < kMaxPooled) {
+        scratch_.push_back(std::move(owned));
+      }
+    }
+    scratch_cv_.notify_one();
+  };
+  std::vector<std::shared_ptr<Buffer>> out;
+  out.reserve(lengths.size());
+  for (std::size_t length : lengths) {
+    std::unique_ptr<Buffer> buffer;
+    if (length > kPooledSize) {
+      buffer = std::make_unique<Buffer>(length);
+    } else if (!pooled.empty()) {
+      buffer = std::move(pooled.back());
+      pooled.pop_back();
+    } else {
+      buffer = std::make_unique<Buffer>(kPooledSize);
+    }
+    out.emplace_back(buffer.release(), give_back);
+  }
+  return out;
 }
 
 Status FileSystem::ReadRange(std::uint64_t file, std::uint64_t offset, std::span<std::uint8_t> dst,
@@ -408,6 +460,8 @@ void OpInit(void* userdata, fuse_conn_info* conn) {
   if (conn->capable & FUSE_CAP_CACHE_SYMLINKS) conn->want |= FUSE_CAP_CACHE_SYMLINKS;
   if (conn->capable & FUSE_CAP_PARALLEL_DIROPS) conn->want |= FUSE_CAP_PARALLEL_DIROPS;
   conn->want &= ~FUSE_CAP_AUTO_INVAL_DATA;
+  conn->max_background = kMaxBackgroundRequests;
+  conn->congestion_threshold = kMaxBackgroundRequests * 3 / 4;
   fs->store().Start();
   if (fs->options().on_init) fs->options().on_init();
 }

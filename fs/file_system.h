@@ -20,6 +20,7 @@
 #include <sys/types.h>
 
 #include <atomic>
+#include <condition_variable>
 #include <cstdint>
 #include <deque>
 #include <functional>
@@ -59,6 +60,15 @@ struct FileSystemOptions {
 
 // The extended attribute of the mount's root that holds its runtime statistics.
 inline constexpr std::string_view kStatsXattr = "user.ckptfs.stats";
+
+// Asynchronous requests (readahead, and so every read of a file through the page cache) the
+// kernel keeps under way at once; it queues the rest. A read of a chunk whose nodes are all down
+// waits up to the read deadline, and with the kernel's default of 12 a dozen such reads made
+// every other read of the mount wait as long, bytes on a live node or in the cache included.
+inline constexpr unsigned kMaxBackgroundRequests = 64;
+// FUSE worker threads at most: every background request may wait in a read, with room left for
+// lookups, opens and reads of user threads beside them. Idle threads beyond a few exit.
+inline constexpr int kMaxWorkerThreads = 96;
 
 struct FileSystemCounters {
   std::atomic<std::uint64_t> reads{0};
@@ -236,16 +246,22 @@ class FileSystem {
   // Moves `cursor` to the next regular, non-empty, valid file after cursor.file among the
   // children of `parent`, in id order (which is name order). False at the end of the directory.
   bool NextSibling(std::uint64_t parent, SpillCursor& cursor);
-  // Aligned space to read `length` bytes from a disk cache file; returned to a small pool when
-  // the last user drops it, so replies do not map and fault in fresh memory every time.
-  std::shared_ptr<Buffer> TakeScratch(std::size_t length);
-  // The part of `data` at [offset, offset + length), read from disk if it is not in memory.
+  // Aligned space to read each of `lengths` bytes from a disk cache file, all taken at once; a
+  // buffer goes back to a small pool when its last user drops it, so that replies do not map and
+  // fault in fresh memory every time. At most kMaxScratchInUse are out (more only for one read
+  // that needs more): a caller waits for the others' replies, which hold them only while they
+  // read the disk and reply, since one read takes all it needs at once, after its fetches.
+  // Without the bound their memory grew with the reads under way (kMaxBackgroundRequests).
+  std::vector<std::shared_ptr<Buffer>> TakeScratch(std::span<const std::size_t> lengths);
+  // The part of `data` at [offset, offset + length), read from disk into `scratch` (from
+  // TakeScratch; may be null when data is in memory) if it is not in memory.
   Result<Part> Resolve(const ChunkKey& key, ChunkData data, std::uint64_t offset,
-                       std::size_t length);
+                       std::size_t length, std::shared_ptr<Buffer> scratch);
   // Resolve; when the part was to be read from a cache file and that failed, the entry is
   // dropped (ChunkStore::DropUnreadable) and the chunk got again, once: from the nodes then.
   Result<Part> ResolveOrRefetch(const ChunkKey& key, ChunkData data, std::uint64_t offset,
-                                std::size_t length, Access access, TimePoint deadline);
+                                std::size_t length, Access access, TimePoint deadline,
+                                const std::shared_ptr<Buffer>& scratch);
 
   index::IndexReader* index_;
   ChunkStore* store_;
@@ -255,7 +271,9 @@ class FileSystem {
   std::mutex validated_mu_;
   std::unordered_set<std::uint64_t> validated_;  // GUARDED_BY(validated_mu_)
   std::mutex scratch_mu_;
+  std::condition_variable scratch_cv_;
   std::vector<std::unique_ptr<Buffer>> scratch_;  // GUARDED_BY(scratch_mu_)
+  std::size_t scratch_in_use_ = 0;                // GUARDED_BY(scratch_mu_)
   WindowHandoff handoff_;
   mutable std::mutex open_mu_;
   std::unordered_map<OpenFile*, std::unique_ptr<OpenFile>> open_files_;  // GUARDED_BY(open_mu_)

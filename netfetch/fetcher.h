@@ -90,6 +90,13 @@ ByteRange BlockBytes(const ChunkRef& chunk, std::size_t first_block, std::size_t
 // Told how many leading bytes of a fetch's dst are verified and final; see ChunkFetcher::Fetch.
 using VerifiedCallback = std::function<void(std::size_t verified_bytes)>;
 
+// Spends a fetch's pause: every replica failed in a round, and the next round is to start
+// `pause` later. It sleeps that long, and may give up meanwhile what the fetch holds that other
+// fetches need (the caller's fetch slot), since a fetch whose nodes are down can pause again
+// and again until its deadline. Returns whether the fetch goes on; false ends it with its last
+// error. Called on the fetching thread. Empty: the fetcher sleeps itself.
+using PauseCallback = std::function<bool(Duration pause)>;
+
 class ChunkFetcher {
  public:
   virtual ~ChunkFetcher() = default;
@@ -102,14 +109,20 @@ class ChunkFetcher {
   // happens block by block as the body streams in, and also during an attempt that fails later;
   // without them (v1) it is one call at the end. After a failure dst holds the verified prefix
   // last reported and unspecified bytes past it.
+  // Between rounds over the replicas the fetch pauses through `pause` (see PauseCallback); the
+  // pages of dst past the verified prefix may be given back to the system before a pause.
   // Errors: DeadlineExceeded or Unavailable when no replica delivered by `deadline` (the message
   // carries the last replica's error), NotFound for no known replica, InvalidArgument for a dst
   // of the wrong size or a block list that does not fit the chunk (CheckBlockList).
   virtual Status Fetch(const ChunkRef& chunk, std::span<std::uint8_t> dst, TimePoint deadline,
-                       const VerifiedCallback& on_verified) = 0;
+                       const VerifiedCallback& on_verified, const PauseCallback& pause) = 0;
+  Status Fetch(const ChunkRef& chunk, std::span<std::uint8_t> dst, TimePoint deadline,
+               const VerifiedCallback& on_verified) {
+    return Fetch(chunk, dst, deadline, on_verified, PauseCallback());
+  }
   // Fetch without following progress: dst is verified whole when it returns OK.
   Status Fetch(const ChunkRef& chunk, std::span<std::uint8_t> dst, TimePoint deadline) {
-    return Fetch(chunk, dst, deadline, VerifiedCallback());
+    return Fetch(chunk, dst, deadline, VerifiedCallback(), PauseCallback());
   }
 
   // Fills `dst` with blocks [first_block, end_block) of the chunk, that is bytes
@@ -119,7 +132,12 @@ class ChunkFetcher {
   // FailedPrecondition when the chunk has no block digests (v1 index); InvalidArgument for an
   // empty or out-of-range block range or a dst of the wrong size; other errors as for Fetch.
   virtual Status FetchBlocks(const ChunkRef& chunk, std::size_t first_block, std::size_t end_block,
-                             std::span<std::uint8_t> dst, TimePoint deadline) = 0;
+                             std::span<std::uint8_t> dst, TimePoint deadline,
+                             const PauseCallback& pause) = 0;
+  Status FetchBlocks(const ChunkRef& chunk, std::size_t first_block, std::size_t end_block,
+                     std::span<std::uint8_t> dst, TimePoint deadline) {
+    return FetchBlocks(chunk, first_block, end_block, dst, deadline, PauseCallback());
+  }
 };
 
 struct NodeEndpoint {
@@ -270,10 +288,14 @@ class RetryingFetcher final : public ChunkFetcher {
   ~RetryingFetcher() override;
 
   using ChunkFetcher::Fetch;
+  using ChunkFetcher::FetchBlocks;
+  // A fetch split into parts (see above) pauses each part by sleeping: parts run on threads of
+  // their own, and a slot the caller gave back for one would be given back once per part.
   Status Fetch(const ChunkRef& chunk, std::span<std::uint8_t> dst, TimePoint deadline,
-               const VerifiedCallback& on_verified) override;
+               const VerifiedCallback& on_verified, const PauseCallback& pause) override;
   Status FetchBlocks(const ChunkRef& chunk, std::size_t first_block, std::size_t end_block,
-                     std::span<std::uint8_t> dst, TimePoint deadline) override;
+                     std::span<std::uint8_t> dst, TimePoint deadline,
+                     const PauseCallback& pause) override;
 
   // Greets each node of `objects` with a HEAD of the object listed for it, each on a thread of
   // its own, and returns at once. Until a node has answered (a greeting or a read), reads ask
@@ -300,8 +322,11 @@ class RetryingFetcher final : public ChunkFetcher {
   // Rounds over the replicas until `verifier` has all of its bytes or the deadline passes.
   // `what` names the bytes in the final error. The first round starts with `first_choice` if it
   // holds a replica (the parts of one fetch start on different nodes).
+  // Between rounds it pauses through `pause` (sleeps when empty), after giving back the pages of
+  // the verifier's unverified bytes.
   Status RunRounds(const ChunkRef& chunk, Verifier& verifier, TimePoint deadline,
-                   const std::string& what, NodeState* first_choice = nullptr);
+                   const std::string& what, const PauseCallback& pause,
+                   NodeState* first_choice = nullptr);
   // How many parts a Fetch of `chunk` is split into, given how many Fetch calls are under way
   // counting this one, and the speed measured from its nodes; 1: not split.
   std::size_t LoneFetchParts(const ChunkRef& chunk, int fetches_under_way);

@@ -7,6 +7,7 @@
 #include <thread>
 #include <utility>
 
+#include "common/buffer.h"
 #include "common/log.h"
 #include "common/thread_name.h"
 #include "common/units.h"
@@ -195,7 +196,8 @@ ByteRange BlockBytes(const ChunkRef& chunk, std::size_t first_block, std::size_t
 }
 
 Status RetryingFetcher::Fetch(const ChunkRef& chunk, std::span<std::uint8_t> dst,
-                              TimePoint deadline, const VerifiedCallback& on_verified) {
+                              TimePoint deadline, const VerifiedCallback& on_verified,
+                              const PauseCallback& pause) {
   ++counters_.fetches;
   const std::string hex = chunk.digest.Hex();
   if (dst.size() != chunk.size) {
@@ -209,7 +211,7 @@ Status RetryingFetcher::Fetch(const ChunkRef& chunk, std::span<std::uint8_t> dst
     status = FetchInParts(chunk, dst, deadline, on_verified, parts);
   } else {
     Verifier verifier(chunk, 0, dst, on_verified);
-    status = RunRounds(chunk, verifier, deadline, "chunk " + hex);
+    status = RunRounds(chunk, verifier, deadline, "chunk " + hex, pause);
   }
   if (status.ok()) {
     counters_.bytes_fetched += dst.size();
@@ -263,11 +265,12 @@ Status RetryingFetcher::FetchInParts(const ChunkRef& chunk, std::span<std::uint8
   std::size_t answered = 0;
   const std::vector<NodeState*> order = OrderReplicas(chunk, &healthy, &answered);
   if (answered > 0) healthy = answered;
+  static const PauseCallback kSleep;
   const auto run_part = [&](std::size_t k, const VerifiedCallback& progress) {
     Verifier verifier(chunk, ranges[k].offset, dst.subspan(ranges[k].offset, ranges[k].length),
                       progress);
     return RunRounds(chunk, verifier, deadline, "part " + std::to_string(k) + " of chunk " + hex,
-                     healthy > 0 ? order[k % healthy] : nullptr);
+                     kSleep, healthy > 0 ? order[k % healthy] : nullptr);
   };
   static const VerifiedCallback kNobody;
   // Helper thread k - 1 runs part k and writes results[k]; joining it is what makes that visible.
@@ -302,7 +305,7 @@ Status RetryingFetcher::FetchInParts(const ChunkRef& chunk, std::span<std::uint8
 
 Status RetryingFetcher::FetchBlocks(const ChunkRef& chunk, std::size_t first_block,
                                     std::size_t end_block, std::span<std::uint8_t> dst,
-                                    TimePoint deadline) {
+                                    TimePoint deadline, const PauseCallback& pause) {
   ++counters_.range_fetches;
   const std::string hex = chunk.digest.Hex();
   if (chunk.blocks.empty()) {
@@ -323,7 +326,8 @@ Status RetryingFetcher::FetchBlocks(const ChunkRef& chunk, std::size_t first_blo
   Verifier verifier(chunk, range.offset, dst, kNobody);
   Status status = RunRounds(chunk, verifier, deadline,
                             "blocks [" + std::to_string(first_block) + ", " +
-                                std::to_string(end_block) + ") of chunk " + hex);
+                                std::to_string(end_block) + ") of chunk " + hex,
+                            pause);
   if (status.ok()) {
     counters_.range_bytes_fetched += dst.size();
   } else if (status.code() == StatusCode::kDeadlineExceeded) {
@@ -333,7 +337,8 @@ Status RetryingFetcher::FetchBlocks(const ChunkRef& chunk, std::size_t first_blo
 }
 
 Status RetryingFetcher::RunRounds(const ChunkRef& chunk, Verifier& verifier, TimePoint deadline,
-                                  const std::string& what, NodeState* first_choice) {
+                                  const std::string& what, const PauseCallback& pause,
+                                  NodeState* first_choice) {
   std::size_t healthy = 0;
   std::vector<NodeState*> replicas = OrderReplicas(chunk, &healthy);
   if (auto it = std::find(replicas.begin(), replicas.end(), first_choice); it != replicas.end()) {
@@ -343,7 +348,7 @@ Status RetryingFetcher::RunRounds(const ChunkRef& chunk, Verifier& verifier, Tim
     return NotFoundError("chunk " + chunk.digest.Hex() + " has no replica on a known node");
   }
   std::string last_error = "none: the deadline had passed before the first attempt";
-  Duration pause = std::max(options_.round_pause, kMinRoundPause);
+  Duration round_pause = std::max(options_.round_pause, kMinRoundPause);
   while (true) {
     for (std::size_t i = 0; i < replicas.size(); ++i) {
       if (clock_->Now() >= deadline) break;
@@ -361,8 +366,14 @@ Status RetryingFetcher::RunRounds(const ChunkRef& chunk, Verifier& verifier, Tim
     }
     const Duration left = deadline - clock_->Now();
     if (left <= Duration::zero()) break;
-    clock_->SleepFor(std::min(pause, left));
-    pause = std::min(pause * 2, std::max(options_.max_backoff, kMinRoundPause));
+    // The bytes past the verified prefix are written again, if at all, by the next round.
+    DiscardPages(verifier.dst().subspan(verifier.verified()));
+    if (!pause) {
+      clock_->SleepFor(std::min(round_pause, left));
+    } else if (!pause(std::min(round_pause, left))) {
+      break;
+    }
+    round_pause = std::min(round_pause * 2, std::max(options_.max_backoff, kMinRoundPause));
     replicas = OrderReplicas(chunk, &healthy);  // Health changed during the round.
   }
   return DeadlineExceededError("no replica of " + what +

@@ -157,6 +157,53 @@ def test_unavailable_chunk_gives_eio_in_time_then_recovers(published, mount):
     assert data == expected
 
 
+def test_reads_waiting_for_chunks_whose_nodes_are_all_down_keep_no_other_read_waiting(
+        published, mount):
+    """A read of a chunk whose nodes are all down waits for them until its deadline. Twenty such
+    reads at once, more than the kernel's 12 asynchronous requests by default and more than the
+    mount's fetch slots, must leave the rest of the mount to the other readers: a file on the
+    surviving node reads at once. The build before kept it waiting until they failed."""
+    _, lost, readable = _unavailable_chunk_and_survivor_file(published)
+    with published.db() as db:
+        victims = [e for e in db.extents(BIG) if e.nodes == lost]
+    assert len(victims) >= 16, f"only {len(victims)} chunks of {BIG} are held by {lost} alone"
+    read_timeout = 15
+    mnt = mount(published.index, timeout=read_timeout, dir_readahead=0)
+    ckptfs_cli.wait_for_greetings(mnt.mountpoint)
+    for name in lost:
+        published.node(name).stop()
+
+    outcomes = []
+
+    def read_lost(extent):
+        start = time.monotonic()
+        try:
+            _read_byte(mnt.path(BIG), extent.offset + extent.size // 2)
+            outcome = "read"
+        except OSError as e:
+            outcome = errno.errorcode.get(e.errno, str(e.errno))
+        outcomes.append((outcome, time.monotonic() - start))
+
+    waiting = [threading.Thread(target=read_lost, args=(e,), daemon=True) for e in victims[:20]]
+    for thread in waiting:
+        thread.start()
+    time.sleep(1.0)  # All of them are waiting for their nodes now.
+    start = time.monotonic()
+    digest = source_tree.sha256_file(mnt.path(readable))
+    elapsed = time.monotonic() - start
+    still_waiting = sum(thread.is_alive() for thread in waiting)
+    for thread in waiting:
+        thread.join(read_timeout + 30)
+    print(f"{readable} read in {elapsed:.3f} s beside {still_waiting} waiting reads; "
+          f"they ended {sorted(outcomes)}")
+    assert digest == published.tree.sha256[readable]
+    assert elapsed < 5, (f"{readable}, on a live node, took {elapsed:.1f} s to read beside "
+                         f"{len(waiting)} reads waiting for dead nodes")
+    assert still_waiting >= 16, f"only {still_waiting} reads were still waiting: proves nothing"
+    assert len(outcomes) == len(waiting), "reads of dead chunks still waiting after the deadline"
+    assert all(outcome == "EIO" for outcome, _ in outcomes), outcomes
+
+
 def test_a_frozen_node_costs_one_short_stall_then_is_passed_over(published, mount):
     """A node that hangs after the mount greeted it (its port still takes connections and
     requests, nothing answers) is left once it has not answered for its first-byte timeout, 8

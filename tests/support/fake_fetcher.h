@@ -121,8 +121,10 @@ class FakeFetcher final : public netfetch::ChunkFetcher {
   }
 
   using netfetch::ChunkFetcher::Fetch;
+  using netfetch::ChunkFetcher::FetchBlocks;
   Status Fetch(const netfetch::ChunkRef& chunk, std::span<std::uint8_t> dst, TimePoint /*deadline*/,
-               const netfetch::VerifiedCallback& on_verified) override {
+               const netfetch::VerifiedCallback& on_verified,
+               const netfetch::PauseCallback& /*pause*/) override {
     std::unique_lock lock(mu_);
     ++calls_[chunk.digest];
     ++total_calls_;
@@ -148,8 +150,8 @@ class FakeFetcher final : public netfetch::ChunkFetcher {
   }
 
   Status FetchBlocks(const netfetch::ChunkRef& chunk, std::size_t first_block,
-                     std::size_t end_block, std::span<std::uint8_t> dst,
-                     TimePoint /*deadline*/) override {
+                     std::size_t end_block, std::span<std::uint8_t> dst, TimePoint /*deadline*/,
+                     const netfetch::PauseCallback& /*pause*/) override {
     std::unique_lock lock(mu_);
     ++block_calls_[chunk.digest];
     ++total_calls_;

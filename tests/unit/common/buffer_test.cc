@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <cstdint>
+#include <cstring>
 #include <fstream>
 #include <sstream>
 #include <string>
@@ -32,6 +33,27 @@ std::string VmFlagsAt(std::uintptr_t address) {
     }
   }
   return "";
+}
+
+TEST(DiscardPages, ZeroesTheWholePagesWithinAndKeepsThePartsOfPagesAtEitherEnd) {
+  Buffer buffer(4 * kBufferAlignment);
+  std::memset(buffer.data(), 0xAB, buffer.size());
+  // From the middle of the first page to the middle of the last.
+  const std::size_t from = kBufferAlignment / 2;
+  const std::size_t to = 3 * kBufferAlignment + kBufferAlignment / 2;
+  DiscardPages(buffer.span().subspan(from, to - from));
+  for (std::size_t i = 0; i < buffer.size(); ++i) {
+    const bool whole_page_inside = i >= kBufferAlignment && i < 3 * kBufferAlignment;
+    ASSERT_EQ(buffer.data()[i], whole_page_inside ? 0 : 0xAB) << "byte " << i;
+  }
+}
+
+TEST(DiscardPages, LessThanAWholePageChangesNothing) {
+  Buffer buffer(2 * kBufferAlignment);
+  std::memset(buffer.data(), 0xCD, buffer.size());
+  DiscardPages(buffer.span().subspan(100, kBufferAlignment));
+  DiscardPages(buffer.span().subspan(0, 0));
+  for (std::size_t i = 0; i < buffer.size(); ++i) ASSERT_EQ(buffer.data()[i], 0xCD) << i;
 }
 
 TEST(Buffer, SmallBufferStartsOnAPageBoundary) {

@@ -621,7 +621,8 @@ class GatedFetcher final : public netfetch::ChunkFetcher {
   explicit GatedFetcher(std::vector<std::uint8_t> bytes) : bytes_(std::move(bytes)) {}
 
   Status Fetch(const netfetch::ChunkRef& chunk, std::span<std::uint8_t> dst, TimePoint,
-               const netfetch::VerifiedCallback& on_verified) override {
+               const netfetch::VerifiedCallback& on_verified,
+               const netfetch::PauseCallback&) override {
     if (chunk.size != bytes_.size()) return DataLossError("unexpected chunk");
     started_ = true;
     std::size_t delivered = 0;
@@ -639,7 +640,7 @@ class GatedFetcher final : public netfetch::ChunkFetcher {
     return Status::Ok();
   }
   Status FetchBlocks(const netfetch::ChunkRef&, std::size_t, std::size_t, std::span<std::uint8_t>,
-                     TimePoint) override {
+                     TimePoint, const netfetch::PauseCallback&) override {
     return InternalError("not expected");
   }
   void Release(std::size_t upto) {
@@ -658,6 +659,82 @@ class GatedFetcher final : public netfetch::ChunkFetcher {
   std::condition_variable cv_;
   std::size_t released_ = 0;  // GUARDED_BY(mu_)
 };
+
+// Serves two chunks: `down`, whose every replica fails until Up(), so its fetch pauses between
+// rounds through the store's PauseCallback, and `up`, served at once.
+class DownThenUpFetcher final : public netfetch::ChunkFetcher {
+ public:
+  DownThenUpFetcher(std::vector<std::uint8_t> down, std::vector<std::uint8_t> up)
+      : down_(std::move(down)), up_(std::move(up)) {}
+
+  Status Fetch(const netfetch::ChunkRef& chunk, std::span<std::uint8_t> dst, TimePoint,
+               const netfetch::VerifiedCallback& on_verified,
+               const netfetch::PauseCallback& pause) override {
+    const std::vector<std::uint8_t>& bytes = chunk.size == down_.size() ? down_ : up_;
+    if (&bytes == &down_) {
+      std::unique_lock lock(mu_);
+      while (!up_now_) {
+        lock.unlock();
+        if (!pause(100ms)) return UnavailableError("paused past the deadline");
+        lock.lock();
+        ++pauses_;
+        cv_.notify_all();
+        cv_.wait_for(lock, 1ms);
+      }
+    }
+    std::memcpy(dst.data(), bytes.data(), bytes.size());
+    if (on_verified) on_verified(bytes.size());
+    return Status::Ok();
+  }
+  Status FetchBlocks(const netfetch::ChunkRef&, std::size_t, std::size_t, std::span<std::uint8_t>,
+                     TimePoint, const netfetch::PauseCallback&) override {
+    return InternalError("not expected");
+  }
+  bool WaitForPause() {
+    std::unique_lock lock(mu_);
+    return cv_.wait_for(lock, testing::kPollLimit, [&] { return pauses_ > 0; });
+  }
+  void Up() {
+    std::lock_guard lock(mu_);
+    up_now_ = true;
+  }
+
+ private:
+  std::vector<std::uint8_t> down_;
+  std::vector<std::uint8_t> up_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  int pauses_ = 0;       // GUARDED_BY(mu_)
+  bool up_now_ = false;  // GUARDED_BY(mu_)
+};
+
+TEST_F(ChunkStore, AFetchPausingForItsNodesLeavesItsSlotToOtherReads) {
+  std::vector<std::uint8_t> down = PatternBytes(8192, 1);
+  std::vector<std::uint8_t> up = PatternBytes(4096, 2);
+  DownThenUpFetcher fetcher(down, up);
+  // One slot in all: the fetch whose nodes are down held it, in its pauses too, until its
+  // deadline, and every other read waited that long.
+  fs::ChunkStore store(
+      cache_.get(), &fetcher, &replicas_, &clock_,
+      {.prefetch_threads = 1, .foreground_threads = 1, .max_inflight = 1, .foreground_reserve = 0});
+  store.Start();
+  std::vector<std::uint8_t> down_read(down.size());
+  std::thread waiting([&] { ASSERT_TRUE(store.Read(KeyOf(down), 0, down_read, Deadline()).ok()); });
+  ASSERT_TRUE(fetcher.WaitForPause());
+
+  std::vector<std::uint8_t> up_read(up.size());
+  fs::ChunkKey up_key = KeyOf(up);
+  up_key.chunk_id = 2;
+  auto other =
+      std::async(std::launch::async, [&] { return store.Read(up_key, 0, up_read, Deadline()); });
+  const bool served = other.wait_for(20s) == std::future_status::ready;
+  fetcher.Up();
+  waiting.join();
+  ASSERT_TRUE(served) << "a read waited for the slot of a fetch that pauses";
+  CKPTFS_ASSERT_OK(other.get());
+  EXPECT_EQ(up_read, up);
+  EXPECT_EQ(down_read, down) << "the paused fetch took a slot again and delivered";
+}
 
 TEST_F(ChunkStore, ReaderOfTheStartOfAChunkGoesBeforeTheRestHasArrived) {
   std::vector<std::uint8_t> bytes = PatternBytes(8192, 3);
@@ -687,13 +764,14 @@ class PrefixThenFailFetcher final : public netfetch::ChunkFetcher {
   PrefixThenFailFetcher(std::vector<std::uint8_t> bytes, std::size_t prefix)
       : bytes_(std::move(bytes)), prefix_(prefix) {}
   Status Fetch(const netfetch::ChunkRef&, std::span<std::uint8_t> dst, TimePoint,
-               const netfetch::VerifiedCallback& on_verified) override {
+               const netfetch::VerifiedCallback& on_verified,
+               const netfetch::PauseCallback&) override {
     std::memcpy(dst.data(), bytes_.data(), prefix_);
     if (on_verified) on_verified(prefix_);
     return UnavailableError("connection reset in the middle of the chunk");
   }
   Status FetchBlocks(const netfetch::ChunkRef&, std::size_t, std::size_t, std::span<std::uint8_t>,
-                     TimePoint) override {
+                     TimePoint, const netfetch::PauseCallback&) override {
     return InternalError("not expected");
   }
 

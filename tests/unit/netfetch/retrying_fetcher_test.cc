@@ -181,6 +181,62 @@ TEST_F(RetryingFetcher, AllReplicasDownReturnsDeadlineExceededAtTheDeadline) {
   EXPECT_EQ(fetcher->counters().failed_fetches, 1u);
 }
 
+TEST_F(RetryingFetcher, PausesBetweenRoundsGoToThePauseCallbackWhichMayEndTheFetch) {
+  TestChunk chunk = MakeChunk(5, {1, 2});
+  Fail(1, chunk);
+  Fail(2, chunk);
+  auto fetcher = MakeFetcher();
+  std::vector<std::uint8_t> out(chunk.ref.size);
+  std::vector<Duration> pauses;
+  const TimePoint start = clock_.Now();
+  const netfetch::PauseCallback pause = [&](Duration d) {
+    pauses.push_back(d);
+    clock_.Advance(d);
+    return pauses.size() < 3;
+  };
+  Status status = fetcher->Fetch(chunk.ref, out, clock_.Now() + 1h, {}, pause);
+  EXPECT_EQ(status.code(), StatusCode::kDeadlineExceeded) << status.ToString();
+  EXPECT_NE(status.message().find("HTTP 503"), std::string::npos) << status.ToString();
+  // Each round asks both replicas, and the fetch ends at the pause that said no.
+  EXPECT_EQ(pauses, (std::vector<Duration>{options_.round_pause, options_.round_pause * 2,
+                                           options_.round_pause * 4}));
+  EXPECT_EQ(transport_.TotalCalls(), 6);
+  EXPECT_EQ(clock_.Now() - start, options_.round_pause * 7) << "the fetcher slept on its own";
+
+  // The same for blocks.
+  TestChunk blocks = MakeChunk(6, {1, 2}, 4 * 4096);
+  blocks.ref.block_size = 4096;
+  for (std::size_t b = 0; b < 4; ++b) {
+    blocks.ref.blocks.push_back(Sha256(blocks.bytes.data() + b * 4096, 4096));
+  }
+  Fail(1, blocks);
+  Fail(2, blocks);
+  pauses.clear();
+  std::vector<std::uint8_t> two(2 * 4096);
+  status = fetcher->FetchBlocks(blocks.ref, 1, 3, two, clock_.Now() + 1h, pause);
+  EXPECT_EQ(status.code(), StatusCode::kDeadlineExceeded) << status.ToString();
+  EXPECT_EQ(pauses.size(), 3u);
+}
+
+TEST_F(RetryingFetcher, AFetchThatGoesOnAfterItsPausesStillDelivers) {
+  TestChunk chunk = MakeChunk(5, {1, 2});
+  FailOnce(1, chunk);
+  FailOnce(2, chunk);
+  Serve(1, chunk);
+  Serve(2, chunk);
+  auto fetcher = MakeFetcher();
+  std::vector<std::uint8_t> out(chunk.ref.size);
+  int pauses = 0;
+  Status status = fetcher->Fetch(chunk.ref, out, clock_.Now() + 1h, {}, [&](Duration d) {
+    ++pauses;
+    clock_.Advance(d);
+    return true;
+  });
+  ASSERT_TRUE(status.ok()) << status.ToString();
+  EXPECT_EQ(out, chunk.bytes);
+  EXPECT_EQ(pauses, 1);
+}
+
 TEST_F(RetryingFetcher, FailedNodeIsTriedLastWhileBackingOff) {
   TestChunk chunk = MakeChunk(6, {1, 2});
   FailOnce(1, chunk);
