@@ -82,8 +82,9 @@ Result<std::vector<FileSystem::Part>> FileSystem::GatherRange(std::uint64_t file
                 static_cast<std::size_t>(to - from), ChunkData{}};
     CKPTFS_ASSIGN_OR_RETURN(piece.data,
                             store_->Get(piece.key, piece.offset, piece.length, access, deadline));
-    if (piece.data.bytes == nullptr)
+    if (piece.data.bytes == nullptr) {
       from_disk.push_back(AlignedReadSize(piece.offset, piece.length));
+    }
     pieces.push_back(std::move(piece));
   }
   std::vector<std::shared_ptr<Buffer>> scratch = TakeScratch(from_disk);
