@@ -202,7 +202,7 @@ Result<CheckReport> Check(const CheckOptions& options, netfetch::Transport& tran
   LocalIndexes local(transport, options.temp_dir, "ckptfs-check");
   CKPTFS_ASSIGN_OR_RETURN(const std::string path, local.Get(options.index_path));
   CKPTFS_ASSIGN_OR_RETURN(std::unique_ptr<index::IndexReader> index,
-                          index::IndexReader::Open(path));
+                          index::IndexReader::Open(path, options.index_sha256));
   std::vector<netfetch::NodeEndpoint> nodes;
   for (const index::Node& node : index->nodes()) nodes.push_back({node.id, node.name, node.url});
   CKPTFS_RETURN_IF_ERROR(OverrideNodeUrls(options.node_urls, "--node ", nodes));

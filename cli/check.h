@@ -15,10 +15,12 @@
 
 #include <cstdint>
 #include <map>
+#include <optional>
 #include <ostream>
 #include <string>
 #include <vector>
 
+#include "common/digest.h"
 #include "common/result.h"
 #include "netfetch/transport.h"
 
@@ -34,6 +36,9 @@ struct CheckOptions {
   // Node name → URL to ask instead of the index's (another network's name for the same node),
   // as a mount's node.NAME=URL.
   std::map<std::string, std::string> node_urls;
+  // The SHA-256 the index must have (--index-sha256, as publish prints it): another version is
+  // refused before anything is asked of the nodes.
+  std::optional<Digest> index_sha256;
 };
 
 // What became of the replicas of one node (or of all of them).

@@ -33,12 +33,20 @@ constexpr std::string_view kTempMark = ".tmp.";
 // Every index still in use: an object is needed when any of them lists it.
 class Indexes {
  public:
-  static Result<Indexes> Open(const std::vector<std::string>& paths, LocalIndexes& local) {
+  static Result<Indexes> Open(const std::vector<std::string>& paths,
+                              std::span<const Digest> sha256s, LocalIndexes& local) {
     if (paths.empty()) return InvalidArgumentError("name at least one index that is in use");
+    if (!sha256s.empty() && sha256s.size() != paths.size()) {
+      return InvalidArgumentError("--index-sha256 given " + std::to_string(sha256s.size()) +
+                                  " times for " + std::to_string(paths.size()) +
+                                  " indexes: give one per index, in their order");
+    }
     Indexes indexes;
-    for (const std::string& path : paths) {
+    for (std::size_t i = 0; i < paths.size(); ++i) {
+      const std::string& path = paths[i];
       CKPTFS_ASSIGN_OR_RETURN(const std::string file, local.Get(path));  // Names a URL.
-      Result<std::unique_ptr<index::IndexReader>> reader = index::IndexReader::Open(file);
+      Result<std::unique_ptr<index::IndexReader>> reader = index::IndexReader::Open(
+          file, sha256s.empty() ? std::nullopt : std::optional<Digest>(sha256s[i]));
       if (!reader.ok()) {
         const Status& error = reader.status();
         return error.message().find(path) == std::string::npos ? error.WithContext("index " + path)
@@ -238,7 +246,8 @@ Result<GcReport> CollectGarbage(const GcOptions& options, netfetch::Transport& t
         << "\n";
   }
   LocalIndexes local(transport, options.temp_dir, "ckptfs-gc");
-  CKPTFS_ASSIGN_OR_RETURN(Indexes indexes, Indexes::Open(options.index_paths, local));
+  CKPTFS_ASSIGN_OR_RETURN(Indexes indexes,
+                          Indexes::Open(options.index_paths, options.index_sha256s, local));
   Collector collector(options, indexes, leases);
   GcReport total;
   for (const std::string& store : options.stores) {

@@ -22,6 +22,7 @@
 #include <string>
 #include <vector>
 
+#include "common/digest.h"
 #include "common/result.h"
 #include "netfetch/transport.h"
 
@@ -29,6 +30,9 @@ namespace ckptfs::cli {
 
 struct GcOptions {
   std::vector<std::string> index_paths;  // Every index still in use: files or http(s) URLs.
+  // Empty, or the SHA-256 each of index_paths must have, in the same order (--index-sha256):
+  // gc reads nothing of a store while another version of an index is there.
+  std::vector<Digest> index_sha256s;
   // Where index URLs are downloaded to (and removed after); empty: $TMPDIR, else /tmp.
   std::string temp_dir;
   std::vector<std::string> stores;  // Store directories, as given to publish --store.

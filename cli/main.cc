@@ -11,6 +11,7 @@
 #include <iomanip>
 #include <iostream>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -24,6 +25,7 @@
 #include "cli/stats.h"
 #include "cli/warmup.h"
 #include "common/clock.h"
+#include "common/digest.h"
 #include "common/units.h"
 #include "fs/cache_verify.h"
 #include "fs/disk_cache.h"
@@ -110,9 +112,26 @@ int RunPublish(const PublishArgs& args) {
   return status.ok() ? 0 : Fail(status);
 }
 
+// The digest of --index-sha256 HEX, as publish prints it.
+Result<Digest> IndexSha256Option(const std::string& hex) {
+  std::optional<Digest> digest = Digest::FromHex(hex);
+  if (!digest.has_value()) {
+    return InvalidArgumentError(
+        "--index-sha256 must be 64 hex digits, the SHA-256 that publish "
+        "printed for the index, not '" +
+        hex + "'");
+  }
+  return *digest;
+}
+
 // Exit status 1 when any replica is bad, after the report: a script can act on it.
 int RunCheck(CheckOptions options, const std::vector<std::string>& nodes,
-             const NetworkArgs& network_args) {
+             const std::string& index_sha256, const NetworkArgs& network_args) {
+  if (!index_sha256.empty()) {
+    Result<Digest> digest = IndexSha256Option(index_sha256);
+    if (!digest.ok()) return Fail(digest.status());
+    options.index_sha256 = *digest;
+  }
   for (const std::string& node : nodes) {
     Result<std::pair<std::string, std::string>> kv = SplitAssignment(node, "--node");
     if (!kv.ok()) return Fail(kv.status());
@@ -125,7 +144,13 @@ int RunCheck(CheckOptions options, const std::vector<std::string>& nodes,
   return report->all.bad() == 0 ? 0 : kExitError;
 }
 
-int RunGc(GcOptions options, double min_age_seconds, const NetworkArgs& network_args) {
+int RunGc(GcOptions options, double min_age_seconds, const std::vector<std::string>& sha256s,
+          const NetworkArgs& network_args) {
+  for (const std::string& hex : sha256s) {
+    Result<Digest> digest = IndexSha256Option(hex);
+    if (!digest.ok()) return Fail(digest.status());
+    options.index_sha256s.push_back(*digest);
+  }
   constexpr double kCentury = 100 * 365.25 * 24 * 3600;  // Beyond it: everything is recent.
   options.min_age =
       std::chrono::seconds(static_cast<std::int64_t>(std::min(min_age_seconds, kCentury)));
@@ -348,6 +373,9 @@ int Main(int argc, char** argv) {
   std::vector<std::string> check_nodes;
   check->add_option("--node", check_nodes,
                     "NAME=URL: ask node NAME at URL instead of the index's (repeat for more)");
+  std::string check_sha256;
+  check->add_option("--index-sha256", check_sha256,
+                    "HEX: check only the index with this SHA-256 (as publish printed it)");
   NetworkArgs check_network;
   AddNetworkOptions(check, check_network);
 
@@ -364,6 +392,9 @@ int Main(int argc, char** argv) {
   gc->add_option("--min-age", gc_min_age,
                  "Keep every file modified less than this many seconds ago (default 3600)")
       ->check(CLI::NonNegativeNumber);
+  std::vector<std::string> gc_sha256s;
+  gc->add_option("--index-sha256", gc_sha256s,
+                 "HEX: the SHA-256 each index must have, one per index in their order (repeat)");
   NetworkArgs gc_network;
   AddNetworkOptions(gc, gc_network);
 
@@ -424,9 +455,9 @@ int Main(int argc, char** argv) {
   if (pub->parsed()) {
     rc = RunPublish(publish);
   } else if (check->parsed()) {
-    rc = RunCheck(check_options, check_nodes, check_network);
+    rc = RunCheck(check_options, check_nodes, check_sha256, check_network);
   } else if (gc->parsed()) {
-    rc = RunGc(gc_options, gc_min_age, gc_network);
+    rc = RunGc(gc_options, gc_min_age, gc_sha256s, gc_network);
   } else if (warm->parsed()) {
     rc = RunWarmup(warmup_index, warmup_option_lists, std::move(warmup_options));
   } else {

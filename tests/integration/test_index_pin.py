@@ -79,6 +79,35 @@ def test_a_local_index_mounts_only_with_its_own_sha256(published, mount):
     assert "option index_sha256 must be 64 hex digits" in line, line
 
 
+def test_check_and_gc_take_only_the_index_version_they_are_pinned_to(published):
+    printed = _printed_sha256(published.result)
+    other = hashlib.sha256(b"another index").hexdigest()
+    check = [ckptfs_cli.ckptfs_bin(), "check", published.index]
+    stores = [arg for node in published.nodes for arg in ("--store", node.store_dir)]
+    gc = [ckptfs_cli.ckptfs_bin(), "gc", published.index, *stores, "--min-age", "0"]
+    objects = {node.name: node.objects() for node in published.nodes}
+
+    for args in (check + ["--index-sha256", other], gc + ["--delete", "--index-sha256", other]):
+        result = ckptfs_cli.run(args, timeout=120)
+        assert result.returncode == 1, result.describe()
+        assert result.stderr_lines() == [f"ckptfs: index {published.index} has SHA-256 {printed}, "
+                                         f"not the {other} asked for"], result.describe()
+    result = ckptfs_cli.run(gc + ["--index-sha256", printed, "--index-sha256", printed])
+    assert result.returncode == 1 and result.stderr_lines() == [
+        "ckptfs: --index-sha256 given 2 times for 1 indexes: give one per index, in their order"
+    ], result.describe()
+    result = ckptfs_cli.run(check + ["--index-sha256", printed[:63]])
+    assert result.returncode == 1, result.describe()
+    assert "--index-sha256 must be 64 hex digits" in result.stderr, result.describe()
+    assert not any(node.log_lines() for node in published.nodes), "a refused check asked the nodes"
+    assert {node.name: node.objects() for node in published.nodes} == objects
+
+    result = ckptfs_cli.run(check + ["--index-sha256", printed.upper()], timeout=120)
+    assert result.returncode == 0, result.describe()
+    result = ckptfs_cli.run(gc + ["--index-sha256", printed], timeout=120)  # Tells, removes nothing.
+    assert result.returncode == 0 and "all stores:" in result.stdout, result.describe()
+
+
 def test_a_pinned_index_url_mounts_its_version_after_the_url_moved_on_and_with_its_server_down(
         cluster, test_dir, mount):
     first, second = _version(test_dir, "first", 51), _version(test_dir, "second", 52)

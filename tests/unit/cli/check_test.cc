@@ -14,6 +14,7 @@
 
 #include "cli/publish.h"
 #include "common/digest.h"
+#include "common/file_io.h"
 #include "index/types.h"
 #include "tests/support/fake_clock.h"
 #include "tests/support/pattern_bytes.h"
@@ -91,6 +92,24 @@ TEST_F(Check, EveryReplicaThereIsOk) {
   EXPECT_NE(output_.str().find("checked 6 chunks, 12 replicas (HEAD and size): 12 ok"),
             std::string::npos)
       << output_.str();
+}
+
+TEST_F(Check, AnIndexPinnedToAnotherSha256IsRefusedBeforeAnyRequest) {
+  CKPTFS_ASSERT_OK_AND_ASSIGN(std::vector<std::uint8_t> bytes,
+                              ReadWholeFile(temp_.Path("index.db")));
+  CheckOptions options;
+  options.index_path = temp_.Path("index.db");
+  options.index_sha256 = Sha256("another version", 15);
+  const int publish_calls = transport_.TotalCalls();
+  Result<CheckReport> refused = cli::Check(options, transport_, output_);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.status().code(), StatusCode::kFailedPrecondition)
+      << refused.status().ToString();
+  EXPECT_EQ(transport_.TotalCalls(), publish_calls);
+
+  options.index_sha256 = Sha256(bytes.data(), bytes.size());
+  CKPTFS_ASSERT_OK_AND_ASSIGN(CheckReport report, cli::Check(options, transport_, output_));
+  EXPECT_EQ(report.all.ok, 2u * kChunks);
 }
 
 TEST_F(Check, MissingWrongSizeAndUnreachableReplicasAreToldApart) {

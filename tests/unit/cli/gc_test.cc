@@ -165,6 +165,37 @@ TEST_F(Gc, AnIndexGivenByUrlIsDownloadedAndKeepsWhatItLists) {
   }
 }
 
+TEST_F(Gc, AnIndexPinnedToAnotherSha256IsRefusedWithNothingRemoved) {
+  const std::set<std::string> before = Files(), v2 = ObjectsOf("v2");
+  CKPTFS_ASSERT_OK_AND_ASSIGN(std::vector<std::uint8_t> bytes, ReadWholeFile(Index("v2")));
+  const Digest right = Sha256(bytes.data(), bytes.size());
+  GcOptions options;
+  options.index_paths = {Index("v2")};
+  options.stores = {Store(0), Store(1)};
+  options.remove = true;
+  options.index_sha256s = {Sha256("another version", 15)};
+  Result<GcReport> refused = cli::CollectGarbage(options, transport_, output_);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.status().code(), StatusCode::kFailedPrecondition)
+      << refused.status().ToString();
+  EXPECT_NE(refused.status().message().find(right.Hex()), std::string::npos)
+      << refused.status().ToString();
+  EXPECT_EQ(Files(), before);
+
+  options.index_sha256s = {right, right};
+  refused = cli::CollectGarbage(options, transport_, output_);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_NE(refused.status().message().find("--index-sha256 given 2 times for 1 indexes"),
+            std::string::npos)
+      << refused.status().ToString();
+  EXPECT_EQ(Files(), before);
+
+  options.index_sha256s = {right};
+  CKPTFS_ASSERT_OK_AND_ASSIGN(GcReport report, cli::CollectGarbage(options, transport_, output_));
+  EXPECT_EQ(report.unneeded_objects, 3u) << output_.str();
+  EXPECT_EQ(Files(), v2);
+}
+
 TEST_F(Gc, WithoutDeleteItOnlyTellsWhatItWouldRemove) {
   const std::set<std::string> before = Files();
   CKPTFS_ASSERT_OK_AND_ASSIGN(GcReport report, Run({"v2"}, /*remove=*/false));
