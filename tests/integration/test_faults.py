@@ -427,7 +427,9 @@ def test_a_node_that_thaws_answers_its_probe_and_is_read_from_again(published, m
     stats = ckptfs_cli.mount_stats(mnt.mountpoint)
     assert stats["fetch.probes"] >= 1 and stats["fetch.failed_probes"] == 0, stats
     assert stats[f"node.{frozen.name}.awaiting_probe"] == 0, stats
-    assert stats["fetch.failed_attempts"] == 1, stats
+    # The one stall; attempts left as too slow, which TSan's slowdown brings, are not stalls.
+    assert stats["fetch.failed_attempts"] - stats["fetch.slow_attempts"] == 1, {
+        k: v for k, v in stats.items() if k.startswith(("fetch.", "node."))}
     probes = [(digest, sent) for digest, sent in frozen.range_gets() if sent == 1]
     assert probes, f"no 1-byte probe reached {frozen.name}: {frozen.log_lines()}"
     served = settle_chunk_gets([frozen])[frozen.name]
