@@ -178,7 +178,12 @@ def test_sequential_read_fetches_each_chunk_of_the_file_once(published, mount):
     extra = set(sent) - set(wanted) - siblings
     assert not extra, f"fetched chunks of neither the file nor its siblings: {sorted(extra)[:3]}"
     wrong = {d: (n, sizes[d]) for d, n in sent.items() if d in sizes and n != sizes[d]}
-    assert not wrong, f"chunks of the file not sent exactly once (bytes, size): {wrong}"
+    # An attempt left as too slow (TSan's slowdown brings some) resumes elsewhere after its
+    # verified blocks: its chunk is sent once and a part, never twice.
+    slow = ckptfs_cli.mount_stats(mnt.mountpoint)["fetch.slow_attempts"]
+    resent = {d: (n, size) for d, (n, size) in wrong.items() if size < n < 2 * size}
+    assert len(resent) <= slow and wrong == resent, (
+        f"chunks of the file not sent exactly once (bytes, size): {wrong}; {slow} slow attempts")
 
 
 def test_a_sequential_read_takes_every_chunk_from_memory_not_back_from_the_disk_cache(
