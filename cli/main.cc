@@ -112,23 +112,11 @@ int RunPublish(const PublishArgs& args) {
   return status.ok() ? 0 : Fail(status);
 }
 
-// The digest of --index-sha256 HEX, as publish prints it.
-Result<Digest> IndexSha256Option(const std::string& hex) {
-  std::optional<Digest> digest = Digest::FromHex(hex);
-  if (!digest.has_value()) {
-    return InvalidArgumentError(
-        "--index-sha256 must be 64 hex digits, the SHA-256 that publish "
-        "printed for the index, not '" +
-        hex + "'");
-  }
-  return *digest;
-}
-
 // Exit status 1 when any replica is bad, after the report: a script can act on it.
 int RunCheck(CheckOptions options, const std::vector<std::string>& nodes,
              const std::string& index_sha256, const NetworkArgs& network_args) {
   if (!index_sha256.empty()) {
-    Result<Digest> digest = IndexSha256Option(index_sha256);
+    Result<Digest> digest = ParseIndexSha256(index_sha256, "--index-sha256");
     if (!digest.ok()) return Fail(digest.status());
     options.index_sha256 = *digest;
   }
@@ -147,7 +135,7 @@ int RunCheck(CheckOptions options, const std::vector<std::string>& nodes,
 int RunGc(GcOptions options, double min_age_seconds, const std::vector<std::string>& sha256s,
           const NetworkArgs& network_args) {
   for (const std::string& hex : sha256s) {
-    Result<Digest> digest = IndexSha256Option(hex);
+    Result<Digest> digest = ParseIndexSha256(hex, "--index-sha256");
     if (!digest.ok()) return Fail(digest.status());
     options.index_sha256s.push_back(*digest);
   }

@@ -13,6 +13,17 @@
 
 namespace ckptfs::cli {
 
+Result<Digest> ParseIndexSha256(std::string_view hex, std::string_view option) {
+  std::optional<Digest> digest = Digest::FromHex(hex);
+  if (!digest.has_value()) {
+    return InvalidArgumentError(std::string(option) +
+                                " must be 64 hex digits, the SHA-256 that ckptfs publish printed "
+                                "for the index; got '" +
+                                std::string(hex) + "'");
+  }
+  return *digest;
+}
+
 namespace {
 
 // Words that mount(8) and fstab(5) use for themselves, acted on before a mount runs (user mounts,
@@ -82,13 +93,7 @@ Status ApplyOne(const std::string& key, const std::string& value, bool has_value
     options.debug = true;
   } else if (key == "index_sha256") {
     CKPTFS_RETURN_IF_ERROR(need_value());
-    options.index_sha256 = Digest::FromHex(value);
-    if (!options.index_sha256.has_value()) {
-      return InvalidArgumentError(
-          "option index_sha256 must be 64 hex digits, the SHA-256 that "
-          "ckptfs publish printed for the index; got '" +
-          value + "'");
-    }
+    CKPTFS_ASSIGN_OR_RETURN(options.index_sha256, ParseIndexSha256(value, "option index_sha256"));
   } else if (key == "cache_dir") {
     CKPTFS_RETURN_IF_ERROR(need_value());
     options.cache_dir = value;

@@ -7,6 +7,7 @@
 #include <map>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "common/clock.h"
@@ -61,6 +62,10 @@ struct MountOptions {
 // say "ro" ("defaults" included), so from there it is taken as the generic default it is; on the
 // command line it is a request that cannot be met.
 enum class OptionSource { kCommandLine, kMount8 };
+
+// The SHA-256 an index must have, given as 64 hex digits (as publish prints it) to `option`
+// (its name in the error: "option index_sha256", "--index-sha256").
+Result<Digest> ParseIndexSha256(std::string_view hex, std::string_view option);
 
 // Applies one comma-separated -o list (may be called once per -o). Unknown options and bad values
 // are InvalidArgument naming the option. The mount is read-only, nosuid and nodev whatever is
