@@ -195,8 +195,10 @@ struct RetryOptions {
   // slow_transfer_grace and, at the speed it has had so far, would take more than
   // slow_transfer_factor times as long for its remaining bytes as the fastest measured healthy
   // replica still to try (at that node's measured speed), and more than slow_transfer_grace
-  // longer, is left for that replica, its verified bytes kept (a resume); it fails as a slow
-  // attempt does (backoff, probe). Zero factor: never.
+  // longer, is left for that replica, its verified bytes kept (a resume). The speed it had
+  // becomes the node's measured speed, which orders the replicas (speed_memory); the node is not
+  // backed off, since it answers: a backoff would rank it with nodes that do not. Zero factor:
+  // never.
   double slow_transfer_factor = 4;
   // A node's measured speed orders the replicas for this long after its last measured transfer
   // (the fastest node first, each request under way counting as one more for the node to
@@ -333,6 +335,10 @@ class RetryingFetcher final : public ChunkFetcher {
   // Fetch of `chunk` as `parts` parallel Range GETs (REQUIRES: parts > 1, block digests).
   Status FetchInParts(const ChunkRef& chunk, std::span<std::uint8_t> dst, TimePoint deadline,
                       const VerifiedCallback& on_verified, std::size_t parts);
+  // `nodes` but those measured lately as more than slow_transfer_factor times slower than the
+  // fastest of them: the nodes that a part of a split fetch may start on without being left as
+  // too slow.
+  std::vector<NodeState*> WithoutFarSlower(std::span<NodeState* const> nodes);
   // The measured speed (bytes per second) of the fastest of `nodes` that is not backing off,
   // and its name; 0 when none is measured.
   std::pair<double, std::string> FastestMeasured(std::span<NodeState* const> nodes);
@@ -355,6 +361,9 @@ class RetryingFetcher final : public ChunkFetcher {
   // `took`: how long the failed attempt (or probe: `ends_probe`) on `url` ran.
   void RecordFailure(NodeState& node, const Status& error, Duration took, const std::string& url,
                      bool ends_probe = false);
+  // An attempt on `node` was left as too slow (`why`) at `speed` bytes per second: that is its
+  // measured speed now, which puts it behind faster replicas for speed_memory.
+  void RecordSlow(NodeState& node, double speed, const Status& why);
   // The least backoff after an attempt that failed after `took`, the node's `failures`-th failure
   // in a row (RetryOptions::slow_failure_factor).
   Duration SlowFailureBackoff(Duration took, int failures) const;

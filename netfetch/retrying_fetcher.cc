@@ -81,8 +81,13 @@ struct RetryingFetcher::NodeState {
   std::string probe_url;      // The object of its latest slow failure.
   // Greeted, and no answer or failure from it since: asked after the nodes that answered.
   bool unanswered = false;
+  bool left_as_slow = false;  // An attempt was left as too slow since its last success.
 
   bool BackingOff(TimePoint now) const { return now < not_before || awaiting_probe; }
+  // Its measured speed if measured within `memory` of `now`, else 0.
+  double RecentSpeed(TimePoint now, Duration memory) const {
+    return now - speed_measured_at < memory ? bytes_per_second : 0;
+  }
 };
 
 RetryingFetcher::RetryingFetcher(std::vector<NodeEndpoint> nodes, Transport* transport,
@@ -259,18 +264,20 @@ Status RetryingFetcher::FetchInParts(const ChunkRef& chunk, std::span<std::uint8
   }
   // Part k starts on the k-th healthy replica, round robin, so that parts share out the nodes;
   // on those that have answered their greeting, when any has (a node down since the mount is
-  // found by its greeting). The order is taken once: parts starting together would all see the
-  // same nodes idle.
+  // found by its greeting), and not on one far slower than the others (its part would be left
+  // as too slow after the grace, and the whole chunk wait for it). The order is taken once:
+  // parts starting together would all see the same nodes idle.
   std::size_t healthy = 0;
   std::size_t answered = 0;
   const std::vector<NodeState*> order = OrderReplicas(chunk, &healthy, &answered);
   if (answered > 0) healthy = answered;
+  const std::vector<NodeState*> starts = WithoutFarSlower(std::span(order).first(healthy));
   static const PauseCallback kSleep;
   const auto run_part = [&](std::size_t k, const VerifiedCallback& progress) {
     Verifier verifier(chunk, ranges[k].offset, dst.subspan(ranges[k].offset, ranges[k].length),
                       progress);
     return RunRounds(chunk, verifier, deadline, "part " + std::to_string(k) + " of chunk " + hex,
-                     kSleep, healthy > 0 ? order[k % healthy] : nullptr);
+                     kSleep, starts.empty() ? nullptr : starts[k % starts.size()]);
   };
   static const VerifiedCallback kNobody;
   // Helper thread k - 1 runs part k and writes results[k]; joining it is what makes that visible.
@@ -418,7 +425,7 @@ std::vector<RetryingFetcher::NodeState*> RetryingFetcher::OrderReplicas(const Ch
   {
     std::lock_guard lock(mu_);
     const auto measured = [&](const NodeState& node) {
-      return node.bytes_per_second > 0 && now - node.speed_measured_at < options_.speed_memory;
+      return node.RecentSpeed(now, options_.speed_memory) > 0;
     };
     // A node not measured lately counts as fast as the fastest, so that it gets measured, and
     // a node that was slow once is tried again now and then.
@@ -465,6 +472,27 @@ std::vector<RetryingFetcher::NodeState*> RetryingFetcher::OrderReplicas(const Ch
   ordered.reserve(candidates.size());
   for (const Candidate& c : candidates) ordered.push_back(c.node);
   return ordered;
+}
+
+std::vector<RetryingFetcher::NodeState*> RetryingFetcher::WithoutFarSlower(
+    std::span<NodeState* const> nodes) {
+  const TimePoint now = clock_->Now();
+  std::lock_guard lock(mu_);
+  double fastest = 0;
+  for (const NodeState* node : nodes) {
+    fastest = std::max(fastest, node->RecentSpeed(now, options_.speed_memory));
+  }
+  std::vector<NodeState*> kept;
+  kept.reserve(nodes.size());
+  for (NodeState* node : nodes) {
+    const double speed = node->RecentSpeed(now, options_.speed_memory);
+    // Not measured lately: as fast as the fastest, as in OrderReplicas.
+    if (speed <= 0 || options_.slow_transfer_factor <= 0 ||
+        speed * options_.slow_transfer_factor >= fastest) {
+      kept.push_back(node);
+    }
+  }
+  return kept;
 }
 
 std::pair<double, std::string> RetryingFetcher::FastestMeasured(std::span<NodeState* const> nodes) {
@@ -524,6 +552,7 @@ Status RetryingFetcher::TryReplica(NodeState& node, const ChunkRef& chunk, Verif
   const Duration took = clock_->Now() - start;
   // A transport need not report every byte: what it returned OK is verified here.
   if (status.ok()) verifier.Advance(verifier.dst().size());
+  bool left_as_slow = false;
   if (const std::optional<std::size_t> block = verifier.mismatch()) {
     ++counters_.digest_mismatches;
     status =
@@ -536,6 +565,7 @@ Status RetryingFetcher::TryReplica(NodeState& node, const ChunkRef& chunk, Verif
     status = Status::Ok();
   } else if (too_slow) {
     ++counters_.slow_attempts;
+    left_as_slow = true;
     status = UnavailableError(
         url + ": too slow, " + FormatRate(*too_slow) + " after " +
         std::to_string(std::chrono::ceil<std::chrono::milliseconds>(took).count()) +
@@ -547,7 +577,11 @@ Status RetryingFetcher::TryReplica(NodeState& node, const ChunkRef& chunk, Verif
     ++counters_.failed_attempts;
     status = status.WithContext("node " + node.endpoint.name);
     LogDebug("fetch attempt failed: " + status.ToString());
-    RecordFailure(node, status, took, url);
+    if (left_as_slow) {
+      RecordSlow(node, *too_slow, status);
+    } else {
+      RecordFailure(node, status, took, url);
+    }
     return status;
   }
   RecordSuccess(node, rest.size(), took, first_byte_at ? *first_byte_at - start : Duration{});
@@ -592,6 +626,7 @@ void RetryingFetcher::RecordSuccess(NodeState& node, std::uint64_t bytes, Durati
     node.not_before = TimePoint{};
     node.awaiting_probe = false;
     node.unanswered = false;
+    node.left_as_slow = false;
     // A transfer that took no measurable time says nothing about speed, nor a first byte that
     // came at once (a test's clock) about how soon the node answers.
     if (took > Duration::zero() && bytes > 0 && bytes >= options_.min_speed_sample_bytes) {
@@ -629,6 +664,25 @@ void RetryingFetcher::RecordFailure(NodeState& node, const Status& error, Durati
   if (was_healthy) {
     LogWarning("node " + node.endpoint.name + " (" + node.endpoint.url +
                ") is failing; trying other replicas first: " + error.ToString());
+  }
+}
+
+void RetryingFetcher::RecordSlow(NodeState& node, double speed, const Status& why) {
+  bool newly_slow = false;
+  {
+    std::lock_guard lock(mu_);
+    // Its speed now, not an average: the attempt ran for the grace at least, and was far below
+    // what the node had been measured at. No backoff: that would rank the node with nodes that
+    // do not answer at all, and a read whose other replicas are those would wait for them.
+    node.bytes_per_second = speed;
+    node.speed_measured_at = clock_->Now();
+    node.unanswered = false;
+    newly_slow = !node.left_as_slow;
+    node.left_as_slow = true;
+  }
+  if (newly_slow) {
+    LogWarning("node " + node.endpoint.name + " (" + node.endpoint.url +
+               ") is slow; reading from faster replicas first: " + why.ToString());
   }
 }
 

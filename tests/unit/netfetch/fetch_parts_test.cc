@@ -255,5 +255,28 @@ TEST_F(FetchParts, NoPartStartsOnANodeWhoseGreetingIsUnderWay) {
   EXPECT_EQ(Sorted(transport_.Ranges(Url(1, chunk))), (Ranges{kPart0, kPart1, kPart2, kPart3}));
 }
 
+TEST_F(FetchParts, NoPartStartsOnANodeMeasuredFarSlowerThanTheOthers) {
+  TestChunk on_fast = MakeChunk(31, {1});
+  TestChunk on_slower = MakeChunk(32, {2});
+  TestChunk on_far_slower = MakeChunk(33, {3});
+  TestChunk chunk = MakeChunk(34, {1, 2, 3});
+  Serve(1, on_fast, 10ms);
+  Serve(2, on_slower, 30ms);       // 3 times slower than node1: parts still go to it.
+  Serve(3, on_far_slower, 200ms);  // 20 times slower: its part would be left as too slow.
+  for (std::int64_t id : {1, 2, 3}) Serve(id, chunk);
+  nodes_.push_back({3, "node3", "http://node3"});
+  auto fetcher = MakeFetcher();
+  ASSERT_TRUE(Fetch(*fetcher, on_fast).ok());
+  ASSERT_TRUE(Fetch(*fetcher, on_slower).ok());
+  ASSERT_TRUE(Fetch(*fetcher, on_far_slower).ok());
+
+  const Status status = Fetch(*fetcher, chunk);
+  ASSERT_TRUE(status.ok()) << status.ToString();
+  EXPECT_EQ(out_, chunk.bytes);
+  EXPECT_TRUE(transport_.Ranges(Url(3, chunk)).empty()) << "a part went to the far slower node";
+  EXPECT_EQ(Sorted(transport_.Ranges(Url(1, chunk))), (Ranges{kPart0, kPart2}));
+  EXPECT_EQ(Sorted(transport_.Ranges(Url(2, chunk))), (Ranges{kPart1, kPart3}));
+}
+
 }  // namespace
 }  // namespace ckptfs

@@ -1043,9 +1043,48 @@ TEST_F(RetryingFetcher, AnAttemptFarSlowerThanAMeasuredReplicaIsLeftForItAfterTh
   EXPECT_EQ(transport_.Calls(Url(2, chunk)), 1);
   EXPECT_EQ(fetcher->counters().slow_attempts, 1u);
   EXPECT_EQ(fetcher->counters().failed_attempts, 1u);
+  // It answers, only slowly: its speed, not a backoff, keeps the next reads on node2.
   const netfetch::NodeHealth left = HealthOf(*fetcher, 1);
-  EXPECT_TRUE(left.backing_off);
-  EXPECT_TRUE(left.awaiting_probe) << "it took 2 s: a slow failure";
+  EXPECT_FALSE(left.backing_off);
+  EXPECT_FALSE(left.awaiting_probe);
+  EXPECT_EQ(left.consecutive_failures, 0);
+  EXPECT_GT(left.bytes_per_second, 0);
+  EXPECT_LT(left.bytes_per_second * 4, HealthOf(*fetcher, 2).bytes_per_second);
+  TestChunk next = MakeChunk(95, {1, 2});
+  Serve(1, next);
+  Serve(2, next);
+  ASSERT_TRUE(Fetch(*fetcher, next, &out).ok());
+  EXPECT_EQ(transport_.Calls(Url(1, next)), 0);
+}
+
+TEST_F(RetryingFetcher, ANodeLeftAsTooSlowIsStillAskedBeforeOneThatDoesNotAnswer) {
+  TestChunk stalled = MakeChunk(110, {3, 2});
+  TestChunk fast = MakeChunk(111, {2});
+  TestChunk slow = MakeChunk(112, {1, 2}, 64 * 1024);
+  TestChunk both = MakeChunk(113, {1, 3});
+  Silence(3, stalled);
+  Serve(2, stalled);
+  Serve(2, fast, 10ms);
+  transport_.SetPieceSize(1024);
+  transport_.SetResponse(Url(1, slow), ScriptedResponse::Body(slow.bytes, 2s));
+  Serve(2, slow);
+  Serve(1, both);
+  Silence(3, both);
+  auto fetcher = MakeFetcher();
+  std::vector<std::uint8_t> out;
+  ASSERT_TRUE(Fetch(*fetcher, stalled, &out).ok());  // node3 stalls 1 s; node2 serves.
+  clock_.Advance(13s);                               // Past node3's backoff: it awaits a probe.
+  ASSERT_TRUE(HealthOf(*fetcher, 3).awaiting_probe);
+  ASSERT_TRUE(Fetch(*fetcher, fast, &out).ok());  // node2 measured.
+  ASSERT_TRUE(Fetch(*fetcher, slow, &out).ok());  // node1 left as too slow for node2.
+  ASSERT_EQ(fetcher->counters().slow_attempts, 1u);
+
+  // node1 answers, only slowly; node3 answers nothing. A chunk of both asks node1.
+  ASSERT_TRUE(Fetch(*fetcher, both, &out).ok());
+  EXPECT_EQ(out, both.bytes);
+  EXPECT_EQ(transport_.Calls(Url(3, both)), 0) << "the read stalled on node3 again";
+  EXPECT_EQ(transport_.Calls(Url(1, both)), 1);
+  EXPECT_EQ(fetcher->counters().failed_attempts, 2u);
 }
 
 TEST_F(RetryingFetcher, ASlowAttemptIsNotLeftWithoutAMeasuredReplicaOrBeforeTheGrace) {
