@@ -60,6 +60,44 @@ bool WaitUntil(std::unique_lock<std::mutex>& lock, std::condition_variable& cv, 
 
 }  // namespace
 
+// A fetch slot of `priority` (max_inflight), held from construction, when it could be had by the
+// deadline, to destruction.
+class ChunkStore::FetchSlot {
+ public:
+  FetchSlot(ChunkStore& store, Priority priority, TimePoint deadline)
+      : store_(store),
+        priority_(priority),
+        deadline_(deadline),
+        held_(store.AcquireSlot(priority, deadline)) {}
+  ~FetchSlot() {
+    if (held_) store_.ReleaseSlot();
+  }
+  FetchSlot(const FetchSlot&) = delete;
+  FetchSlot& operator=(const FetchSlot&) = delete;
+
+  bool held() const { return held_; }
+  // The pauses between a fetch's rounds over its replicas: the slot goes back for the pause and
+  // is taken again after it. A fetch whose nodes are all down pauses again and again until its
+  // deadline, and holding the slot meanwhile made every other read wait behind a few such
+  // fetches. False, ending the fetch, when no slot is had again (the deadline passed, or the
+  // store is stopping). Used while this slot lives.
+  netfetch::PauseCallback PauseWithout() {
+    return [this](Duration pause) {
+      store_.ReleaseSlot();
+      held_ = false;
+      store_.clock_->SleepFor(pause);
+      held_ = store_.AcquireSlot(priority_, deadline_);
+      return held_;
+    };
+  }
+
+ private:
+  ChunkStore& store_;
+  const Priority priority_;
+  const TimePoint deadline_;
+  bool held_;
+};
+
 ChunkStore::ChunkStore(DiskCache* cache, netfetch::ChunkFetcher* fetcher, ReplicaSource* replicas,
                        Clock* clock, ChunkStoreOptions options)
     : cache_(cache), fetcher_(fetcher), replicas_(replicas), clock_(clock), options_(options) {}
@@ -275,21 +313,20 @@ Result<ChunkData> ChunkStore::FetchIsolated(const ChunkKey& key, const index::Bl
     counters_.partial_hits++;
     return ChunkData{UniqueFd(), std::move(buffer), begin_byte};
   }
-  if (!AcquireSlot(Priority::kForeground, deadline)) {
-    return DeadlineExceededError("no fetch slot free before the deadline");
-  }
-  counters_.block_fetches++;
   Status status;
-  bool slot_held = true;
-  Result<netfetch::ChunkRef> ref = LocateChunk(*replicas_, key, blocks);
-  if (!ref.ok()) {
-    status = ref.status();
-  } else {
-    status = fetcher_->FetchBlocks(*ref, first, end, buffer->span(), deadline,
-                                   PauseWithoutSlot(Priority::kForeground, deadline, &slot_held));
-    RememberOutcome(key.digest, status);
+  {
+    FetchSlot slot(*this, Priority::kForeground, deadline);
+    if (!slot.held()) return DeadlineExceededError("no fetch slot free before the deadline");
+    counters_.block_fetches++;
+    Result<netfetch::ChunkRef> ref = LocateChunk(*replicas_, key, blocks);
+    if (!ref.ok()) {
+      status = ref.status();
+    } else {
+      status =
+          fetcher_->FetchBlocks(*ref, first, end, buffer->span(), deadline, slot.PauseWithout());
+      RememberOutcome(key.digest, status);
+    }
   }
-  if (slot_held) ReleaseSlot();
   if (!status.ok()) {
     counters_.fetch_errors++;
     return status;
@@ -401,13 +438,12 @@ void ChunkStore::Lead(const ChunkKey& key, Flight& flight, TimePoint deadline, P
   if (cache_->Contains(key.digest)) {
     // Someone else's fetch completed between our cache miss and our taking the lead. (Whoever
     // leads has just looked on disk for another mount's entry: OpenChunk or Has.)
-  } else if (!AcquireSlot(priority, deadline)) {
+  } else if (FetchSlot slot(*this, priority, deadline); !slot.held()) {
     status = priority == Priority::kForeground
                  ? DeadlineExceededError("no fetch slot free before the deadline")
                  : UnavailableError("shutting down");
   } else {
     counters_.fetches++;
-    bool slot_held = true;
     std::shared_ptr<Buffer> buffer = TakeBuffer(
         key.size, room,
         priority == Priority::kForeground ? BufferStart::kQuickFirstBytes : BufferStart::kHuge);
@@ -420,8 +456,7 @@ void ChunkStore::Lead(const ChunkKey& key, Flight& flight, TimePoint deadline, P
         std::lock_guard lock(flight.mu);
         flight.bytes = buffer;
       }
-      status = FetchInto(*ref, flight, buffer, chunk_bytes, deadline, early,
-                         PauseWithoutSlot(priority, deadline, &slot_held));
+      status = FetchInto(*ref, flight, buffer, chunk_bytes, deadline, early, slot.PauseWithout());
     }
     if (status.ok()) {
       // Readers have the bytes now; the cache write follows while the flight stays registered,
@@ -438,7 +473,6 @@ void ChunkStore::Lead(const ChunkKey& key, Flight& flight, TimePoint deadline, P
       counters_.fetch_errors++;
       ReleaseBufferBytes(buffer->size());
     }
-    if (slot_held) ReleaseSlot();
   }
   EndFlight(key.digest);
   if (!kept) Complete(flight, status, /*keep_bytes=*/false);
@@ -683,16 +717,6 @@ void ChunkStore::ReleaseSlot() {
   slots_cv_.notify_all();
 }
 
-netfetch::PauseCallback ChunkStore::PauseWithoutSlot(Priority priority, TimePoint deadline,
-                                                     bool* slot_held) {
-  return [this, priority, deadline, slot_held](Duration pause) {
-    ReleaseSlot();
-    clock_->SleepFor(pause);
-    *slot_held = AcquireSlot(priority, deadline);
-    return *slot_held;
-  };
-}
-
 Status ChunkStore::RecentFailure(const Digest& digest) {
   std::lock_guard lock(failures_mu_);
   auto it = failures_.find(digest);
@@ -787,7 +811,8 @@ void ChunkStore::LoadFromDisk(const ChunkKey& key, std::uint64_t* room) {
   auto [flight, started] = FlightFor(key.digest);
   if (!started) return;
   bool loaded = false;
-  if (AcquireSlot(Priority::kBackground, clock_->Now() + options_.prefetch_timeout)) {
+  if (FetchSlot slot(*this, Priority::kBackground, clock_->Now() + options_.prefetch_timeout);
+      slot.held()) {
     std::shared_ptr<Buffer> buffer = TakeBuffer(key.size, room);
     {
       std::lock_guard lock(flight->mu);
@@ -805,7 +830,6 @@ void ChunkStore::LoadFromDisk(const ChunkKey& key, std::uint64_t* room) {
         DropUnreadable(key, read.WithContext("cannot load cached chunk " + key.digest.Hex()));
       }
     }
-    ReleaseSlot();
   }
   EndFlight(key.digest);
   // Not loaded (evicted meanwhile, unreadable, shutting down): readers waiting on it look in the

@@ -350,12 +350,7 @@ class ChunkStore {
   void ReleaseBufferBytes(std::uint64_t bytes);
   bool AcquireSlot(Priority priority, TimePoint deadline);
   void ReleaseSlot();
-  // The pauses between a fetch's rounds over its replicas, for a fetch that holds a slot of
-  // `priority`: the slot goes back for the pause and is taken again after it. A fetch whose
-  // nodes are all down pauses again and again until its deadline, and holding the slot meanwhile
-  // made every other read wait behind a few such fetches. False, ending the fetch, when no slot
-  // is had again (the deadline passed, or the store is stopping); `*slot_held` then turns false.
-  netfetch::PauseCallback PauseWithoutSlot(Priority priority, TimePoint deadline, bool* slot_held);
+  class FetchSlot;
   void PrefetchLoop();
   // The error of a fetch of `digest` that failed within failure_memory, or OK.
   Status RecentFailure(const Digest& digest);
