@@ -256,9 +256,11 @@ TEST_F(FetchParts, NoPartStartsOnANodeWhoseGreetingIsUnderWay) {
 }
 
 TEST_F(FetchParts, NoPartStartsOnANodeMeasuredFarSlowerThanTheOthers) {
-  TestChunk on_fast = MakeChunk(31, {1});
-  TestChunk on_slower = MakeChunk(32, {2});
-  TestChunk on_far_slower = MakeChunk(33, {3});
+  // Measured by one GET each: the parts of a split fetch would each take their delay on the one
+  // fake clock, together, so that what each measured depended on how the threads took turns.
+  TestChunk on_fast = MakeChunk(31, {1}, kSize, /*with_blocks=*/false);
+  TestChunk on_slower = MakeChunk(32, {2}, kSize, /*with_blocks=*/false);
+  TestChunk on_far_slower = MakeChunk(33, {3}, kSize, /*with_blocks=*/false);
   TestChunk chunk = MakeChunk(34, {1, 2, 3});
   Serve(1, on_fast, 10ms);
   Serve(2, on_slower, 30ms);       // 3 times slower than node1: parts still go to it.
