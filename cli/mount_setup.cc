@@ -47,6 +47,9 @@ netfetch::RetryOptions RetryOptionsFor(const MountOptions& options) {
   retry.attempt_timeout = std::min<Duration>(retry.attempt_timeout, options.timeout);
   retry.lone_fetch_parts = options.fetch_parts;
   retry.stall_timeout = options.stall_timeout;
+  // The first reads to meet a dead node wait out their deadline; those that start once it has
+  // been dead for half of one fail at once.
+  retry.down_after = options.timeout / 2;
   return retry;
 }
 

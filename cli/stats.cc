@@ -214,7 +214,8 @@ std::string FormatStats(const StatsSources& stats) {
                                             std::max(node.backoff_left, Duration::zero()))
                                             .count()))
         .Add("awaiting_probe", node.awaiting_probe ? 1 : 0)
-        .Add("unanswered", node.unanswered ? 1 : 0);
+        .Add("unanswered", node.unanswered ? 1 : 0)
+        .Add("down", node.down ? 1 : 0);
   }
   Lines(out, "daemon.")
       .Add("rss_bytes", stats.daemon.rss_bytes)

@@ -6,8 +6,8 @@
 // store, fs::ChunkStoreCounters), fetch. (HTTP, netfetch::FetchCounters), cache. (the disk cache),
 // memory. (the chunk buffers against memory_cache=), node.<name>. (each node's health, in index
 // order) and daemon. (the daemon's memory). Values are non-negative decimal integers; backing_off,
-// awaiting_probe and unanswered are 0 or 1. Names are stable: a script may rely on them, and new
-// numbers are only ever added. A node name is written with '%', whitespace and control bytes as
+// awaiting_probe, unanswered and down are 0 or 1. Names are stable: a script may rely on them, and
+// new numbers are only ever added. A node name is written with '%', whitespace and control bytes as
 // %XX, so that every line splits into exactly two fields.
 //
 // The names of the counters come from each counter struct's ForEach, next to their fields, so a

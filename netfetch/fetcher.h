@@ -211,6 +211,12 @@ struct RetryOptions {
   Duration slow_transfer_grace = std::chrono::milliseconds(500);
   // Pause between rounds when every replica failed, doubling up to max_backoff.
   Duration round_pause = std::chrono::milliseconds(100);
+  // A node that has failed every attempt, probe and greeting for at least this long is down. A
+  // fetch whose replicas are all down as it starts asks each of them once (but not one awaiting a
+  // probe, which its probe will find answering again) and fails if they fail, instead of waiting
+  // for them until its deadline: the first reads to meet a dead server wait for it, the reads
+  // after them fail at once (the mount: half of timeout=). Zero: never.
+  Duration down_after = std::chrono::seconds(10);
   std::uint64_t jitter_seed = 0x5eed;
   // A lone Fetch (see the top of this file) is split into at most this many parts; 1: never.
   int lone_fetch_parts = 4;
@@ -237,6 +243,9 @@ struct FetchCounters {
   std::atomic<std::uint64_t> range_fetches{0};         // FetchBlocks calls.
   std::atomic<std::uint64_t> range_bytes_fetched{0};   // Verified bytes delivered by FetchBlocks.
   std::atomic<std::uint64_t> failed_range_fetches{0};  // FetchBlocks that failed at the deadline.
+  // Fetch and FetchBlocks calls (counted as failed above too) that asked each replica once and
+  // failed, every replica being down (RetryOptions::down_after).
+  std::atomic<std::uint64_t> down_fetches{0};
   std::atomic<std::uint64_t> split_fetches{0};  // Lone Fetch calls split into parallel parts.
   std::atomic<std::uint64_t> probes{0};         // Probes of slow nodes (RetryOptions).
   std::atomic<std::uint64_t> failed_probes{0};
@@ -259,6 +268,7 @@ struct FetchCounters {
     visit("range_fetches", range_fetches.load());
     visit("range_bytes_fetched", range_bytes_fetched.load());
     visit("failed_range_fetches", failed_range_fetches.load());
+    visit("down_fetches", down_fetches.load());
     visit("split_fetches", split_fetches.load());
     visit("probes", probes.load());
     visit("failed_probes", failed_probes.load());
@@ -281,6 +291,8 @@ struct NodeHealth {
   bool awaiting_probe = false;
   // Greeted (RetryingFetcher::Greet), and not heard from since: asked after nodes that answered.
   bool unanswered = false;
+  // No read or probe has had an answer from it for RetryOptions::down_after since it failed.
+  bool down = false;
 };
 
 class RetryingFetcher final : public ChunkFetcher {
@@ -326,9 +338,13 @@ class RetryingFetcher final : public ChunkFetcher {
   // holds a replica (the parts of one fetch start on different nodes).
   // Between rounds it pauses through `pause` (sleeps when empty), after giving back the pages of
   // the verifier's unverified bytes.
+  // When every replica is down (RetryOptions::down_after) as it starts, it asks each once instead.
   Status RunRounds(const ChunkRef& chunk, Verifier& verifier, TimePoint deadline,
                    const std::string& what, const PauseCallback& pause,
                    NodeState* first_choice = nullptr);
+  // The replicas to ask once when every one of `replicas` is down: those not awaiting a probe
+  // (possibly none). Nothing when one of them is not down.
+  std::optional<std::vector<NodeState*>> AskOnceIfAllDown(std::span<NodeState* const> replicas);
   // How many parts a Fetch of `chunk` is split into, given how many Fetch calls are under way
   // counting this one, and the speed measured from its nodes; 1: not split.
   std::size_t LoneFetchParts(const ChunkRef& chunk, int fetches_under_way);

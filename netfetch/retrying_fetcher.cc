@@ -26,6 +26,13 @@ constexpr Duration kSlowLookInterval = std::chrono::milliseconds(100);
 // A zero pause would spin through rounds without letting time pass.
 constexpr Duration kMinRoundPause = std::chrono::milliseconds(1);
 
+// RunRounds's two ways of saying that no replica delivered: the deadline passed, or every replica
+// was down and failed again.
+bool IsNoReplicaDelivered(const Status& status) {
+  return status.code() == StatusCode::kDeadlineExceeded ||
+         status.code() == StatusCode::kUnavailable;
+}
+
 // Keeps an in-flight count (a node's requests, the fetcher's Fetch calls) right on every exit
 // path.
 class InFlightGuard {
@@ -82,8 +89,13 @@ struct RetryingFetcher::NodeState {
   // Greeted, and no answer or failure from it since: asked after the nodes that answered.
   bool unanswered = false;
   bool left_as_slow = false;  // An attempt was left as too slow since its last success.
+  // Its first failure since a read or probe last had an answer from it (RetryOptions::down_after).
+  std::optional<TimePoint> failing_since;
 
   bool BackingOff(TimePoint now) const { return now < not_before || awaiting_probe; }
+  bool Down(TimePoint now, Duration after) const {
+    return after > Duration::zero() && failing_since && now - *failing_since >= after;
+  }
   // Its measured speed if measured within `memory` of `now`, else 0.
   double RecentSpeed(TimePoint now, Duration memory) const {
     return now - speed_measured_at < memory ? bytes_per_second : 0;
@@ -220,7 +232,7 @@ Status RetryingFetcher::Fetch(const ChunkRef& chunk, std::span<std::uint8_t> dst
   }
   if (status.ok()) {
     counters_.bytes_fetched += dst.size();
-  } else if (status.code() == StatusCode::kDeadlineExceeded) {
+  } else if (IsNoReplicaDelivered(status)) {
     ++counters_.failed_fetches;
   }
   return status;
@@ -337,7 +349,7 @@ Status RetryingFetcher::FetchBlocks(const ChunkRef& chunk, std::size_t first_blo
                             pause);
   if (status.ok()) {
     counters_.range_bytes_fetched += dst.size();
-  } else if (status.code() == StatusCode::kDeadlineExceeded) {
+  } else if (IsNoReplicaDelivered(status)) {
     ++counters_.failed_range_fetches;
   }
   return status;
@@ -353,6 +365,21 @@ Status RetryingFetcher::RunRounds(const ChunkRef& chunk, Verifier& verifier, Tim
   }
   if (replicas.empty()) {
     return NotFoundError("chunk " + chunk.digest.Hex() + " has no replica on a known node");
+  }
+  if (const std::optional<std::vector<NodeState*>> once = AskOnceIfAllDown(replicas)) {
+    std::string error = "each awaits a probe";
+    for (NodeState* node : *once) {
+      if (clock_->Now() >= deadline) break;
+      // A node back from the dead gets no longer to start answering than a live one would.
+      Status status = TryReplica(*node, chunk, verifier, deadline, /*may_stall=*/true, {});
+      if (status.ok()) return status;
+      error = status.ToString();
+    }
+    ++counters_.down_fetches;
+    return UnavailableError(
+        "every replica of " + what + " is down (no answer for " +
+        std::to_string(std::chrono::floor<std::chrono::milliseconds>(options_.down_after).count()) +
+        " ms or more); last error: " + error);
   }
   std::string last_error = "none: the deadline had passed before the first attempt";
   Duration round_pause = std::max(options_.round_pause, kMinRoundPause);
@@ -396,7 +423,7 @@ std::vector<NodeHealth> RetryingFetcher::Health() const {
     health.push_back({node->endpoint.id, node->endpoint.name, node->in_flight.load(),
                       node->consecutive_failures, node->BackingOff(now), node->bytes_per_second,
                       std::max(node->not_before - now, Duration::zero()), node->awaiting_probe,
-                      node->unanswered});
+                      node->unanswered, node->Down(now, options_.down_after)});
   }
   return health;
 }
@@ -472,6 +499,18 @@ std::vector<RetryingFetcher::NodeState*> RetryingFetcher::OrderReplicas(const Ch
   ordered.reserve(candidates.size());
   for (const Candidate& c : candidates) ordered.push_back(c.node);
   return ordered;
+}
+
+std::optional<std::vector<RetryingFetcher::NodeState*>> RetryingFetcher::AskOnceIfAllDown(
+    std::span<NodeState* const> replicas) {
+  const TimePoint now = clock_->Now();
+  std::vector<NodeState*> once;
+  std::lock_guard lock(mu_);
+  for (NodeState* node : replicas) {
+    if (!node->Down(now, options_.down_after)) return std::nullopt;
+    if (!node->awaiting_probe) once.push_back(node);
+  }
+  return once;
 }
 
 std::vector<RetryingFetcher::NodeState*> RetryingFetcher::WithoutFarSlower(
@@ -627,6 +666,7 @@ void RetryingFetcher::RecordSuccess(NodeState& node, std::uint64_t bytes, Durati
     node.awaiting_probe = false;
     node.unanswered = false;
     node.left_as_slow = false;
+    node.failing_since.reset();
     // A transfer that took no measurable time says nothing about speed, nor a first byte that
     // came at once (a test's clock) about how soon the node answers.
     if (took > Duration::zero() && bytes > 0 && bytes >= options_.min_speed_sample_bytes) {
@@ -655,6 +695,7 @@ void RetryingFetcher::RecordFailure(NodeState& node, const Status& error, Durati
       node.awaiting_probe = true;
       node.probe_url = url;
     }
+    if (!node.failing_since) node.failing_since = now;
     const int failures = ++node.consecutive_failures;
     const Duration backoff =
         std::max(DoubledPerFailure(options_.initial_backoff, failures, options_.max_backoff),
@@ -677,6 +718,7 @@ void RetryingFetcher::RecordSlow(NodeState& node, double speed, const Status& wh
     node.bytes_per_second = speed;
     node.speed_measured_at = clock_->Now();
     node.unanswered = false;
+    node.failing_since.reset();
     newly_slow = !node.left_as_slow;
     node.left_as_slow = true;
   }
@@ -765,6 +807,7 @@ void RetryingFetcher::Probe(NodeState& node, const std::string& url) {
     // backoff goes on doubling.
     node.awaiting_probe = false;
     node.not_before = TimePoint{};
+    node.failing_since.reset();
   }
   LogInfo("node " + node.endpoint.name + " (" + node.endpoint.url +
           ") answered a probe; reads use it again");

@@ -157,6 +157,54 @@ def test_unavailable_chunk_gives_eio_in_time_then_recovers(published, mount):
     assert data == expected
 
 
+def test_once_a_chunks_nodes_have_been_down_for_half_the_timeout_its_reads_fail_at_once(
+        published, mount):
+    """The first read to meet dead nodes waits for them until its deadline (timeout=), in case
+    they come back. A read that starts once they have been dead for half of that asks each of
+    them once and fails at once: before, every read waited out a deadline of its own, so that
+    copying a model whose nodes were gone took one deadline per chunk. The nodes are still
+    asked, so the first read after they are back is served."""
+    _, lost, _ = _unavailable_chunk_and_survivor_file(published)
+    with published.db() as db:
+        victims = [e for e in db.extents(BIG) if e.nodes == lost]
+    assert len(victims) >= 3, f"only {len(victims)} chunks of {BIG} are held by {lost} alone"
+    first, second, third = victims[0], victims[len(victims) // 2], victims[-1]
+    read_timeout = 6
+    mnt = mount(published.index, timeout=read_timeout, dir_readahead=0)
+    ckptfs_cli.wait_for_greetings(mnt.mountpoint)
+    for name in lost:
+        published.node(name).stop()
+
+    def timed_read(extent):
+        start = time.monotonic()
+        try:
+            data = _read_byte(mnt.path(BIG), extent.offset + extent.size // 2)
+            outcome = "read" if data == published.tree.read(
+                BIG, extent.offset + extent.size // 2, 1) else "wrong bytes"
+        except OSError as e:
+            outcome = errno.errorcode.get(e.errno, str(e.errno))
+        return outcome, time.monotonic() - start
+
+    outcome, waited = timed_read(first)
+    assert outcome == "EIO", outcome
+    assert waited > read_timeout / 2, f"the first read gave up after {waited:.1f} s"
+    outcome, took = timed_read(second)
+    print(f"first read: EIO after {waited:.2f} s; the next: {outcome} after {took:.3f} s")
+    assert outcome == "EIO", outcome
+    assert took < read_timeout / 2, (
+        f"a read of a chunk whose nodes had been down for {waited:.1f} s waited {took:.1f} s")
+    stats = ckptfs_cli.mount_stats(mnt.mountpoint)
+    assert stats["fetch.down_fetches"] >= 1, stats
+    assert all(stats[f"node.{name}.down"] == 1 for name in lost), stats
+
+    for name in lost:
+        published.node(name).start()
+    outcome, took = timed_read(third)
+    assert outcome == "read", f"{outcome} after {took:.1f} s from nodes that are back"
+    stats = ckptfs_cli.mount_stats(mnt.mountpoint)
+    assert any(stats[f"node.{name}.down"] == 0 for name in lost), stats
+
+
 def test_reads_waiting_for_chunks_whose_nodes_are_all_down_keep_no_other_read_waiting(
         published, mount):
     """A read of a chunk whose nodes are all down waits for them until its deadline. Twenty such

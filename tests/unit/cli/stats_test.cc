@@ -60,6 +60,7 @@ struct NumberedCounters {
     fetch.range_fetches = 38;
     fetch.range_bytes_fetched = 39;
     fetch.failed_range_fetches = 40;
+    fetch.down_fetches = 146;
     fetch.split_fetches = 140;
     fetch.probes = 141;
     fetch.failed_probes = 142;
@@ -87,7 +88,8 @@ struct NumberedCounters {
                        .bytes_per_second = 0,
                        .backoff_left = std::chrono::microseconds(2'500'001),
                        .awaiting_probe = true,
-                       .unanswered = true}},
+                       .unanswered = true,
+                       .down = true}},
             .daemon = {.rss_bytes = 51, .peak_rss_bytes = 52}};
   }
 };
@@ -145,6 +147,7 @@ TEST(FormatStats, WritesEveryNumberAsANameValueLineInAStableOrder) {
             "fetch.range_fetches 38\n"
             "fetch.range_bytes_fetched 39\n"
             "fetch.failed_range_fetches 40\n"
+            "fetch.down_fetches 146\n"
             "fetch.split_fetches 140\n"
             "fetch.probes 141\n"
             "fetch.failed_probes 142\n"
@@ -164,6 +167,7 @@ TEST(FormatStats, WritesEveryNumberAsANameValueLineInAStableOrder) {
             "node.n1.backoff_ms 0\n"
             "node.n1.awaiting_probe 0\n"
             "node.n1.unanswered 0\n"
+            "node.n1.down 0\n"
             "node.n2.in_flight 0\n"
             "node.n2.bytes_per_second 0\n"
             "node.n2.consecutive_failures 3\n"
@@ -171,6 +175,7 @@ TEST(FormatStats, WritesEveryNumberAsANameValueLineInAStableOrder) {
             "node.n2.backoff_ms 2501\n"
             "node.n2.awaiting_probe 1\n"
             "node.n2.unanswered 1\n"
+            "node.n2.down 1\n"
             "daemon.rss_bytes 51\n"
             "daemon.peak_rss_bytes 52\n");
 }
@@ -212,7 +217,7 @@ TEST(FormatStats, EveryLineIsANameAndANonNegativeInteger) {
     at = end + 1;
     ++lines;
   }
-  EXPECT_EQ(lines, 8 + 16 + 16 + 3 + 4 + 2 * 7 + 2);
+  EXPECT_EQ(lines, 8 + 16 + 17 + 3 + 4 + 2 * 8 + 2);
 }
 
 TEST(FormatPrometheus, CountersGaugesAndNodesOfEachMountWithOneTypeLinePerFamily) {
@@ -270,8 +275,8 @@ TEST(FormatPrometheus, EveryLineOfTheStatsTextBecomesOneSample) {
   for (std::string line; std::getline(lines, line);) {
     (line.starts_with("# TYPE ") ? types : samples)++;
   }
-  EXPECT_EQ(samples, 1 + 8 + 16 + 16 + 3 + 4 + 2 * 7 + 2) << text;
-  EXPECT_EQ(types, 1 + 8 + 16 + 16 + 3 + 4 + 7 + 2) << text;
+  EXPECT_EQ(samples, 1 + 8 + 16 + 17 + 3 + 4 + 2 * 8 + 2) << text;
+  EXPECT_EQ(types, 1 + 8 + 16 + 17 + 3 + 4 + 8 + 2) << text;
 }
 
 TEST(FormatPrometheus, LinesThatAreNotANameAndANumberAreLeftOut) {

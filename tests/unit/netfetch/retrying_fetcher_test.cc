@@ -15,37 +15,27 @@
 #include "netfetch/fetcher.h"
 #include "tests/support/fake_clock.h"
 #include "tests/support/gate.h"
-#include "tests/support/pattern_bytes.h"
 #include "tests/support/poll.h"
 #include "tests/support/scripted_transport.h"
+#include "tests/support/test_chunk.h"
 
 namespace ckptfs {
 namespace {
 
 using namespace std::chrono_literals;
-using netfetch::ChunkRef;
 using netfetch::ChunkUrl;
 using netfetch::NodeEndpoint;
 using netfetch::RetryOptions;
 using testing::FakeClock;
 using testing::Gate;
-using testing::PatternBytes;
 using testing::PollUntil;
 using testing::ScriptedResponse;
 using testing::ScriptedTransport;
+using testing::TestChunk;
 
-struct TestChunk {
-  std::vector<std::uint8_t> bytes;
-  ChunkRef ref;
-};
-
+// Whole-chunk digests only, as in a v1 index.
 TestChunk MakeChunk(std::uint32_t seed, std::vector<std::int64_t> nodes, std::size_t size = 4096) {
-  TestChunk chunk;
-  chunk.bytes = PatternBytes(size, seed);
-  chunk.ref.digest = Sha256(chunk.bytes.data(), chunk.bytes.size());
-  chunk.ref.size = size;
-  chunk.ref.nodes = std::move(nodes);
-  return chunk;
+  return testing::MakeTestChunk(seed, std::move(nodes), size, 0);
 }
 
 std::vector<std::uint8_t> Corrupted(std::vector<std::uint8_t> bytes) {
@@ -204,11 +194,7 @@ TEST_F(RetryingFetcher, PausesBetweenRoundsGoToThePauseCallbackWhichMayEndTheFet
   EXPECT_EQ(clock_.Now() - start, options_.round_pause * 7) << "the fetcher slept on its own";
 
   // The same for blocks.
-  TestChunk blocks = MakeChunk(6, {1, 2}, 4 * 4096);
-  blocks.ref.block_size = 4096;
-  for (std::size_t b = 0; b < 4; ++b) {
-    blocks.ref.blocks.push_back(Sha256(blocks.bytes.data() + b * 4096, 4096));
-  }
+  TestChunk blocks = testing::MakeTestChunk(6, {1, 2}, 4 * 4096, 4096);
   Fail(1, blocks);
   Fail(2, blocks);
   pauses.clear();
@@ -799,6 +785,96 @@ void GreetAndWait(netfetch::RetryingFetcher& fetcher, const std::vector<std::int
   fetcher.Greet(objects);
   ASSERT_TRUE(PollUntil([&] { return fetcher.counters().greetings == before + ids.size(); }));
   for (std::int64_t id : ids) EXPECT_FALSE(HealthOf(fetcher, id).unanswered) << id;
+}
+
+TEST_F(RetryingFetcher, OnceEveryReplicaHasBeenDownForDownAfterAReadAsksEachOnceAndFails) {
+  options_.down_after = 10s;
+  TestChunk first = MakeChunk(120, {1, 2});
+  TestChunk second = MakeChunk(121, {1, 2});
+  TestChunk third = MakeChunk(122, {1, 2});
+  for (const TestChunk* chunk : {&first, &second, &third}) {
+    Fail(1, *chunk);
+    Fail(2, *chunk);
+  }
+  auto fetcher = MakeFetcher();
+  std::vector<std::uint8_t> out;
+  const TimePoint start = clock_.Now();
+  // The nodes have failed for 4 s when this read ends, 8 s when the next one starts: both wait
+  // out their deadline, in rounds.
+  EXPECT_EQ(Fetch(*fetcher, first, &out, 4s).code(), StatusCode::kDeadlineExceeded);
+  clock_.Advance(4s);
+  EXPECT_FALSE(HealthOf(*fetcher, 1).down);
+  EXPECT_EQ(Fetch(*fetcher, second, &out, 20s).code(), StatusCode::kDeadlineExceeded);
+  ASSERT_EQ(clock_.Now() - start, 28s);
+  EXPECT_GT(transport_.Calls(Url(1, second)), 1);
+  EXPECT_TRUE(HealthOf(*fetcher, 1).down);
+  EXPECT_TRUE(HealthOf(*fetcher, 2).down);
+
+  // Down for 28 s now: a read asks each node once, and fails without waiting for its deadline.
+  const Status status = Fetch(*fetcher, third, &out, 20s);
+  EXPECT_EQ(status.code(), StatusCode::kUnavailable) << status.ToString();
+  EXPECT_NE(status.message().find("every replica of chunk " + third.ref.digest.Hex() +
+                                  " is down (no answer for 10000 ms or more)"),
+            std::string::npos)
+      << status.ToString();
+  EXPECT_NE(status.message().find("HTTP 503"), std::string::npos) << status.ToString();
+  EXPECT_EQ(clock_.Now() - start, 28s) << "the read waited for the dead nodes";
+  EXPECT_EQ(transport_.Calls(Url(1, third)), 1);
+  EXPECT_EQ(transport_.Calls(Url(2, third)), 1);
+  EXPECT_EQ(fetcher->counters().down_fetches, 1u);
+  EXPECT_EQ(fetcher->counters().failed_fetches, 3u);
+
+  // Blocks too.
+  TestChunk blocks = testing::MakeTestChunk(123, {1, 2}, 4 * 4096, 4096);
+  Fail(1, blocks);
+  Fail(2, blocks);
+  std::vector<std::uint8_t> two(2 * 4096);
+  EXPECT_EQ(fetcher->FetchBlocks(blocks.ref, 1, 3, two, clock_.Now() + 20s).code(),
+            StatusCode::kUnavailable);
+  EXPECT_EQ(fetcher->counters().down_fetches, 2u);
+  EXPECT_EQ(fetcher->counters().failed_range_fetches, 1u);
+
+  // Still asked: a node that is back delivers to the next read, and is no longer down.
+  Serve(1, third);
+  ASSERT_TRUE(Fetch(*fetcher, third, &out, 20s).ok());
+  EXPECT_EQ(out, third.bytes);
+  EXPECT_FALSE(HealthOf(*fetcher, 1).down);
+  EXPECT_TRUE(HealthOf(*fetcher, 2).down);
+}
+
+TEST_F(RetryingFetcher, AReadOfDownReplicasDoesNotAskOneAwaitingAProbe) {
+  options_.down_after = 2s;
+  TestChunk first = MakeChunk(124, {1, 2});
+  TestChunk second = MakeChunk(125, {1, 2});
+  TestChunk alone = MakeChunk(126, {1});
+  Silence(1, first);
+  Fail(2, first);
+  Fail(2, second);
+  auto fetcher = MakeFetcher();
+  std::vector<std::uint8_t> out;
+  // node1 stalls (1 s), node2 refuses, in rounds until the deadline.
+  EXPECT_EQ(Fetch(*fetcher, first, &out, 1500ms).code(), StatusCode::kDeadlineExceeded);
+  clock_.Advance(2s);
+  ASSERT_TRUE(HealthOf(*fetcher, 1).awaiting_probe);
+  ASSERT_GT(HealthOf(*fetcher, 1).backoff_left, 0s) << "a probe would be sent, and race the test";
+  ASSERT_TRUE(HealthOf(*fetcher, 1).down);
+  ASSERT_TRUE(HealthOf(*fetcher, 2).down);
+
+  const TimePoint start = clock_.Now();
+  Status status = Fetch(*fetcher, second, &out, 20s);
+  EXPECT_EQ(status.code(), StatusCode::kUnavailable) << status.ToString();
+  EXPECT_NE(status.message().find("HTTP 503"), std::string::npos) << status.ToString();
+  EXPECT_EQ(transport_.Calls(Url(1, second)), 0) << "the read stalled on the hung node";
+  EXPECT_EQ(transport_.Calls(Url(2, second)), 1);
+  EXPECT_EQ(clock_.Now(), start);
+
+  // Its only replica awaits a probe: nothing is asked.
+  status = Fetch(*fetcher, alone, &out, 20s);
+  EXPECT_EQ(status.code(), StatusCode::kUnavailable) << status.ToString();
+  EXPECT_NE(status.message().find("each awaits a probe"), std::string::npos) << status.ToString();
+  EXPECT_EQ(transport_.Calls(Url(1, alone)), 0);
+  EXPECT_EQ(clock_.Now(), start);
+  EXPECT_EQ(fetcher->counters().down_fetches, 2u);
 }
 
 TEST_F(RetryingFetcher, ANodeThatHangsAtItsGreetingCostsNoReadAStall) {
