@@ -211,11 +211,11 @@ struct RetryOptions {
   Duration slow_transfer_grace = std::chrono::milliseconds(500);
   // Pause between rounds when every replica failed, doubling up to max_backoff.
   Duration round_pause = std::chrono::milliseconds(100);
-  // A node that has failed every attempt, probe and greeting for at least this long is down. A
-  // fetch whose replicas are all down as it starts asks each of them once (but not one awaiting a
-  // probe, which its probe will find answering again) and fails if they fail, instead of waiting
-  // for them until its deadline: the first reads to meet a dead server wait for it, the reads
-  // after them fail at once (the mount: half of timeout=). Zero: never.
+  // A node from which no read or probe has had an answer for at least this long since it failed
+  // is down. A fetch whose replicas are all down as it starts asks each of them once (but not one
+  // awaiting a probe, which its probe will find answering again) and fails if they fail, instead
+  // of waiting for them until its deadline: the first reads to meet a dead server wait for it,
+  // the reads after them fail at once (the mount: half of timeout=). Zero: never.
   Duration down_after = std::chrono::seconds(10);
   std::uint64_t jitter_seed = 0x5eed;
   // A lone Fetch (see the top of this file) is split into at most this many parts; 1: never.
