@@ -345,6 +345,10 @@ class RetryingFetcher final : public ChunkFetcher {
   // The replicas to ask once when every one of `replicas` is down: those not awaiting a probe
   // (possibly none). Nothing when one of them is not down.
   std::optional<std::vector<NodeState*>> AskOnceIfAllDown(std::span<NodeState* const> replicas);
+  // RunRounds for replicas that are all down: one attempt on each of `nodes` (those of them not
+  // awaiting a probe), then an Unavailable error naming `what`.
+  Status AskEachOnce(std::span<NodeState* const> nodes, const ChunkRef& chunk, Verifier& verifier,
+                     TimePoint deadline, const std::string& what);
   // How many parts a Fetch of `chunk` is split into, given how many Fetch calls are under way
   // counting this one, and the speed measured from its nodes; 1: not split.
   std::size_t LoneFetchParts(const ChunkRef& chunk, int fetches_under_way);

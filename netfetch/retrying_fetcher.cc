@@ -367,19 +367,7 @@ Status RetryingFetcher::RunRounds(const ChunkRef& chunk, Verifier& verifier, Tim
     return NotFoundError("chunk " + chunk.digest.Hex() + " has no replica on a known node");
   }
   if (const std::optional<std::vector<NodeState*>> once = AskOnceIfAllDown(replicas)) {
-    std::string error = "each awaits a probe";
-    for (NodeState* node : *once) {
-      if (clock_->Now() >= deadline) break;
-      // A node back from the dead gets no longer to start answering than a live one would.
-      Status status = TryReplica(*node, chunk, verifier, deadline, /*may_stall=*/true, {});
-      if (status.ok()) return status;
-      error = status.ToString();
-    }
-    ++counters_.down_fetches;
-    return UnavailableError(
-        "every replica of " + what + " is down (no answer for " +
-        std::to_string(std::chrono::floor<std::chrono::milliseconds>(options_.down_after).count()) +
-        " ms or more); last error: " + error);
+    return AskEachOnce(*once, chunk, verifier, deadline, what);
   }
   std::string last_error = "none: the deadline had passed before the first attempt";
   Duration round_pause = std::max(options_.round_pause, kMinRoundPause);
@@ -412,6 +400,24 @@ Status RetryingFetcher::RunRounds(const ChunkRef& chunk, Verifier& verifier, Tim
   }
   return DeadlineExceededError("no replica of " + what +
                                " delivered within the deadline; last error: " + last_error);
+}
+
+Status RetryingFetcher::AskEachOnce(std::span<NodeState* const> nodes, const ChunkRef& chunk,
+                                    Verifier& verifier, TimePoint deadline,
+                                    const std::string& what) {
+  std::string error = "each awaits a probe";
+  for (NodeState* node : nodes) {
+    if (clock_->Now() >= deadline) break;
+    // A node back from the dead gets no longer to start answering than a live one would.
+    Status status = TryReplica(*node, chunk, verifier, deadline, /*may_stall=*/true, {});
+    if (status.ok()) return status;
+    error = status.ToString();
+  }
+  ++counters_.down_fetches;
+  return UnavailableError(
+      "every replica of " + what + " is down (no answer for " +
+      std::to_string(std::chrono::floor<std::chrono::milliseconds>(options_.down_after).count()) +
+      " ms or more); last error: " + error);
 }
 
 std::vector<NodeHealth> RetryingFetcher::Health() const {

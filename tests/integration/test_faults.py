@@ -113,6 +113,11 @@ def _unavailable_chunk_and_survivor_file(published):
     raise AssertionError("placement left no chunk/file pair for this test")
 
 
+def _big_file_chunks_held_only_by(published, nodes):
+    with published.db() as db:
+        return [e for e in db.extents(BIG) if e.nodes == nodes]
+
+
 def _read_byte(path, offset):
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -165,8 +170,7 @@ def test_once_a_chunks_nodes_have_been_down_for_half_the_timeout_its_reads_fail_
     copying a model whose nodes were gone took one deadline per chunk. The nodes are still
     asked, so the first read after they are back is served."""
     _, lost, _ = _unavailable_chunk_and_survivor_file(published)
-    with published.db() as db:
-        victims = [e for e in db.extents(BIG) if e.nodes == lost]
+    victims = _big_file_chunks_held_only_by(published, lost)
     assert len(victims) >= 3, f"only {len(victims)} chunks of {BIG} are held by {lost} alone"
     first, second, third = victims[0], victims[len(victims) // 2], victims[-1]
     read_timeout = 6
@@ -176,11 +180,11 @@ def test_once_a_chunks_nodes_have_been_down_for_half_the_timeout_its_reads_fail_
         published.node(name).stop()
 
     def timed_read(extent):
+        offset = extent.offset + extent.size // 2
         start = time.monotonic()
         try:
-            data = _read_byte(mnt.path(BIG), extent.offset + extent.size // 2)
-            outcome = "read" if data == published.tree.read(
-                BIG, extent.offset + extent.size // 2, 1) else "wrong bytes"
+            data = _read_byte(mnt.path(BIG), offset)
+            outcome = "read" if data == published.tree.read(BIG, offset, 1) else "wrong bytes"
         except OSError as e:
             outcome = errno.errorcode.get(e.errno, str(e.errno))
         return outcome, time.monotonic() - start
@@ -212,8 +216,7 @@ def test_reads_waiting_for_chunks_whose_nodes_are_all_down_keep_no_other_read_wa
     mount's fetch slots, must leave the rest of the mount to the other readers: a file on the
     surviving node reads at once. The build before kept it waiting until they failed."""
     _, lost, readable = _unavailable_chunk_and_survivor_file(published)
-    with published.db() as db:
-        victims = [e for e in db.extents(BIG) if e.nodes == lost]
+    victims = _big_file_chunks_held_only_by(published, lost)
     assert len(victims) >= 16, f"only {len(victims)} chunks of {BIG} are held by {lost} alone"
     read_timeout = 15
     mnt = mount(published.index, timeout=read_timeout, dir_readahead=0)
