@@ -225,9 +225,10 @@ def published(published_session):
 @pytest.fixture
 def user_sandbox(published):
     """A directory any user can reach (the run's directory is root's alone), holding a copy of
-    the published index, a home and a mountpoint owned by `nobody`, and a FUSE device node that
-    `nobody` may open: this machine's /dev/fuse may be root's alone (0600), and a test lays its
-    own node over it in a private mount namespace rather than change the machine's. Removed
+    the published index, a copy of the binary under test (the checkout may be where only root
+    can reach, such as /root), a home and a mountpoint owned by `nobody`, and a FUSE device node
+    that `nobody` may open: this machine's /dev/fuse may be root's alone (0600), and a test lays
+    its own node over it in a private mount namespace rather than change the machine's. Removed
     afterwards, with any daemon left."""
     base = tempfile.mkdtemp(prefix="ckptfs-user-", dir="/tmp")
     os.chmod(base, 0o755)
@@ -241,6 +242,9 @@ def user_sandbox(published):
     paths["index"] = os.path.join(base, "ckpt.ckptfs")
     shutil.copyfile(published.index, paths["index"])
     os.chmod(paths["index"], 0o644)
+    paths["ckptfs"] = os.path.join(base, "ckptfs")
+    shutil.copyfile(ckptfs_cli.ckptfs_bin(), paths["ckptfs"])
+    os.chmod(paths["ckptfs"], 0o755)
     # Runs the rest of a shell command line as `nobody`, with the sandbox's home.
     paths["as_user"] = (f"setpriv --reuid=nobody --regid=nogroup --clear-groups "
                         f"env HOME={paths['home']} XDG_CACHE_HOME=")

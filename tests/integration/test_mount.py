@@ -786,7 +786,7 @@ def test_a_user_without_root_mounts_with_a_cache_made_under_a_fresh_home(publish
         "set -u",
         f"trap 'umount -l {box['mnt']} 2>/dev/null' EXIT",
         f"mount --bind {box['fuse']} /dev/fuse || exit 9",
-        f"{box['as_user']} {ckptfs_cli.ckptfs_bin()} mount {box['index']} {box['mnt']} || exit 10",
+        f"{box['as_user']} {box['ckptfs']} mount {box['index']} {box['mnt']} || exit 10",
         f"grep ' {box['mnt']} ' /proc/self/mountinfo",
         *[f"echo \"sha {rel} $({box['as_user']} sha256sum {box['mnt']}/{rel} | cut -d' ' -f1)\""
           for rel in files],

@@ -104,13 +104,13 @@ def test_another_users_cache_is_an_error_not_bad_entries(user_sandbox):
 
     for cache, needle in ((closed, closed), (readable, name)):
         result = ckptfs_cli.run(
-            [*as_user, ckptfs_cli.ckptfs_bin(), "verify-cache", "--delete", cache], timeout=60)
+            [*as_user, user_sandbox["ckptfs"], "verify-cache", "--delete", cache], timeout=60)
         assert result.returncode == 1, result.describe()
         lines = result.stderr_lines()
         assert len(lines) == 1 and "Permission denied" in lines[0], result.describe()
         assert result.stdout == "", result.describe()
         unread = ckptfs_cli.run(
-            [*as_user, ckptfs_cli.ckptfs_bin(), "verify-cache", cache], timeout=60)
+            [*as_user, user_sandbox["ckptfs"], "verify-cache", cache], timeout=60)
         assert unread.returncode == 1 and unread.stdout == "", unread.describe()
         assert needle in unread.stderr and "Permission denied" in unread.stderr, unread.describe()
     # Root's own check still finds the entry good.
