@@ -20,7 +20,7 @@ apt-get install -y --no-install-recommends \
   libfuse3-dev fuse3 libcurl4-openssl-dev libsqlite3-dev libssl-dev \
   googletest libgtest-dev libcli11-dev nlohmann-json3-dev \
   nginx-light sqlite3 curl ca-certificates openssl lintian \
-  python3 python3-venv clang-format psmisc procps util-linux diffutils iproute2
+  python3 python3-venv clang-format shellcheck psmisc procps util-linux diffutils iproute2
 
 # The tests start their own nginx processes on free ports; a packaged nginx service that apt may
 # have started is not used, so stop it (best effort: there may be no init system at all).

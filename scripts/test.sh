@@ -85,8 +85,8 @@ if [[ "${CKPTFS_SKIP_SANITIZE:-0}" != 1 ]]; then
   export ASAN_OPTIONS="detect_leaks=1:abort_on_error=0"
   export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1"
   sanitizer_build sanitizer "$SAN_BUILD" CKPTFS_SANITIZE
-  # shellcheck disable=SC2086 # PYTEST_ARGS is a list of words on purpose.
   export CKPTFS_BIN="$SAN_BUILD/cli/ckptfs"
+  # shellcheck disable=SC2086 # PYTEST_ARGS is a list of words on purpose.
   run_pytest "integration (sanitizers)" "$VENV" tests/integration ${PYTEST_ARGS:-}
 
   echo "=== thread sanitizer build (TSan): unit and integration tests"
