@@ -96,6 +96,8 @@ if [[ "${CKPTFS_SKIP_SANITIZE:-0}" != 1 ]]; then
   # A daemon that stopped at its first race would fail a test with no word why: each process
   # writes its reports to a file of its own instead, and any such file fails the run.
   TSAN_REPORTS="$(mktemp -d)"
+  # Some tests run a daemon as nobody, whose reports must land here too.
+  chmod 1777 "$TSAN_REPORTS"
   export TSAN_OPTIONS="halt_on_error=0:second_deadlock_stack=1:log_path=$TSAN_REPORTS/report"
   export CKPTFS_BIN="$TSAN_BUILD/cli/ckptfs"
   # Test ids are relative to tests/integration, where pytest.ini is.
