@@ -121,11 +121,23 @@ def _httpdirfs_version():
     return "httpdirfs ?"
 
 
+def _source_revision():
+    """HEAD's short hash, with "-dirty" when a tracked file changed; a note instead where there
+    is no git or no checkout (the source from a tarball), which must not stop the run."""
+    try:
+        rev = subprocess.run(["git", "-C", REPO, "rev-parse", "--short", "HEAD"],
+                             capture_output=True, text=True, timeout=30)
+        dirty = subprocess.run(["git", "-C", REPO, "status", "--porcelain",
+                                "--untracked-files=no"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return "(git not available)"
+    if rev.returncode != 0:
+        return "(not a git checkout)"
+    return rev.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
 def versions(cfg):
-    rev = _first_line(["git", "-C", REPO, "rev-parse", "--short", "HEAD"])
-    dirty = subprocess.run(["git", "-C", REPO, "status", "--porcelain", "--untracked-files=no"],
-                           capture_output=True, text=True).stdout.strip()
-    parts = [f"ckptfs {rev}{'-dirty' if dirty else ''} ({_first_line([cfg.binary, '--version'])})",
+    parts = [f"ckptfs {_source_revision()} ({_first_line([cfg.binary, '--version'])})",
              _first_line(["nginx", "-v"]).replace("nginx version: ", ""),
              _httpdirfs_version(),
              _first_line(["rclone", "version"]),

@@ -2,7 +2,7 @@
 # Runs the ckptfs benchmark (bench/run.py) and writes docs/BENCHMARKS.md and docs/bench.png.
 # As root on Debian 12: installs what the bench needs (build dependencies via install-deps.sh,
 # then httpdirfs, rclone, nginx-light, fuse3, curl, linux-perf, iproute2 for the shaped-link
-# stage, openssl for the https stage, and the venv <repo>/.venv-bench with
+# stage, openssl for the https stage, git, and the venv <repo>/.venv-bench with
 # bench/requirements.txt), builds the ckptfs binary, and runs the bench. Arguments go to
 # bench/run.py, for example:
 #
@@ -45,7 +45,8 @@ if [[ "${CKPTFS_SKIP_DEPS:-0}" != 1 ]]; then
     echo "bench.sh: install-deps.sh failed (try $try); retrying in 30 s" >&2
     sleep 30
   done
-  apt_install httpdirfs rclone nginx-light fuse3 curl linux-perf iproute2 openssl
+  # git: the report names the commit it measured.
+  apt_install httpdirfs rclone nginx-light fuse3 curl linux-perf iproute2 openssl git
   # The bench starts its own nginx processes; a packaged service is not used.
   if command -v systemctl >/dev/null 2>&1; then
     systemctl disable --now nginx >/dev/null 2>&1 || true
