@@ -6,6 +6,7 @@
 #
 #   scripts/clean-machine.sh demo        a copy of HEAD, `bash scripts/demo.sh`, then `demo.sh stop`
 #   scripts/clean-machine.sh test        a copy of HEAD, `bash scripts/test.sh` (about an hour)
+#   scripts/clean-machine.sh bench       a copy of HEAD, `bash scripts/bench.sh --quick`
 #   scripts/clean-machine.sh package DEB `apt-get install ./DEB`, then the installed ckptfs publishes
 #                                        a sample directory to an nginx node in the root, an fstab
 #                                        line mounts it with `mount`, and its files are compared
@@ -21,13 +22,13 @@ REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 MIRROR="${CKPTFS_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 
 usage() {
-  echo "usage: clean-machine.sh demo | test | package DEB" >&2
+  echo "usage: clean-machine.sh demo | test | bench | package DEB" >&2
   exit 2
 }
 
 MODE="${1:-}"
 case "$MODE" in
-  demo | test) [[ $# -eq 1 ]] || usage ;;
+  demo | test | bench) [[ $# -eq 1 ]] || usage ;;
   package) [[ $# -eq 2 && -f "$2" ]] || usage ;;
   *) usage ;;
 esac
@@ -97,14 +98,14 @@ for fs in proc sys dev; do
 done
 
 case "$MODE" in
-  demo | test)
+  demo | test | bench)
     git clone -q "$REPO" "$ROOT/root/ckptfs"
     echo "== $(git -C "$ROOT/root/ckptfs" log --oneline -1) in a clean root"
-    if [[ "$MODE" == demo ]]; then
-      in_root "cd /root/ckptfs && bash scripts/demo.sh && bash scripts/demo.sh stop"
-    else
-      in_root "cd /root/ckptfs && bash scripts/test.sh"
-    fi
+    case "$MODE" in
+      demo) in_root "cd /root/ckptfs && bash scripts/demo.sh && bash scripts/demo.sh stop" ;;
+      test) in_root "cd /root/ckptfs && bash scripts/test.sh" ;;
+      bench) in_root "cd /root/ckptfs && bash scripts/bench.sh --quick" ;;
+    esac
     ;;
   package)
     # In /tmp, where apt's own user can read it, as a user would download it.
