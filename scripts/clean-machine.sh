@@ -5,7 +5,7 @@
 # pulls in everything it needs, which a machine that has been built on before cannot show.
 #
 #   scripts/clean-machine.sh demo        a copy of HEAD, `bash scripts/demo.sh`, then `demo.sh stop`
-#   scripts/clean-machine.sh test        a copy of HEAD, `bash scripts/test.sh` (about an hour)
+#   scripts/clean-machine.sh test        a copy of HEAD, `bash scripts/test.sh` (35-60 minutes)
 #   scripts/clean-machine.sh bench       a copy of HEAD, `bash scripts/bench.sh --quick`
 #   scripts/clean-machine.sh package DEB `apt-get install ./DEB`, then the installed ckptfs publishes
 #                                        a sample directory to an nginx node in the root, an fstab
