@@ -97,28 +97,27 @@ for fs in proc sys dev; do
   mount --make-rslave "$ROOT/$fs"
 done
 
-case "$MODE" in
-  demo | test | bench)
-    git clone -q "$REPO" "$ROOT/root/ckptfs"
-    echo "== $(git -C "$ROOT/root/ckptfs" log --oneline -1) in a clean root"
-    case "$MODE" in
-      demo) in_root "cd /root/ckptfs && bash scripts/demo.sh && bash scripts/demo.sh stop" ;;
-      test) in_root "cd /root/ckptfs && bash scripts/test.sh" ;;
-      bench) in_root "cd /root/ckptfs && bash scripts/bench.sh --quick" ;;
-    esac
-    ;;
-  package)
-    # In /tmp, where apt's own user can read it, as a user would download it.
-    cp "$2" "$ROOT/tmp/"
-    deb="/tmp/$(basename "$2")"
-    echo "== apt-get install $deb"
-    in_root "apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive \
-      apt-get install -y -q --no-install-recommends $deb"
-    # A node to publish to (a test fixture, not something the package needs), then the
-    # package's own commands, as a user of the package would run them.
-    in_root "DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
-      nginx-light >/dev/null"
-    in_root "$(cat <<'SCRIPT'
+# run_checkout COMMAND: a clone of HEAD in the root's /root/ckptfs, and COMMAND run there.
+run_checkout() {
+  git clone -q "$REPO" "$ROOT/root/ckptfs"
+  echo "== $(git -C "$ROOT/root/ckptfs" log --oneline -1) in a clean root"
+  in_root "cd /root/ckptfs && $1"
+}
+
+# run_package DEB: installs DEB with apt, then publishes, mounts from fstab and compares.
+run_package() {
+  # In /tmp, where apt's own user can read it, as a user would download it.
+  cp "$1" "$ROOT/tmp/"
+  local deb
+  deb="/tmp/$(basename "$1")"
+  echo "== apt-get install $deb"
+  in_root "apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive \
+    apt-get install -y -q --no-install-recommends $deb"
+  # A node to publish to (a test fixture, not something the package needs), then the
+  # package's own commands, as a user of the package would run them.
+  in_root "DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+    nginx-light >/dev/null"
+  in_root "$(cat <<'SCRIPT'
 set -euo pipefail
 ckptfs --version
 ls /usr/share/man/man1/ckptfs.1.gz /usr/share/man/man8/mount.ckptfs.8.gz
@@ -146,5 +145,11 @@ umount /mnt/ckpt
 echo "package: installed, published, mounted from /etc/fstab, files identical"
 SCRIPT
 )"
-    ;;
+}
+
+case "$MODE" in
+  demo) run_checkout "bash scripts/demo.sh && bash scripts/demo.sh stop" ;;
+  test) run_checkout "bash scripts/test.sh" ;;
+  bench) run_checkout "bash scripts/bench.sh --quick" ;;
+  package) run_package "$2" ;;
 esac
